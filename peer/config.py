@@ -1,0 +1,30 @@
+"""Run-time configuration, shared by the CLI, the server and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .llm import DEFAULT_SYSTEM_PROMPT
+from .vad import TurnParams
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    asr_model: str = "tiny.en"
+    """``tiny.en``, ``base`` or a local faster-whisper model directory."""
+    asr_threads: int = 0
+    """CTranslate2 threads; 0 lets it choose (one per core)."""
+    llm_model: str | None = None
+    """Path of a GGUF file; None for the bundled SmolLM2-135M-Instruct."""
+    llm_max_tokens: int = 96
+    llm_timeout_s: float = 20.0
+    """No first token within this time counts as a dead backend: the user gets an error and an apology."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    tts_voice: str | None = None
+    """Path of a Piper .onnx voice; None for the bundled en_US-joe-medium."""
+    turn: TurnParams = field(default_factory=TurnParams)
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""
+    max_sessions: int = 8

@@ -1,0 +1,123 @@
+"""Reply generation: the LLM interface, the embedded llama.cpp backend, and bounded chat history."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from . import models
+from .workers import executor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Your words are spoken aloud, so answer in one or two short "
+    "sentences of plain text, with no lists, markdown or emoji."
+)
+
+Message = dict[str, str]
+
+
+class LLMError(RuntimeError):
+    """The backend failed or timed out; the message is safe to show to the user."""
+
+
+class LLM(abc.ABC):
+    """Streams a reply to a chat history, token by token (each item is a piece of text)."""
+
+    @abc.abstractmethod
+    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+
+
+@dataclass
+class History:
+    """One session's conversation, bounded so a long call neither grows memory nor the prompt forever."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_turns: int = 6
+    turns: list[tuple[str, str]] = field(default_factory=list)
+
+    def messages(self, user_text: str) -> list[Message]:
+        msgs: list[Message] = [{"role": "system", "content": self.system_prompt}]
+        for user, assistant in self.turns[-self.max_turns :]:
+            msgs.append({"role": "user", "content": user})
+            msgs.append({"role": "assistant", "content": assistant})
+        msgs.append({"role": "user", "content": user_text})
+        return msgs
+
+    def add(self, user_text: str, reply: str) -> None:
+        self.turns.append((user_text, reply))
+        del self.turns[: -self.max_turns]
+
+
+_END = object()
+
+
+class LlamaCppLLM(LLM):
+    """An embedded GGUF model run by llama.cpp in a worker thread (SmolLM2-135M by default).
+
+    One model per process. llama.cpp contexts are not re-entrant, so generations are serialised by a
+    lock; a cancelled stream stops at the next token, which frees the model within a few milliseconds.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_tokens: int = 96,
+        temperature: float = 0.3,
+    ) -> None:
+        from llama_cpp import Llama
+
+        self.path = models.gguf_path(model_path)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        self._llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        self._lock = threading.Lock()
+
+    def _generate(self, messages: list[Message], emit, cancelled: threading.Event) -> None:
+        with self._lock:
+            chunks = self._llama.create_chat_completion(
+                messages=messages, stream=True, max_tokens=self.max_tokens, temperature=self.temperature
+            )
+            for chunk in chunks:
+                if cancelled.is_set():
+                    break
+                delta = chunk["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    emit(delta)
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(item: object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._generate(messages, emit, cancelled)
+            except Exception as exc:
+                log.exception("llama.cpp generation failed")
+                emit(LLMError(f"the embedded model failed: {exc}"))
+            finally:
+                emit(_END)
+
+        future = loop.run_in_executor(executor(), work)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            cancelled.set()
+            # The generator may be closed from a cancelled task; wait for the thread without blocking it.
+            future.add_done_callback(lambda f: f.exception())

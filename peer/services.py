@@ -1,0 +1,36 @@
+"""The shared models of one process: loaded once, then used by every session."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .asr import ASR, WhisperASR
+from .config import Config
+from .llm import LLM, LlamaCppLLM
+from .tts import TTS, PiperTTS
+from .vad import silero_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    asr: ASR
+    llm: LLM
+    tts: TTS
+
+
+def load_services(config: Config) -> Services:
+    """Loads every model (blocking: a few seconds). Raises models.ModelNotFound with an install hint."""
+    t0 = time.perf_counter()
+    silero_session()
+    asr = WhisperASR(config.asr_model, cpu_threads=config.asr_threads)
+    log.info("ASR: faster-whisper %s from %s", config.asr_model, asr.path)
+    tts = PiperTTS(config.tts_voice)
+    log.info("TTS: piper voice %s (%d Hz)", tts.path.name, tts.sample_rate)
+    llm = LlamaCppLLM(config.llm_model, max_tokens=config.llm_max_tokens)
+    log.info("LLM: llama.cpp %s", llm.path.name)
+    log.info("models loaded in %.1f s", time.perf_counter() - t0)
+    return Services(asr=asr, llm=llm, tts=tts)

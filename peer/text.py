@@ -1,0 +1,81 @@
+"""Cutting a token stream into pieces that can be spoken as soon as they are complete."""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+)")
+_CLAUSE_END = re.compile(r"([,;:—–])(\s+)")
+_MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_for_speech(text: str) -> str:
+    """Removes markdown and emoji that a TTS voice would read out or stumble over."""
+    text = _MARKUP.sub(lambda m: m.group(1) or " ", text)
+    text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”…—–")
+    return _SPACE.sub(" ", text).strip()
+
+
+class SpeechChunker:
+    """Accumulates streamed text and returns the complete sentences in it.
+
+    The first piece of a reply is cut early, at a clause boundary once it has ``first_min_chars``
+    characters, because the listener waits for it; later pieces are whole sentences, which sound more
+    natural and are synthesized while the previous one plays.
+    """
+
+    def __init__(self, first_min_chars: int = 24, max_chars: int = 240) -> None:
+        self.first_min_chars = first_min_chars
+        self.max_chars = max_chars
+        self._buffer = ""
+        self._emitted = 0
+
+    def push(self, text: str) -> list[str]:
+        self._buffer += text
+        out: list[str] = []
+        while True:
+            piece = self._cut()
+            if piece is None:
+                break
+            piece = clean_for_speech(piece)
+            if piece:
+                out.append(piece)
+                self._emitted += 1
+        return out
+
+    def flush(self) -> list[str]:
+        piece = clean_for_speech(self._buffer)
+        self._buffer = ""
+        return [piece] if piece else []
+
+    def _cut(self) -> str | None:
+        buf = self._buffer
+        for match in _SENTENCE_END.finditer(buf):
+            if not _is_abbreviation(buf[: match.end(1)]):
+                return self._take(match.end(1), match.end())
+        if self._emitted == 0:
+            for m in _CLAUSE_END.finditer(buf):
+                if m.end(1) >= self.first_min_chars:
+                    return self._take(m.end(1), m.end())
+        if len(buf) > self.max_chars:
+            space = buf.rfind(" ", 0, self.max_chars)
+            if space > 0:
+                return self._take(space, space + 1)
+        return None
+
+    def _take(self, end: int, resume: int) -> str:
+        piece, self._buffer = self._buffer[:end], self._buffer[resume:]
+        return piece
+
+
+_ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs.", "etc.", "no."}
+
+
+def _is_abbreviation(text: str) -> bool:
+    raw = text.rsplit(None, 1)[-1] if text.strip() else ""
+    if raw.lower() in _ABBREVIATIONS:
+        return True
+    # "3.5" is cut by the regex only when followed by a space, so digits are safe; a single capital
+    # initial ("J. R. R.") is not a sentence end.
+    return len(raw) == 2 and raw[0].isupper() and raw[1] == "."

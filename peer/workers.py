@@ -1,0 +1,49 @@
+"""The worker threads that run model inference off the event loop.
+
+One pool per process, shared by every session: the models themselves are shared, and the CPU has only
+so many cores, so more threads would only make each call slower. CTranslate2, onnxruntime and llama.cpp
+release the GIL while they compute, so the loop keeps pacing audio while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=6, thread_name_prefix="voicepeer-infer")
+    return _executor
+
+
+async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs a blocking call in the inference pool and awaits its result."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
+
+
+_frontend: ThreadPoolExecutor | None = None
+
+
+def frontend_executor() -> ThreadPoolExecutor:
+    """A separate small pool for the per-frame audio front-end (VAD), so a 20 ms frame never queues
+    behind a seconds-long ASR or LLM call in the inference pool."""
+    global _frontend
+    if _frontend is None:
+        _frontend = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicepeer-frontend")
+    return _frontend
+
+
+async def run_frontend(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(frontend_executor(), functools.partial(fn, *args, **kwargs))

@@ -1,0 +1,1 @@
+"""voicepeer's signaling server: aiohttp offer/answer, health, metrics and the web pages."""

@@ -1,0 +1,168 @@
+"""Command line: ``voicepeer serve`` (the default) and ``voicepeer check``.
+
+Every flag has an environment variable (shown in --help), so the same settings work from a shell, a
+Makefile or docker-compose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from peer import models
+from peer.config import Config
+from peer.vad import TurnParams
+
+DEFAULTS = Config()
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(f"VOICEPEER_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicepeer", description="A WebRTC voice agent peer (aiortc).")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="start the server (default)")
+    check = sub.add_parser("check", help="load every model once, print where it came from, and exit")
+    for p in (parser, serve, check):
+        _add_options(p)
+    return parser
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    t = TurnParams()
+    add = p.add_argument
+    add("--host", default=_env("HOST", DEFAULTS.host), help="listen address [VOICEPEER_HOST] (%(default)s)")
+    add(
+        "--port",
+        type=int,
+        default=_env("PORT", DEFAULTS.port),
+        help="listen port [VOICEPEER_PORT] (%(default)s)",
+    )
+    add(
+        "--asr-model",
+        default=_env("ASR_MODEL", DEFAULTS.asr_model),
+        help="tiny.en, base, or a faster-whisper model directory [VOICEPEER_ASR_MODEL] (%(default)s)",
+    )
+    add(
+        "--asr-threads",
+        type=int,
+        default=_env("ASR_THREADS", DEFAULTS.asr_threads),
+        help="CTranslate2 threads, 0 = one per core [VOICEPEER_ASR_THREADS] (%(default)s)",
+    )
+    add(
+        "--llm-model",
+        default=_env("LLM_MODEL", DEFAULTS.llm_model),
+        help="path of a GGUF model; default: bundled SmolLM2-135M-Instruct [VOICEPEER_LLM_MODEL]",
+    )
+    add(
+        "--llm-max-tokens",
+        type=int,
+        default=_env("LLM_MAX_TOKENS", DEFAULTS.llm_max_tokens),
+        help="longest reply in tokens [VOICEPEER_LLM_MAX_TOKENS] (%(default)s)",
+    )
+    add(
+        "--llm-timeout",
+        type=float,
+        default=_env("LLM_TIMEOUT", DEFAULTS.llm_timeout_s),
+        help="seconds to wait for each token before giving up [VOICEPEER_LLM_TIMEOUT] (%(default)s)",
+    )
+    add(
+        "--system-prompt",
+        default=_env("SYSTEM_PROMPT", DEFAULTS.system_prompt),
+        help="the assistant's instructions [VOICEPEER_SYSTEM_PROMPT]",
+    )
+    add(
+        "--tts-voice",
+        default=_env("TTS_VOICE", DEFAULTS.tts_voice),
+        help="path of a Piper .onnx voice; default: bundled en_US-joe-medium [VOICEPEER_TTS_VOICE]",
+    )
+    add(
+        "--end-silence-ms",
+        type=int,
+        default=_env("END_SILENCE_MS", t.end_silence_ms),
+        help="silence that ends a user turn [VOICEPEER_END_SILENCE_MS] (%(default)s)",
+    )
+    add(
+        "--vad-threshold",
+        type=float,
+        default=_env("VAD_THRESHOLD", t.threshold),
+        help="Silero speech probability that counts as speech [VOICEPEER_VAD_THRESHOLD] (%(default)s)",
+    )
+    add(
+        "--ice-server",
+        action="append",
+        default=None,
+        help="STUN/TURN URL, repeatable; none by default [VOICEPEER_ICE_SERVERS, comma-separated]",
+    )
+    add(
+        "--max-sessions",
+        type=int,
+        default=_env("MAX_SESSIONS", DEFAULTS.max_sessions),
+        help="concurrent calls accepted [VOICEPEER_MAX_SESSIONS] (%(default)s)",
+    )
+    add("--log-level", default=_env("LOG_LEVEL", "info"), help="debug, info, warning [VOICEPEER_LOG_LEVEL]")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    ice = args.ice_server
+    if ice is None:
+        ice = [u for u in str(_env("ICE_SERVERS", "")).split(",") if u.strip()]
+    turn = dataclasses.replace(
+        TurnParams(), end_silence_ms=int(args.end_silence_ms), threshold=float(args.vad_threshold)
+    )
+    return Config(
+        host=args.host,
+        port=int(args.port),
+        asr_model=args.asr_model,
+        asr_threads=int(args.asr_threads),
+        llm_model=args.llm_model or None,
+        llm_max_tokens=int(args.llm_max_tokens),
+        llm_timeout_s=float(args.llm_timeout),
+        system_prompt=args.system_prompt,
+        tts_voice=args.tts_voice or None,
+        turn=turn,
+        ice_servers=tuple(ice),
+        max_sessions=int(args.max_sessions),
+    )
+
+
+def _check(config: Config) -> int:
+    from peer.services import load_services
+
+    try:
+        services = load_services(config)
+    except models.ModelNotFound as exc:
+        print(f"voicepeer: {exc}", file=sys.stderr)
+        return 1
+    for name in ("asr", "llm", "tts"):
+        print(f"{name}: {getattr(services, name).path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    config = config_from_args(args)
+    if args.command == "check":
+        return _check(config)
+
+    from aiohttp import web
+
+    from .app import create_app
+
+    print(f"voicepeer: loading models, then serving http://{config.host}:{config.port}/", flush=True)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Drives a real headless Chromium (Debian's) through the demo page, with a WAV file as its microphone.
+
+The page is the product's own demo page; the harness only adds observers: every message on the events
+data channel (by wrapping createDataChannel before the page loads) and the level of the sent and received
+audio, measured by AudioWorklets in one AudioContext so both share one sample clock. Latency is read off
+that clock: from the end of the user's speech in the sent audio to the onset of the bot's voice in the
+received audio, which is what the person in front of the page experiences.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = os.environ.get("VOICEPEER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+CHROMIUM_FLAGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+OBSERVER_JS = """
+(() => {
+  window.__vp = { events: [], rec: { local: [], remote: [] }, ctx: null };
+  const origCreate = RTCPeerConnection.prototype.createDataChannel;
+  RTCPeerConnection.prototype.createDataChannel = function (...args) {
+    const channel = origCreate.apply(this, args);
+    channel.addEventListener("message", (e) => {
+      let msg; try { msg = JSON.parse(e.data); } catch { msg = { raw: e.data }; }
+      window.__vp.events.push({ t: window.__vp.ctx ? window.__vp.ctx.currentTime : null,
+                                perf: performance.now(), msg });
+    });
+    return channel;
+  };
+})();
+"""
+
+RECORDER_WORKLET = """
+class LevelRecorder extends AudioWorkletProcessor {
+  constructor() { super(); this.batch = []; }
+  process(inputs) {
+    const ch = inputs[0] && inputs[0][0];
+    if (ch) {
+      let acc = 0;
+      for (let i = 0; i < ch.length; i++) acc += ch[i] * ch[i];
+      this.batch.push(currentFrame / sampleRate, Math.sqrt(acc / ch.length));
+      if (this.batch.length >= 64) { this.port.postMessage(this.batch); this.batch = []; }
+    }
+    return true;
+  }
+}
+registerProcessor("level-recorder", LevelRecorder);
+"""
+
+START_RECORDING_JS = """
+async (workletCode) => {
+  const client = window.voicepeerClient;
+  const ctx = new AudioContext();
+  window.__vp.ctx = ctx;
+  await ctx.resume();
+  const url = URL.createObjectURL(new Blob([workletCode], { type: "application/javascript" }));
+  await ctx.audioWorklet.addModule(url);
+  const sink = ctx.createGain();
+  sink.gain.value = 0;
+  sink.connect(ctx.destination);
+  const tap = (stream, name) => {
+    const node = new AudioWorkletNode(ctx, "level-recorder");
+    node.port.onmessage = (e) => { const a = window.__vp.rec[name]; for (const x of e.data) a.push(x); };
+    ctx.createMediaStreamSource(stream).connect(node);
+    node.connect(sink);
+  };
+  tap(client.localStream, "local");
+  tap(client.remoteStream, "remote");
+  return ctx.sampleRate;
+}
+"""
+
+
+@dataclass
+class Envelope:
+    """RMS per render quantum (128 samples) against the AudioContext clock, in seconds."""
+
+    t: list[float]
+    rms: list[float]
+
+    @classmethod
+    def from_flat(cls, flat: list[float]) -> Envelope:
+        return cls(flat[0::2], flat[1::2])
+
+    def segments(
+        self, threshold: float, min_gap_s: float = 0.3, min_len_s: float = 0.1
+    ) -> list[tuple[float, float]]:
+        """Spans where the level exceeds ``threshold``, joining gaps shorter than ``min_gap_s``."""
+        spans: list[list[float]] = []
+        quantum = (self.t[1] - self.t[0]) if len(self.t) > 1 else 128 / 48000
+        for t, r in zip(self.t, self.rms, strict=True):
+            if r < threshold:
+                continue
+            if spans and t - spans[-1][1] <= min_gap_s:
+                spans[-1][1] = t + quantum
+            else:
+                spans.append([t, t + quantum])
+        return [(a, b) for a, b in spans if b - a >= min_len_s]
+
+    def peak(self, start: float = float("-inf"), end: float = float("inf")) -> float:
+        return max((r for t, r in zip(self.t, self.rms, strict=True) if start <= t < end), default=0.0)
+
+
+@dataclass
+class CallRecord:
+    events: list[dict[str, Any]]
+    local: Envelope
+    remote: Envelope
+
+    def messages(self, kind: str) -> list[dict[str, Any]]:
+        return [e["msg"] for e in self.events if e["msg"].get("type") == kind]
+
+
+def launch_args(fake_audio: Path) -> list[str]:
+    return [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={fake_audio}%noloop"]
+
+
+@contextmanager
+def chromium_page(playwright: Any, fake_audio: Path) -> Iterator[Any]:
+    """A fresh Chromium (own profile) whose microphone plays ``fake_audio`` once."""
+    profile = tempfile.mkdtemp(prefix="voicepeer-chromium-")
+    context = playwright.chromium.launch_persistent_context(
+        profile,
+        executable_path=CHROMIUM,
+        headless=True,
+        args=launch_args(fake_audio),
+        ignore_default_args=["--mute-audio"],
+    )
+    try:
+        page = context.pages[0] if context.pages else context.new_page()
+        page.add_init_script(OBSERVER_JS)
+        yield page
+    finally:
+        context.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def connect(
+    page: Any, url: str, audio_processing: dict[str, bool] | None = None, timeout_ms: int = 20_000
+) -> None:
+    """Opens the demo page, sets its processing checkboxes, clicks Connect, starts the level recorders."""
+    page.goto(url)
+    for name, on in (audio_processing or {}).items():
+        page.set_checked(f"#{name}", on)
+    page.click("#connect")
+    page.wait_for_function(
+        "window.voicepeerClient && window.voicepeerClient.connected && window.voicepeerClient.remoteStream",
+        timeout=timeout_ms,
+    )
+    page.evaluate(START_RECORDING_JS, RECORDER_WORKLET)
+
+
+def wait_for_event(page: Any, predicate_js: str, timeout_ms: int) -> None:
+    """Waits until some observed message ``m`` satisfies the JS expression ``predicate_js``."""
+    page.wait_for_function(f"window.__vp.events.some(({{msg: m}}) => {predicate_js})", timeout=timeout_ms)
+
+
+def record(page: Any) -> CallRecord:
+    data = page.evaluate(
+        "({events: window.__vp.events, local: window.__vp.rec.local, remote: window.__vp.rec.remote})"
+    )
+    return CallRecord(data["events"], Envelope.from_flat(data["local"]), Envelope.from_flat(data["remote"]))

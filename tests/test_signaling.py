@@ -1,0 +1,96 @@
+"""The HTTP surface: offer validation, health while models are missing, metrics and static pages.
+
+The server here is the real application with a model path that does not exist, which is also how we
+test that a missing model gives a clear answer instead of a crash or a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from peer.config import Config
+from signaling.app import create_app
+
+
+@pytest.fixture
+async def client():
+    app = create_app(Config(asr_model="/nonexistent/whisper"))
+    async with TestClient(TestServer(app)) as c:
+        for _ in range(200):  # wait for the (failing) background load to finish
+            if (await c.get("/healthz")).status == 503 and (await (await c.get("/healthz")).json())[
+                "status"
+            ] == "error":
+                break
+            await asyncio.sleep(0.05)
+        yield c
+
+
+async def local_offer(audio: bool) -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("events")
+    if audio:
+        pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_health_reports_the_missing_model_and_offers_get_503_naming_it(client: TestClient):
+    r = await client.get("/healthz")
+    body = await r.json()
+    assert r.status == 503 and body["status"] == "error"
+    assert "/nonexistent/whisper" in body["error"] and "faster-whisper model directory" in body["error"]
+    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(audio=True)})
+    assert r.status == 503
+    assert (await r.json())["error"] == "models_failed"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "bad_json"),
+        (b"\xff\xfe", 400, "bad_json"),
+        (b"[]", 400, "bad_offer"),
+        (b'{"type": "answer", "sdp": "v=0"}', 400, "bad_offer"),
+        (b'{"type": "offer"}', 400, "bad_offer"),
+        (b'{"type": "offer", "sdp": ""}', 400, "bad_offer"),
+        (b'{"type": "offer", "sdp": "v=0\\r\\nm=audio nonsense"}', 400, "invalid_sdp"),
+        (b'{"type": "offer", "sdp": "' + b"a" * 70000 + b'"}', 413, "too_large"),
+    ],
+)
+async def test_malformed_offers_get_a_4xx_json_error(client: TestClient, body: bytes, status: int, code: str):
+    r = await client.post("/offer", data=body, headers={"Content-Type": "application/json"})
+    assert r.status == status
+    payload = await r.json()
+    assert payload["error"] == code and payload["message"]
+    assert (await client.get("/healthz")).status == 503  # still up, still answering
+
+
+async def test_an_offer_without_audio_is_refused(client: TestClient):
+    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(audio=False)})
+    assert r.status == 400 and (await r.json())["error"] == "no_audio"
+
+
+async def test_metrics_count_rejections(client: TestClient):
+    await client.post("/offer", data=b"nope")
+    text = await (await client.get("/metrics")).text()
+    assert "voicepeer_models_ready 0" in text
+    assert "voicepeer_offers_rejected_total 1" in text
+    assert "voicepeer_sessions 0" in text
+
+
+async def test_demo_page_and_client_module_are_served(client: TestClient):
+    page = await (await client.get("/")).text()
+    assert "/demo/demo.js" in page and 'id="connect"' in page
+    module = await client.get("/client/voicepeer.js")
+    assert module.status == 200 and "export class VoicePeerClient" in await module.text()
+    assert (await client.get("/demo/demo.js")).status == 200
+
+
+async def test_unknown_session_delete_is_404(client: TestClient):
+    assert (await client.delete("/sessions/nope")).status == 404

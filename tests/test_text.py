@@ -1,0 +1,42 @@
+from peer.text import SpeechChunker, clean_for_speech
+
+
+def feed(chunker: SpeechChunker, text: str, step: int = 3) -> list[str]:
+    out = []
+    for i in range(0, len(text), step):
+        out += chunker.push(text[i : i + step])
+    return out + chunker.flush()
+
+
+def test_sentences_are_cut_as_soon_as_they_end():
+    c = SpeechChunker(first_min_chars=1000)
+    assert c.push("Hello there. How") == ["Hello there."]
+    assert c.push(" are you? I am") == ["How are you?"]
+    assert c.flush() == ["I am"]
+
+
+def test_first_piece_is_cut_early_at_a_clause_then_only_at_sentences():
+    text = "Paris is the capital of France, and it is also its largest city, by far. It has museums, parks."
+    pieces = feed(SpeechChunker(first_min_chars=20), text)
+    assert pieces == [
+        "Paris is the capital of France,",
+        "and it is also its largest city, by far.",
+        "It has museums, parks.",
+    ]
+
+
+def test_abbreviations_and_decimals_do_not_end_sentences():
+    pieces = feed(
+        SpeechChunker(first_min_chars=1000), "Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien. Done."
+    )
+    assert pieces == ["Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien.", "Done."]
+
+
+def test_long_text_without_punctuation_is_cut_at_a_space():
+    c = SpeechChunker(first_min_chars=1000, max_chars=40)
+    pieces = feed(c, "word " * 30)
+    assert all(len(p) <= 40 for p in pieces) and " ".join(pieces) == ("word " * 30).strip()
+
+
+def test_markup_is_not_spoken():
+    assert clean_for_speech("**Paris** is _the_ [capital](http://x) 🇫🇷 #1") == "Paris is the capital 1"

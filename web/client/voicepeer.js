@@ -1,0 +1,173 @@
+// voicepeer client: signaling, the peer connection, the events channel and the audio plumbing.
+//
+// Shared by the demo page and the Electron app, so it touches no page element it is not given.
+// Events are dispatched as CustomEvents on the client (an EventTarget):
+//   "state"      {state: "listening"|"thinking"|"speaking"}
+//   "transcript" {turn, final, text}        the user's words
+//   "reply"      {turn, final, text}        the bot's words so far
+//   "metrics"    {turn, ...ms}              server-side timings of a turn
+//   "error"      {code, message}
+//   "message"    any server event, raw
+//   "connection" {state}                    RTCPeerConnection.connectionState
+//   "remotestream" {stream}                 the bot's audio arrived
+
+export const DEFAULT_AUDIO_PROCESSING = Object.freeze({
+  echoCancellation: true,
+  noiseSuppression: true,
+  autoGainControl: true,
+});
+
+export class VoicePeerClient extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} [options.serverUrl]   base URL of the voicepeer server ("" = same origin)
+   * @param {HTMLAudioElement} [options.audioElement] where the bot's voice plays. Chromium cancels echo
+   *        only for peer-connection audio played through a media element, so give one.
+   * @param {object} [options.audioProcessing] browser-side echoCancellation/noiseSuppression/autoGainControl
+   * @param {RTCIceServer[]} [options.iceServers]
+   */
+  constructor({ serverUrl = "", audioElement = null, audioProcessing = {}, iceServers = [] } = {}) {
+    super();
+    this.serverUrl = serverUrl.replace(/\/$/, "");
+    this.audioElement = audioElement;
+    this.audioProcessing = { ...DEFAULT_AUDIO_PROCESSING, ...audioProcessing };
+    this.iceServers = iceServers;
+    this.pc = null;
+    this.channel = null;
+    this.localStream = null;
+    this.remoteStream = null;
+    this.sessionId = null;
+    this.state = "idle";
+  }
+
+  get connected() {
+    return this.pc !== null && this.pc.connectionState === "connected";
+  }
+
+  async connect() {
+    if (this.pc) throw new Error("already connected");
+    this.localStream = await navigator.mediaDevices.getUserMedia({
+      audio: { ...this.audioProcessing, channelCount: 1 },
+      video: false,
+    });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
+    pc.addEventListener("connectionstatechange", () => {
+      this._emit("connection", { state: pc.connectionState });
+      if (pc.connectionState === "failed") this.disconnect();
+    });
+    pc.addEventListener("track", (event) => {
+      this.remoteStream = event.streams[0] || new MediaStream([event.track]);
+      if (this.audioElement) {
+        this.audioElement.srcObject = this.remoteStream;
+        this.audioElement.play().catch((err) => this._emit("error", { code: "autoplay", message: String(err) }));
+      }
+      this._emit("remotestream", { stream: this.remoteStream });
+    });
+    for (const track of this.localStream.getAudioTracks()) pc.addTrack(track, this.localStream);
+
+    this.channel = pc.createDataChannel("events");
+    this.channel.addEventListener("message", (event) => this._onMessage(event.data));
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc); // the server takes one complete offer: aiortc does not trickle
+    const response = await fetch(`${this.serverUrl}/offer`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      await this.disconnect();
+      throw new Error(`offer refused (${response.status} ${body.error || ""}): ${body.message || ""}`);
+    }
+    this.sessionId = body.session_id;
+    await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
+    return this.sessionId;
+  }
+
+  /** Sends a JSON message on the events channel. */
+  send(message) {
+    if (!this.channel || this.channel.readyState !== "open") return false;
+    this.channel.send(JSON.stringify(message));
+    return true;
+  }
+
+  async disconnect() {
+    const { pc, sessionId } = this;
+    this.pc = null;
+    this.channel = null;
+    this.sessionId = null;
+    if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
+    this.localStream = null;
+    if (this.audioElement) this.audioElement.srcObject = null;
+    if (pc) pc.close();
+    if (sessionId) {
+      // Tells the server at once instead of leaving it to notice the dead connection.
+      await fetch(`${this.serverUrl}/sessions/${sessionId}`, { method: "DELETE", keepalive: true }).catch(() => {});
+    }
+    this._setState("idle");
+    this._emit("connection", { state: "closed" });
+  }
+
+  _onMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    this._emit("message", message);
+    if (message.type === "state") this._setState(message.state);
+    else if (["transcript", "reply", "metrics", "error", "session"].includes(message.type)) {
+      this._emit(message.type, message);
+    }
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this._emit("state", { state });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+export function waitForIceGathering(pc, timeoutMs = 3000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      pc.removeEventListener("icegatheringstatechange", check);
+      clearTimeout(timer);
+      resolve();
+    };
+    const check = () => pc.iceGatheringState === "complete" && done();
+    // Host candidates come in milliseconds; a STUN server that never answers must not hang the call.
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/**
+ * Measures the level of a MediaStream for a meter: returns {level(): 0..1 RMS, stop()}.
+ */
+export function createLevelMeter(stream, audioContext = new AudioContext()) {
+  const source = audioContext.createMediaStreamSource(stream);
+  const analyser = audioContext.createAnalyser();
+  analyser.fftSize = 1024;
+  source.connect(analyser);
+  const buffer = new Float32Array(analyser.fftSize);
+  return {
+    level() {
+      analyser.getFloatTimeDomainData(buffer);
+      let sum = 0;
+      for (const x of buffer) sum += x * x;
+      return Math.sqrt(sum / buffer.length);
+    },
+    stop() {
+      source.disconnect();
+    },
+  };
+}
