@@ -136,6 +136,7 @@ class Conversation:
                 self.history.add(text, reply)
             await self.output.wait_idle()
             m.mark("playout_done_ms")
+            self._set_state("listening")
             self.metrics.append(m)
             self.channel.send(events.metrics(turn, m.as_dict()))
             log.info("turn %d metrics %s", turn, m.as_dict())

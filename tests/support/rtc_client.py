@@ -1,0 +1,99 @@
+"""A real aiortc client on loopback: a microphone track fed from PCM, the events channel, a recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from peer.audio import InboundConverter
+from peer.tracks import OutboundAudioTrack
+
+
+@dataclass
+class Received:
+    times: list[float] = field(default_factory=list)
+    pcm: list[np.ndarray] = field(default_factory=list)
+
+    def voiced_after(self, t: float, threshold: int = 300) -> float | None:
+        """Loop time of the first received 20 ms frame after ``t`` with a peak above ``threshold``."""
+        for at, pcm in zip(self.times, self.pcm, strict=True):
+            if at >= t and np.abs(pcm.astype(np.int32)).max() > threshold:
+                return at
+        return None
+
+
+class RtcClient:
+    """Plays like a browser would: sends a mic track (paced PCM, then silence) and records replies."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = OutboundAudioTrack()  # the same pacing as the server's voice: PCM then silence
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.received = Received()
+        self.session_id: str | None = None
+        self._got_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.channel = self.pc.createDataChannel("events")
+        self.channel.on("message", self._on_message)
+        self.pc.addTrack(self.mic)
+        self.pc.on("track", self._on_track)
+
+    def _on_message(self, raw: str) -> None:
+        self.events.append((asyncio.get_running_loop().time(), json.loads(raw)))
+        self._got_event.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._record(track)))
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        convert = InboundConverter(out_rate=48_000)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.received.times.append(loop.time())
+            self.received.pcm.append(convert.convert(frame))
+
+    async def connect(self) -> dict[str, Any]:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        async with aiohttp.ClientSession() as http, http.post(f"{self.base_url}/offer", json=offer) as r:
+            body = await r.json()
+            assert r.status == 200, body
+        self.session_id = body["session_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        return body
+
+    def say(self, pcm48k: np.ndarray) -> float:
+        """Queues audio on the mic; returns the loop time at which its first sample will be sent."""
+        start = asyncio.get_running_loop().time() + self.mic.buffered_samples / 48_000
+        self.mic.enqueue(pcm48k)
+        return start
+
+    def messages(self, kind: str) -> list[dict[str, Any]]:
+        return [m for _, m in self.events if m.get("type") == kind]
+
+    async def wait_for(self, predicate, timeout: float) -> tuple[float, dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for t, m in self.events:
+                    if predicate(m):
+                        return t, m
+                self._got_event.clear()
+                await self._got_event.wait()
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

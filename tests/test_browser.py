@@ -1,0 +1,84 @@
+"""The demo page in a real headless Chromium (Debian's), talking to the real server over WebRTC.
+
+The fake microphone plays a question spoken by espeak-ng; everything after that is the product: the
+page's client module, Chromium's WebRTC stack and audio processing, our aiortc peer and the models.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import browser
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with ServerProcess(log_path=log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pw():
+    with playwright_api.sync_playwright() as p:
+        yield p
+
+
+def wait_sessions(server: ServerProcess, n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server.get_json("/healthz")["sessions"] != n:
+        assert time.monotonic() < deadline, (
+            f"server still holds {server.get_json('/healthz')['sessions']} sessions"
+        )
+        time.sleep(0.1)
+
+
+def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech):
+    question = make_speech("What is the capital of France?", lead_s=2.0, tail_s=15.0)
+    with browser.chromium_page(pw, Path(question.path)) as page:
+        browser.connect(page, server.url)
+        assert page.evaluate("window.voicepeerClient.pc.iceConnectionState") in ("connected", "completed")
+        browser.wait_for_event(page, "m.type === 'transcript' && m.final", 30_000)
+        browser.wait_for_event(page, "m.type === 'metrics'", 60_000)
+        call = browser.record(page)
+
+        final = call.messages("transcript")[-1]
+        heard = {w.strip("?.,!").lower() for w in final["text"].split()}
+        assert {"capital", "france"} <= heard, final
+        reply = [m for m in call.messages("reply") if m["final"]][-1]
+        assert reply["turn"] == final["turn"] and len(reply["text"]) > 2
+
+        # The page shows what was said and answered.
+        assert page.text_content(f"#log li.user[data-turn='{final['turn']}']").strip() == final["text"]
+        assert reply["text"] in page.text_content(f"#log li.bot[data-turn='{final['turn']}']")
+
+        # The reply was audible in the page: the bot's track carried speech after the user stopped.
+        spoken = call.local.segments(threshold=0.01)
+        assert spoken, "the fake microphone's speech never reached the page's audio graph"
+        user_end = spoken[0][1]
+        onsets = [a for a, _ in call.remote.segments(threshold=0.005) if a > user_end]
+        assert onsets, f"no bot audio after the user stopped at {user_end:.2f} s"
+        assert call.remote.peak(onsets[0]) > 0.02
+
+        page.click("#connect")  # Disconnect
+        wait_sessions(server, 0)
+
+
+def test_a_second_page_gets_its_own_session_and_everything_is_released(server, pw, make_speech):
+    question = make_speech("Hello there.", lead_s=1.0, tail_s=5.0)
+    with browser.chromium_page(pw, Path(question.path)) as page:
+        browser.connect(page, server.url)
+        browser.wait_for_event(page, "m.type === 'session'", 10_000)
+        assert server.get_json("/healthz")["sessions"] == 1
+    # The browser went away without clicking Disconnect: the server still notices and cleans up.
+    wait_sessions(server, 0, timeout=40)
+    metrics = server.get_text("/metrics")
+    assert "voicepeer_sessions 0" in metrics

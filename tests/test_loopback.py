@@ -1,0 +1,131 @@
+"""Real WebRTC calls on loopback: an aiortc client against the real server and the real models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+
+from peer.config import Config
+from peer.llm import LLM, Message
+from peer.services import Services
+from signaling.app import STATE, create_app
+from tests.support.rtc_client import RtcClient
+from tests.support.speech import read_wav
+
+pytestmark = pytest.mark.slow
+
+
+async def serve(services: Services, **config) -> TestServer:
+    server = TestServer(create_app(Config(**config), services=services), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def wait_until(condition, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(services, make_speech):
+    question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
+    server = await serve(services)
+    client = RtcClient(str(server.make_url("")))
+    try:
+        await client.connect()
+        await client.wait_for(lambda m: m["type"] == "session", 10)
+        sent_at = client.say(read_wav(question.path)[0])
+        speech_end = sent_at + question.speech_end_s
+        _, final = await client.wait_for(lambda m: m["type"] == "transcript" and m["final"], 30)
+        assert {"capital", "france"} <= {w.strip("?.,").lower() for w in final["text"].split()}
+        _, metrics = await client.wait_for(lambda m: m["type"] == "metrics", 60)
+        replies = client.messages("reply")
+        assert replies[-1]["final"] and replies[-1]["text"] and replies[-1]["turn"] == final["turn"] == 1
+        states = [m["state"] for m in client.messages("state")]
+        assert states[:4] == ["listening", "thinking", "speaking", "listening"]
+        assert 0 < metrics["transcript_ms"] < metrics["llm_first_token_ms"] < metrics["first_frame_sent_ms"]
+        onset = client.received.voiced_after(speech_end)
+        assert onset is not None, "no reply audio reached the client"
+        voiced = [p for t, p in zip(client.received.times, client.received.pcm, strict=True) if t >= onset]
+        assert np.sqrt(np.mean(np.concatenate(voiced).astype(np.float64) ** 2)) > 300
+    finally:
+        await client.close()
+        await wait_until(lambda: not server.app[STATE].sessions, 10)
+        await server.close()
+
+
+async def test_closing_the_client_releases_the_session(services):
+    server = await serve(services)
+    client = RtcClient(str(server.make_url("")))
+    try:
+        await client.connect()
+        await client.wait_for(lambda m: m["type"] == "session", 10)
+        session = server.app[STATE].sessions[client.session_id]
+        await wait_until(lambda: session.frames_in > 10, 10)
+    finally:
+        await client.close()
+    await wait_until(lambda: not server.app[STATE].sessions, 10)
+    assert session.closed and session.pc.connectionState == "closed"
+    assert not session._tasks and session.output.readyState == "ended"
+    await server.close()
+
+
+async def test_server_shutdown_closes_live_sessions(services):
+    server = await serve(services)
+    client = RtcClient(str(server.make_url("")))
+    await client.connect()
+    await client.wait_for(lambda m: m["type"] == "session", 10)
+    session = server.app[STATE].sessions[client.session_id]
+    await server.close()
+    assert session.closed and session.pc.connectionState == "closed" and not session._tasks
+    await client.close()
+
+
+class DeadLLM(LLM):
+    """Fault injection: a backend that accepts the request and never answers."""
+
+    async def stream(self, messages: list[Message]):
+        await asyncio.Event().wait()
+        yield ""
+
+
+async def test_a_dead_llm_gives_an_error_and_a_spoken_apology_and_the_session_goes_on(services, make_speech):
+    question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
+    dead = Services(asr=services.asr, llm=DeadLLM(), tts=services.tts)
+    server = await serve(dead, llm_timeout_s=1.0)
+    client = RtcClient(str(server.make_url("")))
+    try:
+        await client.connect()
+        pcm = read_wav(question.path)[0]
+        client.say(pcm)
+        t_err, err = await client.wait_for(lambda m: m["type"] == "error", 30)
+        assert err["code"] == "llm_failed" and "within 1 s" in err["message"]
+        await client.wait_for(lambda m: m["type"] == "metrics", 30)
+        assert client.received.voiced_after(t_err - 0.5) is not None, "the apology was not spoken"
+        assert [m for m in client.messages("reply") if m["final"]] == []  # nothing pretends to be a reply
+        # The session survives: a second question is still heard.
+        client.say(pcm)
+        await client.wait_for(lambda m: m["type"] == "transcript" and m["turn"] == 2, 30)
+    finally:
+        await client.close()
+        await wait_until(lambda: not server.app[STATE].sessions, 10)
+        await server.close()
+
+
+async def test_bad_data_channel_messages_get_an_error_event(services):
+    server = await serve(services)
+    client = RtcClient(str(server.make_url("")))
+    try:
+        await client.connect()
+        await client.wait_for(lambda m: m["type"] == "session", 10)
+        client.channel.send("{oops")
+        client.channel.send('{"type": "ping"}')
+        _, err = await client.wait_for(lambda m: m["type"] == "error", 5)
+        assert err["code"] == "bad_message"
+        await client.wait_for(lambda m: m["type"] == "pong", 5)
+    finally:
+        await client.close()
+        await server.close()

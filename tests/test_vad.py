@@ -1,0 +1,73 @@
+"""Silero streaming VAD and turn segmentation on real (espeak-ng) speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peer.audio import SPEECH_RATE
+from peer.vad import SileroVAD, SpeechEnded, SpeechStarted, TurnDetector, TurnParams
+from tests.support.speech import read_wav
+
+
+def run(detector: TurnDetector, pcm: np.ndarray, chunk: int = 320) -> list:
+    events = []
+    for i in range(0, pcm.size, chunk):
+        events += detector.process(pcm[i : i + chunk], arrival=i / SPEECH_RATE)
+    return events
+
+
+@pytest.fixture(scope="module")
+def two_questions(make_speech):
+    a = make_speech("What time is it in Tokyo?", rate=SPEECH_RATE, lead_s=1.0, tail_s=1.2)
+    b = make_speech("And how is the weather there today?", rate=SPEECH_RATE, lead_s=0.0, tail_s=1.0)
+    pa, pb = read_wav(a.path)[0], read_wav(b.path)[0]
+    bounds = [
+        (a.speech_start_s, a.speech_end_s),
+        (pa.size / SPEECH_RATE + b.speech_start_s, pa.size / SPEECH_RATE + b.speech_end_s),
+    ]
+    return np.concatenate([pa, pb]), bounds
+
+
+def test_streaming_probabilities_match_silero_on_the_whole_file(two_questions):
+    pcm, _ = two_questions
+    vad = SileroVAD()
+    n = pcm.size // 512 * 512
+    streamed = np.array([vad(pcm[i : i + 512]) for i in range(0, n, 512)])
+    assert streamed.max() > 0.9 and np.median(streamed) < 0.5
+    from faster_whisper.vad import get_vad_model
+
+    batch = get_vad_model()(pcm[:n].astype(np.float32) / 32768).reshape(-1)
+    assert np.mean(np.abs(streamed - batch) < 0.05) > 0.95
+
+
+def test_two_questions_give_two_turns_with_accurate_boundaries(two_questions):
+    pcm, bounds = two_questions
+    events = run(TurnDetector(TurnParams(end_silence_ms=500)), pcm)
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(starts) == 2 and len(ends) == 2
+    for start, end, (t0, t1) in zip(starts, ends, bounds, strict=True):
+        assert start.sample / SPEECH_RATE == pytest.approx(t0, abs=0.15)
+        assert end.end_sample / SPEECH_RATE == pytest.approx(t1, abs=0.2)
+        # The turn's audio covers the whole utterance: pre-roll before the onset, a tail after the end.
+        assert end.start_sample / SPEECH_RATE <= t0
+        assert (end.start_sample + end.audio.size) / SPEECH_RATE >= t1
+        # The end is timestamped when the last voiced audio arrived, not when the silence timer fired.
+        assert end.speech_end_arrival == pytest.approx(t1, abs=0.2)
+
+
+def test_stationary_noise_and_clicks_open_no_turn():
+    rng = np.random.default_rng(1)
+    noise = (rng.normal(0, 300, SPEECH_RATE * 4)).astype(np.int16)
+    for k in range(1, 8):  # short clicks every half second
+        noise[k * 8000 : k * 8000 + 40] = 20000
+    assert run(TurnDetector(), noise) == []
+
+
+def test_a_long_monologue_is_cut_at_max_turn(two_questions):
+    pcm, _ = two_questions
+    speech = np.concatenate([pcm] * 3)
+    events = run(TurnDetector(TurnParams(max_turn_s=2.0, end_silence_ms=2000)), speech)
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert ends and all(e.audio.size <= 2.0 * SPEECH_RATE + 512 * 4 for e in ends)
