@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,10 @@ class ASR(abc.ABC):
     @abc.abstractmethod
     async def transcribe(self, audio: np.ndarray) -> Transcript: ...
 
+    def warmup(self) -> None:
+        """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
+        return None  # optional: backends with nothing to warm keep this
+
 
 class WhisperASR(ASR):
     """faster-whisper (CTranslate2, int8 on CPU), loaded once per process and shared by all sessions.
@@ -47,14 +53,17 @@ class WhisperASR(ASR):
         self.name = model
         self.path = models.whisper_model_dir(model)
         self.language = language
-        self._model = WhisperModel(str(self.path), device="cpu", compute_type="int8", cpu_threads=cpu_threads)
+        # CTranslate2 defaults to 4 threads; on a 2-core machine that oversubscribes and slows every call.
+        threads = cpu_threads or os.cpu_count() or 1
+        self._model = WhisperModel(str(self.path), device="cpu", compute_type="int8", cpu_threads=threads)
         # CTranslate2 can run concurrent calls, but on a small CPU they only slow each other down, and a
         # lock gives the turn that asked first its answer first.
         self._lock = threading.Lock()
 
-    def transcribe_blocking(self, audio: np.ndarray) -> Transcript:
-        import time
+    def warmup(self) -> None:
+        self.transcribe_blocking(np.zeros(SPEECH_RATE, dtype=np.int16))
 
+    def transcribe_blocking(self, audio: np.ndarray) -> Transcript:
         t0 = time.perf_counter()
         with self._lock:
             segments, _info = self._model.transcribe(

@@ -33,6 +33,10 @@ class LLM(abc.ABC):
     @abc.abstractmethod
     def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
 
+    def warmup(self, system_prompt: str) -> None:
+        """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
+        return None  # optional: backends with nothing to warm keep this
+
 
 @dataclass
 class History:
@@ -81,6 +85,13 @@ class LlamaCppLLM(LLM):
         threads = n_threads or max(1, os.cpu_count() or 1)
         self._llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         self._lock = threading.Lock()
+
+    def warmup(self, system_prompt: str) -> None:
+        # Besides paging the weights in, this leaves the system prompt in llama.cpp's KV cache:
+        # llama-cpp-python reuses the longest common token prefix, so a turn only evaluates its new part.
+        messages = History(system_prompt=system_prompt).messages("Hello.")
+        with self._lock:
+            self._llama.create_chat_completion(messages=messages, max_tokens=1)
 
     def _generate(self, messages: list[Message], emit, cancelled: threading.Event) -> None:
         with self._lock:

