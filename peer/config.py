@@ -28,3 +28,9 @@ class Config:
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""
     max_sessions: int = 8
+    media_timeout_s: float = 10.0
+    """A call whose microphone track delivers nothing for this long is closed: browsers send audio
+    continuously (silence included), so this is a client that vanished without hanging up. Without it
+    the session would wait for ICE consent to expire, about 30 s."""
+    record_turns_dir: str | None = None
+    """Debugging: write every user turn, as the ASR heard it, to this directory as 16 kHz WAV."""

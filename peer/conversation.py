@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import logging
 import time
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import events
 from .asr import ASR
-from .audio import Resampler
+from .audio import SPEECH_RATE, Resampler
 from .events import EventChannel, State
 from .llm import LLM, History, LLMError
 from .text import SpeechChunker
@@ -61,6 +63,7 @@ class Conversation:
         channel: EventChannel,
         history: History | None = None,
         llm_timeout_s: float = 20.0,
+        record_dir: str | None = None,
     ) -> None:
         self.asr = asr
         self.llm = llm
@@ -73,6 +76,7 @@ class Conversation:
         self.state: State = "listening"
         self.metrics: list[TurnMetrics] = []
         self.ignored_turns = 0
+        self.record_dir = Path(record_dir) if record_dir else None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -115,9 +119,13 @@ class Conversation:
     async def _run_turn(self, ended: SpeechEnded) -> None:
         self.turn += 1
         turn = self.turn
-        m = TurnMetrics(turn=turn, speech_end=ended.speech_end_arrival, audio_s=ended.audio.size / 16000)
+        m = TurnMetrics(
+            turn=turn, speech_end=ended.speech_end_arrival, audio_s=ended.audio.size / SPEECH_RATE
+        )
         m.mark("endpoint_ms")
         self._set_state("thinking")
+        if self.record_dir is not None:
+            self._record(turn, ended.audio)
         try:
             try:
                 result = await self.asr.transcribe(ended.audio)
@@ -142,6 +150,15 @@ class Conversation:
             log.info("turn %d metrics %s", turn, m.as_dict())
         finally:
             self._set_state("listening")
+
+    def _record(self, turn: int, audio: np.ndarray) -> None:
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        path = self.record_dir / f"turn-{id(self):x}-{turn:03d}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SPEECH_RATE)
+            w.writeframes(audio.astype(np.int16).tobytes())
 
     async def _tokens(self, text: str) -> AsyncIterator[str]:
         """The LLM stream with a deadline on each token: a backend that stops answering is dead."""

@@ -50,6 +50,7 @@ class Session:
             self.channel,
             History(system_prompt=config.system_prompt),
             llm_timeout_s=config.llm_timeout_s,
+            record_dir=config.record_turns_dir,
         )
         self.detector = TurnDetector(config.turn)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,8 +98,14 @@ class Session:
         converter = InboundConverter()
         while True:
             try:
-                frame = await track.recv()
+                async with asyncio.timeout(self.config.media_timeout_s):
+                    frame = await track.recv()
             except MediaStreamError:
+                return
+            except TimeoutError:
+                log.info("session %s: no audio for %.0f s; closing", self.id, self.config.media_timeout_s)
+                # close() cancels this task, so it runs as a task of its own; the session holds it.
+                self._spawn(self.close(), "close")
                 return
             arrival = loop.time()
             self.frames_in += 1
@@ -136,9 +143,10 @@ class Session:
         self._closing = True
         try:
             await self.conversation.close()
-            for task in list(self._tasks):
+            others = [t for t in self._tasks if t is not asyncio.current_task()]
+            for task in others:
                 task.cancel()
-            for task in list(self._tasks):
+            for task in others:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.output.clear()

@@ -106,6 +106,19 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         default=_env("MAX_SESSIONS", DEFAULTS.max_sessions),
         help="concurrent calls accepted [VOICEPEER_MAX_SESSIONS] (%(default)s)",
     )
+    add(
+        "--media-timeout",
+        type=float,
+        default=_env("MEDIA_TIMEOUT", DEFAULTS.media_timeout_s),
+        help="close a call whose microphone sends nothing for this many seconds [VOICEPEER_MEDIA_TIMEOUT] "
+        "(%(default)s)",
+    )
+    add(
+        "--record-turns",
+        default=_env("RECORD_TURNS", None),
+        metavar="DIR",
+        help="debugging: save each user turn as the ASR heard it (16 kHz WAV) [VOICEPEER_RECORD_TURNS]",
+    )
     add("--log-level", default=_env("LOG_LEVEL", "info"), help="debug, info, warning [VOICEPEER_LOG_LEVEL]")
 
 
@@ -129,6 +142,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         turn=turn,
         ice_servers=tuple(ice),
         max_sessions=int(args.max_sessions),
+        media_timeout_s=float(args.media_timeout),
+        record_turns_dir=args.record_turns or None,
     )
 
 

@@ -42,7 +42,10 @@ def wait_sessions(server: ServerProcess, n: int, timeout: float = 10.0) -> None:
 
 
 def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech):
-    question = make_speech("What is the capital of France?", lead_s=2.0, tail_s=15.0)
+    # tiny.en mishears some espeak-ng phrases after Opus ("spider" -> "lands"); this one was right in 8/8
+    # Opus round trips at two bitrates, two levels and two offsets.
+    question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=15.0)
+    wait_sessions(server, 0)
     with browser.chromium_page(pw, Path(question.path)) as page:
         browser.connect(page, server.url)
         assert page.evaluate("window.voicepeerClient.pc.iceConnectionState") in ("connected", "completed")
@@ -52,7 +55,7 @@ def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech
 
         final = call.messages("transcript")[-1]
         heard = {w.strip("?.,!").lower() for w in final["text"].split()}
-        assert {"capital", "france"} <= heard, final
+        assert {"weather", "today"} <= heard, final
         reply = [m for m in call.messages("reply") if m["final"]][-1]
         assert reply["turn"] == final["turn"] and len(reply["text"]) > 2
 
@@ -74,6 +77,7 @@ def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech
 
 def test_a_second_page_gets_its_own_session_and_everything_is_released(server, pw, make_speech):
     question = make_speech("Hello there.", lead_s=1.0, tail_s=5.0)
+    wait_sessions(server, 0, timeout=40)
     with browser.chromium_page(pw, Path(question.path)) as page:
         browser.connect(page, server.url)
         browser.wait_for_event(page, "m.type === 'session'", 10_000)
