@@ -8,6 +8,7 @@ _SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+)")
 _CLAUSE_END = re.compile(r"([,;:—–])(\s+)")
 _MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)")
 _SPACE = re.compile(r"\s+")
+_WORD_GAP = re.compile(r"\s")
 
 
 def clean_for_speech(text: str) -> str:
@@ -20,13 +21,15 @@ def clean_for_speech(text: str) -> str:
 class SpeechChunker:
     """Accumulates streamed text and returns the complete sentences in it.
 
-    The first piece of a reply is cut early, at a clause boundary once it has ``first_min_chars``
-    characters, because the listener waits for it; later pieces are whole sentences, which sound more
-    natural and are synthesized while the previous one plays.
+    The first piece of a reply is cut early, because the listener is waiting for it: at a clause boundary
+    once it has ``first_min_chars`` characters, or after ``first_max_words`` complete words if no
+    punctuation has come by then. Later pieces are whole sentences, which sound more natural, and are
+    synthesized while the previous one plays, so their length costs no latency.
     """
 
-    def __init__(self, first_min_chars: int = 24, max_chars: int = 240) -> None:
+    def __init__(self, first_min_chars: int = 16, first_max_words: int = 7, max_chars: int = 240) -> None:
         self.first_min_chars = first_min_chars
+        self.first_max_words = first_max_words
         self.max_chars = max_chars
         self._buffer = ""
         self._emitted = 0
@@ -58,6 +61,11 @@ class SpeechChunker:
             for m in _CLAUSE_END.finditer(buf):
                 if m.end(1) >= self.first_min_chars:
                     return self._take(m.end(1), m.end())
+            # A word is complete once the space after it has arrived.
+            spaces = [m.start() for m in _WORD_GAP.finditer(buf.lstrip())]
+            if len(spaces) >= self.first_max_words:
+                end = len(buf) - len(buf.lstrip()) + spaces[self.first_max_words - 1]
+                return self._take(end, end + 1)
         if len(buf) > self.max_chars:
             space = buf.rfind(" ", 0, self.max_chars)
             if space > 0:

@@ -9,7 +9,7 @@ def feed(chunker: SpeechChunker, text: str, step: int = 3) -> list[str]:
 
 
 def test_sentences_are_cut_as_soon_as_they_end():
-    c = SpeechChunker(first_min_chars=1000)
+    c = SpeechChunker(first_min_chars=1000, first_max_words=1000)
     assert c.push("Hello there. How") == ["Hello there."]
     assert c.push(" are you? I am") == ["How are you?"]
     assert c.flush() == ["I am"]
@@ -17,7 +17,7 @@ def test_sentences_are_cut_as_soon_as_they_end():
 
 def test_first_piece_is_cut_early_at_a_clause_then_only_at_sentences():
     text = "Paris is the capital of France, and it is also its largest city, by far. It has museums, parks."
-    pieces = feed(SpeechChunker(first_min_chars=20), text)
+    pieces = feed(SpeechChunker(first_min_chars=20, first_max_words=100), text)
     assert pieces == [
         "Paris is the capital of France,",
         "and it is also its largest city, by far.",
@@ -27,16 +27,27 @@ def test_first_piece_is_cut_early_at_a_clause_then_only_at_sentences():
 
 def test_abbreviations_and_decimals_do_not_end_sentences():
     pieces = feed(
-        SpeechChunker(first_min_chars=1000), "Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien. Done."
+        SpeechChunker(first_min_chars=1000, first_max_words=1000),
+        "Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien. Done.",
     )
     assert pieces == ["Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien.", "Done."]
 
 
 def test_long_text_without_punctuation_is_cut_at_a_space():
-    c = SpeechChunker(first_min_chars=1000, max_chars=40)
+    c = SpeechChunker(first_min_chars=1000, first_max_words=1000, max_chars=40)
     pieces = feed(c, "word " * 30)
     assert all(len(p) <= 40 for p in pieces) and " ".join(pieces) == ("word " * 30).strip()
 
 
 def test_markup_is_not_spoken():
     assert clean_for_speech("**Paris** is _the_ [capital](http://x) 🇫🇷 #1") == "Paris is the capital 1"
+
+
+def test_first_piece_without_punctuation_is_cut_after_a_few_words_later_ones_are_not():
+    text = "The largest ocean on Earth is the Pacific Ocean which covers a third of the planet. It is deep."
+    pieces = feed(SpeechChunker(first_max_words=5), text)
+    assert pieces == [
+        "The largest ocean on Earth",
+        "is the Pacific Ocean which covers a third of the planet.",
+        "It is deep.",
+    ]
