@@ -13,7 +13,7 @@ import numpy as np
 
 from . import models
 from .audio import SPEECH_RATE, to_float32
-from .workers import run_blocking
+from .workers import priority, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class WhisperASR(ASR):
 
     def transcribe_blocking(self, audio: np.ndarray) -> Transcript:
         t0 = time.perf_counter()
-        with self._lock:
+        with self._lock, priority.urgent():
             if audio.size <= SHORT_TURN_S * SPEECH_RATE:
                 text = self._decode_short(to_float32(audio))
             else:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from . import models
-from .workers import executor
+from .workers import executor, priority
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class LlamaCppLLM(LLM):
             for chunk in chunks:
                 if cancelled.is_set():
                     break
+                priority.wait_turn()  # let ASR/TTS that a user is waiting on have the cores
                 delta = chunk["choices"][0].get("delta", {}).get("content")
                 if delta:
                     emit(delta)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from . import models
-from .workers import run_blocking
+from .workers import priority, run_blocking
 
 
 class TTS(abc.ABC):
@@ -48,7 +48,7 @@ class PiperTTS(TTS):
         self.synthesize_blocking("Hello.")
 
     def synthesize_blocking(self, text: str) -> list[np.ndarray]:
-        with self._lock:
+        with self._lock, priority.urgent():
             return [
                 chunk.audio_int16_array.reshape(-1) for chunk in self._voice.synthesize(text, self._config)
             ]

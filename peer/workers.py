@@ -8,8 +8,10 @@ release the GIL while they compute, so the loop keeps pacing audio while they ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
@@ -47,3 +49,37 @@ def frontend_executor() -> ThreadPoolExecutor:
 async def run_frontend(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(frontend_executor(), functools.partial(fn, *args, **kwargs))
+
+
+class CpuPriority:
+    """Lets latency-critical inference run ahead of work that can wait, on a CPU with few cores.
+
+    ASR and TTS are urgent: a user is waiting for exactly that result. A local LLM mostly is not: once
+    the first phrase of a reply has been written it runs far ahead of playback, and every core it holds
+    slows the synthesis of the phrase the user is waiting to hear. So the embedded LLM calls
+    ``wait_turn`` between tokens and pauses while urgent work runs (its KV cache simply waits), with a
+    bound so it can never starve.
+    """
+
+    def __init__(self) -> None:
+        self._urgent = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        with self._cond:
+            self._urgent += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                if self._urgent == 0:
+                    self._cond.notify_all()
+
+    def wait_turn(self, max_wait_s: float = 1.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._urgent == 0, timeout=max_wait_s)
+
+
+priority = CpuPriority()

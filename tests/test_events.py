@@ -1,29 +1,11 @@
+import asyncio
 import json
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from peer import events
 from peer.events import EventChannel, ProtocolError, parse_client_message
-
-
-class FakeChannel:
-    """Stands in for aiortc's RTCDataChannel, whose open/close we drive here."""
-
-    def __init__(self) -> None:
-        self.readyState = "connecting"
-        self.sent: list[str] = []
-        self.handlers = {}
-
-    def on(self, name, handler):
-        self.handlers[name] = handler
-
-    def send(self, text: str) -> None:
-        assert self.readyState == "open"
-        self.sent.append(text)
-
-    def open(self) -> None:
-        self.readyState = "open"
-        self.handlers["open"]()
 
 
 def test_event_shapes_follow_the_protocol():
@@ -39,18 +21,42 @@ def test_event_shapes_follow_the_protocol():
     assert events.metrics(3, {"a_ms": 1.5}) == {"type": "metrics", "turn": 3, "a_ms": 1.5}
 
 
-def test_events_sent_before_the_channel_opens_are_delivered_in_order():
+async def test_events_sent_before_the_channel_opens_are_delivered_in_order():
+    """A real aiortc data channel pair on loopback: the server has things to say before SCTP is up."""
+    a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    received: list[dict] = []
+    done = asyncio.Event()
+
+    @b.on("datachannel")
+    def on_datachannel(channel):
+        @channel.on("message")
+        def on_message(text):
+            received.append(json.loads(text))
+            if len(received) == 3:
+                done.set()
+
     ch = EventChannel()
-    seen = []
+    seen: list[dict] = []
     ch.add_listener(seen.append)
+    ch.attach(a.createDataChannel("events"))
     ch.send(events.state("listening"))
-    fake = FakeChannel()
-    ch.attach(fake)
     ch.send(events.state("thinking"))
-    assert fake.sent == []
-    fake.open()
-    ch.send(events.state("speaking"))
-    assert [json.loads(s)["state"] for s in fake.sent] == ["listening", "thinking", "speaking"]
+    try:
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        async with asyncio.timeout(10):
+            while ch.sent == 0 and not ch._is_open():
+                await asyncio.sleep(0.01)
+        ch.send(events.state("speaking"))
+        async with asyncio.timeout(10):
+            await done.wait()
+    finally:
+        await a.close()
+        await b.close()
+    assert [m["state"] for m in received] == ["listening", "thinking", "speaking"]
     assert len(seen) == 3
 
 
