@@ -18,37 +18,31 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_executor: ThreadPoolExecutor | None = None
-
-
+@functools.cache
 def executor() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=6, thread_name_prefix="voicepeer-infer")
-    return _executor
+    """The inference pool: ASR, LLM and TTS calls of every session."""
+    return ThreadPoolExecutor(max_workers=6, thread_name_prefix="voicepeer-infer")
 
 
-async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Runs a blocking call in the inference pool and awaits its result."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
-
-
-_frontend: ThreadPoolExecutor | None = None
-
-
+@functools.cache
 def frontend_executor() -> ThreadPoolExecutor:
     """A separate small pool for the per-frame audio front-end (VAD), so a 20 ms frame never queues
     behind a seconds-long ASR or LLM call in the inference pool."""
-    global _frontend
-    if _frontend is None:
-        _frontend = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicepeer-frontend")
-    return _frontend
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicepeer-frontend")
+
+
+async def _run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+
+
+async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs a blocking model call in the inference pool and awaits its result."""
+    return await _run_in(executor(), fn, *args, **kwargs)
 
 
 async def run_frontend(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(frontend_executor(), functools.partial(fn, *args, **kwargs))
+    """Runs a blocking per-frame audio call in the front-end pool and awaits its result."""
+    return await _run_in(frontend_executor(), fn, *args, **kwargs)
 
 
 class CpuPriority:

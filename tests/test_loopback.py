@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -30,13 +32,27 @@ async def wait_until(condition, timeout: float) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(services, make_speech):
-    question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
-    server = await serve(services)
+@contextlib.asynccontextmanager
+async def call(services: Services, **config) -> AsyncIterator[tuple[TestServer, RtcClient]]:
+    """A connected call (events channel open); on the way out the client hangs up, and the server must
+    have released the session before it is closed."""
+    server = await serve(services, **config)
     client = RtcClient(str(server.make_url("")))
     try:
         await client.connect()
         await client.wait_for(lambda m: m["type"] == "session", 10)
+        yield server, client
+    finally:
+        await client.close()
+        try:
+            await wait_until(lambda: not server.app[STATE].sessions, 10)
+        finally:
+            await server.close()
+
+
+async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(services, make_speech):
+    question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
+    async with call(services) as (_server, client):
         sent_at = client.say(read_wav(question.path)[0])
         speech_end = sent_at + question.speech_end_s
         _, final = await client.wait_for(lambda m: m["type"] == "transcript" and m["final"], 30)
@@ -51,26 +67,14 @@ async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(se
         assert onset is not None, "no reply audio reached the client"
         voiced = [p for t, p in zip(client.received.times, client.received.pcm, strict=True) if t >= onset]
         assert np.sqrt(np.mean(np.concatenate(voiced).astype(np.float64) ** 2)) > 300
-    finally:
-        await client.close()
-        await wait_until(lambda: not server.app[STATE].sessions, 10)
-        await server.close()
 
 
 async def test_closing_the_client_releases_the_session(services):
-    server = await serve(services)
-    client = RtcClient(str(server.make_url("")))
-    try:
-        await client.connect()
-        await client.wait_for(lambda m: m["type"] == "session", 10)
+    async with call(services) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         await wait_until(lambda: session.frames_in > 10, 10)
-    finally:
-        await client.close()
-    await wait_until(lambda: not server.app[STATE].sessions, 10)
     assert session.closed and session.pc.connectionState == "closed"
     assert not session._tasks and session.output.readyState == "ended"
-    await server.close()
 
 
 async def test_server_shutdown_closes_live_sessions(services):
@@ -95,10 +99,7 @@ class DeadLLM(LLM):
 async def test_a_dead_llm_gives_an_error_and_a_spoken_apology_and_the_session_goes_on(services, make_speech):
     question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
     dead = Services(asr=services.asr, llm=DeadLLM(), tts=services.tts)
-    server = await serve(dead, llm_timeout_s=1.0)
-    client = RtcClient(str(server.make_url("")))
-    try:
-        await client.connect()
+    async with call(dead, llm_timeout_s=1.0) as (_server, client):
         pcm = read_wav(question.path)[0]
         client.say(pcm)
         t_err, err = await client.wait_for(lambda m: m["type"] == "error", 30)
@@ -109,40 +110,22 @@ async def test_a_dead_llm_gives_an_error_and_a_spoken_apology_and_the_session_go
         # The session survives: a second question is still heard.
         client.say(pcm)
         await client.wait_for(lambda m: m["type"] == "transcript" and m["turn"] == 2, 30)
-    finally:
-        await client.close()
-        await wait_until(lambda: not server.app[STATE].sessions, 10)
-        await server.close()
 
 
 async def test_bad_data_channel_messages_get_an_error_event(services):
-    server = await serve(services)
-    client = RtcClient(str(server.make_url("")))
-    try:
-        await client.connect()
-        await client.wait_for(lambda m: m["type"] == "session", 10)
+    async with call(services) as (_server, client):
         client.channel.send("{oops")
         client.channel.send('{"type": "ping"}')
         _, err = await client.wait_for(lambda m: m["type"] == "error", 5)
         assert err["code"] == "bad_message"
         await client.wait_for(lambda m: m["type"] == "pong", 5)
-    finally:
-        await client.close()
-        await server.close()
 
 
 async def test_a_client_that_vanishes_is_closed_by_the_media_watchdog(services):
-    server = await serve(services, media_timeout_s=1.0)
-    client = RtcClient(str(server.make_url("")))
-    try:
-        await client.connect()
-        await client.wait_for(lambda m: m["type"] == "session", 10)
+    async with call(services, media_timeout_s=1.0) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         await wait_until(lambda: session.frames_in > 10, 10)
         # The client stops sending without hanging up, like a laptop whose lid closes.
         client.mic.stop()
         await wait_until(lambda: not server.app[STATE].sessions, 10)
         assert session.closed and session.pc.connectionState == "closed"
-    finally:
-        await client.close()
-        await server.close()
