@@ -32,5 +32,7 @@ class Config:
     """A call whose microphone track delivers nothing for this long is closed: browsers send audio
     continuously (silence included), so this is a client that vanished without hanging up. Without it
     the session would wait for ICE consent to expire, about 30 s."""
+    connect_timeout_s: float = 20.0
+    """A session whose peer connection is not up this long after the answer is closed."""
     record_turns_dir: str | None = None
     """Debugging: write every user turn, as the ASR heard it, to this directory as 16 kHz WAV."""

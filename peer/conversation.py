@@ -78,6 +78,8 @@ class Conversation:
         self.ignored_turns = 0
         self.record_dir = Path(record_dir) if record_dir else None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._heard_while_busy = False  # the current user turn began while the bot was busy
 
     def start(self) -> None:
         self.channel.send(events.state(self.state))
@@ -93,14 +95,24 @@ class Conversation:
 
     def on_turn_event(self, event: TurnEvent) -> None:
         """Called by the session for every VAD turn event, on the event loop."""
+        if self._closed:
+            return
         if isinstance(event, SpeechStarted):
+            # Speech that began during the reply contains the bot's own voice or its echo; it is not
+            # answered even if it ends after the reply does.
+            self._heard_while_busy = self.busy
             return
         if isinstance(event, SpeechEnded):
-            if self.busy:
+            if self.busy or self._heard_while_busy:
                 self.ignored_turns += 1
-                log.info("ignoring %d ms of speech while %s", event.voiced_ms, self.state)
+                log.info("ignoring %d ms of speech heard while the bot was busy", event.voiced_ms)
                 return
             self._task = asyncio.get_running_loop().create_task(self._run_turn(event))
+            self._task.add_done_callback(self._turn_done)
+
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("turn failed", exc_info=task.exception())
 
     async def wait_idle(self) -> None:
         if self._task is not None:
@@ -108,6 +120,7 @@ class Conversation:
                 await asyncio.shield(self._task)
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -124,9 +137,12 @@ class Conversation:
         )
         m.mark("endpoint_ms")
         self._set_state("thinking")
-        if self.record_dir is not None:
-            self._record(turn, ended.audio)
         try:
+            if self.record_dir is not None:
+                try:
+                    self._record(turn, ended.audio)
+                except OSError as exc:
+                    log.warning("could not record turn %d: %s", turn, exc)
             try:
                 result = await self.asr.transcribe(ended.audio)
             except Exception as exc:
@@ -198,7 +214,7 @@ class Conversation:
             except LLMError as exc:
                 log.warning("turn %d: %s", turn, exc)
                 self.channel.send(events.error("llm_failed", str(exc)))
-                if not spoken and sentences.empty():
+                if not written:  # nothing of a reply is on its way: apologise instead
                     sentences.put_nowait(APOLOGY)
             finally:
                 sentences.put_nowait(None)

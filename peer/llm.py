@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import models
-from .workers import executor, priority
+from .workers import priority
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class LlamaCppLLM(LLM):
         threads = n_threads or max(1, os.cpu_count() or 1)
         self._llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         self._lock = threading.Lock()
+        # Its own thread: generations are serial anyway, and queued or stuck ones must never occupy the
+        # shared inference pool that ASR and TTS of every session need.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicepeer-llm")
 
     def warmup(self, system_prompt: str) -> None:
         # Besides paging the weights in, this leaves the system prompt in llama.cpp's KV cache:
@@ -94,6 +99,8 @@ class LlamaCppLLM(LLM):
             self._llama.create_chat_completion(messages=messages, max_tokens=1)
 
     def _generate(self, messages: list[Message], emit, cancelled: threading.Event) -> None:
+        if cancelled.is_set():  # abandoned while it waited in the queue: skip the prompt evaluation
+            return
         with self._lock:
             chunks = self._llama.create_chat_completion(
                 messages=messages, stream=True, max_tokens=self.max_tokens, temperature=self.temperature
@@ -112,7 +119,8 @@ class LlamaCppLLM(LLM):
         cancelled = threading.Event()
 
         def emit(item: object) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):  # the loop closed while the thread ran (shutdown)
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
             try:
@@ -123,7 +131,7 @@ class LlamaCppLLM(LLM):
             finally:
                 emit(_END)
 
-        future = loop.run_in_executor(executor(), work)
+        future = loop.run_in_executor(self._executor, work)
         try:
             while (item := await queue.get()) is not _END:
                 if isinstance(item, Exception):

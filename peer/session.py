@@ -56,6 +56,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self._closing = False
+        self._inbound: MediaStreamTrack | None = None
         self.frames_in = 0
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -73,7 +74,18 @@ class Session:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         self.conversation.start()
+        self._spawn(self._connect_watchdog(), "connect-watchdog")
         return self.pc.localDescription
+
+    async def _connect_watchdog(self) -> None:
+        """A client that posts an offer and never connects must not hold a session slot: aioice waits
+        for more candidates forever unless the client signals their end, which browsers rarely do."""
+        await asyncio.sleep(self.config.connect_timeout_s)
+        if self.pc.connectionState != "connected" and not self._closing:
+            log.info(
+                "session %s: not connected after %.0f s; closing", self.id, self.config.connect_timeout_s
+            )
+            self._spawn(self.close(), "close")
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.id}")
@@ -86,10 +98,23 @@ class Session:
             log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind != "audio":
-            log.info("session %s: ignoring %s track", self.id, track.kind)
+        if track.kind != "audio" or self._inbound is not None:
+            # One microphone per session: the turn detector is the state of one stream.
+            log.info("session %s: ignoring an extra %s track", self.id, track.kind)
             return
-        self._spawn(self._consume(track), "inbound")
+        self._inbound = track
+        self._spawn(self._consume_or_close(track), "inbound")
+
+    async def _consume_or_close(self, track: MediaStreamTrack) -> None:
+        try:
+            await self._consume(track)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A deaf session is worse than a closed one: the client can reconnect.
+            log.exception("session %s: inbound audio failed; closing", self.id)
+            self.channel.send(events.error("internal", "the server stopped hearing this call; reconnect"))
+            self._spawn(self.close(), "close")
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
@@ -142,13 +167,14 @@ class Session:
             return
         self._closing = True
         try:
-            await self.conversation.close()
+            # Inbound first, so no new turn can start while the conversation winds down.
             others = [t for t in self._tasks if t is not asyncio.current_task()]
             for task in others:
                 task.cancel()
             for task in others:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self.conversation.close()
             self.output.clear()
             self.output.stop()
             await self.pc.close()

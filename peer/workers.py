@@ -18,6 +18,7 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
+
 @functools.cache
 def executor() -> ThreadPoolExecutor:
     """The inference pool: ASR, LLM and TTS calls of every session."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 
 from peer.config import Config
@@ -72,8 +73,16 @@ async def _read_offer(request: web.Request) -> RTCSessionDescription:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:
         raise OfferError(400, "invalid_sdp", f"the SDP does not parse: {exc}") from None
-    if not any(m.kind == "audio" for m in parsed.media):
+    audio = [m for m in parsed.media if m.kind == "audio"]
+    if not audio:
         raise OfferError(400, "no_audio", "the offer has no audio m-line: add a microphone track")
+    if (audio[0].direction or "sendrecv") != "sendrecv":
+        raise OfferError(
+            400,
+            "bad_direction",
+            f"the audio m-line must be sendrecv (it is {audio[0].direction}): "
+            "the peer both hears the microphone and speaks back",
+        )
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
@@ -97,11 +106,16 @@ async def offer(request: web.Request) -> web.Response:
     state.sessions[session.id] = session
     try:
         answer = await session.accept(description)
-    except Exception as exc:
+    except (ValueError, InvalidAccessError, InvalidStateError) as exc:
         log.info("rejecting offer: %s", exc)
         await session.close()
         state.counters["offers_rejected_total"] += 1
         return _error(400, "invalid_sdp", f"the offer was refused: {exc}")
+    except Exception as exc:
+        log.exception("could not answer an offer")
+        await session.close()
+        state.counters["offers_rejected_total"] += 1
+        return _error(500, "internal", f"the server could not answer the offer: {exc}")
     state.counters["sessions_total"] += 1
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
 

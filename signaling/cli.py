@@ -29,14 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="start the server (default)")
     check = sub.add_parser("check", help="load every model once, print where it came from, and exit")
-    for p in (parser, serve, check):
-        _add_options(p)
+    _add_options(parser)
+    for sub_parser in (serve, check):
+        # Accepted after the subcommand too; SUPPRESS keeps a subcommand's defaults from overwriting
+        # what was given before it (`voicepeer --port 9000 serve`).
+        _add_options(sub_parser, argument_default=argparse.SUPPRESS)
     return parser
 
 
-def _add_options(p: argparse.ArgumentParser) -> None:
+def _add_options(p: argparse.ArgumentParser, argument_default: object = None) -> None:
     t = TurnParams()
-    add = p.add_argument
+
+    def add(*names: str, **kwargs: object) -> None:
+        if argument_default is argparse.SUPPRESS:
+            shown = str(kwargs.get("default"))
+            kwargs["help"] = str(kwargs.get("help", "")).replace("%(default)s", shown)
+            kwargs["default"] = argparse.SUPPRESS
+        p.add_argument(*names, **kwargs)
+
     add("--host", default=_env("HOST", DEFAULTS.host), help="listen address [VOICEPEER_HOST] (%(default)s)")
     add(
         "--port",
@@ -114,6 +124,13 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "(%(default)s)",
     )
     add(
+        "--connect-timeout",
+        type=float,
+        default=_env("CONNECT_TIMEOUT", DEFAULTS.connect_timeout_s),
+        help="close a session whose peer connection is not up this many seconds after the answer "
+        "[VOICEPEER_CONNECT_TIMEOUT] (%(default)s)",
+    )
+    add(
         "--record-turns",
         default=_env("RECORD_TURNS", None),
         metavar="DIR",
@@ -143,6 +160,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ice_servers=tuple(ice),
         max_sessions=int(args.max_sessions),
         media_timeout_s=float(args.media_timeout),
+        connect_timeout_s=float(args.connect_timeout),
         record_turns_dir=args.record_turns or None,
     )
 

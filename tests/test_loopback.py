@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
@@ -129,3 +130,56 @@ async def test_a_client_that_vanishes_is_closed_by_the_media_watchdog(services):
         client.mic.stop()
         await wait_until(lambda: not server.app[STATE].sessions, 10)
         assert session.closed and session.pc.connectionState == "closed"
+
+
+class StallingLLM(LLM):
+    """Fault injection: a backend that writes one sentence, then stops answering."""
+
+    async def stream(self, messages: list[Message]):
+        for token in ["Paris", " is", " lovely", ".", " It"]:
+            yield token
+        await asyncio.Event().wait()
+
+
+async def test_an_llm_that_stalls_mid_reply_keeps_what_was_said_and_adds_no_apology(services, make_speech):
+    question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
+    stalling = Services(asr=services.asr, llm=StallingLLM(), tts=services.tts)
+    async with call(stalling, llm_timeout_s=1.0) as (_server, client):
+        client.say(read_wav(question.path)[0])
+        _, err = await client.wait_for(lambda m: m["type"] == "error", 30)
+        assert err["code"] == "llm_failed"
+        _, final = await client.wait_for(lambda m: m["type"] == "reply" and m["final"], 30)
+        assert final["text"] == "Paris is lovely."
+
+
+async def test_an_offer_that_never_connects_is_closed(services):
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    server = await serve(services, connect_timeout_s=1.0)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.createDataChannel("events")
+        pc.addTransceiver("audio", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        async with aiohttp.ClientSession() as http, http.post(server.make_url("/offer"), json=offer) as r:
+            assert r.status == 200
+        # The client never applies the answer, so ICE never starts on its side.
+        assert len(server.app[STATE].sessions) == 1
+        await wait_until(lambda: not server.app[STATE].sessions, 10)
+    finally:
+        await pc.close()
+        await server.close()
+
+
+async def test_a_failing_inbound_path_closes_the_session_with_an_error(services):
+    async with call(services) as (server, client):
+        session = server.app[STATE].sessions[client.session_id]
+
+        def broken(*_args):
+            raise RuntimeError("injected front-end fault")
+
+        session.detector.process = broken
+        _, err = await client.wait_for(lambda m: m["type"] == "error", 10)
+        assert err["code"] == "internal"
+        await wait_until(lambda: not server.app[STATE].sessions, 10)

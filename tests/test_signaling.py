@@ -29,11 +29,11 @@ async def client():
         yield c
 
 
-async def local_offer(audio: bool) -> str:
+async def local_offer(audio: bool, direction: str = "sendrecv") -> str:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.createDataChannel("events")
     if audio:
-        pc.addTransceiver("audio", direction="sendrecv")
+        pc.addTransceiver("audio", direction=direction)
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
@@ -76,6 +76,14 @@ async def test_an_offer_without_audio_is_refused(client: TestClient):
     assert r.status == 400 and (await r.json())["error"] == "no_audio"
 
 
+@pytest.mark.parametrize("direction", ["sendonly", "recvonly", "inactive"])
+async def test_a_one_way_audio_offer_is_refused(client: TestClient, direction: str):
+    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(True, direction)})
+    assert r.status == 400
+    body = await r.json()
+    assert body["error"] == "bad_direction" and direction in body["message"]
+
+
 async def test_metrics_count_rejections(client: TestClient):
     await client.post("/offer", data=b"nope")
     text = await (await client.get("/metrics")).text()
@@ -94,3 +102,13 @@ async def test_demo_page_and_client_module_are_served(client: TestClient):
 
 async def test_unknown_session_delete_is_404(client: TestClient):
     assert (await client.delete("/sessions/nope")).status == 404
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--port", "9000", "serve"], ["serve", "--port", "9000"], ["--port", "9000"]],
+)
+def test_cli_options_count_before_and_after_the_subcommand(argv):
+    from signaling.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(argv)).port == 9000

@@ -46,13 +46,26 @@ export class VoicePeerClient extends EventTarget {
 
   async connect() {
     if (this.pc) throw new Error("already connected");
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
+    try {
+      await this._connect(pc);
+    } catch (err) {
+      // Leave nothing behind: no live microphone, no half-open peer connection, no server session.
+      if (this.pc === pc) await this.disconnect();
+      throw err;
+    }
+    return this.sessionId;
+  }
+
+  async _connect(pc) {
     this.localStream = await navigator.mediaDevices.getUserMedia({
       audio: { ...this.audioProcessing, channelCount: 1 },
       video: false,
     });
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    this.pc = pc;
+    if (this.pc !== pc) throw new Error("disconnected while opening the microphone");
     pc.addEventListener("connectionstatechange", () => {
+      if (this.pc !== pc) return;
       this._emit("connection", { state: pc.connectionState });
       if (pc.connectionState === "failed") this.disconnect();
     });
@@ -78,12 +91,15 @@ export class VoicePeerClient extends EventTarget {
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      await this.disconnect();
       throw new Error(`offer refused (${response.status} ${body.error || ""}): ${body.message || ""}`);
+    }
+    if (this.pc !== pc) {
+      // disconnect() ran while the offer was in flight: hang up the session the server just made.
+      this._deleteSession(body.session_id);
+      throw new Error("disconnected while connecting");
     }
     this.sessionId = body.session_id;
     await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
-    return this.sessionId;
   }
 
   /** Sends a JSON message on the events channel. */
@@ -93,21 +109,26 @@ export class VoicePeerClient extends EventTarget {
     return true;
   }
 
+  /** Hangs up. Safe to call at any time, more than once, and while connect() is still running. */
   async disconnect() {
     const { pc, sessionId } = this;
+    if (!pc) return;
     this.pc = null;
     this.channel = null;
     this.sessionId = null;
     if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
     this.localStream = null;
+    this.remoteStream = null;
     if (this.audioElement) this.audioElement.srcObject = null;
-    if (pc) pc.close();
-    if (sessionId) {
-      // Tells the server at once instead of leaving it to notice the dead connection.
-      await fetch(`${this.serverUrl}/sessions/${sessionId}`, { method: "DELETE", keepalive: true }).catch(() => {});
-    }
+    pc.close();
+    if (sessionId) await this._deleteSession(sessionId);
     this._setState("idle");
     this._emit("connection", { state: "closed" });
+  }
+
+  _deleteSession(sessionId) {
+    // Tells the server at once instead of leaving it to notice the dead connection.
+    return fetch(`${this.serverUrl}/sessions/${sessionId}`, { method: "DELETE", keepalive: true }).catch(() => {});
   }
 
   _onMessage(data) {

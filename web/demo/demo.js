@@ -7,10 +7,11 @@ const log = $("log");
 let client = null;
 let meters = [];
 let audioContext = null;
-const entries = new Map(); // "user:3" / "bot:3" -> <li>
+let call = 0; // turn numbers restart with every call
+const entries = new Map(); // "2:user:3" -> <li>
 
 function entry(kind, turn) {
-  const key = `${kind}:${turn}`;
+  const key = `${call}:${kind}:${turn}`;
   let li = entries.get(key);
   if (!li) {
     li = document.createElement("li");
@@ -48,13 +49,17 @@ async function connect() {
   const audioProcessing = Object.fromEntries(
     ["echoCancellation", "noiseSuppression", "autoGainControl"].map((k) => [k, $(k).checked]),
   );
+  call += 1;
   client = new VoicePeerClient({ audioElement: $("bot-audio"), audioProcessing });
   window.voicepeerClient = client; // for the browser tests and the curious
   client.addEventListener("state", (e) => {
     $("state").textContent = e.detail.state;
     $("state").dataset.state = e.detail.state;
   });
-  client.addEventListener("connection", (e) => ($("connection").textContent = e.detail.state));
+  client.addEventListener("connection", (e) => {
+    $("connection").textContent = e.detail.state;
+    if (e.detail.state === "closed") resetControls(); // also when the client hung up by itself
+  });
   client.addEventListener("transcript", (e) => showText("user", e.detail));
   client.addEventListener("reply", (e) => showText("bot", e.detail));
   client.addEventListener("metrics", (e) => {
@@ -74,21 +79,26 @@ async function connect() {
     button.textContent = "Disconnect";
   } catch (err) {
     showError(String(err.message || err));
-    client = null;
+    resetControls();
   } finally {
     button.disabled = false;
   }
 }
 
-async function disconnect() {
+function resetControls() {
   for (const [el, meter] of meters) {
     meter.stop();
     el.value = 0;
   }
   meters = [];
-  await client.disconnect();
   client = null;
   button.textContent = "Connect";
+}
+
+async function disconnect() {
+  const current = client;
+  resetControls();
+  await current.disconnect();
 }
 
 button.addEventListener("click", () => (client ? disconnect() : connect()));
