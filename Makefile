@@ -39,6 +39,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "==> installing python3-venv"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null; }
 	$(call debian,c++,build-essential)
+	@test -n "$$(find /usr/lib /usr/lib64 -name 'libspeexdsp.so.1*' 2>/dev/null | head -n 1)" || { echo "==> installing libspeexdsp1 (Speex echo canceller)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libspeexdsp1 >/dev/null; }
 	@echo "==> creating the virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
@@ -80,6 +82,7 @@ lint: install-test
 
 bench: install-test
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.frontend
 
 check: install
 	$(BIN)/voicepeer check
