@@ -24,6 +24,12 @@ class Config:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     tts_voice: str | None = None
     """Path of a Piper .onnx voice; None for the bundled en_US-joe-medium."""
+    aec: str = "aec3"
+    """Server-side echo canceller: ``aec3`` (WebRTC), ``speex`` or ``off``; see bench/frontend.py."""
+    noise_suppression: int = 2
+    """WebRTC noise suppression level, 0 (off) to 4."""
+    auto_gain_dbfs: int = 0
+    """WebRTC automatic gain target in dBFS below full scale (1-31); 0 leaves the level alone."""
     turn: TurnParams = field(default_factory=TurnParams)
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""

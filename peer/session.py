@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -21,10 +22,11 @@ from .audio import InboundConverter
 from .config import Config
 from .conversation import Conversation
 from .events import EventChannel, ProtocolError, parse_client_message
+from .frontend import FarEndReference, FrontEnd
 from .llm import History
 from .services import Services
 from .tracks import OutboundAudioTrack
-from .vad import TurnDetector
+from .vad import TurnDetector, TurnEvent
 from .workers import run_frontend
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class Session:
             record_dir=config.record_turns_dir,
         )
         self.detector = TurnDetector(config.turn)
+        self.frontend = FrontEnd(config.aec, config.noise_suppression, config.auto_gain_dbfs)
+        self.reference = FarEndReference()
+        self.output.add_listener(self.reference.on_frame)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self._closing = False
@@ -135,8 +140,13 @@ class Session:
             arrival = loop.time()
             self.frames_in += 1
             pcm = converter.convert(frame)
-            for event in await run_frontend(self.detector.process, pcm, arrival):
+            reference = self.reference.take(pcm.size)  # on the loop, where the track feeds it
+            for event in await run_frontend(self._hear, pcm, reference, arrival):
                 self.conversation.on_turn_event(event)
+
+    def _hear(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
+        """Front-end then turn detection, in one worker-thread hop per 20 ms frame."""
+        return self.detector.process(self.frontend.process(pcm, reference), arrival)
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":
@@ -175,6 +185,7 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self.conversation.close()
+            self.frontend.close()
             self.output.clear()
             self.output.stop()
             await self.pc.close()

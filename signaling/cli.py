@@ -93,6 +93,25 @@ def _add_options(p: argparse.ArgumentParser, argument_default: object = None) ->
         help="path of a Piper .onnx voice; default: bundled en_US-joe-medium [VOICEPEER_TTS_VOICE]",
     )
     add(
+        "--aec",
+        choices=["aec3", "speex", "off"],
+        default=_env("AEC", DEFAULTS.aec),
+        help="server-side echo canceller fed with the audio the peer sent [VOICEPEER_AEC] (%(default)s)",
+    )
+    add(
+        "--noise-suppression",
+        type=int,
+        choices=range(5),
+        default=_env("NOISE_SUPPRESSION", DEFAULTS.noise_suppression),
+        help="WebRTC noise suppression level, 0 = off [VOICEPEER_NOISE_SUPPRESSION] (%(default)s)",
+    )
+    add(
+        "--auto-gain",
+        type=int,
+        default=_env("AUTO_GAIN", DEFAULTS.auto_gain_dbfs),
+        help="WebRTC gain control target, dBFS below full scale, 0 = off [VOICEPEER_AUTO_GAIN] (%(default)s)",
+    )
+    add(
         "--end-silence-ms",
         type=int,
         default=_env("END_SILENCE_MS", t.end_silence_ms),
@@ -156,6 +175,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         llm_timeout_s=float(args.llm_timeout),
         system_prompt=args.system_prompt,
         tts_voice=args.tts_voice or None,
+        aec=str(args.aec),
+        noise_suppression=int(args.noise_suppression),
+        auto_gain_dbfs=int(args.auto_gain),
         turn=turn,
         ice_servers=tuple(ice),
         max_sessions=int(args.max_sessions),

@@ -1,0 +1,92 @@
+"""The audio front-end: echo cancellation, then noise suppression and gain, on the 16 kHz speech path.
+
+It sits between the decoded microphone frames and the VAD/ASR. The echo canceller's far end is the
+exact audio the outbound track handed to aiortc (``FarEndReference`` listens to the track), so the peer
+can remove its own voice even when the browser's canceller is off or does not cover the output the user
+listens on.
+
+Pairing the two streams needs no timestamps arithmetic: the outbound track releases a 20 ms frame every
+20 ms and the client's microphone delivers one every 20 ms, so each inbound chunk is paired with the
+reference sent most recently, and the echo path's delay (network round trip plus the client's buffers,
+100-300 ms, drifting) is left to the canceller's own delay estimation, which is what it is built for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .audio import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
+from .echo import FRAME, EchoCanceller, make_canceller
+
+MAX_REFERENCE_MS = 200
+"""Reference older than this when the microphone asks for it is stale (the inbound side paused) and is
+dropped, so the pairing stays at "now" and the canceller's delay estimate stays valid."""
+
+
+class FarEndReference:
+    """What the bot sent, at 16 kHz, queued until the microphone chunk it pairs with arrives.
+
+    Both methods run on the event loop: ``on_frame`` as an OutboundAudioTrack listener, ``take`` from the
+    session's inbound task. No locking needed.
+    """
+
+    def __init__(self) -> None:
+        self._resampler = Resampler(WEBRTC_RATE, SPEECH_RATE)
+        self._buffer = SampleBuffer()
+        self._max = MAX_REFERENCE_MS * SPEECH_RATE // 1000
+        self.dropped = 0
+
+    def on_frame(self, pcm: np.ndarray, _pts: int, _sent_at: float, _voiced: bool) -> None:
+        self._buffer.push(self._resampler.push(pcm))
+        overflow = len(self._buffer) - self._max
+        if overflow > 0:
+            self._buffer.pop(overflow)
+            self.dropped += overflow
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` reference samples, padded with silence if the track has not sent them yet."""
+        out = self._buffer.pop(n)
+        if out is None:
+            out = np.zeros(n, dtype=np.int16)
+            have = self._buffer.pop_all()
+            out[: have.size] = have
+        return out
+
+
+class FrontEnd:
+    """Echo cancellation, then WebRTC noise suppression and automatic gain, in 10 ms frames.
+
+    Blocking (each 10 ms frame costs ~0.1-0.2 ms), so the session runs it in the front-end worker pool;
+    state is per stream and calls must not overlap.
+    """
+
+    def __init__(self, aec: str = "aec3", noise_suppression: int = 2, auto_gain_dbfs: int = 0) -> None:
+        self.canceller: EchoCanceller | None = make_canceller(aec)
+        self._processor = None
+        if noise_suppression or auto_gain_dbfs:
+            from webrtc_noise_gain import AudioProcessor
+
+            self._processor = AudioProcessor(auto_gain_dbfs, noise_suppression)
+        self._near = SampleBuffer()
+        self._far = SampleBuffer()
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """Microphone and reference samples at 16 kHz (equal counts); returns the cleaned microphone,
+        in whole 10 ms frames (a remainder waits for the next call)."""
+        self._near.push(near)
+        self._far.push(far)
+        out = []
+        while (mic := self._near.pop(FRAME)) is not None:
+            ref = self._far.pop(FRAME)
+            if ref is None:
+                ref = np.zeros(FRAME, dtype=np.int16)
+            if self.canceller is not None:
+                mic = self.canceller.process(mic, ref)
+            if self._processor is not None:
+                mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
+            out.append(mic)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+
+    def close(self) -> None:
+        if self.canceller is not None:
+            self.canceller.close()

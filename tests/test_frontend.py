@@ -1,0 +1,58 @@
+"""The front-end stage: reference pairing, exact framing, noise suppression, speech intact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peer.audio import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
+from peer.frontend import MAX_REFERENCE_MS, FarEndReference, FrontEnd
+from tests.support.speech import read_wav
+
+
+def test_the_reference_is_what_the_track_sent_at_16k_and_never_goes_stale():
+    ref = FarEndReference()
+    tone = (np.sin(2 * np.pi * 440 * np.arange(48000) / 48000) * 8000).astype(np.int16)
+    for i in range(0, tone.size, WEBRTC_FRAME_SAMPLES):  # one second of 20 ms frames, nobody taking
+        ref.on_frame(tone[i : i + WEBRTC_FRAME_SAMPLES], i, 0.0, True)
+    # Only the newest 200 ms are kept: the microphone is paired with what was sent just now.
+    held = ref.take(SPEECH_RATE)
+    assert np.count_nonzero(held) <= MAX_REFERENCE_MS * SPEECH_RATE // 1000
+    assert ref.dropped > 0
+    assert rms_dbfs(held[:3000]) == pytest.approx(rms_dbfs(tone), abs=1.0)
+    assert not ref.take(320).any()  # nothing more was sent: silence, not an error
+
+
+@pytest.mark.parametrize("aec", ["aec3", "speex", "off"])
+def test_output_is_whole_10ms_frames_across_uneven_calls(aec):
+    fe = FrontEnd(aec=aec)
+    total_in, total_out = 0, 0
+    rng = np.random.default_rng(0)
+    for n in (320, 100, 517, 3, 960, 320):
+        x = rng.normal(0, 500, n).astype(np.int16)
+        out = fe.process(x, np.zeros(n, np.int16))
+        assert out.size % 160 == 0
+        total_in, total_out = total_in + n, total_out + out.size
+    assert total_out == total_in // 160 * 160
+    fe.close()
+
+
+def test_noise_suppression_lowers_stationary_noise():
+    fe = FrontEnd(aec="off", noise_suppression=2)
+    noise = np.random.default_rng(1).normal(0, 600, SPEECH_RATE * 3).astype(np.int16)
+    out = fe.process(noise, np.zeros_like(noise))
+    settled = slice(SPEECH_RATE, None)
+    assert rms_dbfs(out[settled]) < rms_dbfs(noise[settled]) - 10
+
+
+@pytest.mark.slow
+def test_speech_through_the_front_end_is_still_understood(services, make_speech):
+    sf = make_speech("Tell me about the weather in London.", rate=SPEECH_RATE)
+    speech = read_wav(sf.path)[0]
+    noisy = np.clip(speech + np.random.default_rng(2).normal(0, 300, speech.size), -32768, 32767).astype(
+        np.int16
+    )
+    fe = FrontEnd(aec="aec3", noise_suppression=2)
+    out = fe.process(noisy, np.zeros_like(noisy))  # the bot is silent: nothing to cancel
+    text = services.asr.transcribe_blocking(out).text.lower()
+    assert "weather" in text and "london" in text
