@@ -98,6 +98,7 @@ class Conversation:
         if self._closed:
             return
         if isinstance(event, SpeechStarted):
+            self.channel.send(events.vad_start(self.state))
             # Speech that began during the reply contains the bot's own voice or its echo; it is not
             # answered even if it ends after the reply does.
             self._heard_while_busy = self.busy

@@ -7,6 +7,7 @@ Server to client (every message has a ``type``):
 - ``{"type": "transcript", "turn": int, "final": bool, "text": str}``: the user's words.
 - ``{"type": "reply", "turn": int, "final": bool, "text": str}``: the bot's words so far (cumulative);
   the final one carries the whole reply.
+- ``{"type": "vad", "speech": true, "bot_state": ...}``: the VAD heard the user start speaking.
 - ``{"type": "metrics", "turn": int, ...}``: milliseconds from the end of the user's speech to each stage.
 - ``{"type": "error", "code": str, "message": str}``: the session goes on unless the code says otherwise.
 
@@ -45,6 +46,11 @@ def reply(turn: int, text: str, final: bool) -> Event:
 
 def error(code: str, message: str) -> Event:
     return {"type": "error", "code": code, "message": message}
+
+
+def vad_start(bot_state: State) -> Event:
+    """The VAD opened a user turn, and what the bot was doing then (echo shows up as "speaking")."""
+    return {"type": "vad", "speech": True, "bot_state": bot_state}
 
 
 def metrics(turn: int, values: dict[str, float | int | None]) -> Event:

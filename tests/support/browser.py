@@ -83,7 +83,7 @@ async (workletCode) => {
     ctx.createMediaStreamSource(stream).connect(node);
     node.connect(sink);
   };
-  tap(client.localStream, "local");
+  tap(window.__vp.outgoing || client.localStream, "local");
   tap(client.remoteStream, "remote");
   return ctx.sampleRate;
 }
@@ -166,6 +166,44 @@ def connect(
         "window.voicepeerClient && window.voicepeerClient.connected && window.voicepeerClient.remoteStream",
         timeout=timeout_ms,
     )
+    page.evaluate(START_RECORDING_JS, RECORDER_WORKLET)
+
+
+SPEAKER_ECHO_JS = """
+async ([delayS, gain]) => {
+  // A loudspeaker next to the microphone: the bot's received voice, delayed and attenuated, is mixed
+  // into what the page sends, in place of the plain microphone track.
+  const client = window.voicepeerClient;
+  const ctx = new AudioContext();
+  await ctx.resume();
+  const out = ctx.createMediaStreamDestination();
+  ctx.createMediaStreamSource(client.localStream).connect(out);
+  const delay = ctx.createDelay(1.0);
+  delay.delayTime.value = delayS;
+  const level = ctx.createGain();
+  level.gain.value = gain;
+  ctx.createMediaStreamSource(client.remoteStream).connect(delay).connect(level).connect(out);
+  const sender = client.pc.getSenders().find((s) => s.track && s.track.kind === "audio");
+  await sender.replaceTrack(out.stream.getAudioTracks()[0]);
+  window.__vp.outgoing = out.stream;
+  window.__vp.echoCtx = ctx;
+}
+"""
+
+
+def connect_with_speaker_echo(page: Any, url: str, delay_s: float = 0.15, gain: float = 0.7) -> None:
+    """Like ``connect``, with the browser's own audio processing off and the bot's voice looped back
+    into the microphone as a loudspeaker would."""
+    off = {"echoCancellation": False, "noiseSuppression": False, "autoGainControl": False}
+    page.goto(url)
+    for name, on in off.items():
+        page.set_checked(f"#{name}", on)
+    page.click("#connect")
+    page.wait_for_function(
+        "window.voicepeerClient && window.voicepeerClient.connected && window.voicepeerClient.remoteStream",
+        timeout=20_000,
+    )
+    page.evaluate(SPEAKER_ECHO_JS, [delay_s, gain])
     page.evaluate(START_RECORDING_JS, RECORDER_WORKLET)
 
 
