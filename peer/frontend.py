@@ -60,7 +60,7 @@ class FrontEnd:
     state is per stream and calls must not overlap.
     """
 
-    def __init__(self, aec: str = "aec3", noise_suppression: int = 2, auto_gain_dbfs: int = 0) -> None:
+    def __init__(self, aec: str = "aec3", noise_suppression: int = 1, auto_gain_dbfs: int = 0) -> None:
         self.canceller: EchoCanceller | None = make_canceller(aec)
         self._processor = None
         if noise_suppression or auto_gain_dbfs:

@@ -37,22 +37,23 @@ def test_output_is_whole_10ms_frames_across_uneven_calls(aec):
     fe.close()
 
 
-def test_noise_suppression_lowers_stationary_noise():
-    fe = FrontEnd(aec="off", noise_suppression=2)
+@pytest.mark.parametrize(("level", "min_db"), [(1, 5), (2, 10)])
+def test_noise_suppression_lowers_stationary_noise(level, min_db):
+    fe = FrontEnd(aec="off", noise_suppression=level)
     noise = np.random.default_rng(1).normal(0, 600, SPEECH_RATE * 3).astype(np.int16)
     out = fe.process(noise, np.zeros_like(noise))
     settled = slice(SPEECH_RATE, None)
-    assert rms_dbfs(out[settled]) < rms_dbfs(noise[settled]) - 10
+    assert rms_dbfs(out[settled]) < rms_dbfs(noise[settled]) - min_db
 
 
 @pytest.mark.slow
 def test_speech_through_the_front_end_is_still_understood(services, make_speech):
     sf = make_speech("Tell me about the weather in London.", rate=SPEECH_RATE)
     speech = read_wav(sf.path)[0]
-    noisy = np.clip(speech + np.random.default_rng(2).normal(0, 300, speech.size), -32768, 32767).astype(
-        np.int16
-    )
-    fe = FrontEnd(aec="aec3", noise_suppression=2)
+    # A quiet room's noise floor (about -50 dBFS) under the question.
+    noise = np.random.default_rng(2).normal(0, 100, speech.size)
+    noisy = np.clip(speech + noise, -32768, 32767).astype(np.int16)
+    fe = FrontEnd()  # the defaults a call runs with
     out = fe.process(noisy, np.zeros_like(noisy))  # the bot is silent: nothing to cancel
     text = services.asr.transcribe_blocking(out).text.lower()
     assert "weather" in text and "london" in text
