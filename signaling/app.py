@@ -102,7 +102,12 @@ async def offer(request: web.Request) -> web.Response:
         state.counters["offers_rejected_total"] += 1
         return _error(503, "busy", f"the server holds its maximum of {state.config.max_sessions} sessions")
 
-    session = Session(state.services, state.config, on_closed=lambda s: _forget(state, s))
+    try:
+        session = Session(state.services, state.config, on_closed=lambda s: _forget(state, s))
+    except Exception as exc:
+        log.exception("could not create a session")
+        state.counters["offers_rejected_total"] += 1
+        return _error(500, "internal", f"the server could not create a session: {exc}")
     state.sessions[session.id] = session
     try:
         answer = await session.accept(description)
