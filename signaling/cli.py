@@ -20,10 +20,6 @@ from peer.vad import TurnParams
 DEFAULTS = Config()
 
 
-def _env(name: str, default: object) -> object:
-    return os.environ.get(f"VOICEPEER_{name}", default)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicepeer", description="A WebRTC voice agent peer (aiortc).")
     sub = parser.add_subparsers(dest="command")
@@ -37,131 +33,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_options(p: argparse.ArgumentParser, argument_default: object = None) -> None:
-    t = TurnParams()
+_T = TurnParams()
 
-    def add(*names: str, **kwargs: object) -> None:
-        if argument_default is argparse.SUPPRESS:
-            shown = str(kwargs.get("default"))
-            kwargs["help"] = str(kwargs.get("help", "")).replace("%(default)s", shown)
-            kwargs["default"] = argparse.SUPPRESS
-        p.add_argument(*names, **kwargs)
-
-    add("--host", default=_env("HOST", DEFAULTS.host), help="listen address [VOICEPEER_HOST] (%(default)s)")
-    add(
-        "--port",
-        type=int,
-        default=_env("PORT", DEFAULTS.port),
-        help="listen port [VOICEPEER_PORT] (%(default)s)",
-    )
-    add(
+# flag, environment variable (after VOICEPEER_), type, default, help, extra argparse keywords
+OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
+    ("--host", "HOST", str, DEFAULTS.host, "listen address", {}),
+    ("--port", "PORT", int, DEFAULTS.port, "listen port", {}),
+    (
         "--asr-model",
-        default=_env("ASR_MODEL", DEFAULTS.asr_model),
-        help="tiny.en, base, or a faster-whisper model directory [VOICEPEER_ASR_MODEL] (%(default)s)",
-    )
-    add(
-        "--asr-threads",
-        type=int,
-        default=_env("ASR_THREADS", DEFAULTS.asr_threads),
-        help="CTranslate2 threads, 0 = one per core [VOICEPEER_ASR_THREADS] (%(default)s)",
-    )
-    add(
+        "ASR_MODEL",
+        str,
+        DEFAULTS.asr_model,
+        "tiny.en, base, or a faster-whisper model directory",
+        {},
+    ),
+    ("--asr-threads", "ASR_THREADS", int, DEFAULTS.asr_threads, "CTranslate2 threads, 0 = one per core", {}),
+    (
         "--llm-model",
-        default=_env("LLM_MODEL", DEFAULTS.llm_model),
-        help="path of a GGUF model; default: bundled SmolLM2-135M-Instruct [VOICEPEER_LLM_MODEL]",
-    )
-    add(
-        "--llm-max-tokens",
-        type=int,
-        default=_env("LLM_MAX_TOKENS", DEFAULTS.llm_max_tokens),
-        help="longest reply in tokens [VOICEPEER_LLM_MAX_TOKENS] (%(default)s)",
-    )
-    add(
-        "--llm-timeout",
-        type=float,
-        default=_env("LLM_TIMEOUT", DEFAULTS.llm_timeout_s),
-        help="seconds to wait for each token before giving up [VOICEPEER_LLM_TIMEOUT] (%(default)s)",
-    )
-    add(
-        "--system-prompt",
-        default=_env("SYSTEM_PROMPT", DEFAULTS.system_prompt),
-        help="the assistant's instructions [VOICEPEER_SYSTEM_PROMPT]",
-    )
-    add(
+        "LLM_MODEL",
+        str,
+        DEFAULTS.llm_model,
+        "path of a GGUF model; none: bundled SmolLM2-135M",
+        {},
+    ),
+    ("--llm-max-tokens", "LLM_MAX_TOKENS", int, DEFAULTS.llm_max_tokens, "longest reply in tokens", {}),
+    ("--llm-timeout", "LLM_TIMEOUT", float, DEFAULTS.llm_timeout_s, "seconds to wait for each token", {}),
+    ("--system-prompt", "SYSTEM_PROMPT", str, DEFAULTS.system_prompt, "the assistant's instructions", {}),
+    (
         "--tts-voice",
-        default=_env("TTS_VOICE", DEFAULTS.tts_voice),
-        help="path of a Piper .onnx voice; default: bundled en_US-joe-medium [VOICEPEER_TTS_VOICE]",
-    )
-    add(
-        "--aec",
-        choices=["aec3", "speex", "off"],
-        default=_env("AEC", DEFAULTS.aec),
-        help="server-side echo canceller fed with the audio the peer sent [VOICEPEER_AEC] (%(default)s)",
-    )
-    add(
+        "TTS_VOICE",
+        str,
+        DEFAULTS.tts_voice,
+        "path of a Piper .onnx voice; none: bundled joe-medium",
+        {},
+    ),
+    ("--aec", "AEC", str, DEFAULTS.aec, "server-side echo canceller", {"choices": ["aec3", "speex", "off"]}),
+    (
         "--noise-suppression",
-        type=int,
-        choices=range(5),
-        default=_env("NOISE_SUPPRESSION", DEFAULTS.noise_suppression),
-        help="WebRTC noise suppression level, 0 = off [VOICEPEER_NOISE_SUPPRESSION] (%(default)s)",
-    )
-    add(
+        "NOISE_SUPPRESSION",
+        int,
+        DEFAULTS.noise_suppression,
+        "WebRTC NS level, 0 = off",
+        {"choices": range(5)},
+    ),
+    (
         "--auto-gain",
-        type=int,
-        default=_env("AUTO_GAIN", DEFAULTS.auto_gain_dbfs),
-        help="WebRTC gain control target, dBFS below full scale, 0 = off [VOICEPEER_AUTO_GAIN] (%(default)s)",
-    )
-    add(
-        "--end-silence-ms",
-        type=int,
-        default=_env("END_SILENCE_MS", t.end_silence_ms),
-        help="silence that ends a user turn [VOICEPEER_END_SILENCE_MS] (%(default)s)",
-    )
-    add(
-        "--vad-threshold",
-        type=float,
-        default=_env("VAD_THRESHOLD", t.threshold),
-        help="Silero speech probability that counts as speech [VOICEPEER_VAD_THRESHOLD] (%(default)s)",
-    )
-    add(
+        "AUTO_GAIN",
+        int,
+        DEFAULTS.auto_gain_dbfs,
+        "WebRTC AGC target, dBFS below full scale, 0 = off",
+        {},
+    ),
+    ("--end-silence-ms", "END_SILENCE_MS", int, _T.end_silence_ms, "silence that ends a user turn", {}),
+    ("--vad-threshold", "VAD_THRESHOLD", float, _T.threshold, "Silero probability that counts as speech", {}),
+    ("--max-sessions", "MAX_SESSIONS", int, DEFAULTS.max_sessions, "concurrent calls accepted", {}),
+    (
+        "--media-timeout",
+        "MEDIA_TIMEOUT",
+        float,
+        DEFAULTS.media_timeout_s,
+        "close a call whose microphone sends nothing for this many seconds",
+        {},
+    ),
+    (
+        "--connect-timeout",
+        "CONNECT_TIMEOUT",
+        float,
+        DEFAULTS.connect_timeout_s,
+        "close a session not connected this many seconds after the answer",
+        {},
+    ),
+    (
+        "--record-turns",
+        "RECORD_TURNS",
+        str,
+        DEFAULTS.record_turns_dir,
+        "debugging: save each user turn as the ASR heard it (16 kHz WAV)",
+        {"metavar": "DIR"},
+    ),
+    ("--log-level", "LOG_LEVEL", str, "info", "debug, info, warning", {}),
+]
+
+
+def _add_options(p: argparse.ArgumentParser, argument_default: object = None) -> None:
+    for flag, env, kind, default, text, extra in OPTIONS:
+        value = os.environ.get(f"VOICEPEER_{env}", default)
+        help_text = f"{text} [VOICEPEER_{env}] ({value})"
+        # SUPPRESS on the subcommands keeps their defaults from overwriting what came before them.
+        p.add_argument(flag, type=kind, default=argument_default or value, help=help_text, **extra)
+    p.add_argument(
         "--ice-server",
         action="append",
-        default=None,
+        default=argument_default,
         help="STUN/TURN URL, repeatable; none by default [VOICEPEER_ICE_SERVERS, comma-separated]",
     )
-    add(
-        "--max-sessions",
-        type=int,
-        default=_env("MAX_SESSIONS", DEFAULTS.max_sessions),
-        help="concurrent calls accepted [VOICEPEER_MAX_SESSIONS] (%(default)s)",
-    )
-    add(
-        "--media-timeout",
-        type=float,
-        default=_env("MEDIA_TIMEOUT", DEFAULTS.media_timeout_s),
-        help="close a call whose microphone sends nothing for this many seconds [VOICEPEER_MEDIA_TIMEOUT] "
-        "(%(default)s)",
-    )
-    add(
-        "--connect-timeout",
-        type=float,
-        default=_env("CONNECT_TIMEOUT", DEFAULTS.connect_timeout_s),
-        help="close a session whose peer connection is not up this many seconds after the answer "
-        "[VOICEPEER_CONNECT_TIMEOUT] (%(default)s)",
-    )
-    add(
-        "--record-turns",
-        default=_env("RECORD_TURNS", None),
-        metavar="DIR",
-        help="debugging: save each user turn as the ASR heard it (16 kHz WAV) [VOICEPEER_RECORD_TURNS]",
-    )
-    add("--log-level", default=_env("LOG_LEVEL", "info"), help="debug, info, warning [VOICEPEER_LOG_LEVEL]")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     ice = args.ice_server
     if ice is None:
-        ice = [u for u in str(_env("ICE_SERVERS", "")).split(",") if u.strip()]
+        ice = [u for u in os.environ.get("VOICEPEER_ICE_SERVERS", "").split(",") if u.strip()]
     turn = dataclasses.replace(
         TurnParams(), end_silence_ms=int(args.end_silence_ms), threshold=float(args.vad_threshold)
     )
