@@ -13,6 +13,8 @@ reference sent most recently, and the echo path's delay (network round trip plus
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .audio import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
@@ -69,10 +71,20 @@ class FrontEnd:
             self._processor = AudioProcessor(auto_gain_dbfs, noise_suppression)
         self._near = SampleBuffer()
         self._far = SampleBuffer()
+        # A session closing cancels the task awaiting process(), not the worker thread running it; the
+        # lock keeps close() from freeing a native canceller under a frame still being processed.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         """Microphone and reference samples at 16 kHz (equal counts); returns the cleaned microphone,
         in whole 10 ms frames (a remainder waits for the next call)."""
+        with self._lock:
+            if self._closed:
+                return np.zeros(0, dtype=np.int16)
+            return self._process(near, far)
+
+    def _process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         self._near.push(near)
         self._far.push(far)
         out = []
@@ -88,5 +100,7 @@ class FrontEnd:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
 
     def close(self) -> None:
-        if self.canceller is not None:
-            self.canceller.close()
+        with self._lock:
+            self._closed = True
+            if self.canceller is not None:
+                self.canceller.close()

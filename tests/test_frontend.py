@@ -57,3 +57,16 @@ def test_speech_through_the_front_end_is_still_understood(services, make_speech)
     out = fe.process(noisy, np.zeros_like(noisy))  # the bot is silent: nothing to cancel
     text = services.asr.transcribe_blocking(out).text.lower()
     assert "weather" in text and "london" in text
+
+
+def test_closing_while_a_frame_is_processed_is_safe():
+    """close() runs on the loop while a worker thread may still be inside process()."""
+    import threading
+
+    fe = FrontEnd(aec="speex")
+    x = np.random.default_rng(0).normal(0, 500, SPEECH_RATE * 5).astype(np.int16)
+    worker = threading.Thread(target=fe.process, args=(x, x))
+    worker.start()
+    fe.close()
+    worker.join()
+    assert fe.process(x[:320], x[:320]).size == 0  # closed: nothing more is processed
