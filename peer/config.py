@@ -17,7 +17,12 @@ class Config:
     asr_threads: int = 0
     """CTranslate2 threads; 0 lets it choose (one per core)."""
     llm_model: str | None = None
-    """Path of a GGUF file; None for the bundled SmolLM2-135M-Instruct."""
+    """Embedded: path of a GGUF file (None for the bundled SmolLM2-135M-Instruct). With ``llm_url``: the
+    model name the server expects."""
+    llm_url: str | None = None
+    """Base URL of an OpenAI-compatible server (``http://127.0.0.1:11434/v1`` for Ollama); None runs the
+    embedded model."""
+    llm_api_key: str | None = None
     llm_max_tokens: int = 96
     llm_timeout_s: float = 20.0
     """No first token within this time counts as a dead backend: the user gets an error and an apology."""

@@ -3,52 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestServer
 
-from peer.config import Config
 from peer.llm import LLM, Message
 from peer.services import Services
-from signaling.app import STATE, create_app
+from signaling.app import STATE
+from tests.support.calls import call, serve, wait_until
 from tests.support.rtc_client import RtcClient
 from tests.support.speech import read_wav
 
 pytestmark = pytest.mark.slow
-
-
-async def serve(services: Services, **config) -> TestServer:
-    server = TestServer(create_app(Config(**config), services=services), host="127.0.0.1")
-    await server.start_server()
-    return server
-
-
-async def wait_until(condition, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def call(services: Services, **config) -> AsyncIterator[tuple[TestServer, RtcClient]]:
-    """A connected call (events channel open); on the way out the client hangs up, and the server must
-    have released the session before it is closed."""
-    server = await serve(services, **config)
-    client = RtcClient(str(server.make_url("")))
-    try:
-        await client.connect()
-        await client.wait_for(lambda m: m["type"] == "session", 10)
-        yield server, client
-    finally:
-        await client.close()
-        try:
-            await wait_until(lambda: not server.app[STATE].sessions, 10)
-        finally:
-            await server.close()
 
 
 async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(services, make_speech):

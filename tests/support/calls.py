@@ -1,0 +1,44 @@
+"""Real aiortc calls against the real app on loopback, for the tests that need a whole call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp.test_utils import TestServer
+
+from peer.config import Config
+from peer.services import Services
+from signaling.app import STATE, create_app
+from tests.support.rtc_client import RtcClient
+
+
+async def serve(services: Services, **config) -> TestServer:
+    server = TestServer(create_app(Config(**config), services=services), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def wait_until(condition, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def call(services: Services, **config) -> AsyncIterator[tuple[TestServer, RtcClient]]:
+    """A connected call (events channel open); on the way out the client hangs up, and the server must
+    have released the session before it is closed."""
+    server = await serve(services, **config)
+    client = RtcClient(str(server.make_url("")))
+    try:
+        await client.connect()
+        await client.wait_for(lambda m: m["type"] == "session", 10)
+        yield server, client
+    finally:
+        await client.close()
+        try:
+            await wait_until(lambda: not server.app[STATE].sessions, 10)
+        finally:
+            await server.close()
