@@ -25,6 +25,15 @@ MAX_REFERENCE_MS = 200
 dropped, so the pairing stays at "now" and the canceller's delay estimate stays valid."""
 
 
+FAR_ACTIVE_PEAK = 300
+"""A reference frame with a peak above this (-40 dBFS) carries the bot's voice, not silence."""
+
+ECHO_REACH_MS = 600
+"""How long after the bot's voice was sent its echo can still reach the microphone: the paired
+reference is the latest sent, the echo comes back after the round trip and the client's buffers
+(100-300 ms, more on a bad network) plus the room's tail."""
+
+
 class FarEndReference:
     """What the bot sent, at 16 kHz, queued until the microphone chunk it pairs with arrives.
 
@@ -71,6 +80,7 @@ class FrontEnd:
             self._processor = AudioProcessor(auto_gain_dbfs, noise_suppression)
         self._near = SampleBuffer()
         self._far = SampleBuffer()
+        self._far_frames_ago = 10**9  # 10 ms frames since the reference last carried sound
         # A session closing cancels the task awaiting process(), not the worker thread running it; the
         # lock keeps close() from freeing a native canceller under a frame still being processed.
         self._lock = threading.Lock()
@@ -92,12 +102,20 @@ class FrontEnd:
             ref = self._far.pop(FRAME)
             if ref is None:
                 ref = np.zeros(FRAME, dtype=np.int16)
+            self._far_frames_ago = (
+                0 if np.abs(ref).max(initial=0) > FAR_ACTIVE_PEAK else self._far_frames_ago + 1
+            )
             if self.canceller is not None:
                 mic = self.canceller.process(mic, ref)
             if self._processor is not None:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+
+    @property
+    def echo_possible(self) -> bool:
+        """The bot's voice may be in the microphone now: it was sent within ``ECHO_REACH_MS``."""
+        return self._far_frames_ago * 10 < ECHO_REACH_MS
 
     def close(self) -> None:
         with self._lock:

@@ -146,7 +146,8 @@ class Session:
 
     def _hear(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
         """Front-end then turn detection, in one worker-thread hop per 20 ms frame."""
-        return self.detector.process(self.frontend.process(pcm, reference), arrival)
+        clean = self.frontend.process(pcm, reference)
+        return self.detector.process(clean, arrival, echo_possible=self.frontend.echo_possible)
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":

@@ -63,6 +63,11 @@ class TurnParams:
     """Probability below which a window counts as silence again (hysteresis against flutter)."""
     start_ms: int = 96
     """Continuous speech needed to open a turn; shorter bursts (clicks, a cough) are ignored."""
+    echo_threshold: float = 0.85
+    """The speech probability needed while the bot's voice may be echoing back: residual echo that
+    the canceller leaves (Opus and the client's playout are not linear) scores in between."""
+    echo_start_ms: int = 256
+    """Continuous speech needed to open a turn while the bot's voice may be echoing back."""
     end_silence_ms: int = 500
     """Silence that closes a turn."""
     pre_roll_ms: int = 320
@@ -131,8 +136,11 @@ class TurnDetector:
     def _windows(self, ms: float) -> int:
         return max(1, round(ms / self._window_ms))
 
-    def process(self, pcm: np.ndarray, arrival: float) -> list[TurnEvent]:
-        """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events."""
+    def process(self, pcm: np.ndarray, arrival: float, echo_possible: bool = False) -> list[TurnEvent]:
+        """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events.
+
+        ``echo_possible`` says the bot's voice may be in this audio (it spoke within the echo path's
+        reach): a turn then needs ``echo_threshold`` and ``echo_start_ms`` to open."""
         self._pending.push(pcm)
         events: list[TurnEvent] = []
         p = self.params
@@ -143,8 +151,11 @@ class TurnDetector:
             self._position += WINDOW
             if not self._in_turn:
                 self._history.append(window)
-                self._run = self._run + 1 if prob >= p.threshold else 0
-                if self._run >= self._windows(p.start_ms):
+                threshold, start_ms = (
+                    (p.echo_threshold, p.echo_start_ms) if echo_possible else (p.threshold, p.start_ms)
+                )
+                self._run = self._run + 1 if prob >= threshold else 0
+                if self._run >= self._windows(start_ms):
                     keep = self._run + self._pre_roll
                     self._turn = self._history[-keep:]
                     self._turn_start = self._position - WINDOW * len(self._turn)
@@ -154,7 +165,9 @@ class TurnDetector:
                     self._last_voiced_end = self._position
                     self._last_voiced_arrival = arrival
                     events.append(SpeechStarted(self._position - WINDOW * self._run, arrival))
-                self._history = self._history[-(self._pre_roll + self._windows(p.start_ms)) :]
+                self._history = self._history[
+                    -(self._pre_roll + self._windows(max(p.start_ms, p.echo_start_ms))) :
+                ]
                 continue
             self._turn.append(window)
             if prob >= p.release:

@@ -71,3 +71,20 @@ def test_a_long_monologue_is_cut_at_max_turn(two_questions):
     events = run(TurnDetector(TurnParams(max_turn_s=2.0, end_silence_ms=2000)), speech)
     ends = [e for e in events if isinstance(e, SpeechEnded)]
     assert ends and all(e.audio.size <= 2.0 * SPEECH_RATE + 512 * 4 for e in ends)
+
+
+def test_while_echo_is_possible_a_turn_needs_stronger_and_longer_speech(two_questions):
+    pcm, _ = two_questions
+    cut = pcm[: int(1.25 * SPEECH_RATE)]  # one second of silence, then only the onset of the question
+    assert any(isinstance(e, SpeechStarted) for e in run(TurnDetector(), cut))
+    gated = TurnDetector()
+    events = []
+    for i in range(0, cut.size, 320):
+        events += gated.process(cut[i : i + 320], arrival=i / SPEECH_RATE, echo_possible=True)
+    assert not any(isinstance(e, SpeechStarted) for e in events)
+    # The whole question still opens a turn while echo is possible: real barge-in stays possible.
+    full = TurnDetector()
+    events = []
+    for i in range(0, pcm.size, 320):
+        events += full.process(pcm[i : i + 320], arrival=i / SPEECH_RATE, echo_possible=True)
+    assert any(isinstance(e, SpeechStarted) for e in events)
