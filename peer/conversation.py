@@ -74,8 +74,6 @@ class Conversation:
         self.llm_timeout_s = llm_timeout_s
         self.turn = 0
         self.state: State = "listening"
-        self.metrics: list[TurnMetrics] = []
-        self.ignored_turns = 0
         self.record_dir = Path(record_dir) if record_dir else None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -105,7 +103,6 @@ class Conversation:
             return
         if isinstance(event, SpeechEnded):
             if self.busy or self._heard_while_busy:
-                self.ignored_turns += 1
                 log.info("ignoring %d ms of speech heard while the bot was busy", event.voiced_ms)
                 return
             self._task = asyncio.get_running_loop().create_task(self._run_turn(event))
@@ -114,11 +111,6 @@ class Conversation:
     def _turn_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("turn failed", exc_info=task.exception())
-
-    async def wait_idle(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
 
     async def close(self) -> None:
         self._closed = True
@@ -162,7 +154,6 @@ class Conversation:
             await self.output.wait_idle()
             m.mark("playout_done_ms")
             self._set_state("listening")
-            self.metrics.append(m)
             self.channel.send(events.metrics(turn, m.as_dict()))
             log.info("turn %d metrics %s", turn, m.as_dict())
         finally:
