@@ -68,8 +68,18 @@ class TurnParams:
     the canceller leaves (Opus and the client's playout are not linear) scores in between."""
     echo_start_ms: int = 256
     """Continuous speech needed to open a turn while the bot's voice may be echoing back."""
-    end_silence_ms: int = 500
-    """Silence that closes a turn."""
+    pause_ms: int = 96
+    """Silence after which the turn so far is handed on as a ``SpeechPaused``: the conversation starts
+    transcribing (and answering) it while it waits to see whether the user goes on. It is also the
+    tail of silence kept after the last voiced window, so a paused turn and the ended one are the same
+    audio and the speculative transcript stays valid."""
+    end_silence_ms: int = 300
+    """Silence that closes a turn. The conversation may still wait longer for a phrase that sounds
+    unfinished (``hold_silence_ms``)."""
+    hold_silence_ms: int = 1000
+    """Silence the conversation waits for after a phrase that sounds unfinished ("... and", "um")."""
+    partial_interval_ms: int = 640
+    """Turn audio between two ``SpeechProgress`` events, which drive partial transcripts; 0: none."""
     pre_roll_ms: int = 320
     """Audio kept from before the detected onset, so the first phoneme reaches the ASR."""
     min_speech_ms: int = 250
@@ -88,8 +98,8 @@ class SpeechStarted:
 
 
 @dataclass
-class SpeechEnded:
-    """A user turn closed; ``audio`` is the whole turn (pre-roll included), int16 at 16 kHz."""
+class Utterance:
+    """The user's speech up to a silence; ``audio`` is int16 at 16 kHz, pre-roll and tail included."""
 
     audio: np.ndarray
     start_sample: int
@@ -100,7 +110,39 @@ class SpeechEnded:
     voiced_ms: int
 
 
-TurnEvent = SpeechStarted | SpeechEnded
+@dataclass
+class SpeechPaused(Utterance):
+    """The user went silent for ``pause_ms`` in an open turn: maybe the end, maybe a breath."""
+
+
+@dataclass
+class SpeechEnded(Utterance):
+    """A user turn closed after ``end_silence_ms`` of silence (or at ``max_turn_s``)."""
+
+
+@dataclass
+class SpeechResumed:
+    """Speech came back after a ``SpeechPaused`` in the same turn: the pause was not its end."""
+
+    arrival: float
+
+
+@dataclass
+class SpeechProgress:
+    """The turn so far, every ``partial_interval_ms`` of it while the user speaks (for partials)."""
+
+    audio: np.ndarray
+    voiced_ms: int
+
+
+@dataclass
+class SpeechDiscarded:
+    """A turn closed with less voiced audio than ``min_speech_ms``: a cough, a click, a short noise."""
+
+    arrival: float
+
+
+TurnEvent = SpeechStarted | SpeechProgress | SpeechPaused | SpeechResumed | SpeechEnded | SpeechDiscarded
 
 
 class TurnDetector:
@@ -114,6 +156,7 @@ class TurnDetector:
         self.params = params or TurnParams()
         self.vad = vad or SileroVAD()
         self._pending = SampleBuffer()
+        self._pending_keep = SampleBuffer()  # the audio the turns are made of, when it differs
         self._position = 0  # samples of the stream consumed by the VAD
         p = self.params
         self._window_ms = WINDOW * 1000 / SPEECH_RATE
@@ -127,6 +170,8 @@ class TurnDetector:
         self._turn_start = 0
         self._last_voiced_end = 0
         self._last_voiced_arrival = 0.0
+        self._paused = False  # a SpeechPaused was sent for the current silence
+        self._next_progress = 0  # stream position of the next SpeechProgress
         self.last_probability = 0.0
 
     @property
@@ -136,21 +181,35 @@ class TurnDetector:
     def _windows(self, ms: float) -> int:
         return max(1, round(ms / self._window_ms))
 
-    def process(self, pcm: np.ndarray, arrival: float, echo_possible: bool = False) -> list[TurnEvent]:
+    def process(
+        self,
+        pcm: np.ndarray,
+        arrival: float,
+        echo_possible: bool = False,
+        keep: np.ndarray | None = None,
+    ) -> list[TurnEvent]:
         """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events.
 
         ``echo_possible`` says the bot's voice may be in this audio (it spoke within the echo path's
-        reach): a turn then needs ``echo_threshold`` and ``echo_start_ms`` to open."""
+        reach): a turn then needs ``echo_threshold`` and ``echo_start_ms`` to open.
+
+        ``keep``, if given, is the same stretch of audio processed differently, and is what the turns
+        are made of: the VAD may want the echo cancelled at all costs while the ASR wants the words
+        intact (see ``FrontEnd.process_pair``)."""
+        if keep is not None and keep.size != pcm.size:
+            raise ValueError(f"keep has {keep.size} samples for {pcm.size}")
         self._pending.push(pcm)
+        self._pending_keep.push(pcm if keep is None else keep)
         events: list[TurnEvent] = []
         p = self.params
         while (window := self._pending.pop(WINDOW)) is not None:
+            kept = self._pending_keep.pop(WINDOW)
             prob = self.vad(window)
             self.last_probability = prob
             start = self._position
             self._position += WINDOW
             if not self._in_turn:
-                self._history.append(window)
+                self._history.append(kept)
                 threshold, start_ms = (
                     (p.echo_threshold, p.echo_start_ms) if echo_possible else (p.threshold, p.start_ms)
                 )
@@ -164,43 +223,66 @@ class TurnDetector:
                     self._silence = 0
                     self._last_voiced_end = self._position
                     self._last_voiced_arrival = arrival
+                    self._paused = False
+                    self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
                     events.append(SpeechStarted(self._position - WINDOW * self._run, arrival))
                 self._history = self._history[
                     -(self._pre_roll + self._windows(max(p.start_ms, p.echo_start_ms))) :
                 ]
                 continue
-            self._turn.append(window)
-            if prob >= p.release:
+            self._turn.append(kept)
+            # After a pause, only clear speech counts as resuming: a fading word must not cancel the
+            # speculative answer that the pause started.
+            if prob >= (p.threshold if self._paused else p.release):
                 self._silence = 0
                 if prob >= p.threshold:
                     self._voiced += 1
                 self._last_voiced_end = start + WINDOW
                 self._last_voiced_arrival = arrival
+                if self._paused:
+                    self._paused = False
+                    events.append(SpeechResumed(arrival))
             else:
                 self._silence += 1
             too_long = (self._position - self._turn_start) >= p.max_turn_s * SPEECH_RATE
             if self._silence >= self._windows(p.end_silence_ms) or too_long:
-                events.extend(self._close())
+                events.extend(self._close(arrival))
+                continue
+            if (
+                not self._paused
+                and self._silence >= self._windows(p.pause_ms)
+                and self._voiced_ms() >= p.min_speech_ms
+            ):
+                self._paused = True
+                events.append(SpeechPaused(**self._utterance()))
+            if p.partial_interval_ms and self._silence == 0 and self._position >= self._next_progress:
+                self._next_progress = self._position + self._windows(p.partial_interval_ms) * WINDOW
+                events.append(SpeechProgress(np.concatenate(self._turn), self._voiced_ms()))
         return events
 
-    def _close(self) -> list[TurnEvent]:
-        voiced_ms = round(self._voiced * self._window_ms)
+    def _voiced_ms(self) -> int:
+        return round(self._voiced * self._window_ms)
+
+    def _utterance(self) -> dict:
+        """The turn so far, trimmed ``pause_ms`` after its last voiced window."""
         audio = np.concatenate(self._turn) if self._turn else np.zeros(0, dtype=np.int16)
+        tail = WINDOW * self._windows(self.params.pause_ms)
+        end = min(audio.size, self._last_voiced_end - self._turn_start + tail)
+        return {
+            "audio": audio[:end],
+            "start_sample": self._turn_start,
+            "end_sample": self._last_voiced_end,
+            "speech_end_arrival": self._last_voiced_arrival,
+            "voiced_ms": self._voiced_ms(),
+        }
+
+    def _close(self, arrival: float) -> list[TurnEvent]:
+        utterance = self._utterance()
         self._in_turn = False
+        self._paused = False
         self._turn = []
         self._history = []
         self._run = 0
-        if voiced_ms < self.params.min_speech_ms:
-            return []
-        # Trim the trailing silence that closed the turn, keeping a little tail for the last phoneme.
-        keep_tail = WINDOW * self._windows(100)
-        end = min(audio.size, self._last_voiced_end - self._turn_start + keep_tail)
-        return [
-            SpeechEnded(
-                audio=audio[:end],
-                start_sample=self._turn_start,
-                end_sample=self._last_voiced_end,
-                speech_end_arrival=self._last_voiced_arrival,
-                voiced_ms=voiced_ms,
-            )
-        ]
+        if utterance["voiced_ms"] < self.params.min_speech_ms:
+            return [SpeechDiscarded(arrival)]
+        return [SpeechEnded(**utterance)]

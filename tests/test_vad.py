@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from peer.audio import SPEECH_RATE
-from peer.vad import SileroVAD, SpeechEnded, SpeechStarted, TurnDetector, TurnParams
+from peer.vad import (
+    SileroVAD,
+    SpeechDiscarded,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechProgress,
+    SpeechStarted,
+    TurnDetector,
+    TurnParams,
+)
 from tests.support.speech import read_wav
 
 
@@ -88,3 +99,41 @@ def test_while_echo_is_possible_a_turn_needs_stronger_and_longer_speech(two_ques
     for i in range(0, pcm.size, 320):
         events += full.process(pcm[i : i + 320], arrival=i / SPEECH_RATE, echo_possible=True)
     assert any(isinstance(e, SpeechStarted) for e in events)
+
+
+def test_a_pause_comes_first_with_exactly_the_audio_the_end_will_carry(two_questions):
+    pcm, bounds = two_questions
+    events = run(TurnDetector(TurnParams(end_silence_ms=300, pause_ms=96)), pcm)
+    kinds = [type(e) for e in events]
+    first_end = kinds.index(SpeechEnded)
+    paused = events[first_end - 1]
+    ended = events[first_end]
+    # The speculative transcript starts on the pause, so it must be the very audio of the end.
+    assert isinstance(paused, SpeechPaused)
+    assert np.array_equal(paused.audio, ended.audio) and paused.end_sample == ended.end_sample
+    assert paused.speech_end_arrival == ended.speech_end_arrival
+    assert ended.end_sample / SPEECH_RATE == pytest.approx(bounds[0][1], abs=0.2)
+    # Partials: the growing turn, every ~640 ms while the user speaks.
+    progress = [e for e in events[:first_end] if isinstance(e, SpeechProgress)]
+    assert progress and all(b.audio.size > a.audio.size for a, b in itertools.pairwise(progress))
+
+
+def test_speech_after_a_short_pause_resumes_the_same_turn(two_questions):
+    pcm, bounds = two_questions
+    # The two questions about 0.5 s apart: past the pause, short of the 1 s end.
+    words = pcm[: int((bounds[0][1] + 0.1) * SPEECH_RATE)]
+    gap = np.zeros(int(0.4 * SPEECH_RATE), dtype=np.int16)
+    rest = pcm[int((bounds[1][0] - 0.05) * SPEECH_RATE) :]
+    events = run(TurnDetector(TurnParams(end_silence_ms=1000)), np.concatenate([words, gap, rest]))
+    kinds = [type(e).__name__ for e in events if not isinstance(e, SpeechProgress)]
+    assert kinds[:4] == ["SpeechStarted", "SpeechPaused", "SpeechResumed", "SpeechPaused"], kinds
+    assert kinds.count("SpeechEnded") == 1
+
+
+def test_a_turn_too_short_to_be_speech_is_discarded_not_dropped_silently(two_questions):
+    pcm, bounds = two_questions
+    t0 = bounds[0][0]
+    blip = pcm[int((t0 - 0.3) * SPEECH_RATE) : int((t0 + 0.2) * SPEECH_RATE)]  # 200 ms of a word
+    silence = np.zeros(SPEECH_RATE, dtype=np.int16)
+    events = run(TurnDetector(TurnParams(min_speech_ms=400)), np.concatenate([silence, blip, silence]))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechDiscarded], events
