@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 FrameListener = Callable[[np.ndarray, int, float, bool], None]
 """Called for every frame handed to aiortc: (pcm int16 @ 48 kHz, pts, loop time sent, has bot audio)."""
 
+GAP_S = 0.03
+"""Two frames handed to aiortc further apart than this (nominally 20 ms) count as a gap in the media."""
+
 MAX_LATE_S = 0.2
 """If the loop stalled for longer than this, restart the pacing clock instead of bursting to catch up.
 
@@ -57,8 +60,13 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._idle = asyncio.Event()
         self._idle.set()
         self._listeners: list[FrameListener] = []
+        self._paused = False
+        self._last_sent_at: float | None = None
         self.frames_sent = 0
         self.restarts = 0
+        self.gaps = 0
+        """Frames sent more than ``GAP_S`` after the one before: a stalled loop or a starved sender."""
+        self.max_interval_s = 0.0
 
     # -- producer side -------------------------------------------------------------------------
 
@@ -80,9 +88,31 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._idle.set()
         return dropped
 
+    def pause(self) -> None:
+        """Sends silence from the next frame on but keeps what is queued: the user may have started to
+        speak (barge-in), and if it was only a cough the bot goes on where it stopped."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     @property
     def buffered_samples(self) -> int:
         return len(self._buffer)
+
+    @property
+    def queued_total(self) -> int:
+        """Samples ever queued and not cleared: a position on the same axis as ``played_total``."""
+        return self._enqueued
+
+    @property
+    def played_total(self) -> int:
+        """Samples of queued audio ever handed to aiortc."""
+        return self._sent
 
     async def wait_idle(self) -> None:
         """Returns once everything queued so far has been handed to aiortc."""
@@ -131,14 +161,14 @@ class OutboundAudioTrack(MediaStreamTrack):
         if self.frames_sent:
             self._pts += self.frame_samples
         n = self.frame_samples
-        voiced = len(self._buffer) > 0
-        pcm = self._buffer.pop(n)
-        if pcm is None:
+        voiced = len(self._buffer) > 0 and not self._paused
+        pcm = self._buffer.pop(n) if voiced else np.zeros(n, dtype=np.int16)
+        if pcm is None:  # the last, short piece of the queue, padded with silence
             tail = self._buffer.pop_all()
             pcm = np.zeros(n, dtype=np.int16)
             pcm[: tail.size] = tail
             self._sent += tail.size
-        else:
+        elif voiced:
             self._sent += n
         if voiced:
             while self._marks and self._marks[0][0] <= self._sent:
@@ -148,10 +178,16 @@ class OutboundAudioTrack(MediaStreamTrack):
                 except Exception:
                     log.exception("on_played callback failed")
         if not len(self._buffer):
-            self._idle.set()
+            self._idle.set()  # while paused with audio queued, the track is not idle
         frame = self._frame(pcm)
         self.frames_sent += 1
         sent_at = asyncio.get_running_loop().time()
+        if self._last_sent_at is not None:
+            interval = sent_at - self._last_sent_at
+            self.max_interval_s = max(self.max_interval_s, interval)
+            if interval > GAP_S:
+                self.gaps += 1
+        self._last_sent_at = sent_at
         for listener in list(self._listeners):
             try:
                 listener(pcm, self._pts, sent_at, voiced)

@@ -100,3 +100,42 @@ async def test_stopped_track_ends_the_sender_cleanly():
     track.stop()
     with pytest.raises(MediaStreamError):
         await track.recv()
+
+
+async def test_pause_sends_silence_and_keeps_the_queue_and_resume_goes_on_where_it_stopped():
+    track = OutboundAudioTrack()
+    voice = (np.arange(960 * 4) % 200 + 1).astype(np.int16)
+    track.enqueue(voice)
+    first = (await track.recv()).to_ndarray().reshape(-1)
+    assert np.array_equal(first, voice[:960]) and track.played_total == 960
+    track.pause()
+    paused = await pull(track, 3)
+    assert all(not f.to_ndarray().any() for f in paused)
+    assert track.played_total == 960 and track.buffered_samples == 960 * 3
+    waiter = asyncio.ensure_future(track.wait_idle())
+    await asyncio.sleep(0)
+    assert not waiter.done()  # paused with audio queued is not idle
+    track.resume()
+    rest = np.concatenate([f.to_ndarray().reshape(-1) for f in await pull(track, 3)])
+    assert np.array_equal(rest, voice[960:]) and track.played_total == track.queued_total == voice.size
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_clear_moves_the_queued_position_back_to_what_was_played():
+    track = OutboundAudioTrack()
+    track.enqueue(np.ones(960 * 5, dtype=np.int16))
+    await pull(track, 2)
+    assert track.clear() == 960 * 3
+    assert track.queued_total == track.played_total == 960 * 2
+    track.enqueue(np.ones(960, dtype=np.int16))
+    assert track.queued_total == 960 * 3
+
+
+async def test_frame_intervals_are_counted_as_gaps_only_past_30_ms():
+    track = OutboundAudioTrack()
+    await pull(track, 2)
+    assert track.max_interval_s >= 0.019  # paced: frames are not released faster than real time
+    before = track.gaps
+    await asyncio.sleep(0.08)  # a stall longer than a frame: the next frame is late
+    await pull(track, 1)
+    assert track.gaps == before + 1 and track.max_interval_s >= 0.08
