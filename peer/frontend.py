@@ -13,12 +13,16 @@ reference sent most recently, and the echo path's delay (network round trip plus
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import deque
 
 import numpy as np
 
 from .audio import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
 from .echo import FRAME, EchoCanceller, make_canceller
+
+log = logging.getLogger(__name__)
 
 MAX_REFERENCE_MS = 200
 """Reference older than this when the microphone asks for it is stale (the inbound side paused) and is
@@ -32,6 +36,88 @@ ECHO_REACH_MS = 600
 """How long after the bot's voice was sent its echo can still reach the microphone: the paired
 reference is the latest sent, the echo comes back after the round trip and the client's buffers
 (100-300 ms, more on a bad network) plus the room's tail."""
+
+
+COUPLING_WINDOW_FRAMES = 100
+"""10 ms frames of microphone audio the echo coupling is measured over (1 s)."""
+
+COUPLING_MAX_LAG_FRAMES = 50
+"""Longest echo delay looked for: 500 ms of network round trip, client buffers and room."""
+
+COUPLING_EVERY_FRAMES = 25
+"""A coupling measurement every 250 ms while the bot speaks."""
+
+ECHO_COUPLED = 0.3
+"""Peak normalised cross-correlation between the (pre-emphasised) reference and the microphone above
+which the bot's voice is taken to come back. Unrelated speech stays below 0.1; a loudspeaker echo
+through Opus scores well above 0.5."""
+
+NO_ECHO_AFTER = 6
+"""Measurements in a row below ``ECHO_COUPLED`` (1.5 s of the bot speaking) before the echo path is
+declared empty, in a call where no echo was seen yet."""
+
+ECHO_GONE_AFTER = 20
+"""The same once an echo was seen (5 s of the bot speaking): double talk lowers the measurement too,
+and a loudspeaker rarely stops echoing in the middle of a call."""
+
+
+MIC_FLOOR = 8.0
+"""RMS of the pre-emphasised microphone (about -70 dBFS) below which it counts as silent."""
+
+
+class EchoCoupling:
+    """Tells whether the bot's voice comes back in the microphone at all.
+
+    Most clients cancel echo themselves (the browser's AEC is on by default), so what reaches us holds
+    none. A canceller fed a loud reference and a microphone without echo is still harmful: AEC3's
+    suppressor treats the user's voice as double talk and takes ~13 dB off it, which hides a barge-in
+    from the VAD. So the front-end measures the coupling and, while it is absent, uses the microphone
+    as it came (the canceller keeps adapting, so it is ready the moment an echo appears).
+    """
+
+    def __init__(self, expected: bool = True) -> None:
+        self._mic: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES)
+        self._ref: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES + COUPLING_MAX_LAG_FRAMES)
+        self._since = 0
+        self._quiet = 0
+        self.seen = False
+        """An echo was measured at some point in this call."""
+        self.present = expected
+        """Assumed until shown otherwise (unless the client cancels echo itself): a missed echo makes
+        the bot interrupt itself."""
+        self.last = 0.0
+
+    def push(self, mic: np.ndarray, ref: np.ndarray, far_active: bool) -> None:
+        self._mic.append(mic)
+        self._ref.append(ref)
+        self._since += 1
+        if not far_active or self._since < COUPLING_EVERY_FRAMES or len(self._ref) < self._ref.maxlen:
+            return
+        self._since = 0
+        self.last = self._measure()
+        if self.last >= ECHO_COUPLED:
+            self._quiet = 0
+            if not self.present:
+                log.info("echo coupling %.2f: the bot's voice comes back; cancelling it", self.last)
+            self.seen = self.present = True
+        else:
+            self._quiet += 1
+            if self.present and self._quiet >= (ECHO_GONE_AFTER if self.seen else NO_ECHO_AFTER):
+                log.info("echo coupling %.2f: no echo of the bot's voice", self.last)
+                self.present = False
+
+    def _measure(self) -> float:
+        m = np.diff(np.concatenate(self._mic).astype(np.float64))  # pre-emphasis: flatter spectra,
+        r = np.diff(np.concatenate(self._ref).astype(np.float64))  # fewer chance correlations
+        n = 1 << (r.size + m.size).bit_length()
+        c = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
+        # c[k] = sum_t r[t + k] m[t]: k = len(r) - len(m) is no delay, k = 0 the longest one.
+        energy = np.concatenate([[0.0], np.cumsum(r * r)])
+        r_norm = np.sqrt(energy[m.size :] - energy[: r.size - m.size + 1])
+        m_norm = np.sqrt(np.sum(m * m))
+        if m_norm < MIC_FLOOR * np.sqrt(m.size):
+            return 0.0  # a silent microphone holds no echo (and its codec noise correlates by chance)
+        return float(np.max(np.abs(c) / (r_norm * m_norm + 1e-9)))
 
 
 class FarEndReference:
@@ -71,7 +157,13 @@ class FrontEnd:
     state is per stream and calls must not overlap.
     """
 
-    def __init__(self, aec: str = "aec3", noise_suppression: int = 1, auto_gain_dbfs: int = 0) -> None:
+    def __init__(
+        self,
+        aec: str = "aec3",
+        noise_suppression: int = 1,
+        auto_gain_dbfs: int = 0,
+        echo_expected: bool = True,
+    ) -> None:
         self.canceller: EchoCanceller | None = make_canceller(aec)
         self._processor = None
         if noise_suppression or auto_gain_dbfs:
@@ -81,6 +173,7 @@ class FrontEnd:
         self._near = SampleBuffer()
         self._far = SampleBuffer()
         self._far_frames_ago = 10**9  # 10 ms frames since the reference last carried sound
+        self.coupling = EchoCoupling(expected=echo_expected)
         # A session closing cancels the task awaiting process(), not the worker thread running it; the
         # lock keeps close() from freeing a native canceller under a frame still being processed.
         self._lock = threading.Lock()
@@ -89,15 +182,25 @@ class FrontEnd:
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         """Microphone and reference samples at 16 kHz (equal counts); returns the cleaned microphone,
         in whole 10 ms frames (a remainder waits for the next call)."""
+        return self.process_pair(near, far)[0]
+
+    def process_pair(self, near: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``process``, and also the microphone for the ASR: the canceller's output once an echo
+        has been seen in this call, else the microphone as it came (the noise suppressor holds the
+        state of one stream, so only the VAD's path gets it). AEC3's suppressor cuts into the user's
+        words whenever the bot speaks, echo or not, and the VAD needs that safety far more than the
+        ASR does."""
         with self._lock:
             if self._closed:
-                return np.zeros(0, dtype=np.int16)
+                empty = np.zeros(0, dtype=np.int16)
+                return empty, empty
             return self._process(near, far)
 
-    def _process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+    def _process(self, near: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._near.push(near)
         self._far.push(far)
-        out = []
+        out: list[np.ndarray] = []
+        words: list[np.ndarray] = []
         while (mic := self._near.pop(FRAME)) is not None:
             ref = self._far.pop(FRAME)
             if ref is None:
@@ -105,17 +208,26 @@ class FrontEnd:
             self._far_frames_ago = (
                 0 if np.abs(ref).max(initial=0) > FAR_ACTIVE_PEAK else self._far_frames_ago + 1
             )
+            self.coupling.push(mic, ref, self._far_frames_ago == 0)
+            raw = mic
             if self.canceller is not None:
-                mic = self.canceller.process(mic, ref)
+                cancelled = self.canceller.process(mic, ref)
+                if self.coupling.present:
+                    mic = cancelled
             if self._processor is not None:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+            words.append(mic if self.coupling.seen or raw is mic else raw)
+        if not out:
+            empty = np.zeros(0, dtype=np.int16)
+            return empty, empty
+        return np.concatenate(out), np.concatenate(words)
 
     @property
     def echo_possible(self) -> bool:
-        """The bot's voice may be in the microphone now: it was sent within ``ECHO_REACH_MS``."""
-        return self._far_frames_ago * 10 < ECHO_REACH_MS
+        """The bot's voice may be in the microphone now: it was sent within ``ECHO_REACH_MS`` and its
+        echo has not been shown to be absent."""
+        return self.coupling.present and self._far_frames_ago * 10 < ECHO_REACH_MS
 
     def close(self) -> None:
         with self._lock:

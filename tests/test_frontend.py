@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from peer.audio import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
-from peer.frontend import MAX_REFERENCE_MS, FarEndReference, FrontEnd
+from peer.echo import FRAME
+from peer.frontend import MAX_REFERENCE_MS, EchoCoupling, FarEndReference, FrontEnd
 from tests.support.speech import read_wav
+from tests.test_echo import speechlike, through_room
 
 
 def test_the_reference_is_what_the_track_sent_at_16k_and_never_goes_stale():
@@ -70,3 +72,40 @@ def test_closing_while_a_frame_is_processed_is_safe():
     fe.close()
     worker.join()
     assert fe.process(x[:320], x[:320]).size == 0  # closed: nothing more is processed
+
+
+def coupling_over(mic: np.ndarray, far: np.ndarray, expected: bool) -> list[tuple[float, bool]]:
+    coupling = EchoCoupling(expected=expected)
+    states = []
+    for i in range(0, mic.size - FRAME + 1, FRAME):
+        coupling.push(mic[i : i + FRAME], far[i : i + FRAME], far_active=True)
+        states.append((i / SPEECH_RATE, coupling.present))
+    return states
+
+
+def test_the_echo_coupling_is_found_when_there_is_an_echo_and_ruled_out_when_there_is_none():
+    far = speechlike(6.0, seed=1)
+    near = speechlike(6.0, seed=2)
+    silence = np.zeros_like(far)
+    # No echo: a silent microphone, or a user talking over the bot, is ruled out after ~1.5 s of it.
+    for mic in (silence, near):
+        states = coupling_over(mic, far, expected=True)
+        assert states[0][1] and not states[-1][1]
+        assert next(t for t, present in states if not present) < 3.5
+    # A -20 dB room echo; a -6 dB one with the user talking over it all along: found, and kept.
+    for mic in (through_room(far, 150, -20), through_room(far, 300, -6) + near):
+        mic = np.clip(mic, -32768, 32767).astype(np.int16)
+        states = coupling_over(mic, far, expected=False)
+        assert states[-1][1] and next(t for t, present in states if present) < 2.0
+
+
+def test_a_client_without_echo_gets_its_words_past_the_canceller_while_the_bot_speaks():
+    far = speechlike(6.0, seed=1)
+    near = np.concatenate([np.zeros(3 * SPEECH_RATE, np.int16), speechlike(3.0, seed=2)])
+    fe = FrontEnd("aec3", noise_suppression=0, echo_expected=False)
+    clean, words = fe.process_pair(near, far)
+    fe.close()
+    speech = slice(3 * SPEECH_RATE, 6 * SPEECH_RATE)
+    # AEC3's suppressor would take ~13 dB off a user it hears over the bot's voice (double talk).
+    assert rms_dbfs(clean[speech]) == pytest.approx(rms_dbfs(near[speech]), abs=1.0)
+    assert np.array_equal(words, near[: words.size])
