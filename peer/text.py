@@ -87,3 +87,42 @@ def _is_abbreviation(text: str) -> bool:
     # "3.5" is cut by the regex only when followed by a space, so digits are safe; a single capital
     # initial ("J. R. R.") is not a sentence end.
     return len(raw) == 2 and raw[0].isupper() and raw[1] == "."
+
+
+_WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
+
+BACKCHANNELS = frozenset(
+    "mm mmm hm hmm mhm mm-hmm mm-hm uh-huh uh huh um ah oh yeah yep yes ok okay right sure "
+    "i see got it alright aha".split()
+)
+"""Words a listener says to show they are following, not to take the turn."""
+
+_UNFINISHED = frozenset(
+    "and but or so because cause if that which who the a an to of for with in on at from my your his "
+    "her their our um uh er like is are was were then when than as into about".split()
+)
+"""Words a finished question or statement does not end on."""
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+_HUM = re.compile(r"(?:[mh]+|uh|ah)(?:-(?:[mh]+|uh|huh))*")
+"""Hums as whisper spells them: "Mm-mm", "Hmm", "mhm", "uh-huh"."""
+
+
+def is_backchannel(text: str) -> bool:
+    """True for "mm-hm", "yeah, okay" and the like, and for nothing at all: not a bid for the turn."""
+    found = words(text)
+    return len(found) <= 3 and all(w in BACKCHANNELS or _HUM.fullmatch(w) for w in found)
+
+
+def looks_unfinished(text: str) -> bool:
+    """True when a transcript stops mid-phrase ("I'd like to book a table for, um"), so the user is
+    probably still thinking. Whisper often ends such a phrase with a comma or an ellipsis."""
+    stripped = text.rstrip()
+    if stripped.endswith((",", "...", "…", "-", "—")):
+        return True
+    found = words(stripped)
+    return bool(found) and found[-1] in _UNFINISHED

@@ -1,4 +1,4 @@
-from peer.text import SpeechChunker, clean_for_speech
+from peer.text import SpeechChunker, clean_for_speech, is_backchannel, looks_unfinished
 
 
 def feed(chunker: SpeechChunker, text: str, step: int = 3) -> list[str]:
@@ -51,3 +51,24 @@ def test_first_piece_without_punctuation_is_cut_after_a_few_words_later_ones_are
         "is the Pacific Ocean which covers a third of the planet.",
         "It is deep.",
     ]
+
+
+def test_backchannels_are_told_from_bids_for_the_turn():
+    # Spellings whisper tiny.en gave for espeak-ng's "Mm-hmm.", "Uh-huh.", "Hmm." and friends.
+    for text in ["Mm-mm", "Uh...", "Hmm", "Yeah", "Okay", "Mhm.", "Uh-huh.", "Yeah, okay.", "", "..."]:
+        assert is_backchannel(text), text
+    for text in ["Stop!", "Wait, stop!", "No.", "What is the weather like today?", "Okay, but why?"]:
+        assert not is_backchannel(text), text
+
+
+def test_unfinished_phrases_are_recognised():
+    # Whisper's transcripts of espeak-ng phrases cut mid-sentence.
+    for text in [
+        "Tell me about the weather and...",
+        "What is the weather like today and um?",
+        "I have a question about",
+        "So,",
+    ]:
+        assert looks_unfinished(text), text
+    for text in ["What is the weather like today?", "Tell me about London.", "Thanks", ""]:
+        assert not looks_unfinished(text), text
