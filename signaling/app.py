@@ -16,6 +16,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 
 from peer.config import Config
+from peer.health import LoopMonitor
 from peer.services import Services, load_services
 from peer.session import Session
 
@@ -34,8 +35,19 @@ class ServerState:
     sessions: dict[str, Session] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     counters: dict[str, int] = field(
-        default_factory=lambda: {"sessions_total": 0, "offers_rejected_total": 0, "turns_total": 0}
+        default_factory=lambda: dict.fromkeys(
+            (
+                "sessions_total",
+                "offers_rejected_total",
+                "turns_total",
+                "interruptions_total",
+                "outbound_frames_total",
+                "outbound_gaps_total",
+            ),
+            0,
+        )
     )
+    loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -51,7 +63,7 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
     return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
 
 
-async def _read_offer(request: web.Request) -> RTCSessionDescription:
+async def _read_offer(request: web.Request) -> tuple[RTCSessionDescription, bool]:
     """Validates the offer before any WebRTC object exists, so bad input costs nothing to reject."""
     if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
         raise OfferError(413, "too_large", f"an offer is at most {MAX_OFFER_BYTES} bytes")
@@ -83,13 +95,16 @@ async def _read_offer(request: web.Request) -> RTCSessionDescription:
             f"the audio m-line must be sendrecv (it is {audio[0].direction}): "
             "the peer both hears the microphone and speaks back",
         )
-    return RTCSessionDescription(sdp=sdp, type="offer")
+    client_aec = body.get("echo_cancellation", False)
+    if not isinstance(client_aec, bool):
+        raise OfferError(400, "bad_offer", '"echo_cancellation" must be true or false')
+    return RTCSessionDescription(sdp=sdp, type="offer"), client_aec
 
 
 async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        description = await _read_offer(request)
+        description, client_aec = await _read_offer(request)
     except OfferError as exc:
         state.counters["offers_rejected_total"] += 1
         return _error(exc.status, exc.code, exc.message)
@@ -103,7 +118,9 @@ async def offer(request: web.Request) -> web.Response:
         return _error(503, "busy", f"the server holds its maximum of {state.config.max_sessions} sessions")
 
     try:
-        session = Session(state.services, state.config, on_closed=lambda s: _forget(state, s))
+        session = Session(
+            state.services, state.config, on_closed=lambda s: _forget(state, s), client_aec=client_aec
+        )
     except Exception as exc:
         log.exception("could not create a session")
         state.counters["offers_rejected_total"] += 1
@@ -128,6 +145,9 @@ async def offer(request: web.Request) -> web.Response:
 def _forget(state: ServerState, session: Session) -> None:
     if state.sessions.pop(session.id, None) is not None:
         state.counters["turns_total"] += session.conversation.turn
+        state.counters["interruptions_total"] += session.conversation.interruptions
+        state.counters["outbound_frames_total"] += session.output.frames_sent
+        state.counters["outbound_gaps_total"] += session.output.gaps
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -151,7 +171,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of the server's counters."""
     state = request.app[STATE]
-    live_turns = sum(s.conversation.turn for s in state.sessions.values())
+    live = {
+        "turns_total": sum(s.conversation.turn for s in state.sessions.values()),
+        "interruptions_total": sum(s.conversation.interruptions for s in state.sessions.values()),
+        "outbound_frames_total": sum(s.output.frames_sent for s in state.sessions.values()),
+        "outbound_gaps_total": sum(s.output.gaps for s in state.sessions.values()),
+    }
+    lag = state.loop_monitor
     lines = [
         "# TYPE voicepeer_sessions gauge",
         f"voicepeer_sessions {len(state.sessions)}",
@@ -161,8 +187,21 @@ async def metrics(request: web.Request) -> web.Response:
         f"voicepeer_uptime_seconds {time.monotonic() - state.started:.1f}",
     ]
     for name, value in state.counters.items():
-        value += live_turns if name == "turns_total" else 0
+        value += live.get(name, 0)
         lines += [f"# TYPE voicepeer_{name} counter", f"voicepeer_{name} {value}"]
+    # How late the event loop wakes (it releases every audio frame), over the last minute.
+    lines += [
+        "# TYPE voicepeer_loop_lag_seconds summary",
+        *(
+            f'voicepeer_loop_lag_seconds{{quantile="{q / 100:g}"}} {lag.percentile(q):.6f}'
+            for q in (50, 99, 100)
+        ),
+        f"voicepeer_loop_lag_seconds_count {lag.samples}",
+        "# TYPE voicepeer_loop_lag_max_seconds gauge",
+        f"voicepeer_loop_lag_max_seconds {lag.max_s:.6f}",
+        "# TYPE voicepeer_loop_lags_over_30ms_total counter",
+        f"voicepeer_loop_lags_over_30ms_total {lag.over_30ms}",
+    ]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -177,12 +216,14 @@ async def _load(app: web.Application) -> None:
 
 async def _on_startup(app: web.Application) -> None:
     state = app[STATE]
+    state.loop_monitor.start()
     if state.services is None:
         state.loading = asyncio.get_running_loop().create_task(_load(app))
 
 
 async def _on_shutdown(app: web.Application) -> None:
     state = app[STATE]
+    await state.loop_monitor.stop()
     await asyncio.gather(*(s.close() for s in list(state.sessions.values())), return_exceptions=True)
     if state.loading is not None and not state.loading.done():
         state.loading.cancel()

@@ -7,6 +7,7 @@ test that a missing model gives a clear answer instead of a crash or a hang.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -90,6 +91,23 @@ async def test_metrics_count_rejections(client: TestClient):
     assert "voicepeer_models_ready 0" in text
     assert "voicepeer_offers_rejected_total 1" in text
     assert "voicepeer_sessions 0" in text
+
+
+async def test_echo_cancellation_must_be_a_boolean(client: TestClient):
+    sdp = await local_offer(True)
+    r = await client.post("/offer", json={"type": "offer", "sdp": sdp, "echo_cancellation": "yes"})
+    assert r.status == 400 and (await r.json())["error"] == "bad_offer"
+
+
+async def test_metrics_report_how_late_the_event_loop_runs(client: TestClient):
+    time.sleep(0.05)  # noqa: ASYNC251 - the point: hold the loop as a blocking call in it would
+    await asyncio.sleep(0.05)
+    text = await (await client.get("/metrics")).text()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert float(values["voicepeer_loop_lag_max_seconds"]) >= 0.04
+    assert float(values['voicepeer_loop_lag_seconds{quantile="1"}']) >= 0.04
+    assert int(values["voicepeer_loop_lag_seconds_count"]) > 0
+    assert values["voicepeer_outbound_gaps_total"] == "0"
 
 
 async def test_demo_page_and_client_module_are_served(client: TestClient):
