@@ -37,6 +37,10 @@ class Config:
     auto_gain_dbfs: int = 0
     """WebRTC automatic gain target in dBFS below full scale (1-31); 0 leaves the level alone."""
     turn: TurnParams = field(default_factory=TurnParams)
+    interrupt_after_ms: int = 1000
+    """Barge-in: user speech during a reply pauses the bot at once; it cancels the reply once it has
+    lasted this long, or when it ends sooner, if its words are not a backchannel ("mm-hm", ~0.6 s).
+    It bounds how long a backchannel may be, not how soon the bot goes quiet."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""
     max_sessions: int = 8

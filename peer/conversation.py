@@ -1,10 +1,19 @@
-"""The conversation: one user turn in, one spoken reply out, and the state the client sees.
+"""The conversation: user turns in, spoken replies out, turn-taking and barge-in, and what the client sees.
 
-A turn runs as a small pipeline of concurrent stages, so each starts as soon as the one before it has
+A reply runs as a small pipeline of concurrent stages, so each starts as soon as the one before it has
 something: the LLM streams tokens, the chunker cuts them into sentences, TTS speaks each sentence while
 the LLM is still writing the next, and the outbound track plays the audio while TTS works on the rest.
 
-For now the bot is half-duplex: speech that ends while it is thinking or speaking is not answered.
+Turn-taking is speculative. The turn detector reports a *pause* after ~100 ms of silence; the reply
+starts there (transcript, LLM, first TTS piece) while the detector waits to see whether the silence
+lasts. If the user goes on, the speculation is thrown away; if the turn ends, the reply is already well
+under way and only then is it released to the track and the client. A phrase that sounds unfinished
+("... and", "um") is given a longer silence before it counts as the end.
+
+Barge-in: speech that opens a turn while the bot is answering pauses the bot's audio at once. If the
+speech lasts (``interrupt_after_ms``) or says something other than a backchannel ("mm-hm"), the reply is
+cancelled, the history keeps only what was played, and the new speech becomes the next turn. A cough or
+an "mm-hm" lets the bot go on from where it paused.
 """
 
 from __future__ import annotations
@@ -12,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,23 +31,35 @@ import numpy as np
 from . import events
 from .asr import ASR
 from .audio import SPEECH_RATE, Resampler
-from .events import EventChannel, State
+from .events import Event, EventChannel, State
 from .llm import LLM, History, LLMError
-from .text import SpeechChunker
+from .text import SpeechChunker, is_backchannel, looks_unfinished
 from .tracks import OutboundAudioTrack
 from .tts import TTS
-from .vad import SpeechEnded, SpeechStarted, TurnEvent
+from .vad import (
+    SpeechDiscarded,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechProgress,
+    SpeechResumed,
+    SpeechStarted,
+    TurnEvent,
+    TurnParams,
+    Utterance,
+)
 
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I can't answer right now."
+
+MIN_PARTIAL_S = 0.8
+"""Turn audio below this gets no partial transcript: whisper guesses wildly on a word and a half."""
 
 
 @dataclass
 class TurnMetrics:
     """Milliseconds from the end of the user's speech (as the server received it) to each stage."""
 
-    turn: int
     speech_end: float
     audio_s: float = 0.0
     marks: dict[str, float] = field(default_factory=dict)
@@ -53,6 +73,64 @@ class TurnMetrics:
         return {"audio_ms": round(self.audio_s * 1000), **self.marks}
 
 
+class UserTurn:
+    """One user utterance, from the pause that may end it until its reply is over (or abandoned).
+
+    Until it is *committed* (the silence lasted), everything it produces is held back: its audio waits
+    before the outbound track and its events wait before the channel, so a speculation that is thrown
+    away leaves no trace the user could notice.
+    """
+
+    def __init__(self, utterance: Utterance, audio: np.ndarray, ended: bool) -> None:
+        self.audio = audio
+        self.end_sample = utterance.end_sample
+        self.metrics = TurnMetrics(utterance.speech_end_arrival, audio.size / SPEECH_RATE)
+        self.ended = asyncio.Event()
+        if ended:
+            self.ended.set()
+        self.committed = asyncio.Event()
+        self.free = asyncio.Event()
+        """Cleared while the user has started speaking again after this (held) turn closed."""
+        self.free.set()
+        self.number = 0
+        self.text = ""
+        self.task: asyncio.Task[None] | None = None
+        self.spans: list[tuple[str, int, int]] = []
+        """Spoken pieces and their sample range on the outbound track's ``queued_total`` axis."""
+        self._held: list[Callable[[], Event]] = []
+
+    def heard(self, played_total: int) -> str:
+        """The part of the reply that was handed to the client, to the word (pro rata within a piece)."""
+        parts: list[str] = []
+        for text, start, end in self.spans:
+            if played_total >= end:
+                parts.append(text)
+                continue
+            if played_total > start:
+                words = text.split()
+                n = int(len(words) * (played_total - start) / max(1, end - start))
+                parts.extend(words[:n])
+            break
+        return " ".join(parts)
+
+
+@dataclass
+class BargeIn:
+    """User speech that began while the bot was answering, until it is judged."""
+
+    onset: float
+    speaking: bool = True
+    ended: bool = False
+    utterance: Utterance | None = None
+    timer: asyncio.Task[None] | None = None
+    judge: asyncio.Task[None] | None = None
+
+    def cancel(self) -> None:
+        for task in (self.timer, self.judge):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+
+
 class Conversation:
     def __init__(
         self,
@@ -64,6 +142,8 @@ class Conversation:
         history: History | None = None,
         llm_timeout_s: float = 20.0,
         record_dir: str | None = None,
+        params: TurnParams | None = None,
+        interrupt_after_ms: int = 1000,
     ) -> None:
         self.asr = asr
         self.llm = llm
@@ -72,12 +152,20 @@ class Conversation:
         self.channel = channel
         self.history = history or History()
         self.llm_timeout_s = llm_timeout_s
+        self.params = params or TurnParams()
+        self.interrupt_after_s = interrupt_after_ms / 1000
         self.turn = 0
+        """Number of the last committed user turn."""
         self.state: State = "listening"
         self.record_dir = Path(record_dir) if record_dir else None
-        self._task: asyncio.Task[None] | None = None
+        self.interruptions = 0
+        self._current: UserTurn | None = None  # the newest user turn: speculative, held or answered
+        self._barge: BargeIn | None = None
+        self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
+        self._ignoring = False  # the rest of the detector's current turn was judged a backchannel
+        self._partial: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._heard_while_busy = False  # the current user turn began while the bot was busy
 
     def start(self) -> None:
         self.channel.send(events.state(self.state))
@@ -87,86 +175,235 @@ class Conversation:
             self.state = value
             self.channel.send(events.state(value))
 
+    def _spawn(self, coro, name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
     @property
     def busy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """A committed turn is being answered (thinking or speaking)."""
+        turn = self._current
+        return turn is not None and turn.committed.is_set() and turn.task is not None and not turn.task.done()
+
+    @property
+    def _speculating(self) -> bool:
+        turn = self._current
+        return turn is not None and not turn.committed.is_set()
+
+    # -- turn events from the detector ------------------------------------------------------------
 
     def on_turn_event(self, event: TurnEvent) -> None:
-        """Called by the session for every VAD turn event, on the event loop."""
+        """Called by the session for every turn event, in order, on the event loop."""
         if self._closed:
             return
+        if not isinstance(event, SpeechProgress):
+            log.debug("%s (state %s, barge %s)", type(event).__name__, self.state, self._barge is not None)
         if isinstance(event, SpeechStarted):
-            self.channel.send(events.vad_start(self.state))
-            # Speech that began during the reply contains the bot's own voice or its echo; it is not
-            # answered even if it ends after the reply does.
-            self._heard_while_busy = self.busy
+            self._on_started(event)
+        elif isinstance(event, SpeechProgress):
+            self._on_progress(event)
+        elif isinstance(event, SpeechPaused):
+            self._on_paused(event)
+        elif isinstance(event, SpeechResumed):
+            self._on_resumed(event)
+        elif isinstance(event, SpeechEnded):
+            self._on_ended(event)
+        elif isinstance(event, SpeechDiscarded):
+            self._on_discarded()
+
+    def _on_started(self, event: SpeechStarted) -> None:
+        self.channel.send(events.vad_start(self.state))
+        self._ignoring = False
+        turn = self._current
+        if turn is not None and self._speculating:
+            # The user goes on after a phrase whose turn had closed (an unfinished one, held): it is
+            # kept back until this new speech shows whether it is a continuation or only a noise.
+            turn.free.clear()
+        elif self.busy:
+            self._start_barge_in(event.arrival)
+
+    def _on_progress(self, event: SpeechProgress) -> None:
+        if self.busy or self._barge is not None or self._ignoring:
             return
-        if isinstance(event, SpeechEnded):
-            if self.busy or self._heard_while_busy:
-                log.info("ignoring %d ms of speech heard while the bot was busy", event.voiced_ms)
-                return
-            self._task = asyncio.get_running_loop().create_task(self._run_turn(event))
-            self._task.add_done_callback(self._turn_done)
+        if self._partial is not None and not self._partial.done():
+            return  # one partial at a time; the next progress event brings newer audio anyway
+        audio = self._with_carry(event.audio)
+        if audio.size >= MIN_PARTIAL_S * SPEECH_RATE:
+            self._partial = self._spawn(self._partial_transcript(audio), "partial-asr")
 
-    def _turn_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("turn failed", exc_info=task.exception())
+    def _on_paused(self, event: SpeechPaused) -> None:
+        if self._ignoring:
+            return
+        if self._barge is not None:
+            # Judged only when it ends: a pause this short is as likely a gap between two words.
+            self._barge.speaking = False
+            return
+        if self.busy:
+            return
+        self._begin(event, ended=False)
 
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        self._task = None
+    def _on_resumed(self, event: SpeechResumed) -> None:
+        if self._barge is not None:
+            barge = self._barge
+            barge.speaking = True
+            if barge.judge is not None:
+                barge.judge.cancel()
+                barge.judge = None
+            if event.arrival - barge.onset >= self.interrupt_after_s:
+                self._interrupt("speech")
+            return
+        if self._ignoring:
+            # The user goes on after what sounded like a backchannel: now it is a bid for the turn.
+            self._ignoring = False
+            if self.busy:
+                self._start_barge_in(event.arrival)
+            return
+        if self._speculating:
+            self._abandon()  # it was a breath, not the end: the speculation is wrong now
 
-    # -- one turn ------------------------------------------------------------------------------
+    def _on_ended(self, event: SpeechEnded) -> None:
+        if self._ignoring:
+            self._ignoring = False
+            return
+        if self._barge is not None:
+            barge = self._barge
+            barge.ended = True
+            barge.speaking = False
+            if barge.utterance is None or barge.utterance.end_sample != event.end_sample:
+                self._barge_paused(barge, event)
+            return
+        turn = self._current
+        if turn is not None and self._speculating and turn.end_sample == event.end_sample:
+            turn.ended.set()
+            return
+        if self.busy:
+            return
+        self._begin(event, ended=True)
 
-    async def _run_turn(self, ended: SpeechEnded) -> None:
+    def _on_discarded(self) -> None:
+        if self._barge is not None:
+            self._let_bot_go_on(self._barge)
+        self._ignoring = False
+        turn = self._current
+        if turn is not None and self._speculating:
+            turn.free.set()  # only a noise after the held phrase: it may still be the whole turn
+
+    # -- speculative turns -------------------------------------------------------------------------
+
+    def _with_carry(self, audio: np.ndarray) -> np.ndarray:
+        return audio if self._carry is None else np.concatenate([self._carry, audio])
+
+    def _begin(self, utterance: Utterance, ended: bool, text: str | None = None) -> None:
+        held = self._current
+        if held is not None and self._speculating:
+            if held.ended.is_set():
+                self._carry = held.audio  # the user went on from a held phrase: keep its words
+            self._abandon()
+        turn = UserTurn(utterance, self._with_carry(utterance.audio), ended)
+        self._current = turn
+        turn.task = self._spawn(self._run_turn(turn, text), "turn")
+
+    def _abandon(self) -> None:
+        turn, self._current = self._current, None
+        if turn is not None and turn.task is not None:
+            turn.task.cancel()
+
+    async def _partial_transcript(self, audio: np.ndarray) -> None:
+        committed = self.turn
+        result = await self.asr.transcribe(audio)
+        if result.text and self.turn == committed and not self.busy:
+            self.channel.send(events.transcript(self.turn + 1, result.text, final=False))
+
+    def _commit(self, turn: UserTurn) -> None:
+        """The silence lasted: this is the user's turn. Releases what the speculation held back."""
         self.turn += 1
-        turn = self.turn
-        m = TurnMetrics(
-            turn=turn, speech_end=ended.speech_end_arrival, audio_s=ended.audio.size / SPEECH_RATE
-        )
-        m.mark("endpoint_ms")
+        turn.number = self.turn
+        turn.metrics.mark("endpoint_ms")
+        self._carry = None
+        if self._partial is not None:
+            self._partial.cancel()
+        self.channel.send(events.transcript(turn.number, turn.text, final=True))
         self._set_state("thinking")
+        turn.committed.set()
+        for make in turn._held:
+            self.channel.send(make())
+        turn._held.clear()
+
+    def _send(self, turn: UserTurn, make: Callable[[], Event]) -> None:
+        if turn.committed.is_set():
+            self.channel.send(make())
+        else:
+            turn._held.append(make)
+
+    async def _run_turn(self, turn: UserTurn, text: str | None) -> None:
+        m = turn.metrics
         try:
-            if self.record_dir is not None:
+            if text is None:
                 try:
-                    self._record(turn, ended.audio)
-                except OSError as exc:
-                    log.warning("could not record turn %d: %s", turn, exc)
-            try:
-                result = await self.asr.transcribe(ended.audio)
-            except Exception as exc:
-                log.exception("ASR failed")
-                self.channel.send(events.error("asr_failed", f"speech recognition failed: {exc}"))
-                return
+                    text = (await self.asr.transcribe(turn.audio)).text
+                except Exception as exc:
+                    log.exception("ASR failed")
+                    await turn.ended.wait()
+                    self.channel.send(events.error("asr_failed", f"speech recognition failed: {exc}"))
+                    return
             m.mark("transcript_ms")
-            text = result.text
+            turn.text = text
             if not text:
-                log.info("turn %d: nothing recognised in %.1f s of audio", turn, result.audio_s)
+                log.info("nothing recognised in %.1f s of audio", m.audio_s)
                 return
-            self.channel.send(events.transcript(turn, text, final=True))
-            reply = await self._reply(turn, text, m)
+            if not turn.ended.is_set():
+                self.channel.send(events.transcript(self.turn + 1, text, final=False))
+            if looks_unfinished(text):
+                # "I'd like a table for, um": wait longer before taking the turn, and do not spend the
+                # CPU on an answer that will probably be thrown away.
+                log.info("holding an unfinished phrase: %r", text)
+                await turn.ended.wait()
+                hold = turn.metrics.speech_end + self.params.hold_silence_ms / 1000
+                await asyncio.sleep(max(0.0, hold - asyncio.get_running_loop().time()))
+            await turn.free.wait()
+
+            async def commit_when_ended() -> None:
+                await turn.ended.wait()
+                await turn.free.wait()
+                self._commit(turn)
+                if self.record_dir is not None:
+                    self._record(turn)
+
+            committer = asyncio.get_running_loop().create_task(commit_when_ended())
+            try:
+                reply = await self._reply(turn)
+                await committer
+            finally:
+                committer.cancel()
             if reply:
                 self.history.add(text, reply)
             await self.output.wait_idle()
             m.mark("playout_done_ms")
             self._set_state("listening")
-            self.channel.send(events.metrics(turn, m.as_dict()))
-            log.info("turn %d metrics %s", turn, m.as_dict())
+            self.channel.send(events.metrics(turn.number, m.as_dict()))
+            log.info("turn %d metrics %s", turn.number, m.as_dict())
         finally:
-            self._set_state("listening")
+            if self._current is turn and turn.committed.is_set():
+                self._set_state("listening")
 
-    def _record(self, turn: int, audio: np.ndarray) -> None:
-        self.record_dir.mkdir(parents=True, exist_ok=True)
-        path = self.record_dir / f"turn-{id(self):x}-{turn:03d}.wav"
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(SPEECH_RATE)
-            w.writeframes(audio.astype(np.int16).tobytes())
+    def _record(self, turn: UserTurn) -> None:
+        try:
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+            path = self.record_dir / f"turn-{id(self):x}-{turn.number:03d}.wav"
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(SPEECH_RATE)
+                w.writeframes(turn.audio.astype(np.int16).tobytes())
+        except OSError as exc:
+            log.warning("could not record turn %d: %s", turn.number, exc)
 
     async def _tokens(self, text: str) -> AsyncIterator[str]:
         """The LLM stream with a deadline on each token: a backend that stops answering is dead."""
@@ -186,8 +423,11 @@ class Conversation:
         finally:
             await stream.aclose()
 
-    async def _reply(self, turn: int, user_text: str, m: TurnMetrics) -> str:
-        """Streams LLM -> sentences -> TTS -> outbound track; returns the reply text that was spoken."""
+    async def _reply(self, turn: UserTurn) -> str:
+        """Streams LLM -> sentences -> TTS -> outbound track; returns the reply text that was spoken.
+
+        Runs before the turn is committed; the track and the client get nothing until it is."""
+        m = turn.metrics
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         spoken: list[str] = []
 
@@ -195,17 +435,18 @@ class Conversation:
             chunker = SpeechChunker()
             written: list[str] = []
             try:
-                async for token in self._tokens(user_text):
+                async for token in self._tokens(turn.text):
                     m.mark("llm_first_token_ms")
                     for piece in chunker.push(token):
                         sentences.put_nowait(piece)
                         written.append(piece)
-                        self.channel.send(events.reply(turn, " ".join(written), final=False))
+                        so_far = " ".join(written)
+                        self._send(turn, lambda t=so_far: events.reply(turn.number, t, final=False))
                 for piece in chunker.flush():
                     sentences.put_nowait(piece)
             except LLMError as exc:
-                log.warning("turn %d: %s", turn, exc)
-                self.channel.send(events.error("llm_failed", str(exc)))
+                log.warning("turn: %s", exc)
+                self._send(turn, lambda e=exc: events.error("llm_failed", str(e)))
                 if not written:  # nothing of a reply is on its way: apologise instead
                     sentences.put_nowait(APOLOGY)
             finally:
@@ -225,12 +466,15 @@ class Conversation:
             self.output.add_listener(on_frame)
             try:
                 while (sentence := await sentences.get()) is not None:
-                    t0 = time.perf_counter()
-                    async for pcm in self.tts.synthesize(sentence):
-                        m.mark("tts_first_audio_ms")
-                        self.output.enqueue(resampler.push(pcm))
-                    log.debug("tts %.0f ms for %r", (time.perf_counter() - t0) * 1000, sentence)
+                    pcm = [resampler.push(chunk) async for chunk in self.tts.synthesize(sentence)]
+                    m.mark("tts_first_audio_ms")
+                    await turn.committed.wait()
+                    start = self.output.queued_total
+                    for chunk in pcm:
+                        self.output.enqueue(chunk)
+                    turn.spans.append((sentence, start, self.output.queued_total))
                     spoken.append(sentence)
+                await turn.committed.wait()
                 self.output.enqueue(resampler.flush())
                 await self.output.wait_idle()
             finally:
@@ -241,10 +485,91 @@ class Conversation:
                 group.create_task(write())
                 group.create_task(speak())
         except* Exception as failure:
-            log.error("turn %d: reply failed", turn, exc_info=failure)
-            self.channel.send(events.error("reply_failed", f"the reply failed: {failure.exceptions[0]}"))
+            log.error("reply failed", exc_info=failure)
+            message = f"the reply failed: {failure.exceptions[0]}"
+            self._send(turn, lambda: events.error("reply_failed", message))
         reply_text = " ".join(spoken)
         if reply_text and reply_text != APOLOGY:
-            self.channel.send(events.reply(turn, reply_text, final=True))
+            self.channel.send(events.reply(turn.number, reply_text, final=True))
             return reply_text
         return ""
+
+    # -- barge-in ----------------------------------------------------------------------------------
+
+    def _start_barge_in(self, onset: float) -> None:
+        self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
+        barge = BargeIn(onset=onset)
+        barge.timer = self._spawn(self._interrupt_if_still_speaking(barge), "barge-in-timer")
+        self._barge = barge
+
+    async def _interrupt_if_still_speaking(self, barge: BargeIn) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, barge.onset + self.interrupt_after_s - loop.time()))
+        if self._barge is barge and barge.speaking:
+            self._interrupt("speech")
+
+    def _barge_paused(self, barge: BargeIn, utterance: Utterance) -> None:
+        barge.speaking = False
+        barge.utterance = utterance
+        if barge.judge is not None:
+            barge.judge.cancel()
+        barge.judge = self._spawn(self._judge(barge, utterance), "barge-in-judge")
+
+    async def _judge(self, barge: BargeIn, utterance: Utterance) -> None:
+        """Short speech during the reply: a backchannel lets the bot go on, anything else takes the turn."""
+        text = (await self.asr.transcribe(utterance.audio)).text
+        if self._barge is not barge:
+            return
+        if is_backchannel(text):
+            log.info("backchannel %r: the bot goes on", text)
+            self._let_bot_go_on(barge)
+            self._ignoring = not barge.ended
+            return
+        log.info("%r during the reply takes the turn", text)
+        self._interrupt("speech")
+        self._begin(utterance, ended=barge.ended, text=text)
+
+    def _let_bot_go_on(self, barge: BargeIn) -> None:
+        barge.cancel()
+        self._barge = None
+        self.output.resume()
+
+    def interrupt(self) -> bool:
+        """The client asked the bot to stop (``{"type": "interrupt"}``); False if it was not talking."""
+        return self._interrupt("client")
+
+    def _interrupt(self, reason: str) -> bool:
+        barge, self._barge = self._barge, None
+        if barge is not None:
+            barge.cancel()
+        turn = self._current
+        if turn is None or not self.busy:
+            self.output.resume()
+            return False
+        heard = turn.heard(self.output.played_total)
+        self.output.clear()
+        self.output.resume()
+        assert turn.task is not None
+        turn.task.cancel()
+        self._current = None
+        self.interruptions += 1
+        if heard:
+            self.history.add(turn.text, heard)
+        turn.metrics.mark("interrupted_ms")
+        self.channel.send(events.interrupted(turn.number, heard, reason))
+        self.channel.send(events.metrics(turn.number, turn.metrics.as_dict()))
+        log.info("turn %d interrupted (%s) after %r", turn.number, reason, heard)
+        self._set_state("listening")
+        return True
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._barge is not None:
+            self._barge.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._current = None

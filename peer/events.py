@@ -4,15 +4,19 @@ Server to client (every message has a ``type``):
 
 - ``{"type": "session", "id": str}``: sent once when the channel opens.
 - ``{"type": "state", "state": "listening" | "thinking" | "speaking"}``
-- ``{"type": "transcript", "turn": int, "final": bool, "text": str}``: the user's words.
+- ``{"type": "transcript", "turn": int, "final": bool, "text": str}``: the user's words. Partials
+  (``final: false``) come while the user speaks and may change; the final one comes when the turn ends.
 - ``{"type": "reply", "turn": int, "final": bool, "text": str}``: the bot's words so far (cumulative);
   the final one carries the whole reply.
 - ``{"type": "vad", "speech": true, "bot_state": ...}``: the VAD heard the user start speaking.
+- ``{"type": "interrupted", "turn": int, "heard": str, "reason": "speech" | "client"}``: the reply to
+  ``turn`` was cut off; ``heard`` is the part of it that was played (and is all the history keeps).
 - ``{"type": "metrics", "turn": int, ...}``: milliseconds from the end of the user's speech to each stage.
 - ``{"type": "error", "code": str, "message": str}``: the session goes on unless the code says otherwise.
 
-Client to server: ``{"type": "ping"}`` (answered by ``{"type": "pong"}``); anything else gets an error
-event with code ``bad_message``.
+Client to server: ``{"type": "ping"}`` (answered by ``{"type": "pong"}``) and ``{"type": "interrupt"}``
+(stop the bot's reply now, as if the user had barged in); anything else gets an error event with code
+``bad_message``.
 """
 
 from __future__ import annotations
@@ -53,8 +57,15 @@ def vad_start(bot_state: State) -> Event:
     return {"type": "vad", "speech": True, "bot_state": bot_state}
 
 
+def interrupted(turn: int, heard: str, reason: str) -> Event:
+    return {"type": "interrupted", "turn": turn, "heard": heard, "reason": reason}
+
+
 def metrics(turn: int, values: dict[str, float | int | None]) -> Event:
     return {"type": "metrics", "turn": turn, **values}
+
+
+CLIENT_MESSAGES = frozenset({"ping", "interrupt"})
 
 
 class ProtocolError(ValueError):
@@ -71,7 +82,7 @@ def parse_client_message(raw: str | bytes) -> Event:
         raise ProtocolError(f"not JSON: {exc.msg}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError('a message must be a JSON object with a string "type"')
-    if message["type"] not in {"ping"}:
+    if message["type"] not in CLIENT_MESSAGES:
         raise ProtocolError(f"unknown message type {message['type']!r}")
     return message
 

@@ -34,8 +34,14 @@ log = logging.getLogger(__name__)
 
 class Session:
     def __init__(
-        self, services: Services, config: Config, on_closed: Callable[[Session], None] | None = None
+        self,
+        services: Services,
+        config: Config,
+        on_closed: Callable[[Session], None] | None = None,
+        client_aec: bool = False,
     ):
+        """``client_aec``: the client says its microphone has echo cancellation on, so the server starts
+        out expecting no echo of the bot (and keeps measuring, see ``EchoCoupling``)."""
         self.id = secrets.token_urlsafe(9)
         self.config = config
         self._on_closed = on_closed
@@ -53,9 +59,13 @@ class Session:
             History(system_prompt=config.system_prompt),
             llm_timeout_s=config.llm_timeout_s,
             record_dir=config.record_turns_dir,
+            params=config.turn,
+            interrupt_after_ms=config.interrupt_after_ms,
         )
         self.detector = TurnDetector(config.turn)
-        self.frontend = FrontEnd(config.aec, config.noise_suppression, config.auto_gain_dbfs)
+        self.frontend = FrontEnd(
+            config.aec, config.noise_suppression, config.auto_gain_dbfs, echo_expected=not client_aec
+        )
         self.reference = FarEndReference()
         self.output.add_listener(self.reference.on_frame)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,8 +156,8 @@ class Session:
 
     def _hear(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
         """Front-end then turn detection, in one worker-thread hop per 20 ms frame."""
-        clean = self.frontend.process(pcm, reference)
-        return self.detector.process(clean, arrival, echo_possible=self.frontend.echo_possible)
+        clean, words = self.frontend.process_pair(pcm, reference)
+        return self.detector.process(clean, arrival, self.frontend.echo_possible, keep=words)
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":
@@ -165,6 +175,8 @@ class Session:
                 return
             if message["type"] == "ping":
                 self.channel.send({"type": "pong"})
+            elif message["type"] == "interrupt":
+                self.conversation.interrupt()
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState

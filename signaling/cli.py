@@ -94,6 +94,30 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {},
     ),
     ("--end-silence-ms", "END_SILENCE_MS", int, _T.end_silence_ms, "silence that ends a user turn", {}),
+    (
+        "--hold-silence-ms",
+        "HOLD_SILENCE_MS",
+        int,
+        _T.hold_silence_ms,
+        "silence that ends a turn whose last phrase sounds unfinished ('... and', 'um')",
+        {},
+    ),
+    (
+        "--partial-interval-ms",
+        "PARTIAL_INTERVAL_MS",
+        int,
+        _T.partial_interval_ms,
+        "speech between two partial transcripts, 0 = none",
+        {},
+    ),
+    (
+        "--interrupt-after-ms",
+        "INTERRUPT_AFTER_MS",
+        int,
+        DEFAULTS.interrupt_after_ms,
+        "barge-in: speech during a reply that lasts this long cuts the bot off",
+        {},
+    ),
     ("--vad-threshold", "VAD_THRESHOLD", float, _T.threshold, "Silero probability that counts as speech", {}),
     ("--max-sessions", "MAX_SESSIONS", int, DEFAULTS.max_sessions, "concurrent calls accepted", {}),
     (
@@ -143,7 +167,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if ice is None:
         ice = [u for u in os.environ.get("VOICEPEER_ICE_SERVERS", "").split(",") if u.strip()]
     turn = dataclasses.replace(
-        TurnParams(), end_silence_ms=int(args.end_silence_ms), threshold=float(args.vad_threshold)
+        TurnParams(),
+        end_silence_ms=int(args.end_silence_ms),
+        hold_silence_ms=int(args.hold_silence_ms),
+        partial_interval_ms=int(args.partial_interval_ms),
+        threshold=float(args.vad_threshold),
     )
     return Config(
         host=args.host,
@@ -161,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         noise_suppression=int(args.noise_suppression),
         auto_gain_dbfs=int(args.auto_gain),
         turn=turn,
+        interrupt_after_ms=int(args.interrupt_after_ms),
         ice_servers=tuple(ice),
         max_sessions=int(args.max_sessions),
         media_timeout_s=float(args.media_timeout),

@@ -51,7 +51,7 @@ def test_the_bot_does_not_hear_itself_and_still_hears_the_user(aec, two_question
             # Control: the bot's own voice, looped back, is heard as someone speaking.
             browser.wait_for_event(page, "m.type === 'vad' && m.bot_state === 'speaking'", 40_000)
             return
-        browser.wait_for_event(page, "m.type === 'transcript' && m.turn === 2", 60_000)
+        browser.wait_for_event(page, "m.type === 'transcript' && m.turn === 2 && m.final", 60_000)
         call = browser.record(page)
 
     replies = [m for m in call.messages("reply") if m["final"] and m["turn"] == 1]
@@ -63,6 +63,6 @@ def test_the_bot_does_not_hear_itself_and_still_hears_the_user(aec, two_question
     assert call.local.peak(spoke + 0.5, done) > 0.05, "no echo reached the microphone"
     heard_self = [m for m in call.messages("vad") if m["bot_state"] == "speaking"]
     assert heard_self == [], f"the bot heard itself: {heard_self}"
-    second = call.messages("transcript")[-1]
+    second = [m for m in call.messages("transcript") if m["final"]][-1]
     words = {w.strip("?.,!").lower() for w in second["text"].split()}
     assert second["turn"] == 2 and {"weather", "today"} <= words, second

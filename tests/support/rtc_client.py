@@ -32,8 +32,9 @@ class Received:
 class RtcClient:
     """Plays like a browser would: sends a mic track (paced PCM, then silence) and records replies."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, echo_cancellation: bool = True) -> None:
         self.base_url = base_url
+        self.echo_cancellation = echo_cancellation  # nothing the client receives reaches its "mic"
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = OutboundAudioTrack()  # the same pacing as the server's voice: PCM then silence
         self.events: list[tuple[float, dict[str, Any]]] = []
@@ -66,7 +67,11 @@ class RtcClient:
 
     async def connect(self) -> dict[str, Any]:
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        offer = {
+            "sdp": self.pc.localDescription.sdp,
+            "type": "offer",
+            "echo_cancellation": self.echo_cancellation,
+        }
         async with aiohttp.ClientSession() as http, http.post(f"{self.base_url}/offer", json=offer) as r:
             body = await r.json()
             assert r.status == 200, body

@@ -87,7 +87,13 @@ export class VoicePeerClient extends EventTarget {
     const response = await fetch(`${this.serverUrl}/offer`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+      body: JSON.stringify({
+        sdp: pc.localDescription.sdp,
+        type: pc.localDescription.type,
+        // What the browser really applied, not what was asked: the server then knows whether the bot's
+        // voice can come back in this microphone.
+        echo_cancellation: Boolean(this.localStream.getAudioTracks()[0]?.getSettings().echoCancellation),
+      }),
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
@@ -107,6 +113,11 @@ export class VoicePeerClient extends EventTarget {
     if (!this.channel || this.channel.readyState !== "open") return false;
     this.channel.send(JSON.stringify(message));
     return true;
+  }
+
+  /** Asks the bot to stop talking now, as if the user had spoken over it. */
+  interrupt() {
+    return this.send({ type: "interrupt" });
   }
 
   /** Hangs up. Safe to call at any time, more than once, and while connect() is still running. */
@@ -140,7 +151,7 @@ export class VoicePeerClient extends EventTarget {
     }
     this._emit("message", message);
     if (message.type === "state") this._setState(message.state);
-    else if (["transcript", "reply", "metrics", "error", "session"].includes(message.type)) {
+    else if (["transcript", "reply", "metrics", "interrupted", "vad", "error", "session"].includes(message.type)) {
       this._emit(message.type, message);
     }
   }

@@ -30,6 +30,38 @@ function showText(kind, { turn, text, final }) {
   li.classList.toggle("partial", !final);
 }
 
+// Each turn's timeline from the end of the user's speech, as bars on one scale: which stage the wait
+// went to. The reply starts speculatively at a short pause, so a stage can end before the endpoint.
+const STAGES = [
+  ["transcript_ms", "transcript"],
+  ["endpoint_ms", "end of turn"],
+  ["llm_first_token_ms", "first token"],
+  ["tts_first_audio_ms", "first speech"],
+  ["first_frame_sent_ms", "first frame sent"],
+];
+const SCALE_MS = 2000;
+
+function showWaterfall(m) {
+  const li = entry("bot", m.turn);
+  const box = li.querySelector(".waterfall") || li.appendChild(document.createElement("div"));
+  box.className = "waterfall";
+  box.replaceChildren();
+  for (const [key, label] of STAGES) {
+    if (m[key] === undefined) continue;
+    const row = document.createElement("div");
+    row.className = "stage";
+    row.dataset.stage = key;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.min(100, (Math.max(0, m[key]) / SCALE_MS) * 100)}%`;
+    const text = document.createElement("span");
+    text.className = "label";
+    text.textContent = `${label} ${Math.round(m[key])} ms`;
+    row.append(bar, text);
+    box.append(row);
+  }
+}
+
 function showError(message) {
   const el = $("error");
   el.textContent = message;
@@ -62,12 +94,12 @@ async function connect() {
   });
   client.addEventListener("transcript", (e) => showText("user", e.detail));
   client.addEventListener("reply", (e) => showText("bot", e.detail));
-  client.addEventListener("metrics", (e) => {
-    const m = e.detail;
-    const li = entry("bot", m.turn);
-    const timing = li.querySelector(".timing") || li.appendChild(document.createElement("span"));
-    timing.className = "timing";
-    timing.textContent = `end of speech → transcript ${m.transcript_ms} ms · first token ${m.llm_first_token_ms} ms · first audio ${m.first_frame_sent_ms} ms`;
+  client.addEventListener("metrics", (e) => showWaterfall(e.detail));
+  client.addEventListener("interrupted", (e) => {
+    const li = entry("bot", e.detail.turn);
+    li.firstChild.textContent = e.detail.heard ? `${e.detail.heard} …` : "…";
+    li.classList.remove("partial");
+    li.classList.add("interrupted");
   });
   client.addEventListener("error", (e) => showError(`${e.detail.code}: ${e.detail.message}`));
   client.addEventListener("remotestream", (e) => meters.push([$("bot-level"), createLevelMeter(e.detail.stream, audioContext)]));
@@ -77,6 +109,7 @@ async function connect() {
     meters.push([$("mic-level"), createLevelMeter(client.localStream, audioContext)]);
     animateMeters();
     button.textContent = "Disconnect";
+    $("interrupt").disabled = false;
   } catch (err) {
     showError(String(err.message || err));
     resetControls();
@@ -93,6 +126,7 @@ function resetControls() {
   meters = [];
   client = null;
   button.textContent = "Connect";
+  $("interrupt").disabled = true;
 }
 
 async function disconnect() {
@@ -102,4 +136,5 @@ async function disconnect() {
 }
 
 button.addEventListener("click", () => (client ? disconnect() : connect()));
+$("interrupt").addEventListener("click", () => client && client.interrupt());
 window.addEventListener("pagehide", () => client && client.disconnect());
