@@ -82,6 +82,7 @@ lint: install-test
 
 bench: install-test
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.bargein
 	$(BIN)/python -m bench.frontend
 
 check: install

@@ -56,6 +56,27 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 1)
 
 
+def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
+    """Event-loop lag and outbound frame gaps from the server's /metrics, for the whole run so far."""
+    values = {}
+    for line in server.get_text("/metrics").splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    frames = values.get("voicepeer_outbound_frames_total", 0.0)
+    gaps = values.get("voicepeer_outbound_gaps_total", 0.0)
+    minutes = frames * 0.02 / 60
+    return {
+        "loop_lag_p50_ms": round(values.get('voicepeer_loop_lag_seconds{quantile="0.5"}', 0) * 1000, 2),
+        "loop_lag_p99_ms": round(values.get('voicepeer_loop_lag_seconds{quantile="0.99"}', 0) * 1000, 2),
+        "loop_lag_max_ms": round(values.get("voicepeer_loop_lag_max_seconds", 0) * 1000, 1),
+        "loop_lag_samples": int(values.get("voicepeer_loop_lag_seconds_count", 0)),
+        "outbound_frames_total": int(frames),
+        "outbound_gaps_total": int(gaps),
+        "outbound_gaps_per_minute": round(gaps / minutes, 2) if minutes else None,
+    }
+
+
 def one_call(pw: Any, url: str, wav: Path, text: str, timeout_s: float = 60.0) -> dict[str, Any]:
     with browser.chromium_page(pw, wav) as page:
         browser.connect(page, url)
@@ -132,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
         return calls
 
+    media: dict[str, Any] = {}
     if args.url:
         calls = run(args.url)
     else:
         with ServerProcess(*args.server_args, log_path=work / "server.log") as server:
             calls = run(server.url)
+            media = scrape_media_health(server)
 
     report = {"benchmark": "voice_to_voice_latency", "summary": summarize(calls), "calls": calls}
+    report["summary"]["media"] = media
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
@@ -147,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = " ".join(f"{k.removesuffix('_ms')}={val}" for k, val in s["server_ms_p50"].items())
     print(
         f"voice-to-voice at the client: p50 {v['p50']} ms, p95 {v['p95']} ms "
-        f"over {s['answered']}/{s['calls']} calls; server p50 from end of speech: {stages}"
+        f"over {s['answered']}/{s['calls']} calls; server p50 from end of speech: {stages}; "
+        f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, outbound gaps {media.get('outbound_gaps_total')}"
     )
     return 0 if s["answered"] == s["calls"] else 1
 

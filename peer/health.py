@@ -16,8 +16,8 @@ import numpy as np
 
 INTERVAL_S = 0.01
 
-WINDOW = 6000
-"""Lag samples kept for the percentiles: the last minute at one every 10 ms."""
+WINDOW = 30_000
+"""Lag samples kept for the percentiles: the last five minutes at one every 10 ms."""
 
 
 class LoopMonitor:

@@ -189,7 +189,7 @@ async def metrics(request: web.Request) -> web.Response:
     for name, value in state.counters.items():
         value += live.get(name, 0)
         lines += [f"# TYPE voicepeer_{name} counter", f"voicepeer_{name} {value}"]
-    # How late the event loop wakes (it releases every audio frame), over the last minute.
+    # How late the event loop wakes (it releases every audio frame), over the last five minutes.
     lines += [
         "# TYPE voicepeer_loop_lag_seconds summary",
         *(

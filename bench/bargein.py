@@ -1,0 +1,141 @@
+"""Barge-in measured at the client: how soon the bot goes quiet when the user speaks over it.
+
+Real headless Chromium plays, as its fake microphone, a request for a long story, then (while the bot
+is telling it) a question. The page records the level of what it sends and what it receives on one
+AudioContext clock. Barge-in time is from the onset of the user's second utterance in the sent audio
+to the end of the bot's voice in the received audio; the server's ``interrupted`` event and the
+transcript of the question that cut in are reported beside it.
+
+    python -m bench.bargein [--rounds 3] [--echo-cancellation on|off]
+
+Prints one JSON document, then a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.latency import percentile, scrape_media_health
+from tests.support import browser
+from tests.support.server import ServerProcess
+from tests.support.speech import speak
+
+STORY_PROMPT = (
+    "You are a storyteller. Whatever you are asked, answer with a long story of at least six sentences "
+    "in plain text."
+)
+FIRST = ["Please tell me a story about a dragon.", "Tell me a story about the sea."]
+SECOND = [
+    ("What is the weather like today?", {"weather", "today"}),
+    ("Tell me about the weather in London.", {"weather", "london"}),
+    ("Stop, please stop.", {"stop"}),
+]
+GAP_S = [4.0, 5.5]
+
+
+def one_call(pw: Any, url: str, wav: Path, expect: set[str], echo_cancellation: bool) -> dict[str, Any]:
+    with browser.chromium_page(pw, wav) as page:
+        browser.connect(page, url, audio_processing={"echoCancellation": echo_cancellation})
+        try:
+            browser.wait_for_event(page, "m.type === 'transcript' && m.final && m.turn === 2", 60_000)
+        except Exception as exc:  # reported, not fatal: the summary counts the misses
+            note = f"no second turn: {exc.__class__.__name__}"
+        else:
+            note = None
+        time.sleep(1.0)
+        call = browser.record(page)
+    result: dict[str, Any] = {"note": note, "interrupted": call.messages("interrupted")}
+    finals = [m for m in call.messages("transcript") if m["final"]]
+    result["transcripts"] = [m["text"] for m in finals]
+    if len(finals) >= 2:
+        words = {w.strip("?.,!").lower() for w in finals[1]["text"].split()}
+        result["second_understood"] = expect <= words
+    user = call.local.segments(threshold=0.01)
+    bot = call.remote.segments(threshold=0.005, min_gap_s=0.15)
+    if len(user) >= 2:
+        onset = user[1][0]
+        result["user_onset_s"] = round(onset, 3)
+        talking = [s for s in bot if s[0] < onset < s[1]]
+        if talking:
+            result["barge_in_ms"] = round((talking[0][1] - onset) * 1000, 1)
+        else:
+            result["note"] = result["note"] or "the bot was not speaking when the user cut in"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="times each combination runs (%(default)s)")
+    parser.add_argument("--echo-cancellation", choices=["on", "off"], default="on")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/bargein.json"))
+    parser.add_argument("server_args", nargs="*", help="extra `voicepeer serve` flags")
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-"))
+    scenes = []
+    for i, first in enumerate(FIRST):
+        a = speak(first, work / f"a{i}.wav", lead_s=2.0, tail_s=0.0)
+        for j, (second, expect) in enumerate(SECOND):
+            b = speak(second, work / f"b{j}.wav", lead_s=0.0, tail_s=8.0)
+            gap = GAP_S[(i + j) % len(GAP_S)]
+            padded, path = work / f"a{i}_{j}.wav", work / f"scene{i}_{j}.wav"
+            subprocess.run(["sox", str(a.path), str(padded), "pad", "0", str(gap)], check=True)
+            subprocess.run(["sox", str(padded), str(b.path), str(path)], check=True)
+            scenes.append((path, first, second, expect))
+
+    calls = []
+    with (
+        ServerProcess(
+            "--system-prompt", STORY_PROMPT, *args.server_args, log_path=work / "server.log"
+        ) as srv,
+        sync_playwright() as pw,
+    ):
+        for r in range(args.rounds):
+            for path, first, second, expect in scenes:
+                call = one_call(pw, srv.url, path, expect, args.echo_cancellation == "on")
+                call.update(round=r, first=first, second=second)
+                calls.append(call)
+                print(
+                    f"  {call.get('barge_in_ms', 'n/a'):>7} ms  {second!r} -> {call['transcripts']}",
+                    file=sys.stderr,
+                )
+        media = scrape_media_health(srv)
+
+    times = [c["barge_in_ms"] for c in calls if "barge_in_ms" in c]
+    summary = {
+        "calls": len(calls),
+        "measured": len(times),
+        "interrupted": sum(1 for c in calls if c["interrupted"]),
+        "second_understood": sum(1 for c in calls if c.get("second_understood")),
+        "barge_in_ms": {
+            "p50": percentile(times, 0.5),
+            "p95": percentile(times, 0.95),
+            "max": max(times, default=None),
+        },
+        "echo_cancellation": args.echo_cancellation,
+        "media": media,
+    }
+    report = {"benchmark": "barge_in", "summary": summary, "calls": calls}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    b = summary["barge_in_ms"]
+    print(
+        f"barge-in at the client: p50 {b['p50']} ms, p95 {b['p95']} ms over {len(times)}/{len(calls)} calls; "
+        f"interrupted {summary['interrupted']}, second question understood {summary['second_understood']}; "
+        f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, outbound gaps {media.get('outbound_gaps_total')}"
+    )
+    return 0 if len(times) == len(calls) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
