@@ -47,6 +47,7 @@ from .vad import (
     TurnParams,
     Utterance,
 )
+from .workers import run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +467,9 @@ class Conversation:
             self.output.add_listener(on_frame)
             try:
                 while (sentence := await sentences.get()) is not None:
-                    pcm = [resampler.push(chunk) async for chunk in self.tts.synthesize(sentence)]
+                    chunks = [chunk async for chunk in self.tts.synthesize(sentence)]
+                    # Seconds of audio at a time: resampled off the loop, which paces every frame.
+                    pcm = await run_blocking(lambda c=chunks: [resampler.push(x) for x in c])
                     m.mark("tts_first_audio_ms")
                     await turn.committed.wait()
                     start = self.output.queued_total

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import models
-from .workers import priority
+from .workers import lower_priority, priority
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ class LlamaCppLLM(LLM):
         self._lock = threading.Lock()
         # Its own thread: generations are serial anyway, and queued or stuck ones must never occupy the
         # shared inference pool that ASR and TTS of every session need.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicepeer-llm")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="voicepeer-llm", initializer=lower_priority
+        )
 
     def warmup(self, system_prompt: str) -> None:
         # Besides paging the weights in, this leaves the system prompt in llama.cpp's KV cache:

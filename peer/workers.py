@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +20,28 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
+INFERENCE_NICE = 5
+"""How much lower than the media path the model threads run. The event loop paces every outbound
+frame; when inference threads fill both cores of a small machine the kernel can leave the loop
+waiting for a core for tens of milliseconds, and the bot's voice stutters. Inference is throughput
+work that loses a few percent; the loop and the per-frame front-end must never wait."""
+
+
+def lower_priority() -> None:
+    """Lowers the calling thread's CPU priority by ``INFERENCE_NICE`` (Linux nice values are per
+    thread, and threads the model runtimes create from here inherit it)."""
+    try:
+        os.nice(INFERENCE_NICE)
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted: run at normal priority
+        log.debug("could not lower inference thread priority: %s", exc)
+
 
 @functools.cache
 def executor() -> ThreadPoolExecutor:
-    """The inference pool: ASR, LLM and TTS calls of every session."""
-    return ThreadPoolExecutor(max_workers=6, thread_name_prefix="voicepeer-infer")
+    """The inference pool: ASR, LLM and TTS calls of every session, at a lower CPU priority."""
+    return ThreadPoolExecutor(max_workers=6, thread_name_prefix="voicepeer-infer", initializer=lower_priority)
 
 
 @functools.cache

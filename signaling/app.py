@@ -19,6 +19,8 @@ from peer.config import Config
 from peer.health import LoopMonitor
 from peer.services import Services, load_services
 from peer.session import Session
+from peer.vad import silero_session
+from peer.workers import run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +210,10 @@ async def metrics(request: web.Request) -> web.Response:
 async def _load(app: web.Application) -> None:
     state = app[STATE]
     try:
-        state.services = await asyncio.to_thread(load_services, state.config)
+        # The VAD runs on the media path at normal priority; everything else loads on an inference
+        # thread, so the runtimes' own thread pools inherit its lower priority.
+        await asyncio.to_thread(silero_session)
+        state.services = await run_blocking(load_services, state.config)
     except Exception as exc:
         log.error("model loading failed: %s", exc)
         state.load_error = str(exc)
