@@ -62,9 +62,9 @@ def one_call(pw: Any, url: str, wav: Path, expect: set[str], echo_cancellation: 
     if len(user) >= 2:
         onset = user[1][0]
         result["user_onset_s"] = round(onset, 3)
-        talking = [s for s in bot if s[0] < onset < s[1]]
-        if talking:
-            result["barge_in_ms"] = round((talking[0][1] - onset) * 1000, 1)
+        stop = browser.bot_stop(bot, onset)
+        if stop is not None:
+            result["barge_in_ms"] = round((stop - onset) * 1000, 1)
         else:
             result["note"] = result["note"] or "the bot was not speaking when the user cut in"
     return result

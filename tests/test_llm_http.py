@@ -3,17 +3,12 @@ bundled SmolLM2 GGUF on loopback."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
-from peer import models
 from peer.llm import History, LLMError, OpenAICompatibleLLM
 from peer.services import Services
 from tests.support.calls import call
+from tests.support.llm_server import llama_cpp_server
 from tests.support.server import free_port
 from tests.support.speech import read_wav
 
@@ -23,39 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def llm_server(tmp_path_factory):
     pytest.importorskip("llama_cpp.server")
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("llm") / "llm_server.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(models.default_gguf()),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, "llama_cpp.server exited"
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).read()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "llama_cpp.server did not come up"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    with llama_cpp_server(tmp_path_factory.mktemp("llm") / "llm_server.log") as url:
+        yield url
 
 
 async def test_replies_stream_token_by_token_from_a_real_server(llm_server):

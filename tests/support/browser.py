@@ -120,6 +120,18 @@ class Envelope:
         return max((r for t, r in zip(self.t, self.rms, strict=True) if start <= t < end), default=0.0)
 
 
+def bot_stop(bot: list[tuple[float, float]], onset: float) -> float | None:
+    """When the bot's voice stopped after the user cut in at ``onset``, or None if it was not speaking
+    then. Speech has short gaps between words and sentences, so "speaking" means a segment of the
+    bot's audio reaching into the 400 ms before the onset; the stop is the end of the last segment
+    that began before the onset (+100 ms of frames already in flight). The reply to the new turn
+    starts a second or more later and is not counted."""
+    before = [(a, b) for a, b in bot if a < onset + 0.1]
+    if not before or before[-1][1] < onset - 0.4:
+        return None
+    return max(before[-1][1], onset)
+
+
 @dataclass
 class CallRecord:
     events: list[dict[str, Any]]
