@@ -65,6 +65,10 @@ MIC_FLOOR = 8.0
 """RMS of the pre-emphasised microphone (about -70 dBFS) below which it counts as silent."""
 
 
+REF_FLOOR = 150.0
+"""RMS of the pre-emphasised reference (about -35 dBFS of speech) a lag's window needs to count."""
+
+
 class EchoCoupling:
     """Tells whether the bot's voice comes back in the microphone at all.
 
@@ -117,7 +121,12 @@ class EchoCoupling:
         m_norm = np.sqrt(np.sum(m * m))
         if m_norm < MIC_FLOOR * np.sqrt(m.size):
             return 0.0  # a silent microphone holds no echo (and its codec noise correlates by chance)
-        return float(np.max(np.abs(c) / (r_norm * m_norm + 1e-9)))
+        # Only lags where the reference carried the bot's voice over most of the window count: a
+        # window holding just the first syllable of a reply normalises anything into a "match".
+        loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
+        if not loud.any():
+            return 0.0
+        return float(np.max(np.abs(c[loud]) / (r_norm[loud] * m_norm)))
 
 
 class FarEndReference:

@@ -109,3 +109,17 @@ def test_a_client_without_echo_gets_its_words_past_the_canceller_while_the_bot_s
     # AEC3's suppressor would take ~13 dB off a user it hears over the bot's voice (double talk).
     assert rms_dbfs(clean[speech]) == pytest.approx(rms_dbfs(near[speech]), abs=1.0)
     assert np.array_equal(words, near[: words.size])
+
+
+def test_the_first_syllable_of_a_reply_is_not_taken_for_an_echo_of_the_user():
+    # The user's question ends as the bot's reply begins: a reference window that is silent but for
+    # the reply's first 60 ms once normalised any microphone into a "perfect" match.
+    n = int(1.5 * SPEECH_RATE)
+    mic = np.zeros(n, np.int16)
+    mic[: int(1.3 * SPEECH_RATE)] = speechlike(1.3, seed=3)
+    far = np.zeros(n, np.int16)
+    far[-int(0.06 * SPEECH_RATE) :] = speechlike(0.06, seed=4)
+    coupling = EchoCoupling(expected=False)
+    for i in range(0, n - FRAME + 1, FRAME):
+        coupling.push(mic[i : i + FRAME], far[i : i + FRAME], far_active=bool(far[i : i + FRAME].any()))
+    assert not coupling.present and coupling.last < 0.3
