@@ -164,6 +164,7 @@ class Conversation:
         self._barge: BargeIn | None = None
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
         self._ignoring = False  # the rest of the detector's current turn was judged a backchannel
+        self._unanswered_end = -1  # end sample of the last utterance that had nothing to answer
         self._partial: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -284,8 +285,8 @@ class Conversation:
         if turn is not None and self._speculating and turn.end_sample == event.end_sample:
             turn.ended.set()
             return
-        if self.busy:
-            return
+        if self.busy or event.end_sample == self._unanswered_end:
+            return  # the pause already found no words in exactly this audio
         self._begin(event, ended=True)
 
     def _on_discarded(self) -> None:
@@ -391,8 +392,12 @@ class Conversation:
             self.channel.send(events.metrics(turn.number, m.as_dict()))
             log.info("turn %d metrics %s", turn.number, m.as_dict())
         finally:
-            if self._current is turn and turn.committed.is_set():
-                self._set_state("listening")
+            if self._current is turn:
+                if turn.committed.is_set():
+                    self._set_state("listening")
+                else:  # nothing to answer (no words, or the ASR failed): no turn is pending any more
+                    self._current = None
+                    self._unanswered_end = turn.end_sample
 
     def _record(self, turn: UserTurn) -> None:
         try:
@@ -520,7 +525,11 @@ class Conversation:
 
     async def _judge(self, barge: BargeIn, utterance: Utterance) -> None:
         """Short speech during the reply: a backchannel lets the bot go on, anything else takes the turn."""
-        text = (await self.asr.transcribe(utterance.audio)).text
+        try:
+            text = (await self.asr.transcribe(utterance.audio)).text
+        except Exception:
+            log.exception("ASR failed on speech during the reply; the bot goes on")
+            text = ""
         if self._barge is not barge:
             return
         if is_backchannel(text):
