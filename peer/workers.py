@@ -23,19 +23,35 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 INFERENCE_NICE = 5
-"""How much lower than the media path the model threads run. The event loop paces every outbound
-frame; when inference threads fill both cores of a small machine the kernel can leave the loop
-waiting for a core for tens of milliseconds, and the bot's voice stutters. Inference is throughput
-work that loses a few percent; the loop and the per-frame front-end must never wait."""
+"""The nice value of the model threads. The event loop paces every outbound frame; when inference
+threads fill both cores of a small machine the kernel can leave the loop waiting for a core for tens
+of milliseconds, and the bot's voice stutters. Inference is throughput work that loses a few percent;
+the loop and the per-frame front-end must never wait."""
+
+MEDIA_NICE = -5
+"""The nice value the media path (the event loop and the front-end threads) asks for. Lowering a nice
+value needs CAP_SYS_NICE (root, or a container granted it); without it the media path stays at 0,
+still ahead of inference."""
+
+
+def _set_thread_nice(value: int) -> bool:
+    # Linux nice values are per thread, and threads the model runtimes create inherit them.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        log.debug("could not set thread nice %d: %s", value, exc)
+        return False
+    return True
 
 
 def lower_priority() -> None:
-    """Lowers the calling thread's CPU priority by ``INFERENCE_NICE`` (Linux nice values are per
-    thread, and threads the model runtimes create from here inherit it)."""
-    try:
-        os.nice(INFERENCE_NICE)
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted: run at normal priority
-        log.debug("could not lower inference thread priority: %s", exc)
+    """Runs the calling thread, and the threads it creates, at ``INFERENCE_NICE``."""
+    _set_thread_nice(INFERENCE_NICE)
+
+
+def raise_priority() -> bool:
+    """Runs the calling thread (the event loop, a front-end worker) at ``MEDIA_NICE`` if permitted."""
+    return _set_thread_nice(MEDIA_NICE)
 
 
 @functools.cache
@@ -48,7 +64,9 @@ def executor() -> ThreadPoolExecutor:
 def frontend_executor() -> ThreadPoolExecutor:
     """A separate small pool for the per-frame audio front-end (VAD), so a 20 ms frame never queues
     behind a seconds-long ASR or LLM call in the inference pool."""
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="voicepeer-frontend")
+    return ThreadPoolExecutor(
+        max_workers=2, thread_name_prefix="voicepeer-frontend", initializer=raise_priority
+    )
 
 
 async def _run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object, **kwargs: object) -> T:

@@ -20,7 +20,7 @@ from peer.health import LoopMonitor
 from peer.services import Services, load_services
 from peer.session import Session
 from peer.vad import silero_session
-from peer.workers import run_blocking
+from peer.workers import MEDIA_NICE, raise_priority, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,8 @@ async def _load(app: web.Application) -> None:
 
 async def _on_startup(app: web.Application) -> None:
     state = app[STATE]
+    if raise_priority():
+        log.info("media path runs at nice %d", MEDIA_NICE)
     state.loop_monitor.start()
     if state.services is None:
         state.loading = asyncio.get_running_loop().create_task(_load(app))
