@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="times each combination runs (%(default)s)")
     parser.add_argument("--echo-cancellation", choices=["on", "off"], default="on")
+    parser.add_argument("--url", help="a running server, started with the story prompt; default: start one")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bargein.json"))
     parser.add_argument("server_args", nargs="*", help="extra `voicepeer serve` flags")
     args = parser.parse_args(argv)
@@ -92,23 +93,26 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["sox", str(padded), str(b.path), str(path)], check=True)
             scenes.append((path, first, second, expect))
 
-    calls = []
-    with (
-        ServerProcess(
-            "--system-prompt", STORY_PROMPT, *args.server_args, log_path=work / "server.log"
-        ) as srv,
-        sync_playwright() as pw,
-    ):
-        for r in range(args.rounds):
-            for path, first, second, expect in scenes:
-                call = one_call(pw, srv.url, path, expect, args.echo_cancellation == "on")
-                call.update(round=r, first=first, second=second)
-                calls.append(call)
-                print(
-                    f"  {call.get('barge_in_ms', 'n/a'):>7} ms  {second!r} -> {call['transcripts']}",
-                    file=sys.stderr,
-                )
-        media = scrape_media_health(srv)
+    def run(url: str) -> list[dict[str, Any]]:
+        calls = []
+        with sync_playwright() as pw:
+            for r in range(args.rounds):
+                for path, first, second, expect in scenes:
+                    call = one_call(pw, url, path, expect, args.echo_cancellation == "on")
+                    call.update(round=r, first=first, second=second)
+                    calls.append(call)
+                    took = call.get("barge_in_ms", "n/a")
+                    print(f"  {took:>7} ms  {second!r} -> {call['transcripts']}", file=sys.stderr)
+        return calls
+
+    media: dict[str, Any] = {}
+    if args.url:
+        calls = run(args.url)
+    else:
+        server_args = ["--system-prompt", STORY_PROMPT, *args.server_args]
+        with ServerProcess(*server_args, log_path=work / "server.log") as srv:
+            calls = run(srv.url)
+            media = scrape_media_health(srv)
 
     times = [c["barge_in_ms"] for c in calls if "barge_in_ms" in c]
     summary = {
