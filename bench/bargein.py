@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency import percentile, scrape_media_health
+from peer.text import words
 from tests.support import browser
-from tests.support.server import ServerProcess
-from tests.support.speech import speak
+from tests.support.server import STORY_PROMPT, ServerProcess
+from tests.support.speech import join, speak
 
-STORY_PROMPT = (
-    "You are a storyteller. Whatever you are asked, answer with a long story of at least six sentences "
-    "in plain text."
-)
 FIRST = ["Please tell me a story about a dragon.", "Tell me a story about the sea."]
 SECOND = [
     ("What is the weather like today?", {"weather", "today"}),
@@ -55,8 +51,7 @@ def one_call(pw: Any, url: str, wav: Path, expect: set[str], echo_cancellation: 
     finals = [m for m in call.messages("transcript") if m["final"]]
     result["transcripts"] = [m["text"] for m in finals]
     if len(finals) >= 2:
-        words = {w.strip("?.,!").lower() for w in finals[1]["text"].split()}
-        result["second_understood"] = expect <= words
+        result["second_understood"] = expect <= set(words(finals[1]["text"]))
     user = call.local.segments(threshold=0.01)
     bot = call.remote.segments(threshold=0.005, min_gap_s=0.15)
     if len(user) >= 2:
@@ -88,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for j, (second, expect) in enumerate(SECOND):
             b = speak(second, work / f"b{j}.wav", lead_s=0.0, tail_s=8.0)
             gap = GAP_S[(i + j) % len(GAP_S)]
-            padded, path = work / f"a{i}_{j}.wav", work / f"scene{i}_{j}.wav"
-            subprocess.run(["sox", str(a.path), str(padded), "pad", "0", str(gap)], check=True)
-            subprocess.run(["sox", str(padded), str(b.path), str(path)], check=True)
+            path = join(a.path, gap, b.path, work / f"scene{i}_{j}.wav")
             scenes.append((path, first, second, expect))
 
     def run(url: str) -> list[dict[str, Any]]:

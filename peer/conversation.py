@@ -100,6 +100,21 @@ class UserTurn:
         """Spoken pieces and their sample range on the outbound track's ``queued_total`` axis."""
         self._held: list[Callable[[], Event]] = []
 
+    def send(self, channel: EventChannel, make: Callable[[], Event]) -> None:
+        """Sends an event of this turn's reply, or holds it until the turn is committed (``make``
+        builds it then, when the turn has its number)."""
+        if self.committed.is_set():
+            channel.send(make())
+        else:
+            self._held.append(make)
+
+    def commit(self, channel: EventChannel) -> None:
+        """Lets the reply through: its audio to the track, its held events to the client."""
+        self.committed.set()
+        for make in self._held:
+            channel.send(make())
+        self._held.clear()
+
     def heard(self, played_total: int) -> str:
         """The part of the reply that was handed to the client, to the word (pro rata within a piece)."""
         parts: list[str] = []
@@ -122,7 +137,6 @@ class BargeIn:
     onset: float
     speaking: bool = True
     ended: bool = False
-    utterance: Utterance | None = None
     timer: asyncio.Task[None] | None = None
     judge: asyncio.Task[None] | None = None
 
@@ -255,9 +269,6 @@ class Conversation:
         if self._barge is not None:
             barge = self._barge
             barge.speaking = True
-            if barge.judge is not None:
-                barge.judge.cancel()
-                barge.judge = None
             if event.arrival - barge.onset >= self.interrupt_after_s:
                 self._interrupt("speech")
             return
@@ -275,11 +286,11 @@ class Conversation:
             self._ignoring = False
             return
         if self._barge is not None:
+            # The speech over the reply is over (the detector's turn closed): judge it by its words.
             barge = self._barge
             barge.ended = True
             barge.speaking = False
-            if barge.utterance is None or barge.utterance.end_sample != event.end_sample:
-                self._barge_paused(barge, event)
+            barge.judge = self._spawn(self._judge(barge, event), "barge-in-judge")
             return
         turn = self._current
         if turn is not None and self._speculating and turn.end_sample == event.end_sample:
@@ -333,16 +344,7 @@ class Conversation:
             self._partial.cancel()
         self.channel.send(events.transcript(turn.number, turn.text, final=True))
         self._set_state("thinking")
-        turn.committed.set()
-        for make in turn._held:
-            self.channel.send(make())
-        turn._held.clear()
-
-    def _send(self, turn: UserTurn, make: Callable[[], Event]) -> None:
-        if turn.committed.is_set():
-            self.channel.send(make())
-        else:
-            turn._held.append(make)
+        turn.commit(self.channel)
 
     async def _run_turn(self, turn: UserTurn, text: str | None) -> None:
         m = turn.metrics
@@ -447,12 +449,12 @@ class Conversation:
                         sentences.put_nowait(piece)
                         written.append(piece)
                         so_far = " ".join(written)
-                        self._send(turn, lambda t=so_far: events.reply(turn.number, t, final=False))
+                        turn.send(self.channel, lambda t=so_far: events.reply(turn.number, t, final=False))
                 for piece in chunker.flush():
                     sentences.put_nowait(piece)
             except LLMError as exc:
                 log.warning("turn: %s", exc)
-                self._send(turn, lambda e=exc: events.error("llm_failed", str(e)))
+                turn.send(self.channel, lambda e=exc: events.error("llm_failed", str(e)))
                 if not written:  # nothing of a reply is on its way: apologise instead
                     sentences.put_nowait(APOLOGY)
             finally:
@@ -495,7 +497,7 @@ class Conversation:
         except* Exception as failure:
             log.error("reply failed", exc_info=failure)
             message = f"the reply failed: {failure.exceptions[0]}"
-            self._send(turn, lambda: events.error("reply_failed", message))
+            turn.send(self.channel, lambda: events.error("reply_failed", message))
         reply_text = " ".join(spoken)
         if reply_text and reply_text != APOLOGY:
             self.channel.send(events.reply(turn.number, reply_text, final=True))
@@ -515,13 +517,6 @@ class Conversation:
         await asyncio.sleep(max(0.0, barge.onset + self.interrupt_after_s - loop.time()))
         if self._barge is barge and barge.speaking:
             self._interrupt("speech")
-
-    def _barge_paused(self, barge: BargeIn, utterance: Utterance) -> None:
-        barge.speaking = False
-        barge.utterance = utterance
-        if barge.judge is not None:
-            barge.judge.cancel()
-        barge.judge = self._spawn(self._judge(barge, utterance), "barge-in-judge")
 
     async def _judge(self, barge: BargeIn, utterance: Utterance) -> None:
         """Short speech during the reply: a backchannel lets the bot go on, anything else takes the turn."""

@@ -226,7 +226,7 @@ class FrontEnd:
             if self._processor is not None:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
-            words.append(mic if self.coupling.seen or raw is mic else raw)
+            words.append(mic if self.coupling.seen else raw)
         if not out:
             empty = np.zeros(0, dtype=np.int16)
             return empty, empty

@@ -27,7 +27,6 @@ class LoopMonitor:
         self._task: asyncio.Task[None] | None = None
         self.samples = 0
         self.max_s = 0.0
-        self.over_10ms = 0
         self.over_30ms = 0
 
     def start(self) -> None:
@@ -53,7 +52,6 @@ class LoopMonitor:
         self._lags.append(lag_s)
         self.samples += 1
         self.max_s = max(self.max_s, lag_s)
-        self.over_10ms += lag_s > 0.010
         self.over_30ms += lag_s > 0.030
 
     def percentile(self, q: float) -> float:

@@ -144,12 +144,21 @@ async def offer(request: web.Request) -> web.Response:
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
 
 
+def _session_counts(session: Session) -> dict[str, int]:
+    """A session's share of the server's counters: added to them when it closes, and counted live
+    while it runs."""
+    return {
+        "turns_total": session.conversation.turn,
+        "interruptions_total": session.conversation.interruptions,
+        "outbound_frames_total": session.output.frames_sent,
+        "outbound_gaps_total": session.output.gaps,
+    }
+
+
 def _forget(state: ServerState, session: Session) -> None:
     if state.sessions.pop(session.id, None) is not None:
-        state.counters["turns_total"] += session.conversation.turn
-        state.counters["interruptions_total"] += session.conversation.interruptions
-        state.counters["outbound_frames_total"] += session.output.frames_sent
-        state.counters["outbound_gaps_total"] += session.output.gaps
+        for name, value in _session_counts(session).items():
+            state.counters[name] += value
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -173,12 +182,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of the server's counters."""
     state = request.app[STATE]
-    live = {
-        "turns_total": sum(s.conversation.turn for s in state.sessions.values()),
-        "interruptions_total": sum(s.conversation.interruptions for s in state.sessions.values()),
-        "outbound_frames_total": sum(s.output.frames_sent for s in state.sessions.values()),
-        "outbound_gaps_total": sum(s.output.gaps for s in state.sessions.values()),
-    }
+    live: dict[str, int] = {}
+    for session in state.sessions.values():
+        for name, value in _session_counts(session).items():
+            live[name] = live.get(name, 0) + value
     lag = state.loop_monitor
     lines = [
         "# TYPE voicepeer_sessions gauge",

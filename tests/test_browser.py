@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from peer.text import words
 from tests.support import browser
 from tests.support.server import ServerProcess
 
@@ -54,7 +55,7 @@ def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech
         call = browser.record(page)
 
         final = call.messages("transcript")[-1]
-        heard = {w.strip("?.,!").lower() for w in final["text"].split()}
+        heard = set(words(final["text"]))
         assert {"weather", "today"} <= heard, final
         reply = [m for m in call.messages("reply") if m["final"]][-1]
         assert reply["turn"] == final["turn"] and len(reply["text"]) > 2

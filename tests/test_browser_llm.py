@@ -4,22 +4,19 @@ spoken apology, and the call goes on: the next question is heard and answered th
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from peer.text import words
 from tests.support import browser
 from tests.support.llm_server import llama_cpp_server
 from tests.support.server import ServerProcess, free_port
+from tests.support.speech import join
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-def words(text: str) -> set[str]:
-    return {w.strip("?.,!").lower() for w in text.split()}
 
 
 def test_the_page_is_answered_by_a_real_http_llm_server(make_speech, tmp_path):
@@ -35,7 +32,7 @@ def test_the_page_is_answered_by_a_real_http_llm_server(make_speech, tmp_path):
         browser.wait_for_event(page, "m.type === 'metrics'", 60_000)
         call = browser.record(page)
     final = [m for m in call.messages("transcript") if m["final"]][-1]
-    assert {"weather", "today"} <= words(final["text"])
+    assert {"weather", "today"} <= set(words(final["text"]))
     reply = [m for m in call.messages("reply") if m["final"]][-1]
     assert reply["turn"] == final["turn"] and reply["text"].strip()
     assert call.messages("error") == []
@@ -47,11 +44,7 @@ def test_the_page_is_answered_by_a_real_http_llm_server(make_speech, tmp_path):
 def two_questions(make_speech, speech_dir: Path) -> Path:
     first = make_speech("What is the weather like today?", lead_s=2.0, tail_s=0.0)
     second = make_speech("Tell me about the weather in London.", lead_s=0.0, tail_s=8.0)
-    path = speech_dir / "dead_llm_call.wav"
-    padded = path.with_suffix(".first.wav")
-    subprocess.run(["sox", str(first.path), str(padded), "pad", "0", "8"], check=True)
-    subprocess.run(["sox", str(padded), str(second.path), str(path)], check=True)
-    return path
+    return join(first.path, 8.0, second.path, speech_dir / "dead_llm_call.wav")
 
 
 def test_a_dead_llm_server_gets_an_error_and_an_apology_and_the_call_goes_on(two_questions, tmp_path):
@@ -70,7 +63,7 @@ def test_a_dead_llm_server_gets_an_error_and_an_apology_and_the_call_goes_on(two
     assert [e["code"] for e in errors] == ["llm_failed", "llm_failed"], errors
     assert dead in errors[0]["message"]
     finals = [m for m in call.messages("transcript") if m["final"]]
-    assert [m["turn"] for m in finals] == [1, 2] and {"london"} <= words(finals[1]["text"])
+    assert [m["turn"] for m in finals] == [1, 2] and {"london"} <= set(words(finals[1]["text"]))
     # The apology was spoken after each question (no reply text: there is none to show).
     user = call.local.segments(threshold=0.01)
     bot = call.remote.segments(threshold=0.005)

@@ -6,21 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from peer.text import words
 from signaling.app import STATE
 from tests.support.calls import call, wait_until
 from tests.support.rtc_client import RtcClient
+from tests.support.server import STORY_PROMPT
 from tests.support.speech import read_wav
 
 pytestmark = pytest.mark.slow
 
-LONG_REPLY = (
-    "You are a storyteller. Whatever you are asked, answer with a long story of at least six sentences "
-    "in plain text."
-)
-
-
-def heard_words(text: str) -> set[str]:
-    return {w.strip("?.,!").lower() for w in text.split()}
+STORY_REQUEST = "Please tell me a story about a dragon."
 
 
 async def test_partial_transcripts_come_while_the_user_speaks_then_one_final(services, make_speech):
@@ -38,7 +33,7 @@ async def test_partial_transcripts_come_while_the_user_speaks_then_one_final(ser
         assert during, f"no partial transcript before the user stopped speaking: {partials}"
         assert all(m["turn"] == final["turn"] == 1 for _, m in partials)
         assert all(t < final_t for t, _ in partials)
-        assert {"weather", "london"} <= heard_words(final["text"])
+        assert {"weather", "london"} <= set(words(final["text"]))
         assert len(client.messages("transcript")) - len(partials) == 1
 
 
@@ -53,7 +48,7 @@ async def test_a_phrase_that_sounds_unfinished_waits_for_the_rest(services, make
         client.say(np.concatenate([read_wav(first.path)[0], gap, read_wav(second.path)[0]]))
         _, final = await client.wait_for(lambda m: m["type"] == "transcript" and m["final"], 30)
         await client.wait_for(lambda m: m["type"] == "metrics", 60)
-        assert {"weather", "london"} <= heard_words(final["text"]), final
+        assert {"weather", "london"} <= set(words(final["text"])), final
         assert [m["turn"] for m in client.messages("transcript") if m["final"]] == [1]
 
 
@@ -62,21 +57,26 @@ async def wait_speaking(client: RtcClient, timeout: float = 60) -> float:
     return t
 
 
+async def story_under_way(client: RtcClient, request) -> None:
+    """Asks for a story and returns once the bot is telling it, with more than a sentence written."""
+    client.say(read_wav(request.path)[0])
+    await wait_speaking(client)
+    await client.wait_for(lambda m: m["type"] == "reply" and not m["final"] and len(m["text"]) > 60, 60)
+
+
 async def test_speaking_over_the_bot_cuts_it_off_and_takes_the_turn(services, make_speech):
-    first = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
+    first = make_speech(STORY_REQUEST, lead_s=0.5, tail_s=0.5)
     second = make_speech("What is the weather like today?", lead_s=0.0, tail_s=2.0)
-    async with call(services, system_prompt=LONG_REPLY) as (server, client):
+    async with call(services, system_prompt=STORY_PROMPT) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
-        client.say(read_wav(first.path)[0])
-        await wait_speaking(client)
-        await client.wait_for(lambda m: m["type"] == "reply" and not m["final"] and len(m["text"]) > 60, 60)
+        await story_under_way(client, first)
         barge_at = client.say(read_wav(second.path)[0]) + second.speech_start_s
         cut_t, cut = await client.wait_for(lambda m: m["type"] == "interrupted", 30)
         assert cut["turn"] == 1 and cut["reason"] == "speech" and cut["heard"]
         _, final = await client.wait_for(
             lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2, 30
         )
-        assert {"weather", "today"} <= heard_words(final["text"]), final
+        assert {"weather", "today"} <= set(words(final["text"])), final
         await client.wait_for(lambda m: m["type"] == "metrics" and m["turn"] == 2, 60)
 
         # The bot went quiet soon after the user began, and stayed quiet until it answered turn 2.
@@ -97,13 +97,11 @@ async def test_speaking_over_the_bot_cuts_it_off_and_takes_the_turn(services, ma
 
 
 async def test_a_backchannel_does_not_cut_the_bot_off(services, make_speech):
-    first = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
+    first = make_speech(STORY_REQUEST, lead_s=0.5, tail_s=0.5)
     backchannel = make_speech("Okay.", lead_s=0.0, tail_s=1.0)
-    async with call(services, system_prompt=LONG_REPLY) as (server, client):
+    async with call(services, system_prompt=STORY_PROMPT) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
-        client.say(read_wav(first.path)[0])
-        await wait_speaking(client)
-        await client.wait_for(lambda m: m["type"] == "reply" and not m["final"] and len(m["text"]) > 60, 60)
+        await story_under_way(client, first)
         client.say(read_wav(backchannel.path)[0])
         await client.wait_for(lambda m: m["type"] == "vad" and m["bot_state"] == "speaking", 10)
         _, reply = await client.wait_for(lambda m: m["type"] == "reply" and m["final"], 90)
@@ -113,8 +111,8 @@ async def test_a_backchannel_does_not_cut_the_bot_off(services, make_speech):
 
 
 async def test_the_client_can_interrupt_the_bot(services, make_speech):
-    first = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
-    async with call(services, system_prompt=LONG_REPLY) as (server, client):
+    first = make_speech(STORY_REQUEST, lead_s=0.5, tail_s=0.5)
+    async with call(services, system_prompt=STORY_PROMPT) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         client.say(read_wav(first.path)[0])
         await wait_speaking(client)

@@ -167,9 +167,16 @@ def chromium_page(playwright: Any, fake_audio: Path) -> Iterator[Any]:
 
 
 def connect(
-    page: Any, url: str, audio_processing: dict[str, bool] | None = None, timeout_ms: int = 20_000
+    page: Any,
+    url: str,
+    audio_processing: dict[str, bool] | None = None,
+    timeout_ms: int = 20_000,
+    before_recording: tuple[str, Any] | None = None,
 ) -> None:
-    """Opens the demo page, sets its processing checkboxes, clicks Connect, starts the level recorders."""
+    """Opens the demo page, sets its processing checkboxes, clicks Connect, starts the level recorders.
+
+    ``before_recording``: (JS function, argument) to run on the connected page first, e.g. to replace
+    the microphone track that the recorders will tap."""
     page.goto(url)
     for name, on in (audio_processing or {}).items():
         page.set_checked(f"#{name}", on)
@@ -178,6 +185,8 @@ def connect(
         "window.voicepeerClient && window.voicepeerClient.connected && window.voicepeerClient.remoteStream",
         timeout=timeout_ms,
     )
+    if before_recording is not None:
+        page.evaluate(*before_recording)
     page.evaluate(START_RECORDING_JS, RECORDER_WORKLET)
 
 
@@ -207,16 +216,7 @@ def connect_with_speaker_echo(page: Any, url: str, delay_s: float = 0.15, gain: 
     """Like ``connect``, with the browser's own audio processing off and the bot's voice looped back
     into the microphone as a loudspeaker would."""
     off = {"echoCancellation": False, "noiseSuppression": False, "autoGainControl": False}
-    page.goto(url)
-    for name, on in off.items():
-        page.set_checked(f"#{name}", on)
-    page.click("#connect")
-    page.wait_for_function(
-        "window.voicepeerClient && window.voicepeerClient.connected && window.voicepeerClient.remoteStream",
-        timeout=20_000,
-    )
-    page.evaluate(SPEAKER_ECHO_JS, [delay_s, gain])
-    page.evaluate(START_RECORDING_JS, RECORDER_WORKLET)
+    connect(page, url, off, before_recording=(SPEAKER_ECHO_JS, [delay_s, gain]))
 
 
 def wait_for_event(page: Any, predicate_js: str, timeout_ms: int) -> None:

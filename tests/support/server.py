@@ -15,6 +15,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+STORY_PROMPT = (
+    "You are a storyteller. Whatever you are asked, answer with a long story of at least six sentences "
+    "in plain text."
+)
+"""A system prompt that keeps the bot talking long enough to be interrupted."""
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -73,6 +73,10 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate()
 
 
-def concat(parts: list[Path], path: Path) -> Path:
-    subprocess.run(["sox", *map(str, parts), str(path)], check=True)
+def join(first: Path, pause_s: float, second: Path, path: Path) -> Path:
+    """One WAV: ``first``, ``pause_s`` of silence, then ``second`` (a call with two utterances)."""
+    padded = path.with_suffix(".first.wav")
+    subprocess.run(["sox", str(first), str(padded), "pad", "0", str(pause_s)], check=True)
+    subprocess.run(["sox", str(padded), str(second), str(path)], check=True)
+    padded.unlink()
     return path
