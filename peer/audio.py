@@ -65,40 +65,41 @@ class Resampler:
         self._pts += samples.shape[1] // self._channels
         return self._run(frame)
 
-    def push_frame(self, frame: av.AudioFrame) -> np.ndarray:
-        """Feeds a decoded frame as aiortc delivers it (s16, packed, any layout and rate it declares)."""
-        if (
-            frame.format.name != "s16"
-            or frame.layout.name != self.in_layout
-            or frame.sample_rate != self.in_rate
-        ):
-            raise ValueError(
-                f"expected s16 {self.in_layout} at {self.in_rate} Hz, got "
-                f"{frame.format.name} {frame.layout.name} at {frame.sample_rate} Hz"
-            )
-        return self.push(frame.to_ndarray())
-
     def flush(self) -> np.ndarray:
         """Drains the filter's delay line at the end of a stream."""
         return self._run(None)
 
 
 class InboundConverter:
-    """Turns aiortc's decoded 48 kHz frames into 16 kHz mono int16 for the speech path.
+    """Turns microphone PCM at whatever rate and layout the transport delivers into 16 kHz mono int16
+    for the speech path.
 
-    The layout is taken from the first frame (aiortc 1.16 always decodes Opus to stereo, but we do not
-    want to break if that changes), and a new resampler is built if a later frame differs.
+    A new resampler is built only if the rate or channel count changes mid-stream (aiortc 1.16 always
+    decodes Opus to 48 kHz stereo, but a transport is free to deliver something else).
     """
 
     def __init__(self, out_rate: int = SPEECH_RATE) -> None:
         self.out_rate = out_rate
         self._resampler: Resampler | None = None
 
-    def convert(self, frame: av.AudioFrame) -> np.ndarray:
+    def convert(self, pcm: np.ndarray, sample_rate: int, channels: int = 1) -> np.ndarray:
+        """``pcm``: interleaved int16 samples, ``channels`` of them per instant, at ``sample_rate`` Hz."""
+        if channels not in (1, 2):
+            raise ValueError(f"microphone audio must be mono or stereo, not {channels} channels")
+        if sample_rate <= 0:
+            raise ValueError(f"bad sample rate {sample_rate}")
+        layout = "stereo" if channels == 2 else "mono"
         r = self._resampler
-        if r is None or r.in_rate != frame.sample_rate or r.in_layout != frame.layout.name:
-            r = self._resampler = Resampler(frame.sample_rate, self.out_rate, frame.layout.name)
-        return r.push_frame(frame)
+        if r is None or r.in_rate != sample_rate or r.in_layout != layout:
+            r = self._resampler = Resampler(sample_rate, self.out_rate, layout)
+        return r.push(pcm)
+
+
+def frame_pcm(frame: av.AudioFrame) -> tuple[np.ndarray, int, int]:
+    """A decoded frame as aiortc delivers it (s16 packed) as (interleaved samples, rate, channels)."""
+    if frame.format.name != "s16":
+        raise ValueError(f"expected s16 packed audio, got {frame.format.name}")
+    return frame.to_ndarray().reshape(-1), frame.sample_rate, len(frame.layout.channels)
 
 
 def to_float32(pcm: np.ndarray) -> np.ndarray:

@@ -31,10 +31,10 @@ import numpy as np
 from . import events
 from .asr import ASR
 from .audio import SPEECH_RATE, Resampler
-from .events import Event, EventChannel, State
-from .llm import LLM, History, LLMError
+from .events import Event, EventHub, State
+from .llm import LLM, History, LLMError, LLMOptions
+from .playout import Playout
 from .text import SpeechChunker, is_backchannel, looks_unfinished
-from .tracks import OutboundAudioTrack
 from .tts import TTS
 from .vad import (
     SpeechDiscarded,
@@ -100,7 +100,7 @@ class UserTurn:
         """Spoken pieces and their sample range on the outbound track's ``queued_total`` axis."""
         self._held: list[Callable[[], Event]] = []
 
-    def send(self, channel: EventChannel, make: Callable[[], Event]) -> None:
+    def send(self, channel: EventHub, make: Callable[[], Event]) -> None:
         """Sends an event of this turn's reply, or holds it until the turn is committed (``make``
         builds it then, when the turn has its number)."""
         if self.committed.is_set():
@@ -108,7 +108,7 @@ class UserTurn:
         else:
             self._held.append(make)
 
-    def commit(self, channel: EventChannel) -> None:
+    def commit(self, channel: EventHub) -> None:
         """Lets the reply through: its audio to the track, its held events to the client."""
         self.committed.set()
         for make in self._held:
@@ -152,20 +152,26 @@ class Conversation:
         asr: ASR,
         llm: LLM,
         tts: TTS,
-        output: OutboundAudioTrack,
-        channel: EventChannel,
+        output: Playout,
+        channel: EventHub,
         history: History | None = None,
         llm_timeout_s: float = 20.0,
         record_dir: str | None = None,
         params: TurnParams | None = None,
         interrupt_after_ms: int = 1000,
+        voice: bool = True,
+        llm_options: LLMOptions | None = None,
     ) -> None:
+        """``voice``: the call has a way to play the bot's voice back; without one (an ingest-only
+        client) replies are written, not spoken."""
         self.asr = asr
         self.llm = llm
         self.tts = tts
         self.output = output
         self.channel = channel
         self.history = history or History()
+        self.voice = voice
+        self.llm_options = llm_options or llm.options
         self.llm_timeout_s = llm_timeout_s
         self.params = params or TurnParams()
         self.interrupt_after_s = interrupt_after_ms / 1000
@@ -364,7 +370,7 @@ class Conversation:
                 return
             if not turn.ended.is_set():
                 self.channel.send(events.transcript(self.turn + 1, text, final=False))
-            if looks_unfinished(text):
+            if looks_unfinished(text) and turn.audio.size:  # typed text is finished when it is sent
                 # "I'd like a table for, um": wait longer before taking the turn, and do not spend the
                 # CPU on an answer that will probably be thrown away.
                 log.info("holding an unfinished phrase: %r", text)
@@ -415,7 +421,7 @@ class Conversation:
 
     async def _tokens(self, text: str) -> AsyncIterator[str]:
         """The LLM stream with a deadline on each token: a backend that stops answering is dead."""
-        stream = self.llm.stream(self.history.messages(text))
+        stream = self.llm.stream(self.history.messages(text), self.llm_options)
         try:
             while True:
                 try:
@@ -460,6 +466,12 @@ class Conversation:
             finally:
                 sentences.put_nowait(None)
 
+        async def write_only() -> None:
+            # No way back to the user but events: the reply is the text, "spoken" once committed.
+            while (sentence := await sentences.get()) is not None:
+                await turn.committed.wait()
+                spoken.append(sentence)
+
         async def speak() -> None:
             resampler = Resampler(self.tts.sample_rate, self.output.sample_rate)
             first_frame_seen = False
@@ -493,7 +505,7 @@ class Conversation:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(write())
-                group.create_task(speak())
+                group.create_task(speak() if self.voice else write_only())
         except* Exception as failure:
             log.error("reply failed", exc_info=failure)
             message = f"the reply failed: {failure.exceptions[0]}"
@@ -544,6 +556,25 @@ class Conversation:
     def interrupt(self) -> bool:
         """The client asked the bot to stop (``{"type": "interrupt"}``); False if it was not talking."""
         return self._interrupt("client")
+
+    def say(self, text: str) -> None:
+        """A typed user message: it cuts off a reply in progress, like speech would, and becomes the
+        next turn, answered as if it had been spoken (with no audio, the ASR is skipped)."""
+        self._interrupt("client")
+        if self._speculating:
+            self._abandon()
+        self._carry = None
+        now = asyncio.get_running_loop().time()
+        typed = Utterance(np.zeros(0, dtype=np.int16), -1, -1, now, 0)
+        self._begin(typed, ended=True, text=text)
+
+    def reset(self) -> None:
+        """Forgets the conversation: any reply in progress stops, and the history is cleared."""
+        self._interrupt("client")
+        if self._speculating:
+            self._abandon()
+        self._carry = None
+        self.history.turns.clear()
 
     def _interrupt(self, reason: str) -> bool:
         barge, self._barge = self._barge, None

@@ -30,11 +30,23 @@ class LLMError(RuntimeError):
     """The backend failed or timed out; the message is safe to show to the user."""
 
 
+@dataclass(frozen=True)
+class LLMOptions:
+    """How a reply is generated. Each backend holds its defaults here; a call may ask for other values
+    per request (a ``config`` command changes ``max_tokens``), so a shared backend is never mutated."""
+
+    max_tokens: int = 96
+    temperature: float = 0.3
+
+
 class LLM(abc.ABC):
     """Streams a reply to a chat history, token by token (each item is a piece of text)."""
 
+    options: LLMOptions = LLMOptions()
+
     @abc.abstractmethod
-    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+    def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
+        """``options``: None for the backend's own."""
 
     def warmup(self, system_prompt: str) -> None:
         """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
@@ -77,14 +89,12 @@ class LlamaCppLLM(LLM):
         model_path: str | None = None,
         n_ctx: int = 2048,
         n_threads: int | None = None,
-        max_tokens: int = 96,
-        temperature: float = 0.3,
+        options: LLMOptions | None = None,
     ) -> None:
         from llama_cpp import Llama
 
         self.path = models.gguf_path(model_path)
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        self.options = options or LLMOptions()
         threads = n_threads or max(1, os.cpu_count() or 1)
         self._llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         self._lock = threading.Lock()
@@ -101,12 +111,17 @@ class LlamaCppLLM(LLM):
         with self._lock:
             self._llama.create_chat_completion(messages=messages, max_tokens=1)
 
-    def _generate(self, messages: list[Message], emit, cancelled: threading.Event) -> None:
+    def _generate(
+        self, messages: list[Message], options: LLMOptions, emit, cancelled: threading.Event
+    ) -> None:
         if cancelled.is_set():  # abandoned while it waited in the queue: skip the prompt evaluation
             return
         with self._lock:
             chunks = self._llama.create_chat_completion(
-                messages=messages, stream=True, max_tokens=self.max_tokens, temperature=self.temperature
+                messages=messages,
+                stream=True,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
             )
             for chunk in chunks:
                 if cancelled.is_set():
@@ -116,7 +131,7 @@ class LlamaCppLLM(LLM):
                 if delta:
                     emit(delta)
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
@@ -127,7 +142,7 @@ class LlamaCppLLM(LLM):
 
         def work() -> None:
             try:
-                self._generate(messages, emit, cancelled)
+                self._generate(messages, options or self.options, emit, cancelled)
             except Exception as exc:
                 log.exception("llama.cpp generation failed")
                 emit(LLMError(f"the embedded model failed: {exc}"))
@@ -159,27 +174,26 @@ class OpenAICompatibleLLM(LLM):
         base_url: str,
         model: str | None = None,
         api_key: str | None = None,
-        max_tokens: int = 96,
-        temperature: float = 0.3,
+        options: LLMOptions | None = None,
         connect_timeout_s: float = 5.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.path = f"{self.base_url}/chat/completions"
         self.model = model or "default"
         self.api_key = api_key
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        self.options = options or LLMOptions()
         self.connect_timeout_s = connect_timeout_s
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
         import aiohttp
 
+        options = options or self.options
         body = {
             "model": self.model,
             "messages": messages,
             "stream": True,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
         }
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         # Only connecting is bounded here; the conversation bounds the wait for each token.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .asr import ASR, WhisperASR
 from .config import Config
-from .llm import LLM, LlamaCppLLM, OpenAICompatibleLLM
+from .llm import LLM, LlamaCppLLM, LLMOptions, OpenAICompatibleLLM
 from .tts import TTS, PiperTTS
 from .vad import silero_session
 
@@ -31,13 +31,12 @@ def load_services(config: Config) -> Services:
     tts = PiperTTS(config.tts_voice)
     log.info("TTS: piper voice %s (%d Hz)", tts.path.name, tts.sample_rate)
     llm: LLM
+    options = LLMOptions(max_tokens=config.llm_max_tokens)
     if config.llm_url:
-        llm = OpenAICompatibleLLM(
-            config.llm_url, config.llm_model, config.llm_api_key, max_tokens=config.llm_max_tokens
-        )
+        llm = OpenAICompatibleLLM(config.llm_url, config.llm_model, config.llm_api_key, options=options)
         log.info("LLM: OpenAI-compatible server at %s, model %s", llm.base_url, llm.model)
     else:
-        llm = LlamaCppLLM(config.llm_model, max_tokens=config.llm_max_tokens)
+        llm = LlamaCppLLM(config.llm_model, options=options)
         log.info("LLM: llama.cpp %s", llm.path.name)
     log.info("models loaded in %.1f s", time.perf_counter() - t0)
     t1 = time.perf_counter()

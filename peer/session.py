@@ -1,4 +1,9 @@
-"""One session per RTCPeerConnection: its tracks, its events channel, its conversation, its cleanup.
+"""A call carried by one aiortc RTCPeerConnection: the WebRTC adapter around ``peer.call.Call``.
+
+It reads decoded microphone frames into the call, paces the call's playout back as an outbound track
+(when the client wants the bot's voice), binds the ``events`` data channel to the call's events and
+control commands, and watches the connection. The same adapter serves a JSON ``/offer`` and a WHIP
+``POST /whip``: only how the description arrives differs, which is signaling's business.
 
 The session owns everything it starts. ``close()`` is idempotent and is reached from every way a call
 can end (the client hangs up, ICE fails, the server shuts down, the offer was bad), so a session never
@@ -10,24 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Callable
 
-import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import events
-from .audio import InboundConverter
+from .audio import frame_pcm
+from .call import Call
 from .config import Config
-from .conversation import Conversation
+from .control import ControlError
 from .events import EventChannel, ProtocolError, parse_client_message
-from .frontend import FarEndReference, FrontEnd
-from .llm import History
 from .services import Services
-from .tracks import OutboundAudioTrack
-from .vad import TurnDetector, TurnEvent
-from .workers import run_frontend
+from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +39,17 @@ class Session:
         config: Config,
         on_closed: Callable[[Session], None] | None = None,
         client_aec: bool = False,
+        voice: bool = True,
     ):
-        """``client_aec``: the client says its microphone has echo cancellation on, so the server starts
-        out expecting no echo of the bot (and keeps measuring, see ``EchoCoupling``)."""
-        self.id = secrets.token_urlsafe(9)
+        """``voice``: the client receives audio (a ``sendrecv`` offer); a send-only client gets text."""
+        self.call = Call(services, config, voice=voice, client_aec=client_aec)
+        self.id = self.call.id
         self.config = config
         self._on_closed = on_closed
         ice = [RTCIceServer(url) for url in config.ice_servers]
         # iceServers=[] matters: None makes aiortc fall back to a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        self.output = OutboundAudioTrack()
-        self.channel = EventChannel()
-        self.conversation = Conversation(
-            services.asr,
-            services.llm,
-            services.tts,
-            self.output,
-            self.channel,
-            History(system_prompt=config.system_prompt),
-            llm_timeout_s=config.llm_timeout_s,
-            record_dir=config.record_turns_dir,
-            params=config.turn,
-            interrupt_after_ms=config.interrupt_after_ms,
-        )
-        self.detector = TurnDetector(config.turn)
-        self.frontend = FrontEnd(
-            config.aec, config.noise_suppression, config.auto_gain_dbfs, echo_expected=not client_aec
-        )
-        self.reference = FarEndReference()
-        self.output.add_listener(self.reference.on_frame)
+        self.output = PlayoutTrack(self.call.playout) if voice else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self._closing = False
@@ -83,14 +65,19 @@ class Session:
 
     async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         """Applies the client's offer and returns our answer, with all our ICE candidates in it."""
-        # Added before the offer is applied, so aiortc binds it to the offer's audio transceiver.
-        self.pc.addTrack(self.output)
+        if self.output is not None:
+            # Added before the offer is applied, so aiortc binds it to the offer's audio transceiver.
+            self.pc.addTrack(self.output)
         await self.pc.setRemoteDescription(offer)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
-        self.conversation.start()
+        self.call.start()
         self._spawn(self._connect_watchdog(), "connect-watchdog")
         return self.pc.localDescription
+
+    async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        """A candidate the client trickled after its offer (WHIP ``PATCH``); None: it has no more."""
+        await self.pc.addIceCandidate(candidate)
 
     async def _connect_watchdog(self) -> None:
         """A client that posts an offer and never connects must not hold a session slot: aioice waits
@@ -128,14 +115,13 @@ class Session:
         except Exception:
             # A deaf session is worse than a closed one: the client can reconnect.
             log.exception("session %s: inbound audio failed; closing", self.id)
-            self.channel.send(events.error("internal", "the server stopped hearing this call; reconnect"))
+            self.call.events.send(events.error("internal", "the server stopped hearing this call; reconnect"))
             self._spawn(self.close(), "close")
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
         left unread (while the bot talks, say) would pile up in memory and arrive late."""
         loop = asyncio.get_running_loop()
-        converter = InboundConverter()
         while True:
             try:
                 async with asyncio.timeout(self.config.media_timeout_s):
@@ -149,34 +135,33 @@ class Session:
                 return
             arrival = loop.time()
             self.frames_in += 1
-            pcm = converter.convert(frame)
-            reference = self.reference.take(pcm.size)  # on the loop, where the track feeds it
-            for event in await run_frontend(self._hear, pcm, reference, arrival):
-                self.conversation.on_turn_event(event)
-
-    def _hear(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
-        """Front-end then turn detection, in one worker-thread hop per 20 ms frame."""
-        clean, words = self.frontend.process_pair(pcm, reference)
-        return self.detector.process(clean, arrival, self.frontend.echo_possible, keep=words)
+            pcm, rate, channels = frame_pcm(frame)
+            await self.call.hear(pcm, rate, channels, arrival)
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":
             log.info("session %s: ignoring data channel %r", self.id, channel.label)
             return
-        self.channel.attach(channel)
-        self.channel.send({"type": "session", "id": self.id})
+        sink = EventChannel(channel)
+        for event in self.call.snapshot():
+            sink(event)
+        unsubscribe = self.call.events.subscribe(sink)
+        channel.on("close", unsubscribe)
 
         @channel.on("message")
         def on_message(raw: str | bytes) -> None:
+            # Raised here, anything would end aiortc's SCTP receive loop and with it the call.
             try:
-                message = parse_client_message(raw)
+                reply = self.call.control(parse_client_message(raw))
             except ProtocolError as exc:
-                self.channel.send(events.error("bad_message", str(exc)))
-                return
-            if message["type"] == "ping":
-                self.channel.send({"type": "pong"})
-            elif message["type"] == "interrupt":
-                self.conversation.interrupt()
+                reply = events.error("bad_message", str(exc))
+            except ControlError as exc:
+                reply = events.error(exc.code, exc.message, exc.field)
+            except Exception:
+                log.exception("session %s: a client message failed", self.id)
+                reply = events.error("internal", "the server failed to carry out this message")
+            if reply is not None:
+                sink(reply)
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -197,10 +182,9 @@ class Session:
             for task in others:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await self.conversation.close()
-            self.frontend.close()
-            self.output.clear()
-            self.output.stop()
+            await self.call.close()
+            if self.output is not None:
+                self.output.stop()
             await self.pc.close()
         finally:
             self._closed.set()

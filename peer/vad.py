@@ -260,6 +260,17 @@ class TurnDetector:
                 events.append(SpeechProgress(np.concatenate(self._turn), self._voiced_ms()))
         return events
 
+    def finish(self, arrival: float) -> list[TurnEvent]:
+        """Ends the stream here (the call stopped listening): a turn in progress closes now, as if its
+        silence had lasted, and the next audio starts afresh."""
+        events = self._close(arrival) if self._in_turn else []
+        self._pending.clear()
+        self._pending_keep.clear()
+        self._history = []
+        self._run = 0
+        self.vad.reset()
+        return events
+
     def _voiced_ms(self) -> int:
         return round(self._voiced * self._window_ms)
 

@@ -1,4 +1,4 @@
-"""The aiohttp application: offer/answer, session teardown, health, metrics and the static pages."""
+"""The aiohttp application: offer/answer, session routes, WHIP, health, metrics and the static pages."""
 
 from __future__ import annotations
 
@@ -6,21 +6,28 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCSessionDescription
-from aiortc.exceptions import InvalidAccessError, InvalidStateError
-from aiortc.sdp import SessionDescription
 
 from peer.config import Config
-from peer.health import LoopMonitor
 from peer.services import Services, load_services
-from peer.session import Session
 from peer.vad import silero_session
 from peer.workers import MEDIA_NICE, raise_priority, run_blocking
+
+from . import sessions, whip
+from .state import (
+    STATE,
+    OfferError,
+    ServerState,
+    audio_direction,
+    open_session,
+    read_body,
+    refuse,
+    session_counts,
+    session_urls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,145 +35,45 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 MAX_OFFER_BYTES = 64 * 1024
 
 
-@dataclass
-class ServerState:
-    config: Config
-    services: Services | None = None
-    load_error: str | None = None
-    loading: asyncio.Task[None] | None = None
-    sessions: dict[str, Session] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    counters: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            (
-                "sessions_total",
-                "offers_rejected_total",
-                "turns_total",
-                "interruptions_total",
-                "outbound_frames_total",
-                "outbound_gaps_total",
-            ),
-            0,
-        )
-    )
-    loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
-
-
-STATE = web.AppKey("state", ServerState)
-
-
-class OfferError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
-
-
-async def _read_offer(request: web.Request) -> tuple[RTCSessionDescription, bool]:
-    """Validates the offer before any WebRTC object exists, so bad input costs nothing to reject."""
-    if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
-        raise OfferError(413, "too_large", f"an offer is at most {MAX_OFFER_BYTES} bytes")
-    raw = await request.content.read(MAX_OFFER_BYTES + 1)
-    if len(raw) > MAX_OFFER_BYTES:
-        raise OfferError(413, "too_large", f"an offer is at most {MAX_OFFER_BYTES} bytes")
+def _parse_offer(raw: bytes) -> tuple[str, bool]:
+    """The offer's SDP and its ``echo_cancellation`` flag, or OfferError naming what is wrong."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OfferError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    except (RecursionError, ValueError) as exc:
+        raise OfferError(400, "bad_json", f"the body is not acceptable JSON: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise OfferError(400, "bad_offer", 'expected {"sdp": "...", "type": "offer"}')
     if body.get("type") != "offer":
-        raise OfferError(400, "bad_offer", f'"type" must be "offer", got {body.get("type")!r}')
+        raise OfferError(400, "bad_offer", f'"type" must be "offer", got {str(body.get("type"))[:40]!r}')
     sdp = body.get("sdp")
     if not isinstance(sdp, str) or not sdp.strip():
         raise OfferError(400, "bad_offer", '"sdp" must be a non-empty string')
-    try:
-        parsed = SessionDescription.parse(sdp)
-    except Exception as exc:
-        raise OfferError(400, "invalid_sdp", f"the SDP does not parse: {exc}") from None
-    audio = [m for m in parsed.media if m.kind == "audio"]
-    if not audio:
-        raise OfferError(400, "no_audio", "the offer has no audio m-line: add a microphone track")
-    if (audio[0].direction or "sendrecv") != "sendrecv":
-        raise OfferError(
-            400,
-            "bad_direction",
-            f"the audio m-line must be sendrecv (it is {audio[0].direction}): "
-            "the peer both hears the microphone and speaks back",
-        )
     client_aec = body.get("echo_cancellation", False)
     if not isinstance(client_aec, bool):
         raise OfferError(400, "bad_offer", '"echo_cancellation" must be true or false')
-    return RTCSessionDescription(sdp=sdp, type="offer"), client_aec
+    direction = audio_direction(sdp)
+    if direction != "sendrecv":
+        raise OfferError(
+            400,
+            "bad_direction",
+            f"the audio m-line must be sendrecv (it is {direction}): "
+            "the peer both hears the microphone and speaks back (WHIP at /whip takes send-only offers)",
+        )
+    return sdp, client_aec
 
 
 async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        description, client_aec = await _read_offer(request)
+        sdp, client_aec = _parse_offer(await read_body(request, MAX_OFFER_BYTES))
+        session, answer = await open_session(state, sdp, voice=True, client_aec=client_aec)
     except OfferError as exc:
-        state.counters["offers_rejected_total"] += 1
-        return _error(exc.status, exc.code, exc.message)
-    if state.services is None:
-        state.counters["offers_rejected_total"] += 1
-        if state.load_error:
-            return _error(503, "models_failed", state.load_error)
-        return _error(503, "loading", "models are still loading; retry shortly", **{"Retry-After": "2"})
-    if len(state.sessions) >= state.config.max_sessions:
-        state.counters["offers_rejected_total"] += 1
-        return _error(503, "busy", f"the server holds its maximum of {state.config.max_sessions} sessions")
-
-    try:
-        session = Session(
-            state.services, state.config, on_closed=lambda s: _forget(state, s), client_aec=client_aec
-        )
-    except Exception as exc:
-        log.exception("could not create a session")
-        state.counters["offers_rejected_total"] += 1
-        return _error(500, "internal", f"the server could not create a session: {exc}")
-    state.sessions[session.id] = session
-    try:
-        answer = await session.accept(description)
-    except (ValueError, InvalidAccessError, InvalidStateError) as exc:
-        log.info("rejecting offer: %s", exc)
-        await session.close()
-        state.counters["offers_rejected_total"] += 1
-        return _error(400, "invalid_sdp", f"the offer was refused: {exc}")
-    except Exception as exc:
-        log.exception("could not answer an offer")
-        await session.close()
-        state.counters["offers_rejected_total"] += 1
-        return _error(500, "internal", f"the server could not answer the offer: {exc}")
-    state.counters["sessions_total"] += 1
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
-
-
-def _session_counts(session: Session) -> dict[str, int]:
-    """A session's share of the server's counters: added to them when it closes, and counted live
-    while it runs."""
-    return {
-        "turns_total": session.conversation.turn,
-        "interruptions_total": session.conversation.interruptions,
-        "outbound_frames_total": session.output.frames_sent,
-        "outbound_gaps_total": session.output.gaps,
-    }
-
-
-def _forget(state: ServerState, session: Session) -> None:
-    if state.sessions.pop(session.id, None) is not None:
-        for name, value in _session_counts(session).items():
-            state.counters[name] += value
-
-
-async def delete_session(request: web.Request) -> web.Response:
-    session = request.app[STATE].sessions.get(request.match_info["session_id"])
-    if session is None:
-        return _error(404, "not_found", "no such session")
-    await session.close()
-    return web.Response(status=204)
+        return refuse(state, exc)
+    return web.json_response(
+        {"sdp": answer.sdp, "type": answer.type, "session_id": session.id, **session_urls(session.id)}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -184,7 +91,7 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     live: dict[str, int] = {}
     for session in state.sessions.values():
-        for name, value in _session_counts(session).items():
+        for name, value in session_counts(session).items():
             live[name] = live.get(name, 0) + value
     lag = state.loop_monitor
     lines = [
@@ -256,7 +163,8 @@ def create_app(
         return web.FileResponse(index)
 
     app.router.add_post("/offer", offer)
-    app.router.add_delete("/sessions/{session_id}", delete_session)
+    sessions.add_routes(app.router)
+    whip.add_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", root)

@@ -15,6 +15,7 @@ from peer.audio import (
     InboundConverter,
     Resampler,
     SampleBuffer,
+    frame_pcm,
     rms_dbfs,
     to_float32,
     to_int16,
@@ -47,7 +48,7 @@ def test_inbound_48k_stereo_frames_become_16k_mono_without_drift():
     out = []
     for i in range(mono.size // WEBRTC_FRAME_SAMPLES):
         chunk = stereo[i * 2 * WEBRTC_FRAME_SAMPLES : (i + 1) * 2 * WEBRTC_FRAME_SAMPLES]
-        out.append(conv.convert(aiortc_frame(chunk, i * WEBRTC_FRAME_SAMPLES)))
+        out.append(conv.convert(*frame_pcm(aiortc_frame(chunk, i * WEBRTC_FRAME_SAMPLES))))
     pcm = np.concatenate(out)
     # 150 frames of 20 ms: exactly 3 s at 16 kHz, less the resampler's small delay line.
     assert 3 * SPEECH_RATE - 64 <= pcm.size <= 3 * SPEECH_RATE
@@ -59,7 +60,10 @@ def test_inbound_48k_stereo_frames_become_16k_mono_without_drift():
 def test_inbound_converter_ignores_pts_jumps_from_packet_loss():
     conv = InboundConverter()
     frame = np.repeat(tone(300, WEBRTC_RATE, 0.02), 2)
-    sizes = [conv.convert(aiortc_frame(frame, pts)).size for pts in (0, 960, 960 * 10, 960 * 11, 960 * 50)]
+    sizes = [
+        conv.convert(*frame_pcm(aiortc_frame(frame, pts))).size
+        for pts in (0, 960, 960 * 10, 960 * 11, 960 * 50)
+    ]
     # Every frame yields its 320 samples (after the first fills the filter), whatever the pts say.
     assert all(300 <= s <= 340 for s in sizes[1:])
 
@@ -73,12 +77,21 @@ def test_resampler_22050_to_48000_keeps_pitch_and_length_across_chunks():
     assert dominant_freq(out, WEBRTC_RATE) == pytest.approx(1000, abs=2)
 
 
-def test_resampler_rejects_mismatched_frames():
-    r = Resampler(WEBRTC_RATE, SPEECH_RATE, "stereo")
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
-    frame.sample_rate = WEBRTC_RATE
-    with pytest.raises(ValueError, match="expected s16 stereo"):
-        r.push_frame(frame)
+def test_only_s16_frames_are_taken_and_their_layout_is_read_off_the_frame():
+    pcm, rate, channels = frame_pcm(aiortc_frame(np.zeros(1920, np.int16), 0))
+    assert (pcm.shape, rate, channels) == ((1920,), WEBRTC_RATE, 2)
+    planar = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+    planar.sample_rate = WEBRTC_RATE
+    with pytest.raises(ValueError, match="expected s16"):
+        frame_pcm(planar)
+
+
+def test_inbound_converter_follows_a_change_of_rate_and_refuses_odd_layouts():
+    conv = InboundConverter()
+    assert 300 <= conv.convert(tone(300, WEBRTC_RATE, 0.1), WEBRTC_RATE, 1).size <= 1600
+    assert 1500 <= conv.convert(tone(300, 16_000, 0.1), 16_000, 1).size <= 1600
+    with pytest.raises(ValueError, match="mono or stereo"):
+        conv.convert(np.zeros(960 * 6, np.int16), WEBRTC_RATE, 6)
 
 
 def test_sample_buffer_hands_out_exact_blocks_in_order():

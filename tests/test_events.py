@@ -5,7 +5,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from peer import events
-from peer.events import EventChannel, ProtocolError, parse_client_message
+from peer.events import EventChannel, EventHub, EventQueue, ProtocolError, parse_client_message
 
 
 def test_event_shapes_follow_the_protocol():
@@ -36,21 +36,22 @@ async def test_events_sent_before_the_channel_opens_are_delivered_in_order():
             if len(received) == 3:
                 done.set()
 
-    ch = EventChannel()
+    hub = EventHub()
     seen: list[dict] = []
-    ch.add_listener(seen.append)
-    ch.attach(a.createDataChannel("events"))
-    ch.send(events.state("listening"))
-    ch.send(events.state("thinking"))
+    hub.subscribe(seen.append)
+    sink = EventChannel(a.createDataChannel("events"))
+    hub.subscribe(sink)
+    hub.send(events.state("listening"))
+    hub.send(events.state("thinking"))
     try:
         await a.setLocalDescription(await a.createOffer())
         await b.setRemoteDescription(a.localDescription)
         await b.setLocalDescription(await b.createAnswer())
         await a.setRemoteDescription(b.localDescription)
         async with asyncio.timeout(10):
-            while ch.sent == 0 and not ch._is_open():
+            while sink.sent == 0 and not sink._is_open():
                 await asyncio.sleep(0.01)
-        ch.send(events.state("speaking"))
+        hub.send(events.state("speaking"))
         async with asyncio.timeout(10):
             await done.wait()
     finally:
@@ -58,6 +59,37 @@ async def test_events_sent_before_the_channel_opens_are_delivered_in_order():
         await b.close()
     assert [m["state"] for m in received] == ["listening", "thinking", "speaking"]
     assert len(seen) == 3
+    sink(events.state("listening"))  # on a closed channel: dropped, never raised
+
+
+def test_a_hub_keeps_delivering_when_one_sink_fails():
+    hub = EventHub()
+    got: list[dict] = []
+
+    def broken(_event):
+        raise RuntimeError("sink bug")
+
+    hub.subscribe(broken)
+    unsubscribe = hub.subscribe(got.append)
+    hub.send({"type": "a"})
+    unsubscribe()
+    hub.send({"type": "b"})
+    assert got == [{"type": "a"}] and hub.subscribers == 1
+
+
+async def test_a_slow_reader_queue_is_bounded_and_told_what_it_lost():
+    queue = EventQueue(maxsize=4)
+    for i in range(10):
+        queue({"type": "n", "i": i})
+    assert len(queue) == 4 and queue.dropped == 6
+    first = await queue.get()
+    assert first["code"] == "events_dropped" and "6 events" in first["message"]
+    assert [(await queue.get())["i"] for _ in range(4)] == [6, 7, 8, 9]
+    queue({"type": "n", "i": 10})
+    queue.close()
+    queue({"type": "n", "i": 11})  # after close: ignored
+    assert (await queue.get())["i"] == 10
+    assert await queue.get() is None
 
 
 @pytest.mark.parametrize(
@@ -68,6 +100,10 @@ async def test_events_sent_before_the_channel_opens_are_delivered_in_order():
         ('{"type": 5}', "JSON object"),
         ('{"type": "launch_rockets"}', "unknown message type"),
         (b"\x00\x01", "binary"),
+        ("[" * 2000 + "]" * 2000, "not acceptable JSON"),
+        ('{"type": ' + "9" * 5000 + "}", "not acceptable JSON"),
+        ('{"type": "' + "x" * 200_000 + '"}', "at most"),
+        ('{"type": "' + "x" * 5000 + '"}', "unknown message type 'xxx"),
     ],
 )
 def test_bad_client_messages_are_rejected_with_a_reason(raw, match):

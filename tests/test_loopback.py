@@ -60,7 +60,7 @@ async def test_server_shutdown_closes_live_sessions(services):
 class DeadLLM(LLM):
     """Fault injection: a backend that accepts the request and never answers."""
 
-    async def stream(self, messages: list[Message]):
+    async def stream(self, messages: list[Message], options=None):
         await asyncio.Event().wait()
         yield ""
 
@@ -103,7 +103,7 @@ async def test_a_client_that_vanishes_is_closed_by_the_media_watchdog(services):
 class StallingLLM(LLM):
     """Fault injection: a backend that writes one sentence, then stops answering."""
 
-    async def stream(self, messages: list[Message]):
+    async def stream(self, messages: list[Message], options=None):
         for token in ["Paris", " is", " lovely", ".", " It"]:
             yield token
         await asyncio.Event().wait()
@@ -147,7 +147,7 @@ async def test_a_failing_inbound_path_closes_the_session_with_an_error(services)
         def broken(*_args):
             raise RuntimeError("injected front-end fault")
 
-        session.detector.process = broken
+        session.call.detector.process = broken
         _, err = await client.wait_for(lambda m: m["type"] == "error", 10)
         assert err["code"] == "internal"
         await wait_until(lambda: not server.app[STATE].sessions, 10)

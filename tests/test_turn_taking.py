@@ -91,9 +91,9 @@ async def test_speaking_over_the_bot_cuts_it_off_and_takes_the_turn(services, ma
         assert not late, f"bot audio {late[0] - barge_at:.2f} s after the user barged in"
         # The reply to turn 1 was never finished, and the history keeps only what was played.
         assert not [m for m in client.messages("reply") if m["final"] and m["turn"] == 1]
-        user, assistant = session.conversation.history.turns[0]
+        user, assistant = session.call.conversation.history.turns[0]
         assert assistant == cut["heard"] and "dragon" in user.lower()
-        assert session.conversation.interruptions == 1
+        assert session.call.conversation.interruptions == 1
 
 
 async def test_a_backchannel_does_not_cut_the_bot_off(services, make_speech):
@@ -106,7 +106,7 @@ async def test_a_backchannel_does_not_cut_the_bot_off(services, make_speech):
         await client.wait_for(lambda m: m["type"] == "vad" and m["bot_state"] == "speaking", 10)
         _, reply = await client.wait_for(lambda m: m["type"] == "reply" and m["final"], 90)
         assert reply["turn"] == 1
-        assert client.messages("interrupted") == [] and session.conversation.interruptions == 0
+        assert client.messages("interrupted") == [] and session.call.conversation.interruptions == 0
         assert [m["turn"] for m in client.messages("transcript") if m["final"]] == [1]
 
 
@@ -120,7 +120,9 @@ async def test_the_client_can_interrupt_the_bot(services, make_speech):
         _, cut = await client.wait_for(lambda m: m["type"] == "interrupted", 10)
         assert cut["turn"] == 1 and cut["reason"] == "client"
         await client.wait_for(lambda m: m["type"] == "state" and m["state"] == "listening", 10)
-        await wait_until(lambda: session.output.buffered_samples == 0 and not session.conversation.busy, 5)
+        await wait_until(
+            lambda: session.call.playout.buffered_samples == 0 and not session.call.conversation.busy, 5
+        )
         # Interrupting a bot that is not talking is not an error and changes nothing.
         client.channel.send('{"type": "interrupt"}')
         client.channel.send('{"type": "ping"}')

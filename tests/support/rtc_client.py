@@ -12,8 +12,9 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from peer.audio import InboundConverter
-from peer.tracks import OutboundAudioTrack
+from peer.audio import InboundConverter, frame_pcm
+from peer.playout import Playout
+from peer.tracks import PlayoutTrack
 
 
 @dataclass
@@ -36,7 +37,8 @@ class RtcClient:
         self.base_url = base_url
         self.echo_cancellation = echo_cancellation  # nothing the client receives reaches its "mic"
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = OutboundAudioTrack()  # the same pacing as the server's voice: PCM then silence
+        self.voice = Playout()  # what the "user" says, paced as the server's voice is: PCM then silence
+        self.mic = PlayoutTrack(self.voice)
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.received = Received()
         self.session_id: str | None = None
@@ -63,7 +65,7 @@ class RtcClient:
             except MediaStreamError:
                 return
             self.received.times.append(loop.time())
-            self.received.pcm.append(convert.convert(frame))
+            self.received.pcm.append(convert.convert(*frame_pcm(frame)))
 
     async def connect(self) -> dict[str, Any]:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -81,8 +83,8 @@ class RtcClient:
 
     def say(self, pcm48k: np.ndarray) -> float:
         """Queues audio on the mic; returns the loop time at which its first sample will be sent."""
-        start = asyncio.get_running_loop().time() + self.mic.buffered_samples / 48_000
-        self.mic.enqueue(pcm48k)
+        start = asyncio.get_running_loop().time() + self.voice.buffered_samples / 48_000
+        self.voice.enqueue(pcm48k)
         return start
 
     def messages(self, kind: str) -> list[dict[str, Any]]:

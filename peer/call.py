@@ -1,0 +1,235 @@
+"""A call: microphone PCM in, the bot's voice and protocol events out, whatever carries them.
+
+Everything that makes a conversation lives here: the audio front-end (echo cancellation against the
+exact audio the bot sent, noise suppression), turn detection, the conversation with its barge-in, the
+control commands and the per-call settings. Nothing here knows about aiortc, HTTP or data channels. A
+transport is a thin adapter that
+
+- feeds ``hear()`` with the microphone's PCM as it arrives, at whatever rate it has;
+- pulls the bot's voice from ``playout.next_frame()``, one 20 ms frame of 48 kHz mono every 20 ms (the
+  puller is the clock), unless the call was made without ``voice``;
+- subscribes sinks to ``events`` (after sending them ``snapshot()``) and hands client messages to
+  ``control()``;
+- calls ``close()`` when the call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable
+
+import numpy as np
+
+from . import events
+from .audio import WEBRTC_RATE, InboundConverter
+from .config import Config
+from .control import CallSettings, ControlError, apply_config, check_fields, say_text
+from .conversation import Conversation
+from .events import Event, EventHub, EventQueue
+from .frontend import FarEndReference, FrontEnd
+from .llm import History
+from .playout import Playout
+from .services import Services
+from .vad import TurnDetector, TurnEvent
+from .workers import run_frontend
+
+log = logging.getLogger(__name__)
+
+
+class Call:
+    def __init__(
+        self,
+        services: Services,
+        config: Config,
+        *,
+        voice: bool = True,
+        client_aec: bool = False,
+        call_id: str | None = None,
+    ) -> None:
+        """``voice``: the transport plays the bot's voice back (a WHIP ingest client does not, and is
+        answered in text only). ``client_aec``: the client says its microphone has echo cancellation on,
+        so the front-end starts out expecting no echo of the bot (and keeps measuring)."""
+        self.id = call_id or secrets.token_urlsafe(16)
+        self.config = config
+        self.voice = voice
+        self.settings = CallSettings(
+            system_prompt=config.system_prompt,
+            max_tokens=config.llm_max_tokens,
+            end_silence_ms=config.turn.end_silence_ms,
+        )
+        self.events = EventHub()
+        self.playout = Playout(sample_rate=WEBRTC_RATE)
+        self.detector = TurnDetector(config.turn)
+        self.conversation = Conversation(
+            services.asr,
+            services.llm,
+            services.tts,
+            self.playout,
+            self.events,
+            History(system_prompt=config.system_prompt),
+            llm_timeout_s=config.llm_timeout_s,
+            record_dir=config.record_turns_dir,
+            params=config.turn,
+            interrupt_after_ms=config.interrupt_after_ms,
+            voice=voice,
+        )
+        self.frontend = FrontEnd(
+            config.aec,
+            config.noise_suppression,
+            config.auto_gain_dbfs,
+            echo_expected=voice and not client_aec,
+        )
+        self.reference = FarEndReference()
+        self.playout.add_listener(self.reference.on_frame)
+        self._converter = InboundConverter()
+        # The detector's state is one stream's: a frame and a mute's flush must never run at once.
+        self._hearing = asyncio.Lock()
+        self._queues: set[EventQueue] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.muted = False
+        self.frames_in = 0
+        self.closed = False
+
+    def start(self) -> None:
+        self.events.send(events.session(self.id))
+        self.conversation.start()
+
+    def snapshot(self) -> list[Event]:
+        """What a follower that subscribes now needs to know first: which call, and its state."""
+        return [events.session(self.id), events.state(self.conversation.state), events.muted(self.muted)]
+
+    def follow(self, maxsize: int = events.MAX_QUEUED) -> tuple[EventQueue, Callable[[], None]]:
+        """A bounded queue of this call's events for a reader at its own pace, starting with the
+        snapshot; closed when the call ends. Returns it and the function that stops following."""
+        queue = EventQueue(maxsize)
+        for event in self.snapshot():
+            queue(event)
+        if self.closed:
+            queue.close()
+            return queue, lambda: None
+        unsubscribe = self.events.subscribe(queue)
+        self._queues.add(queue)
+
+        def stop() -> None:
+            unsubscribe()
+            self._queues.discard(queue)
+
+        return queue, stop
+
+    # -- the microphone ----------------------------------------------------------------------------
+
+    async def hear(
+        self, pcm: np.ndarray, sample_rate: int, channels: int = 1, arrival: float | None = None
+    ) -> None:
+        """Feeds microphone audio: interleaved int16 samples at ``sample_rate`` Hz, arrived at loop time
+        ``arrival`` (now, if not given). Awaits the front-end and turn detection of this chunk, so a
+        transport that awaits it also never feeds two chunks at once."""
+        if self.closed:
+            return
+        if arrival is None:
+            arrival = asyncio.get_running_loop().time()
+        self.frames_in += 1
+        speech = self._converter.convert(pcm, sample_rate, channels)
+        reference = self.reference.take(speech.size)  # taken even while muted: the pairing stays at "now"
+        if self.muted or speech.size == 0:
+            return
+        async with self._hearing:
+            turn_events = await run_frontend(self._process, speech, reference, arrival)
+        self._dispatch(turn_events)
+
+    def _process(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
+        """Front-end then turn detection, in one worker-thread hop per chunk."""
+        clean, words = self.frontend.process_pair(pcm, reference)
+        return self.detector.process(clean, arrival, self.frontend.echo_possible, keep=words)
+
+    def _dispatch(self, turn_events: list[TurnEvent]) -> None:
+        if self.closed:
+            return
+        for event in turn_events:
+            self.conversation.on_turn_event(event)
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def control(self, message: Event) -> Event | None:
+        """Carries out a command (already parsed by ``events.parse_client_message``); returns the answer
+        meant for the sender only, if any. Raises ``ControlError``, and then nothing has changed."""
+        check_fields(message)
+        kind = message["type"]
+        if kind == "ping":
+            return {"type": "pong"}
+        if kind == "interrupt":
+            self.conversation.interrupt()  # an ``interrupted`` event follows if the bot was answering
+        elif kind in ("mute", "unmute"):
+            self._set_muted(kind == "mute")
+        elif kind == "say":
+            text = say_text(message)
+            if self.muted:
+                raise ControlError("muted", "the call is muted: unmute it before saying something")
+            self.conversation.say(text)
+        elif kind == "reset":
+            self.conversation.reset()
+            self.events.send({"type": "reset"})
+        elif kind == "config":
+            self._configure(apply_config(self.settings, message))
+            self.events.send({"type": "config", **self.settings.public()})
+        return None
+
+    def _set_muted(self, value: bool) -> None:
+        if value == self.muted:
+            return
+        self.muted = value
+        self.events.send(events.muted(value))
+        if value:
+            # The turn in progress ends where the user muted, and is answered: push-to-talk released.
+            self._spawn(self._finish_turn(), "mute")
+
+    async def _finish_turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._hearing:
+            turn_events = await run_frontend(self.detector.finish, loop.time())
+        self._dispatch(turn_events)
+
+    def _configure(self, settings: CallSettings) -> None:
+        self.settings = settings
+        conversation = self.conversation
+        conversation.history.system_prompt = settings.system_prompt
+        conversation.llm_options = dataclasses.replace(
+            conversation.llm_options, max_tokens=settings.max_tokens
+        )
+        params = dataclasses.replace(self.detector.params, end_silence_ms=settings.end_silence_ms)
+        # Read by the detector at its next window and by the conversation at its next turn.
+        self.detector.params = conversation.params = params
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stops the conversation and ends every follower's stream. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.conversation.close()
+        self.frontend.close()  # safe under a frame still in the front-end: it holds its own lock
+        self.playout.clear()
+        for queue in list(self._queues):
+            queue.close()
+        self._queues.clear()

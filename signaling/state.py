@@ -1,0 +1,174 @@
+"""What every route shares: the server's state, JSON errors, and opening a session from an offer.
+
+Both ways in (a JSON ``/offer`` and a WHIP ``POST /whip``) end in ``open_session``, so admission (models
+ready, capacity) and the classification of a refused offer are decided in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError
+from aiortc.sdp import SessionDescription
+
+from peer.config import Config
+from peer.health import LoopMonitor
+from peer.services import Services
+from peer.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    config: Config
+    services: Services | None = None
+    load_error: str | None = None
+    loading: asyncio.Task[None] | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """The last ``MAX_ENDED`` sessions that ended: a DELETE that comes after the client's own transport
+    already hung up (whip-whep closes its peer connection first) is a success, not a 404."""
+    started: float = field(default_factory=time.monotonic)
+    counters: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "sessions_total",
+                "offers_rejected_total",
+                "turns_total",
+                "interruptions_total",
+                "outbound_frames_total",
+                "outbound_gaps_total",
+            ),
+            0,
+        )
+    )
+    loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
+
+
+STATE = web.AppKey("state", ServerState)
+
+MAX_ENDED = 1024
+
+
+class OfferError(Exception):
+    """An offer refused before or while a session was made for it; ``headers`` go on the answer."""
+
+    def __init__(self, status: int, code: str, message: str, **headers: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
+
+
+def session_urls(session_id: str) -> dict[str, str]:
+    """Where a call's events stream and control endpoint are: handed to the client in the answer, so
+    that no client builds them (a per-call capability can then live in them)."""
+    return {
+        "events_url": f"/sessions/{session_id}/events",
+        "control_url": f"/sessions/{session_id}/control",
+    }
+
+
+def audio_direction(sdp: str) -> str:
+    """The direction of the offer's first audio m-line; OfferError for an SDP that does not parse or
+    has no audio. Checked before any WebRTC object exists, so bad input costs nothing to reject."""
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise OfferError(400, "invalid_sdp", f"the SDP does not parse: {exc}") from None
+    audio = [m for m in parsed.media if m.kind == "audio"]
+    if not audio:
+        raise OfferError(400, "no_audio", "the offer has no audio m-line: add a microphone track")
+    return audio[0].direction or "sendrecv"
+
+
+def refuse(state: ServerState, exc: OfferError) -> web.Response:
+    """The answer to a refused offer, counted."""
+    state.counters["offers_rejected_total"] += 1
+    return error_response(exc.status, exc.code, exc.message, **exc.headers)
+
+
+async def open_session(
+    state: ServerState, sdp: str, *, voice: bool, client_aec: bool = False
+) -> tuple[Session, RTCSessionDescription]:
+    """Admits an offer and answers it; raises OfferError for anything refused (see ``refuse``)."""
+    if state.services is None:
+        if state.load_error:
+            raise OfferError(503, "models_failed", state.load_error)
+        raise OfferError(503, "loading", "models are still loading; retry shortly", **{"Retry-After": "2"})
+    if len(state.sessions) >= state.config.max_sessions:
+        raise OfferError(
+            503,
+            "busy",
+            f"the server holds its maximum of {state.config.max_sessions} sessions",
+            **{"Retry-After": "10"},
+        )
+    try:
+        session = Session(
+            state.services,
+            state.config,
+            on_closed=lambda s: forget(state, s),
+            client_aec=client_aec,
+            voice=voice,
+        )
+    except Exception as exc:
+        log.exception("could not create a session")
+        raise OfferError(500, "internal", f"the server could not create a session: {exc}") from None
+    state.sessions[session.id] = session
+    try:
+        answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
+    except (ValueError, InvalidAccessError, InvalidStateError) as exc:
+        log.info("rejecting offer: %s", exc)
+        await session.close()
+        raise OfferError(400, "invalid_sdp", f"the offer was refused: {exc}") from None
+    except Exception as exc:
+        log.exception("could not answer an offer")
+        await session.close()
+        raise OfferError(500, "internal", f"the server could not answer the offer: {exc}") from None
+    state.counters["sessions_total"] += 1
+    return session, answer
+
+
+def session_counts(session: Session) -> dict[str, int]:
+    """A session's share of the server's counters: added to them when it closes, and counted live
+    while it runs."""
+    output = session.output
+    return {
+        "turns_total": session.call.conversation.turn,
+        "interruptions_total": session.call.conversation.interruptions,
+        "outbound_frames_total": output.frames_sent if output is not None else 0,
+        "outbound_gaps_total": output.gaps if output is not None else 0,
+    }
+
+
+def forget(state: ServerState, session: Session) -> None:
+    if state.sessions.pop(session.id, None) is not None:
+        for name, value in session_counts(session).items():
+            state.counters[name] += value
+        state.ended[session.id] = None
+        while len(state.ended) > MAX_ENDED:
+            state.ended.popitem(last=False)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, however many segments it arrives in (one ``content.read(n)`` returns only
+    what has arrived so far); OfferError 413 past ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise OfferError(413, "too_large", f"the body is at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise OfferError(413, "too_large", f"the body is at most {limit} bytes")
+    return b"".join(chunks)

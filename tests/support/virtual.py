@@ -1,0 +1,94 @@
+"""A call driven with no transport at all: the test is the microphone and the loudspeaker.
+
+``VirtualLine`` feeds 20 ms chunks of 48 kHz PCM into ``Call.hear`` in real time (speech when the test
+queues some, silence otherwise, as a browser's microphone track does) and pulls the call's playout once
+every 20 ms, as an outbound WebRTC track would, recording what came out. Events are recorded with the
+loop time they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from peer.audio import WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, SampleBuffer
+from peer.call import Call
+from peer.config import Config
+from peer.services import Services
+
+FRAME_S = WEBRTC_FRAME_SAMPLES / WEBRTC_RATE
+
+
+class VirtualLine:
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.heard: list[tuple[float, np.ndarray]] = []
+        """(loop time, 20 ms of the bot's voice at 48 kHz) for every frame pulled."""
+        self._mic = SampleBuffer()
+        self._got_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        call.events.subscribe(self._on_event)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.events.append((asyncio.get_running_loop().time(), event))
+        self._got_event.set()
+
+    def say(self, pcm48k: np.ndarray) -> float:
+        """Queues speech; returns the loop time at which its first sample will be heard."""
+        start = asyncio.get_running_loop().time() + len(self._mic) / WEBRTC_RATE
+        self._mic.push(np.asarray(pcm48k, dtype=np.int16))
+        return start
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        n = 0
+        while True:
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * FRAME_S - loop.time()))
+            now = loop.time()
+            self.heard.append((now, self.call.playout.next_frame(now)))
+            chunk = self._mic.pop(WEBRTC_FRAME_SAMPLES)
+            if chunk is None:
+                chunk = np.zeros(WEBRTC_FRAME_SAMPLES, dtype=np.int16)
+            await self.call.hear(chunk, WEBRTC_RATE, 1, now)
+
+    def messages(self, kind: str) -> list[dict[str, Any]]:
+        return [m for _, m in self.events if m.get("type") == kind]
+
+    async def wait_for(self, predicate, timeout: float) -> tuple[float, dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for t, m in self.events:
+                    if predicate(m):
+                        return t, m
+                self._got_event.clear()
+                await self._got_event.wait()
+
+    def voiced_after(self, t: float, threshold: int = 300) -> float | None:
+        for at, pcm in self.heard:
+            if at >= t and np.abs(pcm.astype(np.int32)).max() > threshold:
+                return at
+        return None
+
+
+@contextlib.asynccontextmanager
+async def virtual_call(services: Services, *, voice: bool = True, **config) -> AsyncIterator[VirtualLine]:
+    """A started call on a virtual line. The line has no acoustic path from the loudspeaker to the
+    microphone, so the call is told so, as a client with echo cancellation would."""
+    call = Call(services, Config(**config), voice=voice, client_aec=True)
+    line = VirtualLine(call)
+    call.start()
+    line._task = asyncio.get_running_loop().create_task(line._run())
+    try:
+        yield line
+    finally:
+        line._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await line._task
+        await call.close()

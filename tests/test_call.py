@@ -1,0 +1,137 @@
+"""The call on its own: speech in, transcript, reply audio and events out, with no WebRTC object at all,
+and the failure paths driven by injected faults (an ASR, a TTS that fail; a barge-in whose ASR fails)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from peer.asr import ASR, Transcript
+from peer.services import Services
+from peer.text import words
+from peer.tts import TTS
+from tests.support.server import STORY_PROMPT
+from tests.support.speech import read_wav
+from tests.support.virtual import virtual_call
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_call_knows_nothing_of_webrtc_or_http():
+    code = (
+        "import sys, peer.call\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aiortc', 'aiohttp', 'aioice'))\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_whole_turn_runs_through_the_call(services, make_speech):
+    question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
+    async with virtual_call(services) as line:
+        sent_at = line.say(read_wav(question.path)[0])
+        speech_end = sent_at + question.speech_end_s
+        _, final = await line.wait_for(lambda m: m["type"] == "transcript" and m["final"], 30)
+        assert {"weather", "london"} <= set(words(final["text"]))
+        _, metrics = await line.wait_for(lambda m: m["type"] == "metrics", 60)
+        assert line.messages("session")[0]["id"] == line.call.id
+        replies = line.messages("reply")
+        assert replies[-1]["final"] and replies[-1]["text"] and replies[-1]["turn"] == final["turn"] == 1
+        states = [m["state"] for m in line.messages("state")]
+        assert states[:4] == ["listening", "thinking", "speaking", "listening"]
+        assert 0 < metrics["transcript_ms"] < metrics["llm_first_token_ms"] < metrics["first_frame_sent_ms"]
+        onset = line.voiced_after(speech_end)
+        assert onset is not None, "no reply audio came out of the call"
+        voiced = np.concatenate([p for t, p in line.heard if t >= onset]).astype(np.float64)
+        assert np.sqrt(np.mean(voiced**2)) > 300
+        assert line.call.conversation.history.turns[0][1] == replies[-1]["text"]
+
+
+async def test_without_voice_the_reply_is_written_not_spoken(services, make_speech):
+    question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
+    async with virtual_call(services, voice=False) as line:
+        line.say(read_wav(question.path)[0])
+        _, reply = await line.wait_for(lambda m: m["type"] == "reply" and m["final"], 60)
+        await line.wait_for(lambda m: m["type"] == "metrics", 10)
+        assert reply["text"] and line.call.playout.queued_total == 0
+        assert line.voiced_after(0.0) is None
+        assert "speaking" not in [m["state"] for m in line.messages("state")]
+
+
+class FailingASR(ASR):
+    """Fault injection: the recogniser raises (a corrupt model, an out-of-memory)."""
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        raise RuntimeError("injected ASR fault")
+
+
+class FailingTTS(TTS):
+    """Fault injection: the synthesiser raises on every sentence."""
+
+    sample_rate = 22050
+
+    async def synthesize(self, text: str):
+        raise RuntimeError("injected TTS fault")
+        yield np.zeros(0, np.int16)
+
+
+async def test_a_failing_asr_gives_an_error_event_and_the_call_goes_on(services, make_speech):
+    question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
+    broken = Services(asr=FailingASR(), llm=services.llm, tts=services.tts)
+    async with virtual_call(broken) as line:
+        pcm = read_wav(question.path)[0]
+        line.say(pcm)
+        _, err = await line.wait_for(lambda m: m["type"] == "error", 30)
+        assert err["code"] == "asr_failed" and "injected ASR fault" in err["message"]
+        assert line.messages("transcript") == [] and line.call.conversation.turn == 0
+        # Still listening: the next utterance is tried again (and fails again, audibly to the client).
+        line.say(pcm)
+        await line.wait_for(lambda m: m["type"] == "vad", 30)
+        await line.wait_for(lambda m: len([e for e in line.messages("error")]) >= 2, 30)
+        assert not line.call.closed
+
+
+async def test_a_failing_tts_gives_reply_failed_and_the_next_turn_is_answered(services, make_speech):
+    question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
+    broken = Services(asr=services.asr, llm=services.llm, tts=FailingTTS())
+    async with virtual_call(broken) as line:
+        pcm = read_wav(question.path)[0]
+        line.say(pcm)
+        _, err = await line.wait_for(lambda m: m["type"] == "error", 60)
+        assert err["code"] == "reply_failed" and "injected TTS fault" in err["message"]
+        await line.wait_for(lambda m: m["type"] == "metrics" and m["turn"] == 1, 30)
+        assert line.call.conversation.state == "listening"
+        line.say(pcm)
+        await line.wait_for(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2, 30)
+
+
+class FlakyASR(ASR):
+    """Fault injection around the real recogniser: fails while ``failing`` is set."""
+
+    def __init__(self, real: ASR) -> None:
+        self.real = real
+        self.failing = False
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        if self.failing:
+            raise RuntimeError("injected ASR fault")
+        return await self.real.transcribe(audio)
+
+
+async def test_a_barge_in_whose_asr_fails_lets_the_bot_go_on(services, make_speech):
+    request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
+    short = make_speech("Okay.", lead_s=0.0, tail_s=1.0)
+    asr = FlakyASR(services.asr)
+    flaky = Services(asr=asr, llm=services.llm, tts=services.tts)
+    async with virtual_call(flaky, system_prompt=STORY_PROMPT) as line:
+        line.say(read_wav(request.path)[0])
+        await line.wait_for(lambda m: m["type"] == "state" and m["state"] == "speaking", 60)
+        asr.failing = True
+        line.say(read_wav(short.path)[0])
+        await line.wait_for(lambda m: m["type"] == "vad" and m["bot_state"] == "speaking", 10)
+        _, reply = await line.wait_for(lambda m: m["type"] == "reply" and m["final"], 90)
+        assert reply["turn"] == 1 and line.messages("interrupted") == []
+        assert line.call.conversation.interruptions == 0 and not line.call.playout.paused
