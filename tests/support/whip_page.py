@@ -80,7 +80,10 @@ async ({ direction, worklet }) => {
   window.__whip.source = source;
   source.onmessage = (e) => window.__whip.events.push({ t: ctx.currentTime, msg: JSON.parse(e.data) });
   source.onerror = () => { window.__whip.streamClosed = true; source.close(); };
-  return { links, resource: client.resourceURL.href, etag: client.etag, status: post.status, answer: pc.remoteDescription.sdp };
+  return {
+    links, resource: client.resourceURL.href, etag: client.etag, status: post.status,
+    answer: pc.remoteDescription.sdp,
+  };
 }
 """
 
