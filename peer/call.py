@@ -27,7 +27,7 @@ import numpy as np
 from . import events
 from .audio import WEBRTC_RATE, InboundConverter
 from .config import Config
-from .control import CallSettings, ControlError, apply_config, check_fields, say_text
+from .control import CallSettings, apply_config, check_fields, say_text
 from .conversation import Conversation
 from .events import Event, EventHub, EventQueue
 from .frontend import FarEndReference, FrontEnd
@@ -166,10 +166,7 @@ class Call:
         elif kind in ("mute", "unmute"):
             self._set_muted(kind == "mute")
         elif kind == "say":
-            text = say_text(message)
-            if self.muted:
-                raise ControlError("muted", "the call is muted: unmute it before saying something")
-            self.conversation.say(text)
+            self.conversation.say(say_text(message))  # typing works while the microphone is muted
         elif kind == "reset":
             self.conversation.reset()
             self.events.send({"type": "reset"})

@@ -87,3 +87,27 @@ def test_a_second_page_gets_its_own_session_and_everything_is_released(server, p
     wait_sessions(server, 0, timeout=40)
     metrics = server.get_text("/metrics")
     assert "voicepeer_sessions 0" in metrics
+
+
+def test_the_demo_page_mutes_and_answers_a_typed_message(server, pw, make_speech):
+    question = make_speech("Hello there.", lead_s=30.0, tail_s=1.0)  # the microphone stays quiet
+    wait_sessions(server, 0, timeout=40)
+    with browser.chromium_page(pw, Path(question.path)) as page:
+        browser.connect(page, server.url)
+        page.click("#mute")
+        browser.wait_for_event(page, "m.type === 'muted' && m.muted", 10_000)
+        assert page.text_content("#mute") == "Unmute"
+        page.fill("#say-text", "What is the capital of France?")
+        page.click("#say")
+        browser.wait_for_event(page, "m.type === 'transcript' && m.final", 10_000)
+        browser.wait_for_event(page, "m.type === 'metrics'", 60_000)
+        call = browser.record(page)
+        assert page.text_content("#log li.user[data-turn='1']").strip() == "What is the capital of France?"
+        reply = [m for m in call.messages("reply") if m["final"]][-1]
+        assert reply["text"] in page.text_content("#log li.bot[data-turn='1']")
+        assert call.remote.segments(threshold=0.005), "the typed message's reply was not spoken"
+        page.click("#mute")
+        browser.wait_for_event(page, "m.type === 'muted' && !m.muted", 10_000)
+        assert page.evaluate("window.voicepeerClient.eventsUrl").endswith("/events")
+        page.click("#connect")
+        wait_sessions(server, 0)

@@ -6,7 +6,9 @@
 //   "transcript" {turn, final, text}        the user's words
 //   "reply"      {turn, final, text}        the bot's words so far
 //   "metrics"    {turn, ...ms}              server-side timings of a turn
-//   "error"      {code, message}
+//   "muted"      {muted}                    the server stopped (or resumed) listening
+//   "config"     {system_prompt, ...}       the call's settings, after configure()
+//   "error"      {code, message, field?}
 //   "message"    any server event, raw
 //   "connection" {state}                    RTCPeerConnection.connectionState
 //   "remotestream" {stream}                 the bot's audio arrived
@@ -37,6 +39,9 @@ export class VoicePeerClient extends EventTarget {
     this.localStream = null;
     this.remoteStream = null;
     this.sessionId = null;
+    this.eventsUrl = null; // the call's Server-Sent Events stream, as the server named it
+    this.controlUrl = null; // its HTTP control endpoint
+    this.muted = false;
     this.state = "idle";
   }
 
@@ -105,6 +110,10 @@ export class VoicePeerClient extends EventTarget {
       throw new Error("disconnected while connecting");
     }
     this.sessionId = body.session_id;
+    // Followed, never built: the server may put a per-call capability in them.
+    const base = new URL(this.serverUrl || ".", location.href);
+    this.eventsUrl = body.events_url ? new URL(body.events_url, base).href : null;
+    this.controlUrl = body.control_url ? new URL(body.control_url, base).href : null;
     await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
   }
 
@@ -120,6 +129,30 @@ export class VoicePeerClient extends EventTarget {
     return this.send({ type: "interrupt" });
   }
 
+  /** Stops the server listening (what the user was saying is answered); unmute() resumes. */
+  mute() {
+    return this.send({ type: "mute" });
+  }
+
+  unmute() {
+    return this.send({ type: "unmute" });
+  }
+
+  /** A typed message, answered in voice as if it had been spoken. */
+  say(text) {
+    return this.send({ type: "say", text });
+  }
+
+  /** Clears the conversation's history (and stops a reply in progress). */
+  reset() {
+    return this.send({ type: "reset" });
+  }
+
+  /** Changes this call's settings: any of {system_prompt, max_tokens, end_silence_ms}. */
+  configure(settings) {
+    return this.send({ type: "config", ...settings });
+  }
+
   /** Hangs up. Safe to call at any time, more than once, and while connect() is still running. */
   async disconnect() {
     const { pc, sessionId } = this;
@@ -127,6 +160,9 @@ export class VoicePeerClient extends EventTarget {
     this.pc = null;
     this.channel = null;
     this.sessionId = null;
+    this.eventsUrl = null;
+    this.controlUrl = null;
+    this.muted = false;
     if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
     this.localStream = null;
     this.remoteStream = null;
@@ -151,7 +187,14 @@ export class VoicePeerClient extends EventTarget {
     }
     this._emit("message", message);
     if (message.type === "state") this._setState(message.state);
-    else if (["transcript", "reply", "metrics", "interrupted", "vad", "error", "session"].includes(message.type)) {
+    else if (message.type === "muted") {
+      this.muted = message.muted;
+      this._emit("muted", message);
+    } else if (
+      ["transcript", "reply", "metrics", "interrupted", "vad", "error", "session", "config", "reset"].includes(
+        message.type,
+      )
+    ) {
       this._emit(message.type, message);
     }
   }

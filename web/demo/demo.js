@@ -102,6 +102,10 @@ async function connect() {
     li.classList.add("interrupted");
   });
   client.addEventListener("error", (e) => showError(`${e.detail.code}: ${e.detail.message}`));
+  client.addEventListener("muted", (e) => {
+    $("mute").textContent = e.detail.muted ? "Unmute" : "Mute";
+    $("mute").setAttribute("aria-pressed", String(e.detail.muted));
+  });
   client.addEventListener("remotestream", (e) => meters.push([$("bot-level"), createLevelMeter(e.detail.stream, audioContext)]));
   button.disabled = true;
   try {
@@ -109,7 +113,7 @@ async function connect() {
     meters.push([$("mic-level"), createLevelMeter(client.localStream, audioContext)]);
     animateMeters();
     button.textContent = "Disconnect";
-    $("interrupt").disabled = false;
+    for (const id of ["interrupt", "mute", "say", "say-text"]) $(id).disabled = false;
   } catch (err) {
     showError(String(err.message || err));
     resetControls();
@@ -126,7 +130,9 @@ function resetControls() {
   meters = [];
   client = null;
   button.textContent = "Connect";
-  $("interrupt").disabled = true;
+  for (const id of ["interrupt", "mute", "say", "say-text"]) $(id).disabled = true;
+  $("mute").textContent = "Mute";
+  $("mute").setAttribute("aria-pressed", "false");
 }
 
 async function disconnect() {
@@ -137,4 +143,10 @@ async function disconnect() {
 
 button.addEventListener("click", () => (client ? disconnect() : connect()));
 $("interrupt").addEventListener("click", () => client && client.interrupt());
+$("mute").addEventListener("click", () => client && (client.muted ? client.unmute() : client.mute()));
+$("say-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("say-text").value.trim();
+  if (client && text && client.say(text)) $("say-text").value = "";
+});
 window.addEventListener("pagehide", () => client && client.disconnect());
