@@ -36,11 +36,18 @@ def speak(
     voice: str = "en-us",
     wpm: int = 150,
     gain_db: float = -3.0,
+    engine: str = "espeak-ng",
 ) -> SpeechFile:
-    """Writes ``text`` spoken by espeak-ng as 16-bit mono WAV at ``rate``, with silence around it."""
+    """Writes ``text`` spoken by ``engine`` (espeak-ng, or Debian's flite for a second, less robotic
+    voice) as 16-bit mono WAV at ``rate``, with silence around it."""
     require_tools()
     raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
+    if engine == "flite":
+        if shutil.which("flite") is None:
+            raise RuntimeError("missing flite: apt-get install flite (`make bench` does)")
+        subprocess.run(["flite", "-voice", voice or "slt", "-t", text, "-o", str(raw)], check=True)
+    else:
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
     subprocess.run(
         [
             "sox",

@@ -21,12 +21,15 @@ OBSERVER_JS = """
 (() => {
   window.__whip = { requests: [], events: [] };
   const origFetch = window.fetch;
+  const now = () => (window.__whip.ctx ? window.__whip.ctx.currentTime : null);
   window.fetch = async (input, init = {}) => {
+    const sent = now();
     const response = await origFetch(input, init);
     const headers = {};
     response.headers.forEach((value, name) => { headers[name] = value; });
     window.__whip.requests.push({
       method: init.method || "GET", url: String(input), status: response.status, headers,
+      sent, answered: now(),
       contentType: init.headers && (init.headers["Content-Type"] || init.headers["content-type"]),
       body: typeof init.body === "string" ? init.body : null,
     });
@@ -69,6 +72,9 @@ async ({ direction, worklet }) => {
   window.__whip.client = client;
   window.__whip.pc = pc;
   window.__whip.ctx = ctx;
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "connected") window.__whip.connected = ctx.currentTime;
+  });
   await client.publish(pc, new URL("/whip", location.href).href);
   const post = window.__whip.requests.find((r) => r.method === "POST");
   const links = {};
