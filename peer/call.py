@@ -27,10 +27,11 @@ import numpy as np
 from . import events
 from .audio import WEBRTC_RATE, InboundConverter
 from .config import Config
-from .control import CallSettings, apply_config, check_fields, say_text
+from .control import CallSettings, ControlError, apply_config, check_fields, say_text
 from .conversation import Conversation
 from .events import Event, EventHub, EventQueue
 from .frontend import FarEndReference, FrontEnd
+from .limits import TokenBucket
 from .llm import History
 from .playout import Playout
 from .services import Services
@@ -90,6 +91,11 @@ class Call:
         self._hearing = asyncio.Lock()
         self._queues: set[EventQueue] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        rate = config.messages_per_second
+        self._messages = TokenBucket(rate, 2 * rate) if rate > 0 else None
+        self._limited = False  # told the client it is being rate limited, and it has not stopped
+        self.rate_limited = 0
+        """Control messages dropped for coming too fast."""
         self.muted = False
         self.frames_in = 0
         self.closed = False
@@ -157,6 +163,7 @@ class Call:
     def control(self, message: Event) -> Event | None:
         """Carries out a command (already parsed by ``events.parse_client_message``); returns the answer
         meant for the sender only, if any. Raises ``ControlError``, and then nothing has changed."""
+        self._admit()
         check_fields(message)
         kind = message["type"]
         if kind == "ping":
@@ -174,6 +181,20 @@ class Call:
             self._configure(apply_config(self.settings, message))
             self.events.send({"type": "config", **self.settings.public()})
         return None
+
+    def _admit(self) -> None:
+        """Past ``messages_per_second`` (bursts of twice that) a message is dropped: the first of a run
+        is answered ``rate_limited``, the rest in silence, so a flood cannot make the call flood back."""
+        if self._messages is None or self._messages.take(asyncio.get_running_loop().time()):
+            self._limited = False
+            return
+        self.rate_limited += 1
+        quiet, self._limited = self._limited, True
+        raise ControlError(
+            "rate_limited",
+            f"more than {self.config.messages_per_second} messages a second: dropped",
+            quiet=quiet,
+        )
 
     def _set_muted(self, value: bool) -> None:
         if value == self.muted:

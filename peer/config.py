@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .llm import DEFAULT_SYSTEM_PROMPT
 from .vad import TurnParams
+
+TALKING_CALLS_PER_CORE = 1.0
+"""Calls that can talk at once per core while the first reply frame stays near the one-call figure:
+``bench/capacity.py`` measured the server's first frame at 618 ms with one talking call on 2 cores,
+1015 ms with two and 1462 ms with three (the LLM and TTS take turns on the cores)."""
+
+
+def default_max_sessions() -> int:
+    """``--max-sessions`` unless given: the measured capacity of this machine's cores."""
+    return max(1, round(TALKING_CALLS_PER_CORE * (os.cpu_count() or 1)))
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,22 @@ class Config:
     It bounds how long a backchannel may be, not how soon the bot goes quiet."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""
-    max_sessions: int = 8
+    max_sessions: int = field(default_factory=default_max_sessions)
+    max_call_s: float = 3600.0
+    """A call is ended after this long, whatever it is doing: one client cannot hold a slot forever."""
+    auth_token: str | None = None
+    """The shared secret every signaling route needs as ``Authorization: Bearer``; None: no auth (only
+    safe on loopback). Per-call tokens are minted from it (``signaling.auth``)."""
+    allow_origins: tuple[str, ...] = ()
+    """Browser origins besides the server's own that may use the signaling routes (``null`` only if
+    named)."""
+    metrics_public: bool = False
+    """``/metrics`` without the token (for a scraper on a private network)."""
+    offers_per_minute: int = 30
+    """Offers (``/offer`` and ``/whip``) one client address may make per minute; 0: no limit."""
+    messages_per_second: int = 20
+    """Control messages one call may send per second (data channel and HTTP together), with bursts of
+    twice that; the excess is dropped."""
     media_timeout_s: float = 10.0
     """A call whose microphone track delivers nothing for this long is closed: browsers send audio
     continuously (silence included), so this is a client that vanished without hanging up. Without it

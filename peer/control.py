@@ -58,9 +58,11 @@ class CallSettings:
 class ControlError(ValueError):
     """A command the call refuses; ``field`` names the offending field, if one is to blame."""
 
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None, quiet: bool = False) -> None:
         super().__init__(message)
         self.code, self.message, self.field = code, message, field
+        self.quiet = quiet
+        """Refused without a word on the data channel (the client was told once already)."""
 
 
 ALLOWED_FIELDS: dict[str, frozenset[str]] = {

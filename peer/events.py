@@ -230,7 +230,7 @@ def parse_client_message(raw: str | bytes) -> Event:
     each command's fields mean is ``peer.control``'s business. Raises ProtocolError, never anything
     else: a message must not be able to end a call."""
     if isinstance(raw, bytes):
-        raise ProtocolError("binary messages are not part of the protocol; send JSON text")
+        raise ProtocolError("binary (or non-UTF-8) messages are not part of the protocol; send JSON text")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"a message is at most {MAX_MESSAGE_BYTES} bytes")
     try:

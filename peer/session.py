@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcsctptransport import RTCSctpTransport
 
 from . import events
 from .audio import frame_pcm
@@ -30,6 +31,29 @@ from .services import Services
 from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
+
+
+def _contain_undecodable_messages() -> None:
+    """A data-channel message marked as text that is not UTF-8 makes aiortc raise inside its SCTP
+    receive loop, which ends the whole association (the call, silently). Such a message is handed to
+    the channel as the bytes it is instead, which the protocol refuses like any binary message."""
+    original = RTCSctpTransport._data_channel_receive
+    if getattr(original, "contained", False):
+        return
+
+    async def receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        try:
+            await original(self, stream_id, pp_id, data)
+        except UnicodeDecodeError:
+            channel = self._data_channels.get(stream_id)
+            if channel is not None:
+                channel.emit("message", bytes(data))
+
+    receive.contained = True  # type: ignore[attr-defined]
+    RTCSctpTransport._data_channel_receive = receive  # type: ignore[method-assign]
+
+
+_contain_undecodable_messages()
 
 
 class Session:
@@ -54,6 +78,9 @@ class Session:
         self._closed = asyncio.Event()
         self._closing = False
         self._inbound: MediaStreamTrack | None = None
+        self.outcome: str | None = None
+        """How the call ended: hangup, failed, never_connected, vanished, too_long, error, shutdown,
+        refused (the first reason given to ``close``)."""
         self.frames_in = 0
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -73,6 +100,7 @@ class Session:
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         self.call.start()
         self._spawn(self._connect_watchdog(), "connect-watchdog")
+        self._spawn(self._length_watchdog(), "length-watchdog")
         return self.pc.localDescription
 
     async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> None:
@@ -87,7 +115,16 @@ class Session:
             log.info(
                 "session %s: not connected after %.0f s; closing", self.id, self.config.connect_timeout_s
             )
-            self._spawn(self.close(), "close")
+            self._spawn(self.close("never_connected"), "close")
+
+    async def _length_watchdog(self) -> None:
+        """One client must not hold a call slot forever, however busy it keeps it."""
+        await asyncio.sleep(self.config.max_call_s)
+        log.info("session %s: the call reached its %.0f s limit; closing", self.id, self.config.max_call_s)
+        self.call.events.send(
+            events.error("call_too_long", f"a call lasts at most {self.config.max_call_s:.0f} s; reconnect")
+        )
+        self._spawn(self.close("too_long"), "close")
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.id}")
@@ -116,7 +153,7 @@ class Session:
             # A deaf session is worse than a closed one: the client can reconnect.
             log.exception("session %s: inbound audio failed; closing", self.id)
             self.call.events.send(events.error("internal", "the server stopped hearing this call; reconnect"))
-            self._spawn(self.close(), "close")
+            self._spawn(self.close("error"), "close")
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
@@ -134,7 +171,7 @@ class Session:
             except TimeoutError:
                 log.info("session %s: no audio for %.0f s; closing", self.id, self.config.media_timeout_s)
                 # close() cancels this task, so it runs as a task of its own; the session holds it.
-                self._spawn(self.close(), "close")
+                self._spawn(self.close("vanished"), "close")
                 return
             arrival = loop.time()
             timeout = self.config.media_timeout_s
@@ -160,7 +197,7 @@ class Session:
             except ProtocolError as exc:
                 reply = events.error("bad_message", str(exc))
             except ControlError as exc:
-                reply = events.error(exc.code, exc.message, exc.field)
+                reply = None if exc.quiet else events.error(exc.code, exc.message, exc.field)
             except Exception:
                 log.exception("session %s: a client message failed", self.id)
                 reply = events.error("internal", "the server failed to carry out this message")
@@ -171,9 +208,11 @@ class Session:
         state = self.pc.connectionState
         log.info("session %s: connection %s", self.id, state)
         if state in ("failed", "closed"):
-            await self.close()
+            await self.close("failed" if state == "failed" else "hangup")
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "hangup") -> None:
+        if self.outcome is None:
+            self.outcome = reason
         if self._closing:
             await self._closed.wait()
             return

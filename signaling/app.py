@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from peer.vad import silero_session
 from peer.workers import MEDIA_NICE, raise_priority, run_blocking
 
 from . import sessions, whip
+from .metrics import CONTENT_TYPE
+from .security import front_door
 from .state import (
     STATE,
     OfferError,
@@ -25,7 +27,6 @@ from .state import (
     open_session,
     read_body,
     refuse,
-    session_counts,
     session_urls,
 )
 
@@ -67,18 +68,31 @@ def _parse_offer(raw: bytes) -> tuple[str, bool]:
 async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
+        if request.content_type != "application/json":
+            # A cross-site page can post text/plain without a CORS preflight; JSON it cannot.
+            raise OfferError(
+                415, "unsupported_media_type", f"an offer is application/json, not {request.content_type}"
+            )
         sdp, client_aec = _parse_offer(await read_body(request, MAX_OFFER_BYTES))
         session, answer = await open_session(state, sdp, voice=True, client_aec=client_aec)
     except OfferError as exc:
         return refuse(state, exc)
     return web.json_response(
-        {"sdp": answer.sdp, "type": answer.type, "session_id": session.id, **session_urls(session.id)}
+        {"sdp": answer.sdp, "type": answer.type, "session_id": session.id, **session_urls(state, session.id)}
     )
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """The STUN/TURN servers a client should use, in RTCConfiguration's shape."""
+    servers = request.app[STATE].config.ice_servers
+    return web.json_response({"iceServers": [{"urls": url} for url in servers]})
 
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body: dict[str, Any] = {"sessions": len(state.sessions)}
+    if state.warnings:
+        body["warnings"] = state.warnings
     if state.services is not None:
         return web.json_response({"status": "ready", **body})
     if state.load_error:
@@ -87,38 +101,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of the server's counters."""
-    state = request.app[STATE]
-    live: dict[str, int] = {}
-    for session in state.sessions.values():
-        for name, value in session_counts(session).items():
-            live[name] = live.get(name, 0) + value
-    lag = state.loop_monitor
-    lines = [
-        "# TYPE voicepeer_sessions gauge",
-        f"voicepeer_sessions {len(state.sessions)}",
-        "# TYPE voicepeer_models_ready gauge",
-        f"voicepeer_models_ready {int(state.services is not None)}",
-        "# TYPE voicepeer_uptime_seconds gauge",
-        f"voicepeer_uptime_seconds {time.monotonic() - state.started:.1f}",
-    ]
-    for name, value in state.counters.items():
-        value += live.get(name, 0)
-        lines += [f"# TYPE voicepeer_{name} counter", f"voicepeer_{name} {value}"]
-    # How late the event loop wakes (it releases every audio frame), over the last five minutes.
-    lines += [
-        "# TYPE voicepeer_loop_lag_seconds summary",
-        *(
-            f'voicepeer_loop_lag_seconds{{quantile="{q / 100:g}"}} {lag.percentile(q):.6f}'
-            for q in (50, 99, 100)
-        ),
-        f"voicepeer_loop_lag_seconds_count {lag.samples}",
-        "# TYPE voicepeer_loop_lag_max_seconds gauge",
-        f"voicepeer_loop_lag_max_seconds {lag.max_s:.6f}",
-        "# TYPE voicepeer_loop_lags_over_30ms_total counter",
-        f"voicepeer_loop_lags_over_30ms_total {lag.over_30ms}",
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _load(app: web.Application) -> None:
@@ -135,6 +119,9 @@ async def _load(app: web.Application) -> None:
 
 async def _on_startup(app: web.Application) -> None:
     state = app[STATE]
+    for warning in state.warnings:
+        log.warning("UNSAFE: %s", warning)
+        print(f"voicepeer: WARNING: {warning}", file=sys.stderr, flush=True)
     if raise_priority():
         log.info("media path runs at nice %d", MEDIA_NICE)
     state.loop_monitor.start()
@@ -145,7 +132,9 @@ async def _on_startup(app: web.Application) -> None:
 async def _on_shutdown(app: web.Application) -> None:
     state = app[STATE]
     await state.loop_monitor.stop()
-    await asyncio.gather(*(s.close() for s in list(state.sessions.values())), return_exceptions=True)
+    await asyncio.gather(
+        *(s.close("shutdown") for s in list(state.sessions.values())), return_exceptions=True
+    )
     if state.loading is not None and not state.loading.done():
         state.loading.cancel()
 
@@ -155,7 +144,7 @@ def create_app(
 ) -> web.Application:
     """Builds the server. Without ``services`` the models load in the background after start-up, and
     /healthz answers 503 until they are ready."""
-    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+    app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[front_door])
     app[STATE] = ServerState(config=config, services=services)
     index = web_root / "demo" / "index.html"
 
@@ -165,6 +154,7 @@ def create_app(
     app.router.add_post("/offer", offer)
     sessions.add_routes(app.router)
     whip.add_routes(app.router)
+    app.router.add_get("/ice-servers", ice_servers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", root)

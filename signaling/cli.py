@@ -1,4 +1,4 @@
-"""Command line: ``voicepeer serve`` (the default) and ``voicepeer check``.
+"""Command line: ``voicepeer serve`` (the default), ``voicepeer check`` and ``voicepeer token``.
 
 Every flag has an environment variable (shown in --help), so the same settings work from a shell, a
 Makefile or docker-compose.
@@ -25,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="start the server (default)")
     check = sub.add_parser("check", help="load every model once, print where it came from, and exit")
+    token = sub.add_parser("token", help="print a per-call token minted from --auth-token (for a backend)")
+    token.add_argument("--ttl", type=float, default=300, help="seconds the token is valid (%(default)s)")
     _add_options(parser)
-    for sub_parser in (serve, check):
+    for sub_parser in (serve, check, token):
         # Accepted after the subcommand too; SUPPRESS keeps a subcommand's defaults from overwriting
         # what was given before it (`voicepeer --port 9000 serve`).
         _add_options(sub_parser, argument_default=argparse.SUPPRESS)
@@ -34,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _T = TurnParams()
+
+
+def _flag(text: str) -> bool:
+    """A boolean from a flag or an environment variable: 1/true/yes/on or 0/false/no/off."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
 
 # flag, environment variable (after VOICEPEER_), type, default, help, extra argparse keywords
 OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
@@ -119,7 +132,47 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {},
     ),
     ("--vad-threshold", "VAD_THRESHOLD", float, _T.threshold, "Silero probability that counts as speech", {}),
-    ("--max-sessions", "MAX_SESSIONS", int, DEFAULTS.max_sessions, "concurrent calls accepted", {}),
+    (
+        "--max-sessions",
+        "MAX_SESSIONS",
+        int,
+        DEFAULTS.max_sessions,
+        "concurrent calls accepted (default: the measured capacity of this machine's cores)",
+        {},
+    ),
+    ("--max-call", "MAX_CALL", float, DEFAULTS.max_call_s, "seconds after which a call is ended", {}),
+    (
+        "--auth-token",
+        "AUTH_TOKEN",
+        str,
+        DEFAULTS.auth_token,
+        "shared secret: every signaling route needs 'Authorization: Bearer' with it or a per-call token",
+        {"secret": True},
+    ),
+    (
+        "--metrics-public",
+        "METRICS_PUBLIC",
+        _flag,
+        DEFAULTS.metrics_public,
+        "serve /metrics without the auth token",
+        {"nargs": "?", "const": True},
+    ),
+    (
+        "--offers-per-minute",
+        "OFFERS_PER_MINUTE",
+        int,
+        DEFAULTS.offers_per_minute,
+        "offers one client address may make per minute, 0 = no limit",
+        {},
+    ),
+    (
+        "--messages-per-second",
+        "MESSAGES_PER_SECOND",
+        int,
+        DEFAULTS.messages_per_second,
+        "control messages one call may send per second (bursts of twice that)",
+        {},
+    ),
     (
         "--media-timeout",
         "MEDIA_TIMEOUT",
@@ -151,7 +204,9 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
 def _add_options(p: argparse.ArgumentParser, argument_default: object = None) -> None:
     for flag, env, kind, default, text, extra in OPTIONS:
         value = os.environ.get(f"VOICEPEER_{env}", default)
-        help_text = f"{text} [VOICEPEER_{env}] ({value})"
+        extra = dict(extra)
+        shown = ("set" if value else "none") if extra.pop("secret", False) else value  # never print it
+        help_text = f"{text} [VOICEPEER_{env}] ({shown})"
         # SUPPRESS on the subcommands keeps their defaults from overwriting what came before them.
         p.add_argument(flag, type=kind, default=argument_default or value, help=help_text, **extra)
     p.add_argument(
@@ -160,12 +215,23 @@ def _add_options(p: argparse.ArgumentParser, argument_default: object = None) ->
         default=argument_default,
         help="STUN/TURN URL, repeatable; none by default [VOICEPEER_ICE_SERVERS, comma-separated]",
     )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=argument_default,
+        help="a browser origin besides the server's own that may signal, repeatable; 'null' only if named "
+        "[VOICEPEER_ALLOW_ORIGINS, comma-separated]",
+    )
+
+
+def _listed(value: list[str] | None, env: str) -> tuple[str, ...]:
+    """A repeatable flag, or else its comma-separated environment variable."""
+    if value is None:
+        value = os.environ.get(env, "").split(",")
+    return tuple(v.strip() for v in value if v.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    ice = args.ice_server
-    if ice is None:
-        ice = [u for u in os.environ.get("VOICEPEER_ICE_SERVERS", "").split(",") if u.strip()]
     turn = dataclasses.replace(
         TurnParams(),
         end_silence_ms=int(args.end_silence_ms),
@@ -190,7 +256,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         auto_gain_dbfs=int(args.auto_gain),
         turn=turn,
         interrupt_after_ms=int(args.interrupt_after_ms),
-        ice_servers=tuple(ice),
+        ice_servers=_listed(args.ice_server, "VOICEPEER_ICE_SERVERS"),
+        allow_origins=_listed(args.allow_origin, "VOICEPEER_ALLOW_ORIGINS"),
+        auth_token=args.auth_token or None,
+        metrics_public=_flag(args.metrics_public),
+        offers_per_minute=int(args.offers_per_minute),
+        messages_per_second=int(args.messages_per_second),
+        max_call_s=float(args.max_call),
         max_sessions=int(args.max_sessions),
         media_timeout_s=float(args.media_timeout),
         connect_timeout_s=float(args.connect_timeout),
@@ -220,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(args)
     if args.command == "check":
         return _check(config)
+    if args.command == "token":
+        if not config.auth_token:
+            print("voicepeer: set --auth-token or VOICEPEER_AUTH_TOKEN to mint call tokens", file=sys.stderr)
+            return 2
+        from .auth import mint_call_token
+
+        print(mint_call_token(config.auth_token, args.ttl))
+        return 0
 
     from aiohttp import web
 

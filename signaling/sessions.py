@@ -24,12 +24,22 @@ KEEPALIVE_S = 15.0
 how the server notices a reader that went away."""
 
 
+def _capable(request: web.Request) -> bool:
+    """The request carries the capability of the session it names (``?cap=`` from the answer)."""
+    return request.app[STATE].capabilities.check(request.match_info["session_id"], request.query.get("cap"))
+
+
 def find_session(request: web.Request) -> Session | None:
+    """The session the request names, if it carries its capability: a session id alone is not enough."""
+    if not _capable(request):
+        return None
     return request.app[STATE].sessions.get(request.match_info["session_id"])
 
 
-def _no_session() -> web.Response:
-    return error_response(404, "not_found", "no such session")
+def no_session() -> web.Response:
+    return error_response(
+        404, "not_found", "no such session (use the URLs from the answer: they carry the call's capability)"
+    )
 
 
 async def end_session(request: web.Request) -> bool:
@@ -38,12 +48,12 @@ async def end_session(request: web.Request) -> bool:
     if session is not None:
         await session.close()
         return True
-    return request.match_info["session_id"] in request.app[STATE].ended
+    return _capable(request) and request.match_info["session_id"] in request.app[STATE].ended
 
 
 async def delete_session(request: web.Request) -> web.Response:
     if not await end_session(request):
-        return _no_session()
+        return no_session()
     return web.Response(status=204)
 
 
@@ -53,7 +63,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     (and is told so), never slows the call."""
     session = find_session(request)
     if session is None:
-        return _no_session()
+        return no_session()
     queue, stop = session.call.follow()
     response = web.StreamResponse(
         headers={
@@ -85,7 +95,7 @@ async def control(request: web.Request) -> web.Response:
     """One control command as JSON, the same object the data channel takes."""
     session = find_session(request)
     if session is None:
-        return _no_session()
+        return no_session()
     try:
         raw = await read_body(request, MAX_MESSAGE_BYTES)
     except OfferError as exc:
@@ -97,14 +107,14 @@ async def control(request: web.Request) -> web.Response:
     except ProtocolError as exc:
         return error_response(400, "bad_message", str(exc))
     if session.closed:
-        return _no_session()
+        return no_session()
     try:
         session.call.control(message)
     except ControlError as exc:
         body = {"error": exc.code, "message": exc.message}
         if exc.field is not None:
             body["field"] = exc.field
-        return web.json_response(body, status=400)
+        return web.json_response(body, status=429 if exc.code == "rate_limited" else 400)
     answer = {"ok": True, "command": message["type"]}
     if message["type"] == "config":
         answer["settings"] = session.call.settings.public()

@@ -19,8 +19,12 @@ from aiortc.sdp import SessionDescription
 
 from peer.config import Config
 from peer.health import LoopMonitor
+from peer.limits import KeyedBuckets
 from peer.services import Services
 from peer.session import Session
+
+from .auth import CallTokens, Capabilities, is_loopback, normalise_origin
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +43,43 @@ class ServerState:
     counters: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             (
-                "sessions_total",
+                "sessions_opened_total",
                 "offers_rejected_total",
                 "turns_total",
                 "interruptions_total",
                 "outbound_frames_total",
                 "outbound_gaps_total",
+                "rate_limited_messages_total",
             ),
             0,
         )
     )
     loop_monitor: LoopMonitor = field(default_factory=LoopMonitor)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    call_tokens: CallTokens | None = None
+    offer_limits: KeyedBuckets | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Said loudly at start and in /healthz: a configuration that is unsafe to expose."""
+    allowed_origins: frozenset[str] = frozenset()
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.metrics.attach(self)
+        self.allowed_origins = frozenset(normalise_origin(o) for o in self.config.allow_origins)
+        if not self.config.auth_token and not is_loopback(self.config.host):
+            self.warnings.append(
+                f"serving on {self.config.host} without --auth-token: anyone who can reach this port can "
+                "start calls, and every call slot can be taken"
+            )
+        if self.config.auth_token:
+            self.call_tokens = CallTokens(self.config.auth_token)
+        if self.config.offers_per_minute > 0:
+            per_minute = self.config.offers_per_minute
+            self.offer_limits = KeyedBuckets(rate=per_minute / 60, burst=max(1, per_minute // 4))
+
+    def count_rejection(self, code: str) -> None:
+        self.counters["offers_rejected_total"] += 1
+        self.metrics.rejections.labels(code=code).inc()
 
 
 STATE = web.AppKey("state", ServerState)
@@ -69,31 +99,45 @@ def error_response(status: int, code: str, message: str, **headers: str) -> web.
     return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
 
 
-def session_urls(session_id: str) -> dict[str, str]:
-    """Where a call's events stream and control endpoint are: handed to the client in the answer, so
-    that no client builds them (a per-call capability can then live in them)."""
+def session_urls(state: ServerState, session_id: str) -> dict[str, str]:
+    """A call's own URLs, handed to the client in the answer: its events stream, its control endpoint
+    and itself (to hang up). Each carries the call's capability, so no client can build them from a
+    session id, and a client that follows them needs nothing else."""
+    cap = state.capabilities.of(session_id)
     return {
-        "events_url": f"/sessions/{session_id}/events",
-        "control_url": f"/sessions/{session_id}/control",
+        "events_url": f"/sessions/{session_id}/events?cap={cap}",
+        "control_url": f"/sessions/{session_id}/control?cap={cap}",
+        "session_url": f"/sessions/{session_id}?cap={cap}",
     }
 
 
 def audio_direction(sdp: str) -> str:
-    """The direction of the offer's first audio m-line; OfferError for an SDP that does not parse or
-    has no audio. Checked before any WebRTC object exists, so bad input costs nothing to reject."""
+    """The direction of the offer's first audio m-line; OfferError for an SDP that does not parse, has
+    no audio, or cannot make a secure connection. Checked before any WebRTC object exists, so bad input
+    costs nothing to reject and never holds a call slot."""
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:
-        raise OfferError(400, "invalid_sdp", f"the SDP does not parse: {exc}") from None
+        raise OfferError(400, "invalid_sdp", f"the SDP does not parse: {str(exc)[:200]}") from None
     audio = [m for m in parsed.media if m.kind == "audio"]
     if not audio:
         raise OfferError(400, "no_audio", "the offer has no audio m-line: add a microphone track")
+    for media in parsed.media:
+        if media.kind not in ("audio", "video", "application"):
+            raise OfferError(400, "invalid_sdp", f"an m-line of unknown kind {media.kind[:40]!r}")
+        what = f"the {media.kind} m-line"
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise OfferError(400, "insecure_offer", f"{what} has no a=fingerprint: DTLS could not be secured")
+        if media.dtls.role is None:
+            raise OfferError(400, "insecure_offer", f"{what} has no a=setup: no DTLS role")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise OfferError(400, "invalid_sdp", f"{what} has no a=ice-ufrag and a=ice-pwd")
     return audio[0].direction or "sendrecv"
 
 
 def refuse(state: ServerState, exc: OfferError) -> web.Response:
     """The answer to a refused offer, counted."""
-    state.counters["offers_rejected_total"] += 1
+    state.count_rejection(exc.code)
     return error_response(exc.status, exc.code, exc.message, **exc.headers)
 
 
@@ -124,17 +168,18 @@ async def open_session(
         log.exception("could not create a session")
         raise OfferError(500, "internal", f"the server could not create a session: {exc}") from None
     state.sessions[session.id] = session
+    session.call.events.subscribe(state.metrics.on_event)
     try:
         answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
     except (ValueError, InvalidAccessError, InvalidStateError) as exc:
         log.info("rejecting offer: %s", exc)
-        await session.close()
+        await session.close("refused")
         raise OfferError(400, "invalid_sdp", f"the offer was refused: {exc}") from None
     except Exception as exc:
         log.exception("could not answer an offer")
-        await session.close()
+        await session.close("refused")
         raise OfferError(500, "internal", f"the server could not answer the offer: {exc}") from None
-    state.counters["sessions_total"] += 1
+    state.counters["sessions_opened_total"] += 1
     return session, answer
 
 
@@ -147,6 +192,7 @@ def session_counts(session: Session) -> dict[str, int]:
         "interruptions_total": session.call.conversation.interruptions,
         "outbound_frames_total": output.frames_sent if output is not None else 0,
         "outbound_gaps_total": output.gaps if output is not None else 0,
+        "rate_limited_messages_total": session.call.rate_limited,
     }
 
 
@@ -154,6 +200,7 @@ def forget(state: ServerState, session: Session) -> None:
     if state.sessions.pop(session.id, None) is not None:
         for name, value in session_counts(session).items():
             state.counters[name] += value
+        state.metrics.calls.labels(outcome=session.outcome or "hangup").inc()
         state.ended[session.id] = None
         while len(state.ended) > MAX_ENDED:
             state.ended.popitem(last=False)

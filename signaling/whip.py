@@ -25,7 +25,7 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 from multidict import CIMultiDict
 
-from .sessions import end_session, find_session
+from .sessions import end_session, find_session, no_session
 from .state import (
     STATE,
     OfferError,
@@ -60,8 +60,9 @@ def _etag(session) -> str:
 
 
 def _link_headers(request: web.Request, session_id: str) -> list[str]:
-    links = [f'<{url}>; rel="ice-server"' for url in request.app[STATE].config.ice_servers]
-    urls = session_urls(session_id)
+    state = request.app[STATE]
+    links = [f'<{url}>; rel="ice-server"' for url in state.config.ice_servers]
+    urls = session_urls(state, session_id)
     links.append(f'<{urls["events_url"]}>; rel="events"')
     links.append(f'<{urls["control_url"]}>; rel="control"')
     return links
@@ -94,7 +95,8 @@ async def publish(request: web.Request) -> web.Response:
     headers = CIMultiDict(
         {
             "Content-Type": SDP,
-            "Location": f"/whip/{session.id}",
+            # Unguessable, as the RFC asks: it carries the call's capability.
+            "Location": f"/whip/{session.id}?cap={state.capabilities.of(session.id)}",
             "ETag": _etag(session),
             "Access-Control-Expose-Headers": EXPOSED,
         }
@@ -125,7 +127,7 @@ def _parse_sdpfrag(text: str) -> tuple[str | None, str | None, list[str], bool]:
 async def trickle(request: web.Request) -> web.Response:
     session = find_session(request)
     if session is None:
-        return error_response(404, "not_found", "no such WHIP session")
+        return no_session()
     if request.content_type != SDPFRAG:
         return error_response(415, "unsupported_media_type", f"a WHIP PATCH is {SDPFRAG}")
     if_match = request.headers.get("If-Match")
@@ -145,7 +147,7 @@ async def trickle(request: web.Request) -> web.Response:
     if if_match.strip() != _etag(session):
         return error_response(412, "precondition_failed", "If-Match does not match the session's ETag")
     if session.closed:
-        return error_response(404, "not_found", "no such WHIP session")
+        return no_session()
     added = 0
     for value in candidates:
         try:
@@ -168,7 +170,7 @@ async def trickle(request: web.Request) -> web.Response:
 
 async def hang_up(request: web.Request) -> web.Response:
     if not await end_session(request):
-        return error_response(404, "not_found", "no such WHIP session")
+        return no_session()
     return web.Response(status=200)
 
 

@@ -50,8 +50,10 @@ async def test_the_events_stream_starts_with_the_state_follows_the_call_and_ends
     try:
         answer = await client.connect()
         session_id = answer["session_id"]
-        assert answer["events_url"] == f"/sessions/{session_id}/events"
-        assert answer["control_url"] == f"/sessions/{session_id}/control"
+        cap = server.app[STATE].capabilities.of(session_id)
+        assert answer["events_url"] == f"/sessions/{session_id}/events?cap={cap}"
+        assert answer["control_url"] == f"/sessions/{session_id}/control?cap={cap}"
+        assert answer["session_url"] == f"/sessions/{session_id}?cap={cap}"
         async with aiohttp.ClientSession() as http, http.get(client.base_url + answer["events_url"]) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
             reader = asyncio.get_running_loop().create_task(read_events(r, streamed))
@@ -84,7 +86,7 @@ async def test_a_reader_that_does_not_read_never_blocks_the_call_or_grows_withou
         host, port = server.host, server.port
         # A raw socket with a tiny receive buffer that reads nothing after the request.
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET /sessions/{client.session_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(f"GET {client.answer['events_url']} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         await writer.drain()
         await wait_until(lambda: session.call.events.subscribers == 2, 5)  # the data channel and this
         queue = next(iter(session.call._queues))
@@ -136,7 +138,7 @@ async def test_mute_stops_listening_and_a_turn_in_progress_ends_there(services, 
 
 async def test_say_over_http_gets_a_spoken_reply(services):
     async with call(services) as (_server, client):
-        answer = {"control_url": f"/sessions/{client.session_id}/control"}
+        answer = client.answer
         status, body = await post_control(
             client, answer, {"type": "say", "text": "What is the capital of France?"}
         )
@@ -166,7 +168,7 @@ async def test_config_changes_the_next_reply_and_bad_values_change_nothing(servi
     spied = Services(asr=services.asr, llm=spy, tts=services.tts)
     async with call(spied) as (server, client):
         call_ = server.app[STATE].sessions[client.session_id].call
-        answer = {"control_url": f"/sessions/{client.session_id}/control"}
+        answer = client.answer
         before = call_.settings
         refused = [
             ({"type": "config", "end_silence_ms": 10}, "end_silence_ms"),

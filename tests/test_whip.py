@@ -59,12 +59,16 @@ async def test_a_send_only_offer_gets_201_with_location_etag_links_and_a_full_an
         assert {"Location", "ETag", "Link"} <= set(
             re.split(r",\s*", r.headers["Access-Control-Expose-Headers"])
         )
-    session_id = location.rsplit("/", 1)[1]
-    assert location == f"/whip/{session_id}" and len(session_id) >= 20  # unguessable: 128 random bits
+    session_id = location.split("?")[0].rsplit("/", 1)[1]
+    cap = server.app[STATE].capabilities.of(session_id)
+    assert location == f"/whip/{session_id}?cap={cap}" and len(session_id) >= 20  # unguessable
     assert re.fullmatch(r'"[^"]+"', etag)
     assert "a=recvonly" in answer and "a=candidate:" in answer  # all of the server's candidates
-    assert f'</sessions/{session_id}/events>; rel="events"' in links
-    assert f'</sessions/{session_id}/control>; rel="control"' in links
+    assert f'</sessions/{session_id}/events?cap={cap}>; rel="events"' in links
+    assert f'</sessions/{session_id}/control?cap={cap}>; rel="control"' in links
+    async with http.delete(f"/whip/{session_id}") as r:  # the id alone is not enough
+        assert r.status == 404
+    assert session_id in server.app[STATE].sessions
     assert server.app[STATE].sessions[session_id].output is None  # nothing to play to a send-only client
 
     async with http.delete(location) as r:
@@ -137,7 +141,7 @@ async def test_trickle_patch_follows_the_rfc(whip):
     client_ufrag = re.search(r"a=ice-ufrag:(\S+)", offer).group(1)
     async with http.post("/whip", data=offer, headers=SDP) as r:
         location, etag = r.headers["Location"], r.headers["ETag"]
-    session = server.app[STATE].sessions[location.rsplit("/", 1)[1]]
+    session = server.app[STATE].sessions[location.split("?")[0].rsplit("/", 1)[1]]
     frag = (
         f"a=ice-ufrag:{client_ufrag}\r\na=ice-pwd:whatever\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n"
         "a=candidate:1 1 udp 2122260223 127.0.0.1 40000 typ host generation 0\r\n"

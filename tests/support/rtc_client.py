@@ -42,6 +42,8 @@ class RtcClient:
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.received = Received()
         self.session_id: str | None = None
+        self.answer: dict[str, Any] = {}
+        """The server's answer to the offer: the session's id and URLs."""
         self._got_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.channel = self.pc.createDataChannel("events")
@@ -78,6 +80,7 @@ class RtcClient:
             body = await r.json()
             assert r.status == 200, body
         self.session_id = body["session_id"]
+        self.answer = body
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
         return body
 

@@ -41,6 +41,7 @@ export class VoicePeerClient extends EventTarget {
     this.sessionId = null;
     this.eventsUrl = null; // the call's Server-Sent Events stream, as the server named it
     this.controlUrl = null; // its HTTP control endpoint
+    this.sessionUrl = null; // the call itself, to hang up
     this.muted = false;
     this.state = "idle";
   }
@@ -106,14 +107,14 @@ export class VoicePeerClient extends EventTarget {
     }
     if (this.pc !== pc) {
       // disconnect() ran while the offer was in flight: hang up the session the server just made.
-      this._deleteSession(body.session_id);
+      this._deleteSession(this._resolve(body.session_url));
       throw new Error("disconnected while connecting");
     }
     this.sessionId = body.session_id;
-    // Followed, never built: the server may put a per-call capability in them.
-    const base = new URL(this.serverUrl || ".", location.href);
-    this.eventsUrl = body.events_url ? new URL(body.events_url, base).href : null;
-    this.controlUrl = body.control_url ? new URL(body.control_url, base).href : null;
+    // Followed, never built: they carry the call's capability.
+    this.eventsUrl = this._resolve(body.events_url);
+    this.controlUrl = this._resolve(body.control_url);
+    this.sessionUrl = this._resolve(body.session_url);
     await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
   }
 
@@ -155,27 +156,33 @@ export class VoicePeerClient extends EventTarget {
 
   /** Hangs up. Safe to call at any time, more than once, and while connect() is still running. */
   async disconnect() {
-    const { pc, sessionId } = this;
+    const { pc, sessionUrl } = this;
     if (!pc) return;
     this.pc = null;
     this.channel = null;
     this.sessionId = null;
     this.eventsUrl = null;
     this.controlUrl = null;
+    this.sessionUrl = null;
     this.muted = false;
     if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
     this.localStream = null;
     this.remoteStream = null;
     if (this.audioElement) this.audioElement.srcObject = null;
     pc.close();
-    if (sessionId) await this._deleteSession(sessionId);
+    if (sessionUrl) await this._deleteSession(sessionUrl);
     this._setState("idle");
     this._emit("connection", { state: "closed" });
   }
 
-  _deleteSession(sessionId) {
+  _deleteSession(sessionUrl) {
     // Tells the server at once instead of leaving it to notice the dead connection.
-    return fetch(`${this.serverUrl}/sessions/${sessionId}`, { method: "DELETE", keepalive: true }).catch(() => {});
+    if (!sessionUrl) return Promise.resolve();
+    return fetch(sessionUrl, { method: "DELETE", keepalive: true }).catch(() => {});
+  }
+
+  _resolve(url) {
+    return url ? new URL(url, new URL(this.serverUrl || ".", location.href)).href : null;
   }
 
   _onMessage(data) {

@@ -1,0 +1,128 @@
+"""Who may use the server: the shared secret, per-call tokens minted from it, per-call capabilities and
+the origin check.
+
+- **The secret** (``--auth-token``): a bearer token for every signaling route. It belongs to the
+  application's backend, never to a browser.
+- **Per-call tokens**: the backend mints one per call from the secret (``mint_call_token``, or
+  ``voicepeer token``) and hands it to the browser. It opens one call (``POST /offer`` or ``/whip``),
+  once, before it expires; nothing else. Its form is ``v1.<expiry>.<nonce>.<signature>``, the signature
+  an HMAC-SHA256 of ``v1.<expiry>.<nonce>`` under the secret, so any backend language can mint it.
+- **Capabilities**: each call's own routes (its events stream, control endpoint and hang-up, and its
+  WHIP resource) need the capability that the answer put in their URLs; knowing a session id is not
+  enough. A capability is an HMAC of the session id under a key made afresh by each server process, so
+  nothing is stored and nothing can be guessed.
+- **Origins**: a browser request that says where it comes from (``Origin``) must come from the server's
+  own origin or one allowed by ``--allow-origin``, so a page on another site cannot start or steer a
+  call with the user's browser. A request without ``Origin`` (not a browser) is judged by its token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from urllib.parse import urlsplit
+
+TOKEN_VERSION = "v1"
+MAX_TOKEN_TTL_S = 3600
+"""A per-call token living longer than this is refused: it is meant to be minted just before use."""
+
+MAX_USED_TOKENS = 100_000
+"""Spent per-call tokens remembered (until they expire) so none opens a second call."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _sign(secret: str, payload: str) -> str:
+    return _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest())
+
+
+def mint_call_token(secret: str, ttl_s: float = 300, now: float | None = None) -> str:
+    """A token that opens one call within ``ttl_s`` seconds: what a backend gives a browser."""
+    if not 0 < ttl_s <= MAX_TOKEN_TTL_S:
+        raise ValueError(f"a call token lives 1 to {MAX_TOKEN_TTL_S} s")
+    expiry = int((time.time() if now is None else now) + ttl_s)
+    payload = f"{TOKEN_VERSION}.{expiry}.{secrets.token_urlsafe(12)}"
+    return f"{payload}.{_sign(secret, payload)}"
+
+
+class CallTokens:
+    """Checks per-call tokens and spends them."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+        self._used: dict[str, int] = {}  # nonce -> expiry
+
+    def check(self, token: str, *, spend: bool, now: float | None = None) -> str | None:
+        """None if ``token`` is valid (and, with ``spend``, now spent), else why not, fit to tell the
+        client."""
+        now = time.time() if now is None else now
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != TOKEN_VERSION or not parts[1].isdigit():
+            return "not a valid token"
+        payload = ".".join(parts[:3])
+        if not hmac.compare_digest(parts[3], _sign(self._secret, payload)):
+            return "not a valid token"
+        expiry = int(parts[1])
+        if expiry < now:
+            return "the call token has expired"
+        if expiry > now + MAX_TOKEN_TTL_S + 60:
+            return "the call token lives too long"
+        if parts[2] in self._used:
+            return "the call token was already used"
+        if not spend:
+            return None
+        if len(self._used) >= MAX_USED_TOKENS:
+            self._used = {n: e for n, e in self._used.items() if e >= now}
+            if len(self._used) >= MAX_USED_TOKENS:
+                return "too many call tokens in flight; retry shortly"
+        self._used[parts[2]] = expiry
+        return None
+
+
+class Capabilities:
+    """Per-call capabilities: derived from the session id, checked in constant time."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def of(self, session_id: str) -> str:
+        return _b64(hmac.new(self._key, session_id.encode(), hashlib.sha256).digest())[:32]
+
+    def check(self, session_id: str, capability: str | None) -> bool:
+        return capability is not None and hmac.compare_digest(capability, self.of(session_id))
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def normalise_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case (``null`` stays ``null``), for comparison."""
+    origin = origin.strip()
+    if origin == "null":
+        return origin
+    parts = urlsplit(origin)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def origin_allowed(origin: str, host: str | None, allowed: frozenset[str]) -> bool:
+    """The server's own origin (the one whose Host the request was sent to, whatever the scheme: a TLS
+    proxy in front changes it) or one named in ``allowed`` (already normalised). ``null`` (a
+    ``file://`` page, a sandboxed frame) only if named."""
+    norm = normalise_origin(origin)
+    if norm in allowed:
+        return True
+    return norm != "null" and host is not None and urlsplit(norm).netloc == host.lower()
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
