@@ -31,7 +31,7 @@ help:
 	@echo "make run        install (venv, packages, offline models) and serve http://$(HOST):$(PORT)/"
 	@echo "make test       install test dependencies (Chromium from Debian included) and run every test"
 	@echo "make test-fast  unit tests only (no models, no browser)"
-	@echo "make bench      run the benchmarks in bench/"
+	@echo "make bench      run the benchmarks in bench/ (latency, barge-in, front-end, WHIP, capacity, soak)"
 	@echo "make lint       ruff"
 
 $(STAMP): pyproject.toml
@@ -84,9 +84,13 @@ lint: install-test
 	$(BIN)/ruff format --check peer signaling tests bench
 
 bench: install-test
+	$(call debian,flite,flite)
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.bargein
 	$(BIN)/python -m bench.frontend
+	$(BIN)/python -m bench.whip
+	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.soak
 
 check: install
 	$(BIN)/voicepeer check

@@ -16,7 +16,6 @@ transport is a thin adapter that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -35,6 +34,7 @@ from .limits import TokenBucket
 from .llm import History
 from .playout import Playout
 from .services import Services
+from .tasks import Tasks
 from .vad import TurnDetector, TurnEvent
 from .workers import run_frontend
 
@@ -90,7 +90,7 @@ class Call:
         # The detector's state is one stream's: a frame and a mute's flush must never run at once.
         self._hearing = asyncio.Lock()
         self._queues: set[EventQueue] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(f"call {self.id}")
         rate = config.messages_per_second
         self._messages = TokenBucket(rate, 2 * rate) if rate > 0 else None
         self._limited = False  # told the client it is being rate limited, and it has not stopped
@@ -203,7 +203,7 @@ class Call:
         self.events.send(events.muted(value))
         if value:
             # The turn in progress ends where the user muted, and is answered: push-to-talk released.
-            self._spawn(self._finish_turn(), "mute")
+            self._tasks.spawn(self._finish_turn(), "mute")
 
     async def _finish_turn(self) -> None:
         loop = asyncio.get_running_loop()
@@ -224,27 +224,12 @@ class Call:
 
     # -- lifetime ----------------------------------------------------------------------------------
 
-    def _spawn(self, coro, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("call %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
-
     async def close(self) -> None:
         """Stops the conversation and ends every follower's stream. Idempotent."""
         if self.closed:
             return
         self.closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         await self.conversation.close()
         self.frontend.close()  # safe under a frame still in the front-end: it holds its own lock
         self.playout.clear()

@@ -9,9 +9,9 @@ from .llm import DEFAULT_SYSTEM_PROMPT
 from .vad import TurnParams
 
 TALKING_CALLS_PER_CORE = 1.0
-"""Calls that can talk at once per core while the first reply frame stays near the one-call figure:
-``bench/capacity.py`` measured the server's first frame at 618 ms with one talking call on 2 cores,
-1015 ms with two and 1462 ms with three (the LLM and TTS take turns on the cores)."""
+"""Calls that can talk at once per core while the first reply frame stays within 1.5x of one call's.
+``bench/capacity.py`` on 2 cores (server first frame p50 after the end of speech): 1 call 457 ms,
+2 calls 537 ms, 3 calls 1220 ms, 4 calls 1454 ms (the LLM and TTS take turns on the cores), so 2."""
 
 
 def default_max_sessions() -> int:

@@ -19,7 +19,6 @@ an "mm-hm" lets the bot go on from where it paused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +33,7 @@ from .audio import SPEECH_RATE, Resampler
 from .events import Event, EventHub, State
 from .llm import LLM, History, LLMError, LLMOptions
 from .playout import Playout
+from .tasks import Tasks
 from .text import SpeechChunker, is_backchannel, looks_unfinished
 from .tts import TTS
 from .vad import (
@@ -186,7 +186,7 @@ class Conversation:
         self._ignoring = False  # the rest of the detector's current turn was judged a backchannel
         self._unanswered_end = -1  # end sample of the last utterance that had nothing to answer
         self._partial: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("conversation")
         self._closed = False
 
     def start(self) -> None:
@@ -196,17 +196,6 @@ class Conversation:
         if value != self.state:
             self.state = value
             self.channel.send(events.state(value))
-
-    def _spawn(self, coro, name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     @property
     def busy(self) -> bool:
@@ -258,7 +247,7 @@ class Conversation:
             return  # one partial at a time; the next progress event brings newer audio anyway
         audio = self._with_carry(event.audio)
         if audio.size >= MIN_PARTIAL_S * SPEECH_RATE:
-            self._partial = self._spawn(self._partial_transcript(audio), "partial-asr")
+            self._partial = self._tasks.spawn(self._partial_transcript(audio), "partial-asr")
 
     def _on_paused(self, event: SpeechPaused) -> None:
         if self._ignoring:
@@ -296,7 +285,7 @@ class Conversation:
             barge = self._barge
             barge.ended = True
             barge.speaking = False
-            barge.judge = self._spawn(self._judge(barge, event), "barge-in-judge")
+            barge.judge = self._tasks.spawn(self._judge(barge, event), "barge-in-judge")
             return
         turn = self._current
         if turn is not None and self._speculating and turn.end_sample == event.end_sample:
@@ -327,7 +316,7 @@ class Conversation:
             self._abandon()
         turn = UserTurn(utterance, self._with_carry(utterance.audio), ended)
         self._current = turn
-        turn.task = self._spawn(self._run_turn(turn, text), "turn")
+        turn.task = self._tasks.spawn(self._run_turn(turn, text), "turn")
 
     def _abandon(self) -> None:
         turn, self._current = self._current, None
@@ -521,7 +510,7 @@ class Conversation:
     def _start_barge_in(self, onset: float) -> None:
         self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
         barge = BargeIn(onset=onset)
-        barge.timer = self._spawn(self._interrupt_if_still_speaking(barge), "barge-in-timer")
+        barge.timer = self._tasks.spawn(self._interrupt_if_still_speaking(barge), "barge-in-timer")
         self._barge = barge
 
     async def _interrupt_if_still_speaking(self, barge: BargeIn) -> None:
@@ -604,10 +593,5 @@ class Conversation:
         self._closed = True
         if self._barge is not None:
             self._barge.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         self._current = None

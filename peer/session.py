@@ -13,7 +13,6 @@ leaves a peer connection, a task or a queued buffer behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ from .config import Config
 from .control import ControlError
 from .events import EventChannel, ProtocolError, parse_client_message
 from .services import Services
+from .tasks import Tasks
 from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Session:
         # iceServers=[] matters: None makes aiortc fall back to a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.output = PlayoutTrack(self.call.playout) if voice else None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(f"session {self.id}")
         self._closed = asyncio.Event()
         self._closing = False
         self._inbound: MediaStreamTrack | None = None
@@ -99,8 +99,8 @@ class Session:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         self.call.start()
-        self._spawn(self._connect_watchdog(), "connect-watchdog")
-        self._spawn(self._length_watchdog(), "length-watchdog")
+        self._tasks.spawn(self._connect_watchdog(), "connect-watchdog")
+        self._tasks.spawn(self._length_watchdog(), "length-watchdog")
         return self.pc.localDescription
 
     async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> None:
@@ -115,7 +115,7 @@ class Session:
             log.info(
                 "session %s: not connected after %.0f s; closing", self.id, self.config.connect_timeout_s
             )
-            self._spawn(self.close("never_connected"), "close")
+            self._tasks.spawn(self.close("never_connected"), "close")
 
     async def _length_watchdog(self) -> None:
         """One client must not hold a call slot forever, however busy it keeps it."""
@@ -124,17 +124,7 @@ class Session:
         self.call.events.send(
             events.error("call_too_long", f"a call lasts at most {self.config.max_call_s:.0f} s; reconnect")
         )
-        self._spawn(self.close("too_long"), "close")
-
-    def _spawn(self, coro, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
+        self._tasks.spawn(self.close("too_long"), "close")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "audio" or self._inbound is not None:
@@ -142,7 +132,7 @@ class Session:
             log.info("session %s: ignoring an extra %s track", self.id, track.kind)
             return
         self._inbound = track
-        self._spawn(self._consume_or_close(track), "inbound")
+        self._tasks.spawn(self._consume_or_close(track), "inbound")
 
     async def _consume_or_close(self, track: MediaStreamTrack) -> None:
         try:
@@ -153,7 +143,7 @@ class Session:
             # A deaf session is worse than a closed one: the client can reconnect.
             log.exception("session %s: inbound audio failed; closing", self.id)
             self.call.events.send(events.error("internal", "the server stopped hearing this call; reconnect"))
-            self._spawn(self.close("error"), "close")
+            self._tasks.spawn(self.close("error"), "close")
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
@@ -171,7 +161,7 @@ class Session:
             except TimeoutError:
                 log.info("session %s: no audio for %.0f s; closing", self.id, self.config.media_timeout_s)
                 # close() cancels this task, so it runs as a task of its own; the session holds it.
-                self._spawn(self.close("vanished"), "close")
+                self._tasks.spawn(self.close("vanished"), "close")
                 return
             arrival = loop.time()
             timeout = self.config.media_timeout_s
@@ -219,12 +209,7 @@ class Session:
         self._closing = True
         try:
             # Inbound first, so no new turn can start while the conversation winds down.
-            others = [t for t in self._tasks if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            for task in others:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await self._tasks.cancel_all()
             await self.call.close()
             if self.output is not None:
                 self.output.stop()

@@ -14,6 +14,7 @@ One registry per server (tests build many), holding:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,13 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped off the loop (never, in the server)
+        return 0
+
+
 class _Live:
     """Figures read off the server's state at scrape time."""
 
@@ -113,6 +121,9 @@ class _Live:
         yield quantiles
         yield GaugeMetricFamily("voicepeer_loop_lag_seconds_count", "Loop lag samples", value=lag.samples)
         yield GaugeMetricFamily("voicepeer_loop_lag_max_seconds", "Longest loop lag", value=lag.max_s)
+        yield GaugeMetricFamily(
+            "voicepeer_asyncio_tasks", "Tasks alive on the event loop (a leak shows here)", value=_tasks()
+        )
         yield CounterMetricFamily(
             "voicepeer_loop_lags_over_30ms", "Loop wake-ups over 30 ms late", value=lag.over_30ms
         )

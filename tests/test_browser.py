@@ -6,7 +6,6 @@ page's client module, Chromium's WebRTC stack and audio processing, our aiortc p
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -33,20 +32,11 @@ def pw():
         yield p
 
 
-def wait_sessions(server: ServerProcess, n: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.get_json("/healthz")["sessions"] != n:
-        assert time.monotonic() < deadline, (
-            f"server still holds {server.get_json('/healthz')['sessions']} sessions"
-        )
-        time.sleep(0.1)
-
-
 def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech):
     # tiny.en mishears some espeak-ng phrases after Opus ("spider" -> "lands"); this one was right in 8/8
     # Opus round trips at two bitrates, two levels and two offsets.
     question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=15.0)
-    wait_sessions(server, 0)
+    server.wait_sessions(0)
     with browser.chromium_page(pw, Path(question.path)) as page:
         browser.connect(page, server.url)
         assert page.evaluate("window.voicepeerClient.pc.iceConnectionState") in ("connected", "completed")
@@ -73,25 +63,25 @@ def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech
         assert call.remote.peak(onsets[0]) > 0.02
 
         page.click("#connect")  # Disconnect
-        wait_sessions(server, 0)
+        server.wait_sessions(0)
 
 
 def test_a_second_page_gets_its_own_session_and_everything_is_released(server, pw, make_speech):
     question = make_speech("Hello there.", lead_s=1.0, tail_s=5.0)
-    wait_sessions(server, 0, timeout=40)
+    server.wait_sessions(0, timeout=40)
     with browser.chromium_page(pw, Path(question.path)) as page:
         browser.connect(page, server.url)
         browser.wait_for_event(page, "m.type === 'session'", 10_000)
         assert server.get_json("/healthz")["sessions"] == 1
     # The browser went away without clicking Disconnect: the server still notices and cleans up.
-    wait_sessions(server, 0, timeout=40)
+    server.wait_sessions(0, timeout=40)
     metrics = server.get_text("/metrics")
     assert "voicepeer_sessions 0" in metrics
 
 
 def test_the_demo_page_mutes_and_answers_a_typed_message(server, pw, make_speech):
     question = make_speech("Hello there.", lead_s=30.0, tail_s=1.0)  # the microphone stays quiet
-    wait_sessions(server, 0, timeout=40)
+    server.wait_sessions(0, timeout=40)
     with browser.chromium_page(pw, Path(question.path)) as page:
         browser.connect(page, server.url)
         page.click("#mute")
@@ -110,4 +100,4 @@ def test_the_demo_page_mutes_and_answers_a_typed_message(server, pw, make_speech
         browser.wait_for_event(page, "m.type === 'muted' && !m.muted", 10_000)
         assert "/events?cap=" in page.evaluate("window.voicepeerClient.eventsUrl")
         page.click("#connect")
-        wait_sessions(server, 0)
+        server.wait_sessions(0)

@@ -18,12 +18,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtcsctptransport import WEBRTC_STRING
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peer.text import words
+from tests.support.offers import local_offer
 from tests.support.rtc_client import RtcClient
 from tests.support.server import ServerProcess
 from tests.support.speech import read_wav
@@ -43,20 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield srv
 
 
-def make_offer() -> str:
-    async def offer() -> str:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.createDataChannel("events")
-        pc.addTransceiver("audio", direction="sendrecv")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(offer())
-
-
-OFFER_LINES = make_offer().split("\r\n")
+OFFER_LINES = asyncio.run(local_offer()).split("\r\n")
 
 GARBAGE_LINES = [
     "a=setup:bogus",

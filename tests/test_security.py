@@ -13,24 +13,14 @@ import time
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from peer.config import Config
 from signaling.app import STATE, create_app
 from signaling.auth import CallTokens, mint_call_token
 from tests.support.calls import serve, wait_until
+from tests.support.offers import local_offer
 
 SECRET = "s3cret-for-tests"
-
-
-async def local_offer() -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.createDataChannel("events")
-    pc.addTransceiver("audio", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 @pytest.fixture

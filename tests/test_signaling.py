@@ -11,10 +11,10 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from peer.config import Config
 from signaling.app import create_app
+from tests.support.offers import local_offer
 
 
 @pytest.fixture
@@ -30,23 +30,12 @@ async def client():
         yield c
 
 
-async def local_offer(audio: bool, direction: str = "sendrecv") -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.createDataChannel("events")
-    if audio:
-        pc.addTransceiver("audio", direction=direction)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 async def test_health_reports_the_missing_model_and_offers_get_503_naming_it(client: TestClient):
     r = await client.get("/healthz")
     body = await r.json()
     assert r.status == 503 and body["status"] == "error"
     assert "/nonexistent/whisper" in body["error"] and "faster-whisper model directory" in body["error"]
-    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(audio=True)})
+    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer()})
     assert r.status == 503
     assert (await r.json())["error"] == "models_failed"
 
@@ -73,13 +62,13 @@ async def test_malformed_offers_get_a_4xx_json_error(client: TestClient, body: b
 
 
 async def test_an_offer_without_audio_is_refused(client: TestClient):
-    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(audio=False)})
+    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(None)})
     assert r.status == 400 and (await r.json())["error"] == "no_audio"
 
 
 @pytest.mark.parametrize("direction", ["sendonly", "recvonly", "inactive"])
 async def test_a_one_way_audio_offer_is_refused(client: TestClient, direction: str):
-    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(True, direction)})
+    r = await client.post("/offer", json={"type": "offer", "sdp": await local_offer(direction)})
     assert r.status == 400
     body = await r.json()
     assert body["error"] == "bad_direction" and direction in body["message"]
@@ -100,7 +89,7 @@ async def test_metrics_count_rejections(client: TestClient):
 
 
 async def test_echo_cancellation_must_be_a_boolean(client: TestClient):
-    sdp = await local_offer(True)
+    sdp = await local_offer()
     r = await client.post("/offer", json={"type": "offer", "sdp": sdp, "echo_cancellation": "yes"})
     assert r.status == 400 and (await r.json())["error"] == "bad_offer"
 

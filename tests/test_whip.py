@@ -8,10 +8,10 @@ import re
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from signaling.app import STATE
 from tests.support.calls import serve, wait_until
+from tests.support.offers import local_offer
 
 pytestmark = pytest.mark.slow
 
@@ -22,18 +22,6 @@ FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
 def without_candidates(sdp: str) -> str:
     """An offer as a trickling client sends it: no candidates yet, and no end of them."""
     return re.sub(r"a=candidate:.*\r\n|a=end-of-candidates\r\n", "", sdp)
-
-
-async def whip_offer(direction: str = "sendonly", audio: bool = True) -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    if audio:
-        pc.addTransceiver("audio", direction=direction)
-    else:
-        pc.createDataChannel("events")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 @pytest.fixture
@@ -50,7 +38,7 @@ async def whip(services, request):
 
 async def test_a_send_only_offer_gets_201_with_location_etag_links_and_a_full_answer(whip):
     server, http = whip
-    async with http.post("/whip", data=await whip_offer("sendonly"), headers=SDP) as r:
+    async with http.post("/whip", data=await local_offer("sendonly", channel=False), headers=SDP) as r:
         assert r.status == 201, await r.text()
         answer = await r.text()
         location, etag = r.headers["Location"], r.headers["ETag"]
@@ -82,7 +70,7 @@ async def test_a_send_only_offer_gets_201_with_location_etag_links_and_a_full_an
 
 async def test_a_send_receive_offer_gets_the_bots_voice_track(whip):
     server, http = whip
-    async with http.post("/whip", data=await whip_offer("sendrecv"), headers=SDP) as r:
+    async with http.post("/whip", data=await local_offer("sendrecv", channel=False), headers=SDP) as r:
         assert r.status == 201
         assert "a=sendrecv" in await r.text()
         location = r.headers["Location"]
@@ -112,16 +100,16 @@ async def test_bad_whip_posts_get_the_rfcs_4xx_as_json(whip, body, headers, stat
 
 async def test_an_offer_without_audio_or_that_only_receives_is_refused(whip):
     _, http = whip
-    async with http.post("/whip", data=await whip_offer(audio=False), headers=SDP) as r:
+    async with http.post("/whip", data=await local_offer(None), headers=SDP) as r:
         assert r.status == 400 and (await r.json())["error"] == "no_audio"
-    async with http.post("/whip", data=await whip_offer("recvonly"), headers=SDP) as r:
+    async with http.post("/whip", data=await local_offer("recvonly", channel=False), headers=SDP) as r:
         assert r.status == 400 and (await r.json())["error"] == "bad_direction"
 
 
 async def test_a_full_server_answers_503_with_retry_after(whip):
     server, http = whip
     # Without candidates (a client that will trickle them), a session waits in "connecting".
-    offer = without_candidates(await whip_offer())
+    offer = without_candidates(await local_offer("sendonly", channel=False))
     locations = []
     for _ in range(2):
         async with http.post("/whip", data=offer, headers=SDP) as r:
@@ -137,7 +125,7 @@ async def test_a_full_server_answers_503_with_retry_after(whip):
 
 async def test_trickle_patch_follows_the_rfc(whip):
     server, http = whip
-    offer = without_candidates(await whip_offer())
+    offer = without_candidates(await local_offer("sendonly", channel=False))
     client_ufrag = re.search(r"a=ice-ufrag:(\S+)", offer).group(1)
     async with http.post("/whip", data=offer, headers=SDP) as r:
         location, etag = r.headers["Location"], r.headers["ETag"]
@@ -183,7 +171,7 @@ async def test_options_advertises_what_the_endpoint_accepts(whip):
 )
 async def test_configured_ice_servers_are_advertised_as_link_headers(whip):
     _, http = whip
-    async with http.post("/whip", data=await whip_offer(), headers=SDP) as r:
+    async with http.post("/whip", data=await local_offer("sendonly", channel=False), headers=SDP) as r:
         assert r.status == 201
         links = r.headers.getall("Link")
         location = r.headers["Location"]

@@ -8,7 +8,6 @@ The test follows the call through the events stream named by the answer's ``rel=
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -38,16 +37,9 @@ def pw():
         yield p
 
 
-def wait_sessions(server: ServerProcess, n: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.get_json("/healthz")["sessions"] != n:
-        assert time.monotonic() < deadline, f"server holds {server.get_json('/healthz')['sessions']} sessions"
-        time.sleep(0.1)
-
-
 def test_a_send_only_whip_client_is_heard_transcribed_and_answered_in_text(server, pw, make_speech):
     question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=15.0)
-    wait_sessions(server, 0, timeout=30)
+    server.wait_sessions(0, timeout=30)
     with browser.chromium_page(pw, Path(question.path)) as page:
         whip_page.open_publisher(page, server.url)
         answer = whip_page.publish(page, "sendonly", RECORDER_WORKLET)
@@ -77,13 +69,13 @@ def test_a_send_only_whip_client_is_heard_transcribed_and_answered_in_text(serve
         page.wait_for_function("window.__whip.requests.some((r) => r.method === 'DELETE')", timeout=10_000)
         deletes = [r for r in whip_page.requests(page) if r["method"] == "DELETE"]
         assert deletes[0]["status"] == 200
-        wait_sessions(server, 0)
+        server.wait_sessions(0)
         page.wait_for_function("window.__whip.streamClosed === true", timeout=10_000)
 
 
 def test_a_send_receive_whip_client_hears_the_spoken_reply(server, pw, make_speech):
     question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=15.0)
-    wait_sessions(server, 0, timeout=30)
+    server.wait_sessions(0, timeout=30)
     with browser.chromium_page(pw, Path(question.path)) as page:
         whip_page.open_publisher(page, server.url)
         answer = whip_page.publish(page, "sendrecv", RECORDER_WORKLET)
@@ -100,4 +92,4 @@ def test_a_send_receive_whip_client_hears_the_spoken_reply(server, pw, make_spee
         assert onsets, "no bot audio reached the WHIP client after the question"
         assert remote.peak(onsets[0]) > 0.02
         whip_page.stop(page)
-        wait_sessions(server, 0)
+        server.wait_sessions(0)

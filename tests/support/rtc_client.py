@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from peer.audio import InboundConverter, frame_pcm
 from peer.playout import Playout
 from peer.tracks import PlayoutTrack
+from tests.support.eventlog import EventLog
 
 
 @dataclass
@@ -30,21 +31,20 @@ class Received:
         return None
 
 
-class RtcClient:
+class RtcClient(EventLog):
     """Plays like a browser would: sends a mic track (paced PCM, then silence) and records replies."""
 
     def __init__(self, base_url: str, echo_cancellation: bool = True) -> None:
+        super().__init__()
         self.base_url = base_url
         self.echo_cancellation = echo_cancellation  # nothing the client receives reaches its "mic"
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.voice = Playout()  # what the "user" says, paced as the server's voice is: PCM then silence
         self.mic = PlayoutTrack(self.voice)
-        self.events: list[tuple[float, dict[str, Any]]] = []
         self.received = Received()
         self.session_id: str | None = None
         self.answer: dict[str, Any] = {}
         """The server's answer to the offer: the session's id and URLs."""
-        self._got_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.channel = self.pc.createDataChannel("events")
         self.channel.on("message", self._on_message)
@@ -52,8 +52,7 @@ class RtcClient:
         self.pc.on("track", self._on_track)
 
     def _on_message(self, raw: str) -> None:
-        self.events.append((asyncio.get_running_loop().time(), json.loads(raw)))
-        self._got_event.set()
+        self.record(json.loads(raw))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._record(track)))
@@ -89,18 +88,6 @@ class RtcClient:
         start = asyncio.get_running_loop().time() + self.voice.buffered_samples / 48_000
         self.voice.enqueue(pcm48k)
         return start
-
-    def messages(self, kind: str) -> list[dict[str, Any]]:
-        return [m for _, m in self.events if m.get("type") == kind]
-
-    async def wait_for(self, predicate, timeout: float) -> tuple[float, dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for t, m in self.events:
-                    if predicate(m):
-                        return t, m
-                self._got_event.clear()
-                await self._got_event.wait()
 
     async def close(self) -> None:
         await self.pc.close()

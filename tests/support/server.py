@@ -73,6 +73,13 @@ class ServerProcess:
         with urllib.request.urlopen(self.url + path, timeout=5) as r:
             return r.read().decode()
 
+    def wait_sessions(self, n: int, timeout: float = 10.0) -> None:
+        """Waits until the server holds ``n`` sessions (it releases them asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while (held := self.get_json("/healthz")["sessions"]) != n:
+            assert time.monotonic() < deadline, f"server still holds {held} sessions"
+            time.sleep(0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 
@@ -19,24 +18,20 @@ from peer.audio import WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, SampleBuffer
 from peer.call import Call
 from peer.config import Config
 from peer.services import Services
+from tests.support.eventlog import EventLog
 
 FRAME_S = WEBRTC_FRAME_SAMPLES / WEBRTC_RATE
 
 
-class VirtualLine:
+class VirtualLine(EventLog):
     def __init__(self, call: Call) -> None:
+        super().__init__()
         self.call = call
-        self.events: list[tuple[float, dict[str, Any]]] = []
         self.heard: list[tuple[float, np.ndarray]] = []
         """(loop time, 20 ms of the bot's voice at 48 kHz) for every frame pulled."""
         self._mic = SampleBuffer()
-        self._got_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        call.events.subscribe(self._on_event)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        self.events.append((asyncio.get_running_loop().time(), event))
-        self._got_event.set()
+        call.events.subscribe(self.record)
 
     def say(self, pcm48k: np.ndarray) -> float:
         """Queues speech; returns the loop time at which its first sample will be heard."""
@@ -57,18 +52,6 @@ class VirtualLine:
             if chunk is None:
                 chunk = np.zeros(WEBRTC_FRAME_SAMPLES, dtype=np.int16)
             await self.call.hear(chunk, WEBRTC_RATE, 1, now)
-
-    def messages(self, kind: str) -> list[dict[str, Any]]:
-        return [m for _, m in self.events if m.get("type") == kind]
-
-    async def wait_for(self, predicate, timeout: float) -> tuple[float, dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for t, m in self.events:
-                    if predicate(m):
-                        return t, m
-                self._got_event.clear()
-                await self._got_event.wait()
 
     def voiced_after(self, t: float, threshold: int = 300) -> float | None:
         for at, pcm in self.heard:

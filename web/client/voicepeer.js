@@ -27,13 +27,15 @@ export class VoicePeerClient extends EventTarget {
    *        only for peer-connection audio played through a media element, so give one.
    * @param {object} [options.audioProcessing] browser-side echoCancellation/noiseSuppression/autoGainControl
    * @param {RTCIceServer[]} [options.iceServers]
+   * @param {string} [options.token] a per-call token from your backend, when the server has --auth-token
    */
-  constructor({ serverUrl = "", audioElement = null, audioProcessing = {}, iceServers = [] } = {}) {
+  constructor({ serverUrl = "", audioElement = null, audioProcessing = {}, iceServers = [], token = null } = {}) {
     super();
     this.serverUrl = serverUrl.replace(/\/$/, "");
     this.audioElement = audioElement;
     this.audioProcessing = { ...DEFAULT_AUDIO_PROCESSING, ...audioProcessing };
     this.iceServers = iceServers;
+    this.token = token;
     this.pc = null;
     this.channel = null;
     this.localStream = null;
@@ -90,9 +92,11 @@ export class VoicePeerClient extends EventTarget {
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc); // the server takes one complete offer: aiortc does not trickle
+    const headers = { "Content-Type": "application/json" };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
     const response = await fetch(`${this.serverUrl}/offer`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers,
       body: JSON.stringify({
         sdp: pc.localDescription.sdp,
         type: pc.localDescription.type,

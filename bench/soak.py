@@ -1,0 +1,208 @@
+"""Soak: many connect / talk / drop cycles against one real server, watching what it keeps.
+
+Each cycle a real aiortc client connects, says a short question (the server transcribes it and starts
+answering), and drops the call in one of three ways, in turn:
+
+- ``hangup``: DELETE of the session URL, then the peer connection closes (what our client does);
+- ``close``: the peer connection closes without a word to the server;
+- ``kill``: the client is a separate process, killed with SIGKILL mid-call (a crashed tab, a lost
+  laptop): the server only notices the silence.
+
+A few cycles run at once. The server's resident memory, open files, threads and asyncio tasks are read
+at the start, every 100 cycles, and once every call has ended; the slope of memory over the cycles after
+warm-up is the leak rate (target: under 5 MB per 100 cycles, files and threads back to where they were).
+
+    python -m bench.soak [--cycles 1000] [--parallel 3]
+
+Prints one JSON document, then a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.rtc_client import RtcClient
+from tests.support.server import ServerProcess
+from tests.support.speech import read_wav, speak
+
+WARMUP_CYCLES = 100
+
+
+def proc_stats(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {
+        "rss_kb": int(fields["VmRSS"].split()[0]),
+        "threads": int(fields["Threads"]),
+        "open_files": len(os.listdir(f"/proc/{pid}/fd")),
+    }
+
+
+def server_sample(server: ServerProcess, cycle: int) -> dict[str, Any]:
+    tasks = sessions = None
+    for line in server.get_text("/metrics").splitlines():
+        if line.startswith("voicepeer_asyncio_tasks "):
+            tasks = int(float(line.split()[1]))
+        elif line.startswith("voicepeer_sessions "):
+            sessions = int(float(line.split()[1]))
+    assert server.proc is not None
+    return {"cycle": cycle, **proc_stats(server.proc.pid), "tasks": tasks, "sessions": sessions}
+
+
+async def talk(url: str, wav: Path, speech_end_s: float) -> RtcClient:
+    """Connects, says the question, waits until the server has heard it (or 10 s)."""
+    client = RtcClient(url)
+    await client.connect()
+    await client.wait_for(lambda m: m["type"] == "session", 10)
+    client.say(read_wav(wav)[0])
+    try:
+        await client.wait_for(lambda m: m["type"] == "transcript" and m["final"], speech_end_s + 10)
+    except TimeoutError:
+        pass
+    return client
+
+
+async def cycle(url: str, wav: Path, speech_end_s: float, how: str) -> None:
+    if how == "kill":
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--child",
+            url,
+            str(wav),
+            str(speech_end_s),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        await child.stdout.readline()  # "talking", once the server heard the question
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+        return
+    client = await talk(url, wav, speech_end_s)
+    if how == "hangup":
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.delete(url + client.answer["session_url"]):
+            pass
+    await client.close()
+
+
+def child(url: str, wav: str, speech_end_s: str) -> int:
+    async def run() -> None:
+        await talk(url, Path(wav), float(speech_end_s))
+        print("talking", flush=True)
+        await asyncio.sleep(3600)  # until killed
+
+    asyncio.run(run())
+    return 0
+
+
+def slope_mb_per_100(samples: list[dict[str, Any]]) -> float | None:
+    points = [(s["cycle"], s["rss_kb"] / 1024) for s in samples if s["cycle"] >= WARMUP_CYCLES]
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return round(100 * sum((x - mx) * (y - my) for x, y in points) / den, 2) if den else None
+
+
+async def soak(server: ServerProcess, cycles: int, parallel: int, wav: Path, speech_end_s: float) -> dict:
+    ways = ["hangup", "close", "kill"]
+    samples = [server_sample(server, 0)]
+    done = 0
+    failures = 0
+    next_index = 0
+    lock = asyncio.Lock()
+
+    async def worker() -> None:
+        nonlocal done, failures, next_index
+        while True:
+            async with lock:
+                if next_index >= cycles:
+                    return
+                i, next_index = next_index, next_index + 1
+            try:
+                await asyncio.wait_for(cycle(server.url, wav, speech_end_s, ways[i % 3]), 60)
+            except Exception as exc:  # a failed cycle is counted, and the soak goes on
+                failures += 1
+                print(f"  cycle {i} ({ways[i % 3]}) failed: {exc!r}", file=sys.stderr)
+            done += 1
+            if done % 100 == 0:
+                samples.append(server_sample(server, done))
+                print(f"  {samples[-1]}", file=sys.stderr)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    # Every call ends: a killed client's call after the media watchdog (10 s).
+    deadline = time.monotonic() + 60
+    while server_sample(server, done)["sessions"] and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(1)  # another process's state: polled
+    await asyncio.sleep(2)
+    after = server_sample(server, done)
+    after["after_all_calls_ended"] = True
+    samples.append(after)
+    return {"samples": samples, "failures": failures, "seconds": round(time.monotonic() - started)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(*sys.argv[2:5])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-soak-"))
+    question = speak("What is the capital of France?", work / "q.wav", lead_s=0.3, tail_s=1.0)
+    args_ = ["--max-sessions", str(args.parallel * 2 + 4), "--offers-per-minute", "0"]
+    with ServerProcess(*args_, log_path=work / "server.log") as server:
+        result = asyncio.run(soak(server, args.cycles, args.parallel, question.path, question.speech_end_s))
+    samples = result["samples"]
+    start = next((s for s in samples if s["cycle"] >= WARMUP_CYCLES), samples[0])
+    end = samples[-1]
+    summary = {
+        "cycles": args.cycles,
+        "failures": result["failures"],
+        "seconds": result["seconds"],
+        "rss_mb_per_100_cycles_after_warmup": slope_mb_per_100(samples[:-1]),
+        "rss_mb": {
+            "start": round(samples[0]["rss_kb"] / 1024, 1),
+            "after_warmup": round(start["rss_kb"] / 1024, 1),
+            "end": round(end["rss_kb"] / 1024, 1),
+        },
+        "open_files": {"start": samples[0]["open_files"], "end": end["open_files"]},
+        "threads": {"start": samples[0]["threads"], "end": end["threads"]},
+        "tasks": {"start": samples[0]["tasks"], "end": end["tasks"]},
+    }
+    report = {"benchmark": "soak", "summary": summary, "samples": samples}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    rss = summary["rss_mb"]
+    print(
+        f"soak: {args.cycles} connect/talk/drop cycles ({result['failures']} failed) "
+        f"in {result['seconds']} s; "
+        f"RSS {rss['start']} -> {rss['after_warmup']} (warm) -> {rss['end']} MB, "
+        f"slope {summary['rss_mb_per_100_cycles_after_warmup']} MB/100 cycles; "
+        f"files {summary['open_files']['start']} -> {summary['open_files']['end']}, threads "
+        f"{summary['threads']['start']} -> {summary['threads']['end']}, tasks {summary['tasks']['start']} -> "
+        f"{summary['tasks']['end']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
