@@ -40,6 +40,9 @@ from .workers import run_frontend
 
 log = logging.getLogger(__name__)
 
+FLOOD_GAP_S = 1.0
+"""Dropped messages closer together than this are one flood, answered with one ``rate_limited``."""
+
 
 class Call:
     def __init__(
@@ -93,7 +96,7 @@ class Call:
         self._tasks = Tasks(f"call {self.id}")
         rate = config.messages_per_second
         self._messages = TokenBucket(rate, 2 * rate) if rate > 0 else None
-        self._limited = False  # told the client it is being rate limited, and it has not stopped
+        self._last_drop = float("-inf")
         self.rate_limited = 0
         """Control messages dropped for coming too fast."""
         self.muted = False
@@ -183,13 +186,17 @@ class Call:
         return None
 
     def _admit(self) -> None:
-        """Past ``messages_per_second`` (bursts of twice that) a message is dropped: the first of a run
-        is answered ``rate_limited``, the rest in silence, so a flood cannot make the call flood back."""
-        if self._messages is None or self._messages.take(asyncio.get_running_loop().time()):
-            self._limited = False
+        """Past ``messages_per_second`` (bursts of twice that) a message is dropped. The first drop of
+        a flood is answered ``rate_limited``; the rest, until a second passes without a drop, in
+        silence, so a flood cannot make the call flood back."""
+        if self._messages is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._messages.take(now):
             return
         self.rate_limited += 1
-        quiet, self._limited = self._limited, True
+        quiet = now - self._last_drop < FLOOD_GAP_S
+        self._last_drop = now
         raise ControlError(
             "rate_limited",
             f"more than {self.config.messages_per_second} messages a second: dropped",

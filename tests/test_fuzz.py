@@ -28,10 +28,15 @@ from tests.support.rtc_client import RtcClient
 from tests.support.server import ServerProcess
 from tests.support.speech import read_wav
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # aiortc and aioice draw from the random module (SCTP and ICE identifiers) while a case runs.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
+]
 
 HTTP_CASES = 600
 MESSAGE_CASES = 500
+CONTROL_CASES = 300
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +258,23 @@ def test_fuzzed_data_channel_messages_never_end_the_call(live, msg):
         live.run(live.send_raw_text(msg[1]))
     else:
         live.run(live.send(msg))
+    assert live.client.pc.connectionState == "connected"
+
+
+control_seen: dict[int, int] = {}
+
+
+@settings(
+    max_examples=CONTROL_CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
+@given(msg=message, content_type=st.sampled_from(["application/json", "text/plain", None]))
+def test_fuzzed_control_requests_get_2xx_or_4xx_json(server, live, msg, content_type):
+    data = msg[1] if isinstance(msg, tuple) else msg if isinstance(msg, bytes) else msg.encode()
+    status, body, _ = post(server.url + live.client.answer["control_url"], data, content_type)
+    control_seen[status] = control_seen.get(status, 0) + 1
+    assert status in (200, 400, 413, 429), (status, data[:200], body[:300])
+    payload = json.loads(body)
+    assert payload.get("ok") is True or (payload["error"] and payload["message"])
     assert live.client.pc.connectionState == "connected"
 
 
