@@ -129,6 +129,11 @@ class Call:
 
         return queue, stop
 
+    @property
+    def followers(self) -> frozenset[EventQueue]:
+        """The events streams following this call now."""
+        return frozenset(self._queues)
+
     # -- the microphone ----------------------------------------------------------------------------
 
     async def hear(
@@ -166,7 +171,9 @@ class Call:
     def control(self, message: Event) -> Event | None:
         """Carries out a command (already parsed by ``events.parse_client_message``); returns the answer
         meant for the sender only, if any. Raises ``ControlError``, and then nothing has changed."""
-        self._admit()
+        if self.closed:
+            raise ControlError("closed", "the call has ended")
+        self.admit()
         check_fields(message)
         kind = message["type"]
         if kind == "ping":
@@ -185,7 +192,7 @@ class Call:
             self.events.send({"type": "config", **self.settings.public()})
         return None
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
         """Past ``messages_per_second`` (bursts of twice that) a message is dropped. The first drop of
         a flood is answered ``rate_limited``; the rest, until a second passes without a drop, in
         silence, so a flood cannot make the call flood back."""

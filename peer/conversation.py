@@ -309,6 +309,8 @@ class Conversation:
         return audio if self._carry is None else np.concatenate([self._carry, audio])
 
     def _begin(self, utterance: Utterance, ended: bool, text: str | None = None) -> None:
+        if self._closed:
+            return
         held = self._current
         if held is not None and self._speculating:
             if held.ended.is_set():

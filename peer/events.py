@@ -197,6 +197,10 @@ class EventQueue:
         self._closed = True
         self._ready.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def get(self) -> Event | None:
         """The next event, or None once the queue is closed and drained."""
         while not self._events:

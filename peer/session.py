@@ -32,6 +32,9 @@ from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
 
+MAX_TRICKLED = 50
+"""Remote candidates a client may trickle into one call (a browser gathers well under ten)."""
+
 
 def _contain_undecodable_messages() -> None:
     """A data-channel message marked as text that is not UTF-8 makes aiortc raise inside its SCTP
@@ -78,6 +81,7 @@ class Session:
         self._closed = asyncio.Event()
         self._closing = False
         self._inbound: MediaStreamTrack | None = None
+        self._trickled = 0
         self.outcome: str | None = None
         """How the call ended: hangup, failed, never_connected, vanished, too_long, error, shutdown,
         refused (the first reason given to ``close``)."""
@@ -103,9 +107,16 @@ class Session:
         self._tasks.spawn(self._length_watchdog(), "length-watchdog")
         return self.pc.localDescription
 
-    async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> None:
-        """A candidate the client trickled after its offer (WHIP ``PATCH``); None: it has no more."""
+    async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> bool:
+        """A candidate the client trickled after its offer (WHIP ``PATCH``); None: it has no more.
+        False if it was not taken: past ``MAX_TRICKLED`` candidates each is another address the server
+        would send connectivity checks to at the client's word."""
+        if candidate is not None:
+            if self._trickled >= MAX_TRICKLED:
+                return False
+            self._trickled += 1
         await self.pc.addIceCandidate(candidate)
+        return True
 
     async def _connect_watchdog(self) -> None:
         """A client that posts an offer and never connects must not hold a session slot: aioice waits

@@ -20,11 +20,16 @@ class Tasks:
     def __init__(self, owner: str) -> None:
         self.owner = owner
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
+        """Starts ``coro``; after ``cancel_all`` nothing starts any more (None)."""
+        if self._closed:
+            coro.close()
+            return None
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.owner}")
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -37,7 +42,8 @@ class Tasks:
 
     async def cancel_all(self) -> None:
         """Cancels every task but the one calling (a close that runs as one of them) and waits for them
-        to finish."""
+        to finish. Nothing new starts after this."""
+        self._closed = True
         others = [t for t in self._tasks if t is not asyncio.current_task()]
         for task in others:
             task.cancel()

@@ -41,6 +41,12 @@ def _sign(secret: str, payload: str) -> str:
     return _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest())
 
 
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings, whatever characters a client put in them
+    (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
 def mint_call_token(secret: str, ttl_s: float = 300, now: float | None = None) -> str:
     """A token that opens one call within ``ttl_s`` seconds: what a backend gives a browser."""
     if not 0 < ttl_s <= MAX_TOKEN_TTL_S:
@@ -65,7 +71,7 @@ class CallTokens:
         if len(parts) != 4 or parts[0] != TOKEN_VERSION or not parts[1].isdigit():
             return "not a valid token"
         payload = ".".join(parts[:3])
-        if not hmac.compare_digest(parts[3], _sign(self._secret, payload)):
+        if not same(parts[3], _sign(self._secret, payload)):
             return "not a valid token"
         expiry = int(parts[1])
         if expiry < now:
@@ -83,6 +89,13 @@ class CallTokens:
         self._used[parts[2]] = expiry
         return None
 
+    def release(self, token: str) -> None:
+        """Unspends a token whose offer was refused (busy, loading, a bad SDP): the retry that the
+        refusal invites must not meet "already used"."""
+        parts = token.split(".")
+        if len(parts) == 4:
+            self._used.pop(parts[2], None)
+
 
 class Capabilities:
     """Per-call capabilities: derived from the session id, checked in constant time."""
@@ -94,7 +107,7 @@ class Capabilities:
         return _b64(hmac.new(self._key, session_id.encode(), hashlib.sha256).digest())[:32]
 
     def check(self, session_id: str, capability: str | None) -> bool:
-        return capability is not None and hmac.compare_digest(capability, self.of(session_id))
+        return capability is not None and same(capability, self.of(session_id))
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -106,22 +119,44 @@ def bearer(authorization: str | None) -> str | None:
 
 
 def normalise_origin(origin: str) -> str:
-    """``scheme://host[:port]`` in lower case (``null`` stays ``null``), for comparison."""
+    """``scheme://host[:port]`` in lower case (``null`` stays ``null``), for comparison; ``""`` for
+    something that is not an origin at all."""
     origin = origin.strip()
     if origin == "null":
         return origin
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # "http://[::1" and other broken hosts
+        return ""
+    if not parts.scheme or not parts.netloc:
+        return ""
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
-def origin_allowed(origin: str, host: str | None, allowed: frozenset[str]) -> bool:
-    """The server's own origin (the one whose Host the request was sent to, whatever the scheme: a TLS
-    proxy in front changes it) or one named in ``allowed`` (already normalised). ``null`` (a
-    ``file://`` page, a sandboxed frame) only if named."""
+def hostname(host_header: str) -> str:
+    """The name in a ``Host`` header, without its port (and without an IPv6 literal's brackets)."""
+    try:
+        return (urlsplit(f"//{host_header}").hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def origin_allowed(origin: str, host: str | None, allowed: frozenset[str], *, trust_host: bool) -> bool:
+    """One named in ``allowed`` (already normalised), or the server's own: the origin whose ``Host``
+    the request was sent to, whatever the scheme (a TLS proxy in front changes it). ``null`` (a
+    ``file://`` page, a sandboxed frame) only if named.
+
+    The own origin is taken on the ``Host`` header's word only if ``trust_host``: a page whose DNS name
+    was rebound to 127.0.0.1 sends its own name as both ``Origin`` and ``Host``, so a server with no
+    secret on loopback trusts only loopback names."""
     norm = normalise_origin(origin)
+    if not norm:
+        return False
     if norm in allowed:
         return True
-    return norm != "null" and host is not None and urlsplit(norm).netloc == host.lower()
+    if norm == "null" or host is None or urlsplit(norm).netloc != host.lower():
+        return False
+    return trust_host or is_loopback(hostname(host))
 
 
 def is_loopback(host: str) -> bool:

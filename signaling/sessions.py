@@ -15,9 +15,13 @@ from peer.control import ControlError
 from peer.events import MAX_MESSAGE_BYTES, ProtocolError, encode, parse_client_message
 from peer.session import Session
 
+from .security import cors_headers
 from .state import STATE, OfferError, error_response, read_body
 
 log = logging.getLogger(__name__)
+
+MAX_FOLLOWERS = 8
+"""Events streams one call may have at once."""
 
 KEEPALIVE_S = 15.0
 """A comment line this often on a quiet events stream: proxies close idle connections, and a write is
@@ -64,12 +68,20 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     session = find_session(request)
     if session is None:
         return no_session()
+    if len(session.call.followers) >= MAX_FOLLOWERS:
+        return error_response(
+            429,
+            "too_many_followers",
+            f"a call has at most {MAX_FOLLOWERS} events streams",
+            **{"Retry-After": "5"},
+        )
     queue, stop = session.call.follow()
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx: pass each event on as it comes
+            **cors_headers(request),
         }
     )
     try:
@@ -79,13 +91,15 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
                 async with asyncio.timeout(KEEPALIVE_S):
                     event = await queue.get()
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
+                event = None if queue.closed else ": keep-alive"
             if event is None:
                 break
-            await response.write(f"data: {encode(event)}\n\n".encode())
-    except (ConnectionResetError, ConnectionError):
-        log.debug("session %s: an events reader went away", session.id)
+            text = event if isinstance(event, str) else f"data: {encode(event)}"
+            # A reader that stops reading (its TCP window shut) holds this write: it is let go.
+            async with asyncio.timeout(KEEPALIVE_S):
+                await response.write(f"{text}\n\n".encode())
+    except (ConnectionResetError, ConnectionError, TimeoutError):
+        log.debug("session %s: an events reader went away or stopped reading", session.id)
     finally:
         stop()
     return response

@@ -171,6 +171,9 @@ async def open_session(
     session.call.events.subscribe(state.metrics.on_event)
     try:
         answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
+    except asyncio.CancelledError:
+        await session.close("refused")
+        raise
     except (ValueError, InvalidAccessError, InvalidStateError) as exc:
         log.info("rejecting offer: %s", exc)
         await session.close("refused")

@@ -25,6 +25,8 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 from multidict import CIMultiDict
 
+from peer.control import ControlError
+
 from .sessions import end_session, find_session, no_session
 from .state import (
     STATE,
@@ -148,6 +150,10 @@ async def trickle(request: web.Request) -> web.Response:
         return error_response(412, "precondition_failed", "If-Match does not match the session's ETag")
     if session.closed:
         return no_session()
+    try:
+        session.call.admit()  # a PATCH spends from the call's message budget, like a control message
+    except ControlError as exc:
+        return error_response(429, exc.code, exc.message, **{"Retry-After": "1"})
     added = 0
     for value in candidates:
         try:
@@ -158,8 +164,7 @@ async def trickle(request: web.Request) -> web.Response:
         candidate.sdpMid = mid
         candidate.sdpMLineIndex = 0
         try:
-            await session.add_ice_candidate(candidate)
-            added += 1
+            added += await session.add_ice_candidate(candidate)
         except Exception as exc:
             log.info("session %s: discarding a trickled candidate: %s", session.id, exc)
     if end:

@@ -135,3 +135,14 @@ async def test_a_barge_in_whose_asr_fails_lets_the_bot_go_on(services, make_spee
         _, reply = await line.wait_for(lambda m: m["type"] == "reply" and m["final"], 90)
         assert reply["turn"] == 1 and line.messages("interrupted") == []
         assert line.call.conversation.interruptions == 0 and not line.call.playout.paused
+
+
+async def test_a_closed_call_takes_no_more_commands(services):
+    from peer.control import ControlError
+
+    async with virtual_call(services) as line:
+        call = line.call
+    assert call.closed
+    with pytest.raises(ControlError) as refused:
+        call.control({"type": "say", "text": "Are you still there?"})
+    assert refused.value.code == "closed" and not call.conversation.busy

@@ -230,3 +230,17 @@ async def test_control_of_an_unknown_session_is_404(services):
                 assert r.status == 404
     finally:
         await server.close()
+
+
+async def test_a_call_has_a_bounded_number_of_events_streams(services):
+    from signaling.sessions import MAX_FOLLOWERS
+
+    async with call(services) as (_server, client):
+        url = client.base_url + client.answer["events_url"]
+        async with aiohttp.ClientSession() as http:
+            streams = [await http.get(url) for _ in range(MAX_FOLLOWERS)]
+            assert all(r.status == 200 for r in streams)
+            async with http.get(url) as r:
+                assert r.status == 429 and (await r.json())["error"] == "too_many_followers"
+            for r in streams:
+                r.close()

@@ -71,9 +71,9 @@ async def test_per_call_tokens_open_one_call_before_they_expire(make_client):
     # Reading the ICE servers with it does not spend it.
     r = await client.get("/ice-servers", headers=bearer(token))
     assert r.status == 200 and (await r.json()) == {"iceServers": []}
+    # A refused offer (here: no models) does not spend it: the retry the refusal invites gets in.
     assert (await offer_status(client, bearer(token)))[0] == 503
-    status, body = await offer_status(client, bearer(token))
-    assert status == 401 and "already used" in body["message"]
+    assert (await offer_status(client, bearer(token)))[0] == 503
     expired = mint_call_token(SECRET, ttl_s=1, now=time.time() - 10)
     status, body = await offer_status(client, bearer(expired))
     assert status == 401 and "expired" in body["message"]
@@ -89,6 +89,11 @@ async def test_per_call_tokens_open_one_call_before_they_expire(make_client):
 
 def test_call_tokens_are_bounded_in_life_and_memory():
     tokens = CallTokens(SECRET)
+    once = mint_call_token(SECRET, ttl_s=60)
+    assert tokens.check(once, spend=False) is None and tokens.check(once, spend=True) is None
+    assert tokens.check(once, spend=True) == "the call token was already used"
+    tokens.release(once)  # its offer was refused
+    assert tokens.check(once, spend=True) is None
     with pytest.raises(ValueError):
         mint_call_token(SECRET, ttl_s=7200)
     assert tokens.check("v1.1.2", spend=True) == "not a valid token"
@@ -269,3 +274,74 @@ async def test_a_flood_of_messages_is_dropped_with_one_rate_limited_event_and_th
             assert 200 in statuses and 429 in statuses
             async with http.get(client.base_url + "/metrics") as r:
                 assert "voicepeer_rate_limited_messages_total" in await r.text()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://[::1"},
+        {"Origin": "http://[x]"},
+        {"Origin": "not an origin"},
+        {"Authorization": "Bearer v1.1.a.\u00e9"},
+        {"Authorization": "Bearer \u00e9\u00e9\u00e9"},
+    ],
+)
+async def test_odd_headers_get_4xx_json_not_500(make_client, headers):
+    client = await make_client(auth_token=SECRET)
+    r = await client.post("/offer", json={}, headers=headers)
+    assert 400 <= r.status < 500 and (await r.json())["error"]
+
+
+async def test_a_non_ascii_capability_is_a_404_not_a_500(make_client):
+    client = await make_client()
+    r = await client.get("/sessions/x/events?cap=%C3%A9")
+    assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
+async def test_a_dns_rebound_page_is_not_the_servers_own_origin(make_client):
+    """evil.example rebound to 127.0.0.1 sends its own name as Origin and Host: on loopback without a
+    secret, only loopback names count as the server's own."""
+    client = await make_client()
+    rebound = {"Origin": "http://evil.example:8080", "Host": "evil.example:8080"}
+    status, body = await offer_status(client, rebound)
+    assert status == 403 and body["error"] == "forbidden_origin"
+    own = {"Origin": "http://localhost:8080", "Host": "localhost:8080"}
+    assert (await offer_status(client, own))[0] == 503
+    # With a secret the page would need a token it cannot have, so a deployment's own names count.
+    guarded = await make_client(auth_token=SECRET)
+    status, _ = await offer_status(guarded, {**rebound, **bearer(SECRET)})
+    assert status == 503
+
+
+async def test_allowed_cross_origin_pages_get_cors_and_others_do_not(make_client):
+    client = await make_client(allow_origins=("https://app.example.com",))
+    preflight = {
+        "Origin": "https://app.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    for path in ("/offer", "/whip", "/sessions/x/control", "/sessions/x/events"):
+        r = await client.options(path, headers=preflight)
+        assert r.status == 204, path
+        assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    r = await client.post("/offer", json={}, headers={"Origin": "https://app.example.com"})
+    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "Location" in r.headers["Access-Control-Expose-Headers"]
+    r = await client.options("/offer", headers={**preflight, "Origin": "https://evil.example"})
+    assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_unauthenticated_offers_do_not_use_up_the_address_rate(make_client):
+    client = await make_client(auth_token=SECRET, offers_per_minute=8)
+    for _ in range(6):
+        assert (await offer_status(client, bearer("wrong")))[0] == 401
+    assert (await offer_status(client, bearer(SECRET)))[0] == 503
+
+
+def test_rates_apply_to_an_ipv6_clients_whole_64():
+    from signaling.security import _client_key
+
+    assert _client_key("2001:db8:1:2::1") == _client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert _client_key("127.0.0.1") == "127.0.0.1" and _client_key(None) == "?"

@@ -178,3 +178,24 @@ async def test_configured_ice_servers_are_advertised_as_link_headers(whip):
     assert '<stun:127.0.0.1:3478>; rel="ice-server"' in links
     assert '<turn:127.0.0.1:3478>; rel="ice-server"' in links
     await http.delete(location)
+
+
+async def test_a_client_cannot_trickle_an_unbounded_list_of_addresses(whip):
+    from peer.session import MAX_TRICKLED
+
+    server, http = whip
+    offer = without_candidates(await local_offer("sendonly", channel=False))
+    ufrag = re.search(r"a=ice-ufrag:(\S+)", offer).group(1)
+    async with http.post("/whip", data=offer, headers=SDP) as r:
+        location, etag = r.headers["Location"], r.headers["ETag"]
+    session = server.app[STATE].sessions[location.split("?")[0].rsplit("/", 1)[1]]
+    candidates = "".join(
+        f"a=candidate:{i} 1 udp 2122260223 127.0.0.1 {41000 + i} typ host\r\n"
+        for i in range(MAX_TRICKLED + 20)
+    )
+    frag = f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n{candidates}"
+    async with http.patch(location, data=frag, headers={**FRAG, "If-Match": etag}) as r:
+        assert r.status == 204
+    remote = session.pc.getTransceivers()[0].receiver.transport.transport.getRemoteCandidates()
+    assert len(remote) == MAX_TRICKLED
+    await http.delete(location)
