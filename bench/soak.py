@@ -118,9 +118,23 @@ def slope_mb_per_100(samples: list[dict[str, Any]]) -> float | None:
     return round(100 * sum((x - mx) * (y - my) for x, y in points) / den, 2) if den else None
 
 
+async def wait_idle(server: ServerProcess) -> None:
+    """Until every call has ended (a killed client's after the media watchdog, 10 s), and 2 s more."""
+    deadline = time.monotonic() + 60
+    while server_sample(server, 0)["sessions"] and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(1)  # another process's state: polled
+    await asyncio.sleep(2)
+
+
 async def soak(server: ServerProcess, cycles: int, parallel: int, wav: Path, speech_end_s: float) -> dict:
     ways = ["hangup", "close", "kill"]
     samples = [server_sample(server, 0)]
+    # The worker pools start their threads lazily: one call first, so that "idle" means warm.
+    await cycle(server.url, wav, speech_end_s, "close")
+    await wait_idle(server)
+    idle = server_sample(server, 0)
+    idle["idle_after_one_call"] = True
+    samples.append(idle)
     done = 0
     failures = 0
     next_index = 0
@@ -145,11 +159,7 @@ async def soak(server: ServerProcess, cycles: int, parallel: int, wav: Path, spe
 
     started = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(parallel)))
-    # Every call ends: a killed client's call after the media watchdog (10 s).
-    deadline = time.monotonic() + 60
-    while server_sample(server, done)["sessions"] and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(1)  # another process's state: polled
-    await asyncio.sleep(2)
+    await wait_idle(server)
     after = server_sample(server, done)
     after["after_all_calls_ended"] = True
     samples.append(after)
@@ -163,14 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--parallel", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE", help="environment of the server"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-soak-"))
     question = speak("What is the capital of France?", work / "q.wav", lead_s=0.3, tail_s=1.0)
     args_ = ["--max-sessions", str(args.parallel * 2 + 4), "--offers-per-minute", "0"]
-    with ServerProcess(*args_, log_path=work / "server.log") as server:
+    env = dict(item.split("=", 1) for item in args.server_env)
+    with ServerProcess(*args_, log_path=work / "server.log", env=env) as server:
         result = asyncio.run(soak(server, args.cycles, args.parallel, question.path, question.speech_end_s))
     samples = result["samples"]
+    idle = next(s for s in samples if s.get("idle_after_one_call"))
     start = next((s for s in samples if s["cycle"] >= WARMUP_CYCLES), samples[0])
     end = samples[-1]
     summary = {
@@ -183,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             "after_warmup": round(start["rss_kb"] / 1024, 1),
             "end": round(end["rss_kb"] / 1024, 1),
         },
-        "open_files": {"start": samples[0]["open_files"], "end": end["open_files"]},
-        "threads": {"start": samples[0]["threads"], "end": end["threads"]},
-        "tasks": {"start": samples[0]["tasks"], "end": end["tasks"]},
+        "server_env": env,
+        "open_files": {
+            "start": samples[0]["open_files"],
+            "idle_warm": idle["open_files"],
+            "end": end["open_files"],
+        },
+        "threads": {"start": samples[0]["threads"], "idle_warm": idle["threads"], "end": end["threads"]},
+        "tasks": {"start": samples[0]["tasks"], "idle_warm": idle["tasks"], "end": end["tasks"]},
     }
     report = {"benchmark": "soak", "summary": summary, "samples": samples}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         f"in {result['seconds']} s; "
         f"RSS {rss['start']} -> {rss['after_warmup']} (warm) -> {rss['end']} MB, "
         f"slope {summary['rss_mb_per_100_cycles_after_warmup']} MB/100 cycles; "
-        f"files {summary['open_files']['start']} -> {summary['open_files']['end']}, threads "
-        f"{summary['threads']['start']} -> {summary['threads']['end']}, tasks {summary['tasks']['start']} -> "
-        f"{summary['tasks']['end']}"
+        f"idle after one call -> after all: files {summary['open_files']['idle_warm']} -> "
+        f"{summary['open_files']['end']}, threads {summary['threads']['idle_warm']} -> "
+        f"{summary['threads']['end']}, "
+        f"tasks {summary['tasks']['idle_warm']} -> {summary['tasks']['end']}"
     )
     return 0
 
