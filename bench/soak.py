@@ -107,8 +107,8 @@ def child(url: str, wav: str, speech_end_s: str) -> int:
     return 0
 
 
-def slope_mb_per_100(samples: list[dict[str, Any]]) -> float | None:
-    points = [(s["cycle"], s["rss_kb"] / 1024) for s in samples if s["cycle"] >= WARMUP_CYCLES]
+def slope_mb_per_100(samples: list[dict[str, Any]], after: int = WARMUP_CYCLES) -> float | None:
+    points = [(s["cycle"], s["rss_kb"] / 1024) for s in samples if s["cycle"] >= after]
     if len(points) < 2:
         return None
     n = len(points)
@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         "failures": result["failures"],
         "seconds": result["seconds"],
         "rss_mb_per_100_cycles_after_warmup": slope_mb_per_100(samples[:-1]),
+        # A high-water mark (allocator arenas growing to the worst concurrency seen) flattens out; a
+        # leak does not: the second half's slope tells them apart.
+        "rss_mb_per_100_cycles_second_half": slope_mb_per_100(samples[:-1], after=args.cycles // 2),
         "rss_mb": {
             "start": round(samples[0]["rss_kb"] / 1024, 1),
             "after_warmup": round(start["rss_kb"] / 1024, 1),
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         f"soak: {args.cycles} connect/talk/drop cycles ({result['failures']} failed) "
         f"in {result['seconds']} s; "
         f"RSS {rss['start']} -> {rss['after_warmup']} (warm) -> {rss['end']} MB, "
-        f"slope {summary['rss_mb_per_100_cycles_after_warmup']} MB/100 cycles; "
+        f"slope {summary['rss_mb_per_100_cycles_after_warmup']} MB/100 cycles "
+        f"({summary['rss_mb_per_100_cycles_second_half']} in the second half); "
         f"idle after one call -> after all: files {summary['open_files']['idle_warm']} -> "
         f"{summary['open_files']['end']}, threads {summary['threads']['idle_warm']} -> "
         f"{summary['threads']['end']}, "
