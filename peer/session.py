@@ -99,7 +99,10 @@ class Session:
         if self.output is not None:
             # Added before the offer is applied, so aiortc binds it to the offer's audio transceiver.
             self.pc.addTrack(self.output)
-        await self.pc.setRemoteDescription(offer)
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except Exception as exc:  # whatever aiortc trips on while applying it, the offer is to blame
+            raise ValueError(f"aiortc could not apply the offer: {type(exc).__name__}: {exc}"[:300]) from exc
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         self.call.start()

@@ -132,6 +132,15 @@ def audio_direction(sdp: str) -> str:
             raise OfferError(400, "insecure_offer", f"{what} has no a=setup: no DTLS role")
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise OfferError(400, "invalid_sdp", f"{what} has no a=ice-ufrag and a=ice-pwd")
+    mids = [m.rtp.muxId for m in parsed.media]
+    if any(not mid for mid in mids) or len(set(mids)) != len(mids):
+        raise OfferError(400, "invalid_sdp", "every m-line needs its own a=mid")
+    for group in parsed.group:
+        unknown = [str(mid) for mid in group.items if str(mid) not in mids]
+        if unknown:
+            raise OfferError(
+                400, "invalid_sdp", f"a=group:{group.semantic} names no m-line {unknown[0][:40]!r}"
+            )
     return audio[0].direction or "sendrecv"
 
 
