@@ -177,6 +177,9 @@ def without(prefix: str):
         (without("a=fingerprint"), "insecure_offer"),
         (without("a=setup"), "insecure_offer"),
         (without("a=ice-pwd"), "invalid_sdp"),
+        # Found by the fuzzer: a BUNDLE group naming a mid no m-line has made aiortc raise (a 500).
+        (lambda sdp: sdp.replace("a=mid:0", "a=mid:renamed", 1), "invalid_sdp"),
+        (lambda sdp: sdp.replace("a=mid:1", "a=mid:0", 1), "invalid_sdp"),
     ],
 )
 async def test_an_offer_that_cannot_be_secured_is_refused_before_a_slot_is_taken(make_client, mutation, code):
