@@ -35,3 +35,21 @@ def make_speech(speech_dir: Path):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """The real server (`python -m signaling serve`) in a child process, one per test module."""
+    from tests.support.server import ServerProcess
+
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with ServerProcess(log_path=log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pw():
+    """Playwright, driving Debian's Chromium (see tests/support/browser.py)."""
+    api = pytest.importorskip("playwright.sync_api")
+    with api.sync_playwright() as p:
+        yield p

@@ -12,24 +12,10 @@ import pytest
 
 from peer.text import words
 from tests.support import browser
-from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with ServerProcess(log_path=log) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
 
 
 def test_speaking_into_the_demo_page_gets_a_spoken_reply(server, pw, make_speech):

@@ -15,26 +15,16 @@ import pytest
 from peer.text import words
 from tests.support import browser, whip_page
 from tests.support.browser import RECORDER_WORKLET, Envelope
-from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", autouse=True)
+def whip_client_installed():
     if not whip_page.WHIP_JS.exists():
         pytest.fail("whip-whep is not installed: `make test` runs npm ci in tests/js")
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with ServerProcess(log_path=log) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
 
 
 def test_a_send_only_whip_client_is_heard_transcribed_and_answered_in_text(server, pw, make_speech):
