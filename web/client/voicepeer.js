@@ -12,12 +12,37 @@
 //   "message"    any server event, raw
 //   "connection" {state}                    RTCPeerConnection.connectionState
 //   "remotestream" {stream}                 the bot's audio arrived
+//   "localstream"  {stream}                 the microphone stream (again after setInputDevice)
+//   "reconnecting" {attempt, delayMs, error} the connection failed; a new session follows
+//
+// connect() rejects with a VoicePeerError whose `code` says what to tell the user: the server's own
+// code ("busy", "loading", "unauthorized", "forbidden_origin", ...), or "unreachable" / "cors" when the
+// browser hid the answer.
 
 export const DEFAULT_AUDIO_PROCESSING = Object.freeze({
   echoCancellation: true,
   noiseSuppression: true,
   autoGainControl: true,
 });
+
+/** Why connect() failed: `code` is the server's error code (or the client's diagnosis), `status` the
+ * HTTP status (0 when there was no answer), `retryAfter` the seconds the server asked to wait. */
+export class VoicePeerError extends Error {
+  constructor(code, message, { status = 0, retryAfter = null } = {}) {
+    super(message);
+    this.name = "VoicePeerError";
+    this.code = code;
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** The microphones and loudspeakers the page may use (labels appear once the microphone is allowed). */
+export async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  const pick = (kind) => devices.filter((d) => d.kind === kind).map(({ deviceId, label }) => ({ deviceId, label }));
+  return { inputs: pick("audioinput"), outputs: pick("audiooutput") };
+}
 
 export class VoicePeerClient extends EventTarget {
   /**
@@ -27,15 +52,37 @@ export class VoicePeerClient extends EventTarget {
    *        only for peer-connection audio played through a media element, so give one.
    * @param {object} [options.audioProcessing] browser-side echoCancellation/noiseSuppression/autoGainControl
    * @param {RTCIceServer[]} [options.iceServers]
-   * @param {string} [options.token] a per-call token from your backend, when the server has --auth-token
+   * @param {string|function(): Promise<string>} [options.token] when the server has --auth-token: a
+   *        token, or a function that fetches a fresh per-call token from your backend for every
+   *        connection (per-call tokens are spent by the call they open, so reconnects need new ones)
+   * @param {string} [options.inputDeviceId] the microphone to open (default: the system's)
+   * @param {object} [options.reconnect] {attempts, delayMs}: after a failed connection, open a new
+   *        session up to `attempts` times instead of ending the call
+   * @param {boolean} [options.trustEchoCancellation] report the browser's echo canceller to the server
+   *        as applied when it says so; false where it is known not to work (Electron on Windows), so the
+   *        server keeps its own canceller on
    */
-  constructor({ serverUrl = "", audioElement = null, audioProcessing = {}, iceServers = [], token = null } = {}) {
+  constructor({
+    serverUrl = "",
+    audioElement = null,
+    audioProcessing = {},
+    iceServers = [],
+    token = null,
+    inputDeviceId = null,
+    reconnect = null,
+    trustEchoCancellation = true,
+  } = {}) {
     super();
     this.serverUrl = serverUrl.replace(/\/$/, "");
     this.audioElement = audioElement;
     this.audioProcessing = { ...DEFAULT_AUDIO_PROCESSING, ...audioProcessing };
     this.iceServers = iceServers;
     this.token = token;
+    this.inputDeviceId = inputDeviceId;
+    this.reconnect = reconnect;
+    this.trustEchoCancellation = trustEchoCancellation;
+    this._closedByUser = false; // disconnect() was called: a reconnect in progress stops
+    this._recovering = false;
     this.pc = null;
     this.channel = null;
     this.localStream = null;
@@ -54,28 +101,42 @@ export class VoicePeerClient extends EventTarget {
 
   async connect() {
     if (this.pc) throw new Error("already connected");
+    this._closedByUser = false;
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pc = pc;
     try {
       await this._connect(pc);
     } catch (err) {
       // Leave nothing behind: no live microphone, no half-open peer connection, no server session.
-      if (this.pc === pc) await this.disconnect();
+      if (this.pc === pc) {
+        await this._teardown();
+        if (!this._recovering) {
+          this._setState("idle");
+          this._emit("connection", { state: "closed" });
+        }
+      }
       throw err;
     }
     return this.sessionId;
   }
 
+  _microphone(deviceId) {
+    const audio = { ...this.audioProcessing, channelCount: 1 };
+    if (deviceId) audio.deviceId = { exact: deviceId };
+    return navigator.mediaDevices.getUserMedia({ audio, video: false });
+  }
+
   async _connect(pc) {
-    this.localStream = await navigator.mediaDevices.getUserMedia({
-      audio: { ...this.audioProcessing, channelCount: 1 },
-      video: false,
-    });
+    this.localStream = await this._microphone(this.inputDeviceId);
     if (this.pc !== pc) throw new Error("disconnected while opening the microphone");
+    this._emit("localstream", { stream: this.localStream });
     pc.addEventListener("connectionstatechange", () => {
       if (this.pc !== pc) return;
       this._emit("connection", { state: pc.connectionState });
-      if (pc.connectionState === "failed") this.disconnect();
+      if (pc.connectionState === "failed") {
+        if (this.reconnect) this._recover(new VoicePeerError("connection_failed", "the connection failed"));
+        else this.disconnect();
+      }
     });
     pc.addEventListener("track", (event) => {
       this.remoteStream = event.streams[0] || new MediaStream([event.track]);
@@ -93,21 +154,33 @@ export class VoicePeerClient extends EventTarget {
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc); // the server takes one complete offer: aiortc does not trickle
     const headers = { "Content-Type": "application/json" };
-    if (this.token) headers.Authorization = `Bearer ${this.token}`;
-    const response = await fetch(`${this.serverUrl}/offer`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({
-        sdp: pc.localDescription.sdp,
-        type: pc.localDescription.type,
-        // What the browser really applied, not what was asked: the server then knows whether the bot's
-        // voice can come back in this microphone.
-        echo_cancellation: Boolean(this.localStream.getAudioTracks()[0]?.getSettings().echoCancellation),
-      }),
-    });
+    const token = typeof this.token === "function" ? await this.token() : this.token;
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const applied = Boolean(this.localStream.getAudioTracks()[0]?.getSettings().echoCancellation);
+    let response;
+    try {
+      response = await fetch(`${this.serverUrl}/offer`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({
+          sdp: pc.localDescription.sdp,
+          type: pc.localDescription.type,
+          // What the browser really applied, not what was asked: the server then knows whether the
+          // bot's voice can come back in this microphone.
+          echo_cancellation: applied && this.trustEchoCancellation,
+        }),
+      });
+    } catch (err) {
+      throw await this._diagnose(err);
+    }
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      throw new Error(`offer refused (${response.status} ${body.error || ""}): ${body.message || ""}`);
+      const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+      throw new VoicePeerError(
+        body.error || `http_${response.status}`,
+        `offer refused (${response.status} ${body.error || ""}): ${body.message || ""}`,
+        { status: response.status, retryAfter: Number.isFinite(retry) ? retry : null },
+      );
     }
     if (this.pc !== pc) {
       // disconnect() ran while the offer was in flight: hang up the session the server just made.
@@ -120,6 +193,77 @@ export class VoicePeerClient extends EventTarget {
     this.controlUrl = this._resolve(body.control_url);
     this.sessionUrl = this._resolve(body.session_url);
     await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
+  }
+
+  /** A fetch that failed without an answer is either a server that cannot be reached or one that answered
+   * but did not allow this page's origin (the browser hides which): an opaque no-cors request tells them
+   * apart. */
+  async _diagnose(err) {
+    const where = this.serverUrl || location.origin;
+    try {
+      await fetch(`${this.serverUrl}/healthz`, { mode: "no-cors", cache: "no-store" });
+    } catch {
+      return new VoicePeerError("unreachable", `cannot reach the voicepeer server at ${where} (${err.message || err})`);
+    }
+    return new VoicePeerError(
+      "cors",
+      `the server at ${where} answered but does not allow this page's origin (${location.origin}); ` +
+        `start it with --allow-origin ${location.origin}`,
+    );
+  }
+
+  /** Switches the microphone, mid-call too: the new track replaces the old one on the same sender, so
+   * the session carries on. */
+  async setInputDevice(deviceId) {
+    this.inputDeviceId = deviceId || null;
+    if (!this.pc || !this.localStream) return;
+    const pc = this.pc;
+    const stream = await this._microphone(this.inputDeviceId);
+    if (this.pc !== pc) {
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    const sender = pc.getSenders().find((s) => s.track && s.track.kind === "audio");
+    await sender.replaceTrack(stream.getAudioTracks()[0]);
+    for (const track of this.localStream.getTracks()) track.stop();
+    this.localStream = stream;
+    this._emit("localstream", { stream });
+  }
+
+  /** Plays the bot on another output device (needs the audio element and HTMLMediaElement.setSinkId). */
+  async setOutputDevice(sinkId) {
+    if (!this.audioElement || typeof this.audioElement.setSinkId !== "function") {
+      throw new VoicePeerError("unsupported", "this browser cannot choose the audio output device");
+    }
+    await this.audioElement.setSinkId(sinkId || "");
+  }
+
+  /** After a failed connection: drop it, then open a new session, waiting longer each time (or as long
+   * as a busy server asks), up to `reconnect.attempts` times. */
+  async _recover(error) {
+    const { attempts = 3, delayMs = 1000 } = this.reconnect || {};
+    await this._teardown();
+    this._recovering = true;
+    try {
+      for (let attempt = 1; attempt <= attempts; attempt += 1) {
+        const wait = error?.retryAfter ? error.retryAfter * 1000 : delayMs * attempt;
+        this._emit("reconnecting", { attempt, delayMs: wait, error: String(error?.message || error) });
+        await new Promise((resolve) => setTimeout(resolve, wait));
+        if (this._closedByUser) return;
+        try {
+          await this.connect();
+          return;
+        } catch (err) {
+          error = err;
+          if (this._closedByUser) return;
+        }
+      }
+    } finally {
+      this._recovering = false;
+    }
+    this._emit("error", { code: "reconnect_failed", message: `gave up reconnecting: ${error?.message || error}` });
+    this._setState("idle");
+    this._emit("connection", { state: "closed" });
   }
 
   /** Sends a JSON message on the events channel. */
@@ -160,6 +304,14 @@ export class VoicePeerClient extends EventTarget {
 
   /** Hangs up. Safe to call at any time, more than once, and while connect() is still running. */
   async disconnect() {
+    this._closedByUser = true;
+    if (!this.pc) return;
+    await this._teardown();
+    this._setState("idle");
+    this._emit("connection", { state: "closed" });
+  }
+
+  async _teardown() {
     const { pc, sessionUrl } = this;
     if (!pc) return;
     this.pc = null;
@@ -175,8 +327,6 @@ export class VoicePeerClient extends EventTarget {
     if (this.audioElement) this.audioElement.srcObject = null;
     pc.close();
     if (sessionUrl) await this._deleteSession(sessionUrl);
-    this._setState("idle");
-    this._emit("connection", { state: "closed" });
   }
 
   _deleteSession(sessionUrl) {
