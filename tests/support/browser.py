@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,12 +68,14 @@ registerProcessor("level-recorder", LevelRecorder);
 """
 
 START_RECORDING_JS = """
-async (workletCode) => {
+async (worklet) => {
+  // worklet: the processor's code, or a same-origin URL serving it (a page whose CSP refuses blob:).
   const client = window.voicepeerClient;
   const ctx = new AudioContext();
   window.__vp.ctx = ctx;
   await ctx.resume();
-  const url = URL.createObjectURL(new Blob([workletCode], { type: "application/javascript" }));
+  const url = /^https?:/.test(worklet) ? worklet
+    : URL.createObjectURL(new Blob([worklet], { type: "application/javascript" }));
   await ctx.audioWorklet.addModule(url);
   const sink = ctx.createGain();
   sink.gain.value = 0;
@@ -219,9 +222,23 @@ def connect_with_speaker_echo(page: Any, url: str, delay_s: float = 0.15, gain: 
     connect(page, url, off, before_recording=(SPEAKER_ECHO_JS, [delay_s, gain]))
 
 
-def wait_for_event(page: Any, predicate_js: str, timeout_ms: int) -> None:
+def wait_for_event(page: Any, predicate_js: str, timeout_ms: int, *, strict_csp: bool = False) -> None:
     """Waits until some observed message ``m`` satisfies the JS expression ``predicate_js``."""
-    page.wait_for_function(f"window.__vp.events.some(({{msg: m}}) => {predicate_js})", timeout=timeout_ms)
+    expression = f"window.__vp.events.some(({{msg: m}}) => {predicate_js})"
+    if strict_csp:
+        wait_until(page, expression, timeout_ms)
+    else:
+        page.wait_for_function(expression, timeout=timeout_ms)
+
+
+def wait_until(page: Any, expression: str, timeout_ms: int, interval_s: float = 0.05) -> None:
+    """``page.wait_for_function`` for pages whose Content-Security-Policy forbids eval (Playwright's
+    predicate runs through it): polls the expression from outside the page instead."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout_ms} ms: {expression}")
+        time.sleep(interval_s)
 
 
 def record(page: Any) -> CallRecord:
