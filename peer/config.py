@@ -57,6 +57,9 @@ class Config:
     max_sessions: int = field(default_factory=default_max_sessions)
     max_call_s: float = 3600.0
     """A call is ended after this long, whatever it is doing: one client cannot hold a slot forever."""
+    drain_s: float = 30.0
+    """On SIGTERM the server stops taking calls and lets live ones end for at most this long before it
+    closes them and exits (a rolling restart, ``docker compose down``, a Kubernetes pod deletion)."""
     auth_token: str | None = None
     """The shared secret every signaling route needs as ``Authorization: Bearer``; None: no auth (only
     safe on loopback). Per-call tokens are minted from it (``signaling.auth``)."""

@@ -21,6 +21,9 @@ Server to client (every message has a ``type``):
 - ``{"type": "reset"}``: the history was cleared.
 - ``{"type": "error", "code": str, "message": str[, "field": str]}``: the call goes on unless the code
   says otherwise.
+- ``{"type": "draining", "limit_s": float}``: the server is shutting down; the call goes on until it
+  ends or for at most ``limit_s`` seconds. A client may finish its turn, or reconnect now (another
+  replica takes the new call).
 
 Client to server: the control commands of ``peer.control`` (``ping``, ``interrupt``, ``mute``,
 ``unmute``, ``say``, ``reset``, ``config``).
@@ -86,6 +89,10 @@ def interrupted(turn: int, heard: str, reason: str) -> Event:
 
 def metrics(turn: int, values: dict[str, float | int | None]) -> Event:
     return {"type": "metrics", "turn": turn, **values}
+
+
+def draining(limit_s: float) -> Event:
+    return {"type": "draining", "limit_s": limit_s}
 
 
 def encode(event: Event) -> str:

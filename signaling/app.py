@@ -93,6 +93,9 @@ async def healthz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"sessions": len(state.sessions)}
     if state.warnings:
         body["warnings"] = state.warnings
+    if state.draining:
+        # 503, so a load balancer or a readiness probe stops sending new calls here.
+        return web.json_response({"status": "draining", **body}, status=503)
     if state.services is not None:
         return web.json_response({"status": "ready", **body})
     if state.load_error:

@@ -7,6 +7,7 @@ Makefile or docker-compose.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import os
@@ -149,6 +150,14 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     ),
     ("--max-call", "MAX_CALL", float, DEFAULTS.max_call_s, "seconds after which a call is ended", {}),
     (
+        "--drain",
+        "DRAIN_S",
+        float,
+        DEFAULTS.drain_s,
+        "on SIGTERM, seconds that live calls may go on before the server exits (0: close them at once)",
+        {},
+    ),
+    (
         "--auth-token",
         "AUTH_TOKEN",
         str,
@@ -270,6 +279,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         offers_per_minute=int(args.offers_per_minute),
         messages_per_second=int(args.messages_per_second),
         max_call_s=float(args.max_call),
+        drain_s=max(0.0, float(args.drain)),
         max_sessions=int(args.max_sessions),
         media_timeout_s=float(args.media_timeout),
         connect_timeout_s=float(args.connect_timeout),
@@ -308,13 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(mint_call_token(config.auth_token, args.ttl))
         return 0
 
-    from aiohttp import web
-
     from .app import create_app
+    from .drain import serve
 
     print(f"voicepeer: loading models, then serving http://{config.host}:{config.port}/", flush=True)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, access_log=None)
-    return 0
+    return asyncio.run(serve(create_app(config), config.host, config.port, config.drain_s))
 
 
 if __name__ == "__main__":

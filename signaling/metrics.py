@@ -93,6 +93,11 @@ class _Live:
         state = self.state
         yield GaugeMetricFamily("voicepeer_sessions", "Calls up now", value=len(state.sessions))
         yield GaugeMetricFamily(
+            "voicepeer_draining",
+            "1 while shutting down: no new calls, live ones finishing",
+            value=int(state.draining),
+        )
+        yield GaugeMetricFamily(
             "voicepeer_models_ready", "1 once every model is loaded", value=int(state.services is not None)
         )
         yield GaugeMetricFamily(

@@ -35,6 +35,8 @@ class ServerState:
     services: Services | None = None
     load_error: str | None = None
     loading: asyncio.Task[None] | None = None
+    draining: bool = False
+    """SIGTERM came: no new calls, live ones may finish (``signaling.drain``)."""
     sessions: dict[str, Session] = field(default_factory=dict)
     ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """The last ``MAX_ENDED`` sessions that ended: a DELETE that comes after the client's own transport
@@ -154,6 +156,13 @@ async def open_session(
     state: ServerState, sdp: str, *, voice: bool, client_aec: bool = False
 ) -> tuple[Session, RTCSessionDescription]:
     """Admits an offer and answers it; raises OfferError for anything refused (see ``refuse``)."""
+    if state.draining:
+        raise OfferError(
+            503,
+            "draining",
+            "this server is shutting down; retry and another one takes the call",
+            **{"Retry-After": "1"},
+        )
     if state.services is None:
         if state.load_error:
             raise OfferError(503, "models_failed", state.load_error)
