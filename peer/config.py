@@ -54,6 +54,14 @@ class Config:
     It bounds how long a backchannel may be, not how soon the bot goes quiet."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""
+    turn_urls: tuple[str, ...] = ()
+    """TURN server URLs (``turn:host:3478?transport=udp``, ``turns:...``) handed to clients with a fresh
+    credential per call (``peer.ice``); needs ``turn_secret``."""
+    turn_secret: str | None = None
+    """The secret shared with coturn (``static-auth-secret``)."""
+    turn_ttl_s: float = 86_400.0
+    """How long a TURN credential stays valid. coturn checks it on every refresh of an allocation,
+    so it must outlast the longest call."""
     max_sessions: int = field(default_factory=default_max_sessions)
     max_call_s: float = 3600.0
     """A call is ended after this long, whatever it is doing: one client cannot hold a slot forever."""

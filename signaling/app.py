@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from peer.config import Config
+from peer.ice import client_ice_servers
 from peer.services import Services, load_services
 from peer.vad import silero_session
 from peer.workers import MEDIA_NICE, raise_priority, run_blocking
@@ -83,9 +84,12 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def ice_servers(request: web.Request) -> web.Response:
-    """The STUN/TURN servers a client should use, in RTCConfiguration's shape."""
-    servers = request.app[STATE].config.ice_servers
-    return web.json_response({"iceServers": [{"urls": url} for url in servers]})
+    """The STUN/TURN servers a client should use for its next call, in RTCConfiguration's shape, TURN
+    with a credential minted now."""
+    servers = client_ice_servers(request.app[STATE].config)
+    return web.json_response(
+        {"iceServers": [s.to_json() for s in servers]}, headers={"Cache-Control": "no-store"}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -166,6 +166,15 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {"secret": True},
     ),
     (
+        "--turn-secret",
+        "TURN_SECRET",
+        str,
+        DEFAULTS.turn_secret,
+        "coturn's static-auth-secret: clients get TURN credentials for the --turn-url servers minted from it",
+        {"secret": True},
+    ),
+    ("--turn-ttl", "TURN_TTL_S", float, DEFAULTS.turn_ttl_s, "seconds a TURN credential stays valid", {}),
+    (
         "--metrics-public",
         "METRICS_PUBLIC",
         _flag,
@@ -232,6 +241,13 @@ def _add_options(p: argparse.ArgumentParser, argument_default: object = None) ->
         help="STUN/TURN URL, repeatable; none by default [VOICEPEER_ICE_SERVERS, comma-separated]",
     )
     p.add_argument(
+        "--turn-url",
+        action="append",
+        default=argument_default,
+        help="TURN URL handed to clients with a fresh credential (needs --turn-secret), repeatable "
+        "[VOICEPEER_TURN_URLS, comma-separated]",
+    )
+    p.add_argument(
         "--allow-origin",
         action="append",
         default=argument_default,
@@ -275,6 +291,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ice_servers=_listed(args.ice_server, "VOICEPEER_ICE_SERVERS"),
         allow_origins=_listed(args.allow_origin, "VOICEPEER_ALLOW_ORIGINS"),
         auth_token=args.auth_token or None,
+        turn_urls=_listed(args.turn_url, "VOICEPEER_TURN_URLS"),
+        turn_secret=args.turn_secret or None,
+        turn_ttl_s=float(args.turn_ttl),
         metrics_public=_flag(args.metrics_public),
         offers_per_minute=int(args.offers_per_minute),
         messages_per_second=int(args.messages_per_second),
@@ -307,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
     config = config_from_args(args)
+    bad_turn = [u for u in config.turn_urls if not u.startswith(("turn:", "turns:"))]
+    if bad_turn or (config.turn_urls and not config.turn_secret):
+        why = f"not a TURN URL: {bad_turn[0]}" if bad_turn else "--turn-url needs --turn-secret"
+        print(f"voicepeer: {why}", file=sys.stderr)
+        return 2
     if args.command == "check":
         return _check(config)
     if args.command == "token":

@@ -26,6 +26,7 @@ from aiortc.sdp import candidate_from_sdp
 from multidict import CIMultiDict
 
 from peer.control import ControlError
+from peer.ice import client_ice_servers
 
 from .sessions import end_session, find_session, no_session
 from .state import (
@@ -63,7 +64,14 @@ def _etag(session) -> str:
 
 def _link_headers(request: web.Request, session_id: str) -> list[str]:
     state = request.app[STATE]
-    links = [f'<{url}>; rel="ice-server"' for url in state.config.ice_servers]
+    links = []
+    for server in client_ice_servers(state.config):  # RFC 9725 section 4.6
+        for url in server.urls:
+            link = f'<{url}>; rel="ice-server"'
+            if server.username is not None:
+                link += f'; username="{server.username}"; credential="{server.credential}"'
+                link += '; credential-type="password"'
+            links.append(link)
     urls = session_urls(state, session_id)
     links.append(f'<{urls["events_url"]}>; rel="events"')
     links.append(f'<{urls["control_url"]}>; rel="control"')

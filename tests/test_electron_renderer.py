@@ -29,17 +29,21 @@ SCREENSHOT = os.environ.get("VOICEPEER_RENDERER_SCREENSHOT")
 """Where to save a picture of the window after the call (the README's is made this way)."""
 
 
+CLIENT = "window.voicepeerClient"
+
+
 @contextmanager
-def renderer_origin(server_url: str) -> Iterator[str]:
+def renderer_origin(server_url: str, port: int | None = None, extra: Path | None = None) -> Iterator[str]:
+    """The app's files served over HTTP on ``port`` (a free one by default); yields the origin."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is missing: `make test` installs it")
-    port = free_port()
-    proc = subprocess.Popen(
-        [node, str(ELECTRON / "scripts" / "serve-renderer.js"), "--port", str(port), "--server", server_url],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    port = port or free_port()
+    script = str(ELECTRON / "scripts" / "serve-renderer.js")
+    args = [node, script, "--port", str(port), "--server", server_url]
+    if extra is not None:
+        args += ["--extra", str(extra)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         origin = proc.stdout.readline().strip()
@@ -76,20 +80,10 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
 ):
     server = allowing_server
     question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=25.0)
-    node = shutil.which("node")
-    port = app_origin_port
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "level-recorder.js").write_text(browser.RECORDER_WORKLET)
-    proc = subprocess.Popen(
-        [node or "node", str(ELECTRON / "scripts" / "serve-renderer.js"), "--port", str(port)]
-        + ["--server", server.url, "--extra", str(extra)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        origin = proc.stdout.readline().strip()
+    with renderer_origin(server.url, app_origin_port, extra) as origin:
         with browser.chromium_page(pw, Path(question.path)) as page:
             errors: list[str] = []
             page.on("console", lambda m: m.type == "error" and errors.append(m.text))
@@ -98,7 +92,7 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
             page.click("#connect")
             wait_until(
                 page,
-                "window.voicepeerClient && window.voicepeerClient.connected && !!window.voicepeerClient.remoteStream",
+                f"{CLIENT} && {CLIENT}.connected && !!{CLIENT}.remoteStream",
                 20_000,
             )
             # The window's CSP allows scripts from its origin only: the level recorder is served there.
@@ -124,7 +118,8 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
             assert page.text_content("#mute") == "Unmute"
             page.click("#mute")
             # (the call's first events included muted: false; wait for the newest to say so)
-            wait_until(page, "window.__vp.events.filter((e) => e.msg.type === 'muted').at(-1).msg.muted === false", 10_000)
+            newest = "window.__vp.events.filter((e) => e.msg.type === 'muted').at(-1)"
+            wait_until(page, f"{newest}.msg.muted === false", 10_000)
             assert page.text_content("#mute") == "Mute"
 
             # Devices: Chromium's fake devices are listed by name once the microphone is allowed, and
@@ -134,10 +129,9 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
             session = page.evaluate("window.voicepeerClient.sessionId")
             old_track = page.evaluate("window.voicepeerClient.localStream.getAudioTracks()[0].id")
             page.select_option("#input-device", inputs[-1][0])
-            wait_until(page, f"window.voicepeerClient.localStream.getAudioTracks()[0].id !== {old_track!r}", 10_000)
-            assert page.evaluate(
-                "window.voicepeerClient.pc.getSenders()[0].track === window.voicepeerClient.localStream.getAudioTracks()[0]"
-            )
+            mic = f"{CLIENT}.localStream.getAudioTracks()[0]"
+            wait_until(page, f"{mic}.id !== {old_track!r}", 10_000)
+            assert page.evaluate(f"{CLIENT}.pc.getSenders()[0].track === {mic}")
             assert page.evaluate("window.voicepeerClient.sessionId") == session
             assert page.evaluate("window.voicepeerClient.connected")
             assert page.eval_on_selector_all("#output-device option", "os => os.length") >= 1
@@ -159,14 +153,14 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
             server.wait_sessions(0, timeout=20)
             assert page.text_content("#state") == "idle"
             assert not [e for e in errors if "Content Security Policy" in e], errors
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_a_server_that_does_not_allow_the_window_origin_is_named(allowing_server, pw, make_speech):
     question = make_speech("Hello there.", lead_s=1.0, tail_s=5.0)
-    with renderer_origin(allowing_server.url) as origin, browser.chromium_page(pw, Path(question.path)) as page:
+    with (
+        renderer_origin(allowing_server.url) as origin,
+        browser.chromium_page(pw, Path(question.path)) as page,
+    ):
         open_window(page, origin, allowing_server.url)
         page.click("#connect")
         page.wait_for_selector("#error:not([hidden])", timeout=20_000)

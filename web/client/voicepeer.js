@@ -51,7 +51,9 @@ export class VoicePeerClient extends EventTarget {
    * @param {HTMLAudioElement} [options.audioElement] where the bot's voice plays. Chromium cancels echo
    *        only for peer-connection audio played through a media element, so give one.
    * @param {object} [options.audioProcessing] browser-side echoCancellation/noiseSuppression/autoGainControl
-   * @param {RTCIceServer[]} [options.iceServers]
+   * @param {RTCIceServer[]|null} [options.iceServers] null (the default): ask the server
+   *        (GET /ice-servers, TURN with a fresh credential) before each connection
+   * @param {"all"|"relay"} [options.iceTransportPolicy] "relay" sends media through TURN only
    * @param {string|function(): Promise<string>} [options.token] when the server has --auth-token: a
    *        token, or a function that fetches a fresh per-call token from your backend for every
    *        connection (per-call tokens are spent by the call they open, so reconnects need new ones)
@@ -66,7 +68,8 @@ export class VoicePeerClient extends EventTarget {
     serverUrl = "",
     audioElement = null,
     audioProcessing = {},
-    iceServers = [],
+    iceServers = null,
+    iceTransportPolicy = "all",
     token = null,
     inputDeviceId = null,
     reconnect = null,
@@ -77,6 +80,7 @@ export class VoicePeerClient extends EventTarget {
     this.audioElement = audioElement;
     this.audioProcessing = { ...DEFAULT_AUDIO_PROCESSING, ...audioProcessing };
     this.iceServers = iceServers;
+    this.iceTransportPolicy = iceTransportPolicy;
     this.token = token;
     this.inputDeviceId = inputDeviceId;
     this.reconnect = reconnect;
@@ -102,10 +106,12 @@ export class VoicePeerClient extends EventTarget {
   async connect() {
     if (this.pc) throw new Error("already connected");
     this._closedByUser = false;
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const token = typeof this.token === "function" ? await this.token() : this.token;
+    const iceServers = this.iceServers ?? (await this._askIceServers(token));
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.iceTransportPolicy });
     this.pc = pc;
     try {
-      await this._connect(pc);
+      await this._connect(pc, token);
     } catch (err) {
       // Leave nothing behind: no live microphone, no half-open peer connection, no server session.
       if (this.pc === pc) {
@@ -126,7 +132,26 @@ export class VoicePeerClient extends EventTarget {
     return navigator.mediaDevices.getUserMedia({ audio, video: false });
   }
 
-  async _connect(pc) {
+  async _askIceServers(token) {
+    let response;
+    try {
+      response = await fetch(`${this.serverUrl}/ice-servers`, {
+        headers: token ? { Authorization: `Bearer ${token}` } : {},
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw await this._diagnose(err);
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      throw new VoicePeerError(body.error || `http_${response.status}`, `ICE servers refused: ${body.message || ""}`, {
+        status: response.status,
+      });
+    }
+    return Array.isArray(body.iceServers) ? body.iceServers : [];
+  }
+
+  async _connect(pc, token) {
     this.localStream = await this._microphone(this.inputDeviceId);
     if (this.pc !== pc) throw new Error("disconnected while opening the microphone");
     this._emit("localstream", { stream: this.localStream });
@@ -154,7 +179,6 @@ export class VoicePeerClient extends EventTarget {
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc); // the server takes one complete offer: aiortc does not trickle
     const headers = { "Content-Type": "application/json" };
-    const token = typeof this.token === "function" ? await this.token() : this.token;
     if (token) headers.Authorization = `Bearer ${token}`;
     const applied = Boolean(this.localStream.getAudioTracks()[0]?.getSettings().echoCancellation);
     let response;

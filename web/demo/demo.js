@@ -28,7 +28,9 @@ async function connect() {
   const audioProcessing = Object.fromEntries(
     ["echoCancellation", "noiseSuppression", "autoGainControl"].map((k) => [k, $(k).checked]),
   );
-  client = new VoicePeerClient({ audioElement: $("bot-audio"), audioProcessing });
+  // ?ice=relay forces the media through the TURN server: a quick check that TURN works.
+  const iceTransportPolicy = new URLSearchParams(location.search).get("ice") === "relay" ? "relay" : "all";
+  client = new VoicePeerClient({ audioElement: $("bot-audio"), audioProcessing, iceTransportPolicy });
   window.voicepeerClient = client; // for the browser tests and the curious
   client.addEventListener("state", (e) => {
     $("state").textContent = e.detail.state;
