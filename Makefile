@@ -25,12 +25,13 @@ define debian
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(2) >/dev/null; }
 endef
 
-.PHONY: help install install-test run electron test test-fast lint bench check clean
+.PHONY: help install install-test run electron test test-fast test-deploy images lint bench check clean
 
 help:
 	@echo "make run        install (venv, packages, offline models) and serve http://$(HOST):$(PORT)/"
 	@echo "make test       install test dependencies (Chromium from Debian included) and run every test"
 	@echo "make test-fast  unit tests only (no models, no browser)"
+	@echo "make test-deploy build the images and test the compose stack in a real dockerd"
 	@echo "make bench      run the benchmarks in bench/ (latency, barge-in, front-end, WHIP, capacity, soak)"
 	@echo "make lint       ruff"
 
@@ -87,6 +88,16 @@ test: install-test
 
 test-fast: install-test
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# The deployment: a Docker engine (started here if none runs), the base image (pulled, or made with
+# debootstrap when no registry answers), the images, then the compose stack under test.
+images:
+	docker/ensure-dockerd.sh
+	docker/base-image.sh debian:bookworm-slim
+	docker-compose -f docker/compose.yaml build
+
+test-deploy: install-test images
+	$(BIN)/pytest -m deploy tests/deploy $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check peer signaling tests bench

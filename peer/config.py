@@ -59,12 +59,18 @@ class Config:
     credential per call (``peer.ice``); needs ``turn_secret``."""
     turn_secret: str | None = None
     """The secret shared with coturn (``static-auth-secret``)."""
+    turn_secret_file: str | None = None
+    """Or a file holding it, read for every credential (a secret coturn made at its first start)."""
     turn_ttl_s: float = 86_400.0
     """How long a TURN credential stays valid. coturn checks it on every refresh of an allocation,
     so it must outlast the longest call."""
     max_sessions: int = field(default_factory=default_max_sessions)
     max_call_s: float = 3600.0
     """A call is ended after this long, whatever it is doing: one client cannot hold a slot forever."""
+    route_prefix: str = ""
+    """Put before the URLs of a call that the answer hands out (``/r/peer1`` -> ``/r/peer1/sessions/...``):
+    behind a front door with several replicas, it routes every request about a call to the replica
+    holding it, and strips the prefix. Empty when the server is reached directly."""
     drain_s: float = 30.0
     """On SIGTERM the server stops taking calls and lets live ones end for at most this long before it
     closes them and exits (a rolling restart, ``docker compose down``, a Kubernetes pod deletion)."""

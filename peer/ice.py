@@ -11,10 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,20 @@ def client_ice_servers(config: Config, now: float | None = None) -> list[IceServ
     """What a client should use for one call: the STUN/TURN URLs of ``--ice-server`` as they are, and
     the ``--turn-url`` servers with a credential minted now."""
     servers = [IceServer((url,)) for url in config.ice_servers]
-    if config.turn_urls and config.turn_secret:
-        username, password = turn_credential(config.turn_secret, config.turn_ttl_s, now=now)
+    secret = turn_secret(config)
+    if config.turn_urls and secret:
+        username, password = turn_credential(secret, config.turn_ttl_s, now=now)
         servers.append(IceServer(tuple(config.turn_urls), username, password))
     return servers
+
+
+def turn_secret(config: Config) -> str | None:
+    """The TURN secret, from the configuration or its file (read each time: it may appear after the
+    server started, when coturn makes it)."""
+    if config.turn_secret or not config.turn_secret_file:
+        return config.turn_secret
+    try:
+        return Path(config.turn_secret_file).read_text().strip() or None
+    except OSError as exc:
+        log.warning("no TURN credentials: cannot read %s: %s", config.turn_secret_file, exc)
+        return None

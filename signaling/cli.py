@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -149,6 +150,14 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {},
     ),
     ("--max-call", "MAX_CALL", float, DEFAULTS.max_call_s, "seconds after which a call is ended", {}),
+    (
+        "--route-prefix",
+        "ROUTE_PREFIX",
+        str,
+        DEFAULTS.route_prefix,
+        "path put before a call's URLs, for a front door routing calls to replicas (e.g. /r/peer1)",
+        {},
+    ),
     (
         "--drain",
         "DRAIN_S",
@@ -293,12 +302,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
         auth_token=args.auth_token or None,
         turn_urls=_listed(args.turn_url, "VOICEPEER_TURN_URLS"),
         turn_secret=args.turn_secret or None,
+        turn_secret_file=os.environ.get("VOICEPEER_TURN_SECRET_FILE") or None,
         turn_ttl_s=float(args.turn_ttl),
         metrics_public=_flag(args.metrics_public),
         offers_per_minute=int(args.offers_per_minute),
         messages_per_second=int(args.messages_per_second),
         max_call_s=float(args.max_call),
         drain_s=max(0.0, float(args.drain)),
+        route_prefix=str(args.route_prefix).rstrip("/"),
         max_sessions=int(args.max_sessions),
         media_timeout_s=float(args.media_timeout),
         connect_timeout_s=float(args.connect_timeout),
@@ -326,8 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
     config = config_from_args(args)
+    if config.route_prefix and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", config.route_prefix):
+        print(
+            f"voicepeer: --route-prefix must be a path like /r/peer1, not {config.route_prefix!r}",
+            file=sys.stderr,
+        )
+        return 2
     bad_turn = [u for u in config.turn_urls if not u.startswith(("turn:", "turns:"))]
-    if bad_turn or (config.turn_urls and not config.turn_secret):
+    if bad_turn or (config.turn_urls and not (config.turn_secret or config.turn_secret_file)):
         why = f"not a TURN URL: {bad_turn[0]}" if bad_turn else "--turn-url needs --turn-secret"
         print(f"voicepeer: {why}", file=sys.stderr)
         return 2

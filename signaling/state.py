@@ -106,10 +106,11 @@ def session_urls(state: ServerState, session_id: str) -> dict[str, str]:
     and itself (to hang up). Each carries the call's capability, so no client can build them from a
     session id, and a client that follows them needs nothing else."""
     cap = state.capabilities.of(session_id)
+    base = state.config.route_prefix
     return {
-        "events_url": f"/sessions/{session_id}/events?cap={cap}",
-        "control_url": f"/sessions/{session_id}/control?cap={cap}",
-        "session_url": f"/sessions/{session_id}?cap={cap}",
+        "events_url": f"{base}/sessions/{session_id}/events?cap={cap}",
+        "control_url": f"{base}/sessions/{session_id}/control?cap={cap}",
+        "session_url": f"{base}/sessions/{session_id}?cap={cap}",
     }
 
 

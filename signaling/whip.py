@@ -102,11 +102,12 @@ async def publish(request: web.Request) -> web.Response:
         session, answer = await open_session(state, sdp, voice=direction == "sendrecv")
     except OfferError as exc:
         return refuse(state, exc)
+    prefix = state.config.route_prefix
     headers = CIMultiDict(
         {
             "Content-Type": SDP,
             # Unguessable, as the RFC asks: it carries the call's capability.
-            "Location": f"/whip/{session.id}?cap={state.capabilities.of(session.id)}",
+            "Location": f"{prefix}/whip/{session.id}?cap={state.capabilities.of(session.id)}",
             "ETag": _etag(session),
             "Access-Control-Expose-Headers": EXPOSED,
         }

@@ -150,8 +150,9 @@ def launch_args(fake_audio: Path) -> list[str]:
 
 
 @contextmanager
-def chromium_page(playwright: Any, fake_audio: Path) -> Iterator[Any]:
-    """A fresh Chromium (own profile) whose microphone plays ``fake_audio`` once."""
+def chromium_page(playwright: Any, fake_audio: Path, *, ignore_https_errors: bool = False) -> Iterator[Any]:
+    """A fresh Chromium (own profile) whose microphone plays ``fake_audio`` once; with
+    ``ignore_https_errors`` it accepts a self-signed certificate, as a user clicking through would."""
     profile = tempfile.mkdtemp(prefix="voicepeer-chromium-")
     context = playwright.chromium.launch_persistent_context(
         profile,
@@ -159,6 +160,7 @@ def chromium_page(playwright: Any, fake_audio: Path) -> Iterator[Any]:
         headless=True,
         args=launch_args(fake_audio),
         ignore_default_args=["--mute-audio"],
+        ignore_https_errors=ignore_https_errors,
     )
     try:
         page = context.pages[0] if context.pages else context.new_page()

@@ -34,9 +34,13 @@ class Received:
 class RtcClient(EventLog):
     """Plays like a browser would: sends a mic track (paced PCM, then silence) and records replies."""
 
-    def __init__(self, base_url: str, echo_cancellation: bool = True) -> None:
+    def __init__(
+        self, base_url: str, echo_cancellation: bool = True, token: str | None = None, ssl: object = None
+    ) -> None:
         super().__init__()
         self.base_url = base_url
+        self.token = token
+        self.ssl = ssl  # False: accept a self-signed certificate (the compose stack's front door)
         self.echo_cancellation = echo_cancellation  # nothing the client receives reaches its "mic"
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.voice = Playout()  # what the "user" says, paced as the server's voice is: PCM then silence
@@ -75,7 +79,9 @@ class RtcClient(EventLog):
             "type": "offer",
             "echo_cancellation": self.echo_cancellation,
         }
-        async with aiohttp.ClientSession() as http, http.post(f"{self.base_url}/offer", json=offer) as r:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        post = {"json": offer, "headers": headers, **({"ssl": self.ssl} if self.ssl is not None else {})}
+        async with aiohttp.ClientSession() as http, http.post(f"{self.base_url}/offer", **post) as r:
             body = await r.json()
             assert r.status == 200, body
         self.session_id = body["session_id"]

@@ -30,7 +30,10 @@ async function connect() {
   );
   // ?ice=relay forces the media through the TURN server: a quick check that TURN works.
   const iceTransportPolicy = new URLSearchParams(location.search).get("ice") === "relay" ? "relay" : "all";
-  client = new VoicePeerClient({ audioElement: $("bot-audio"), audioProcessing, iceTransportPolicy });
+  // #token=... : the server's secret or a per-call token (`voicepeer token`), when it has --auth-token.
+  // In the fragment, it is never sent to the server in the URL or written to its logs.
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  client = new VoicePeerClient({ audioElement: $("bot-audio"), audioProcessing, iceTransportPolicy, token });
   window.voicepeerClient = client; // for the browser tests and the curious
   client.addEventListener("state", (e) => {
     $("state").textContent = e.detail.state;
