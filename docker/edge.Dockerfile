@@ -10,4 +10,4 @@ RUN apt-get update \
  && chown root:secrets /secrets && chmod 2770 /secrets
 COPY docker/frontdoor/nginx.conf /etc/nginx/voicepeer.conf
 COPY docker/frontdoor/frontdoor.sh docker/frontdoor/turn.sh /usr/local/bin/
-USER edge
+USER 10002

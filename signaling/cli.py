@@ -337,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
     config = config_from_args(args)
-    if config.route_prefix and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", config.route_prefix):
+    prefix = config.route_prefix
+    if prefix and (not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix) or {".", ".."} & set(prefix.split("/"))):
         print(
             f"voicepeer: --route-prefix must be a path like /r/peer1, not {config.route_prefix!r}",
             file=sys.stderr,
