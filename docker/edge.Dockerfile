@@ -10,4 +10,6 @@ RUN apt-get update \
  && chown root:secrets /secrets && chmod 2770 /secrets
 COPY docker/frontdoor/nginx.conf /etc/nginx/voicepeer.conf
 COPY docker/frontdoor/frontdoor.sh docker/frontdoor/turn.sh /usr/local/bin/
+# Explicit: an imported base image (docker/base-image.sh on an older checkout) may carry no PATH.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 USER 10002
