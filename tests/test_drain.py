@@ -7,11 +7,13 @@ a second SIGTERM or a SIGINT stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -48,15 +50,28 @@ async def ping(client: RtcClient) -> None:
             assert r.status == 200, await r.text()
 
 
+@contextlib.asynccontextmanager
+async def call_on(server: ServerProcess) -> AsyncIterator[RtcClient]:
+    """A connected call on ``server``, closed at the end."""
+    client = RtcClient(server.url)
+    try:
+        await client.connect()
+        await client.wait_for(lambda m: m["type"] == "session", 10)
+        yield client
+    finally:
+        await client.close()
+
+
+def signal_server(server: ServerProcess, signum: int) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signum)
+
+
 async def test_sigterm_lets_a_live_call_finish_and_sends_new_calls_away(tmp_path, make_speech):
     question = make_speech("What is the capital of France?", lead_s=0.3, tail_s=1.5)
     with ServerProcess("--drain", "30", log_path=tmp_path / "server.log") as server:
-        client = RtcClient(server.url)
-        try:
-            await client.connect()
-            await client.wait_for(lambda m: m["type"] == "session", 10)
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGTERM)
+        async with call_on(server) as client:
+            signal_server(server, signal.SIGTERM)
             _, drained = await client.wait_for(lambda m: m["type"] == "draining", 10)
             assert drained["limit_s"] == 30
 
@@ -82,19 +97,13 @@ async def test_sigterm_lets_a_live_call_finish_and_sends_new_calls_away(tmp_path
             hung_up = time.monotonic()
             assert await exited(server, 25) == 0
             assert time.monotonic() - hung_up < 25
-        finally:
-            await client.close()
     assert "drained: every call ended" in server.log()
 
 
 async def test_a_call_still_up_at_the_drain_limit_is_closed_then_and_not_before(tmp_path):
     with ServerProcess("--drain", "3", log_path=tmp_path / "server.log") as server:
-        client = RtcClient(server.url)
-        try:
-            await client.connect()
-            await client.wait_for(lambda m: m["type"] == "session", 10)
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGTERM)
+        async with call_on(server) as client:
+            signal_server(server, signal.SIGTERM)
             signalled = time.monotonic()
             await client.wait_for(lambda m: m["type"] == "draining", 10)
             await asyncio.sleep(1.0)
@@ -102,25 +111,17 @@ async def test_a_call_still_up_at_the_drain_limit_is_closed_then_and_not_before(
             assert client.pc.connectionState == "connected"
             assert await exited(server, 30) == 0
             assert time.monotonic() - signalled >= 3.0
-        finally:
-            await client.close()
     assert "drain over: closing 1 call(s) still up" in server.log()
 
 
 @pytest.mark.parametrize("how", ["second SIGTERM", "SIGINT"])
 async def test_a_second_sigterm_or_a_sigint_stops_at_once(tmp_path, how):
     with ServerProcess("--drain", "120", log_path=tmp_path / "server.log") as server:
-        client = RtcClient(server.url)
-        try:
-            await client.connect()
-            await client.wait_for(lambda m: m["type"] == "session", 10)
-            assert server.proc is not None
+        async with call_on(server) as client:
             if how == "SIGINT":
-                server.proc.send_signal(signal.SIGINT)
+                signal_server(server, signal.SIGINT)
             else:
-                server.proc.send_signal(signal.SIGTERM)
+                signal_server(server, signal.SIGTERM)
                 await client.wait_for(lambda m: m["type"] == "draining", 10)
-                server.proc.send_signal(signal.SIGTERM)
+                signal_server(server, signal.SIGTERM)
             assert await exited(server, 30) == 0  # not the 120 s of the drain
-        finally:
-            await client.close()

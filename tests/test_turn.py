@@ -20,19 +20,6 @@ from tests.support.turn import TurnServer
 
 pytestmark = pytest.mark.slow
 
-SELECTED_CANDIDATE_JS = """
-async () => {
-  const stats = await window.voicepeerClient.pc.getStats();
-  let local = null;
-  stats.forEach((r) => {
-    if (r.type === "transport" && r.selectedCandidatePairId) {
-      local = stats.get(stats.get(r.selectedCandidatePairId).localCandidateId);
-    }
-  });
-  return local && local.candidateType;
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def turn(tmp_path_factory):
@@ -104,7 +91,7 @@ def test_a_browser_call_relayed_through_coturn(turn, turn_peer, pw, make_speech)
     with browser.chromium_page(pw, Path(question.path)) as page:
         browser.connect(page, turn_peer.url + "/?ice=relay")
         assert page.evaluate("window.voicepeerClient.pc.getConfiguration().iceTransportPolicy") == "relay"
-        assert page.evaluate(SELECTED_CANDIDATE_JS) == "relay"
+        assert page.evaluate(browser.SELECTED_CANDIDATE_TYPE_JS) == "relay"
         browser.wait_for_event(page, "m.type === 'transcript' && m.final", 30_000)
         browser.wait_for_event(page, "m.type === 'metrics'", 60_000)
         call = browser.record(page)

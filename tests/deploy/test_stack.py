@@ -19,19 +19,6 @@ from tests.support.rtc_client import RtcClient
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
-SELECTED_CANDIDATE_JS = """
-async () => {
-  const stats = await window.voicepeerClient.pc.getStats();
-  let local = null;
-  stats.forEach((r) => {
-    if (r.type === "transport" && r.selectedCandidatePairId) {
-      local = stats.get(stats.get(r.selectedCandidatePairId).localCandidateId);
-    }
-  });
-  return local && local.candidateType;
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
@@ -74,7 +61,7 @@ def test_a_browser_call_over_https_with_media_relayed_by_coturn(stack, pw, make_
     question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=15.0)
     with browser.chromium_page(pw, Path(question.path), ignore_https_errors=True) as page:
         browser.connect(page, f"{FRONT}/?ice=relay#token={stack.token}", timeout_ms=40_000)
-        assert page.evaluate(SELECTED_CANDIDATE_JS) == "relay"
+        assert page.evaluate(browser.SELECTED_CANDIDATE_TYPE_JS) == "relay"
         browser.wait_for_event(page, "m.type === 'transcript' && m.final", 40_000)
         browser.wait_for_event(page, "m.type === 'metrics'", 90_000)
         call = browser.record(page)

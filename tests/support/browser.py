@@ -224,6 +224,21 @@ def connect_with_speaker_echo(page: Any, url: str, delay_s: float = 0.15, gain: 
     connect(page, url, off, before_recording=(SPEAKER_ECHO_JS, [delay_s, gain]))
 
 
+SELECTED_CANDIDATE_TYPE_JS = """
+async () => {
+  // The type of the page's local ICE candidate in the pair in use: "relay" when media goes via TURN.
+  const stats = await window.voicepeerClient.pc.getStats();
+  let local = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) {
+      local = stats.get(stats.get(r.selectedCandidatePairId).localCandidateId);
+    }
+  });
+  return local && local.candidateType;
+}
+"""
+
+
 def wait_for_event(page: Any, predicate_js: str, timeout_ms: int, *, strict_csp: bool = False) -> None:
     """Waits until some observed message ``m`` satisfies the JS expression ``predicate_js``."""
     expression = f"window.__vp.events.some(({{msg: m}}) => {predicate_js})"
