@@ -57,9 +57,14 @@ def test_the_front_door_serves_the_page_and_needs_the_token(stack):
     assert turn["urls"].startswith("turn:127.0.0.1:3478") and turn["username"] and turn["credential"]
 
 
-def test_a_browser_call_over_https_with_media_relayed_by_coturn(stack, pw, make_speech):
+def test_a_browser_call_over_https_with_media_relayed_by_coturn(stack, make_speech):
     question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=15.0)
-    with browser.chromium_page(pw, Path(question.path), ignore_https_errors=True) as page:
+    # Its own Playwright, closed after this test: the module's other tests run event loops of their own.
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with (
+        sync_api.sync_playwright() as pw,
+        browser.chromium_page(pw, Path(question.path), ignore_https_errors=True) as page,
+    ):
         browser.connect(page, f"{FRONT}/?ice=relay#token={stack.token}", timeout_ms=40_000)
         assert page.evaluate(browser.SELECTED_CANDIDATE_TYPE_JS) == "relay"
         browser.wait_for_event(page, "m.type === 'transcript' && m.final", 40_000)
