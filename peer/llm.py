@@ -55,7 +55,14 @@ class LLM(abc.ABC):
 
 @dataclass
 class History:
-    """One session's conversation, bounded so a long call neither grows memory nor the prompt forever."""
+    """One session's conversation, bounded so a long call neither grows memory nor the prompt forever.
+
+    It forgets in blocks, not a turn at a time: the LLM server (llama.cpp's prefix cache, and most
+    hosted ones) reuses the prompt up to its first change, and a window sliding by one turn changes
+    the prompt right after the system prompt every turn. With a one-turn slide, SmolLM2's first token
+    went from ~50 ms to ~550 ms from the eighth turn of a call on (``bench/replies.py``); dropping the
+    older half at once re-evaluates the history once every ``max_turns // 2`` turns instead.
+    """
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_turns: int = 6
@@ -63,7 +70,7 @@ class History:
 
     def messages(self, user_text: str) -> list[Message]:
         msgs: list[Message] = [{"role": "system", "content": self.system_prompt}]
-        for user, assistant in self.turns[-self.max_turns :]:
+        for user, assistant in self.turns:
             msgs.append({"role": "user", "content": user})
             msgs.append({"role": "assistant", "content": assistant})
         msgs.append({"role": "user", "content": user_text})
@@ -71,7 +78,8 @@ class History:
 
     def add(self, user_text: str, reply: str) -> None:
         self.turns.append((user_text, reply))
-        del self.turns[: -self.max_turns]
+        if len(self.turns) > self.max_turns:
+            del self.turns[: len(self.turns) - max(1, self.max_turns // 2)]
 
 
 _END = object()
@@ -90,13 +98,17 @@ class LlamaCppLLM(LLM):
         n_ctx: int = 2048,
         n_threads: int | None = None,
         options: LLMOptions | None = None,
+        chat_format: str | None = None,
     ) -> None:
         from llama_cpp import Llama
 
         self.path = models.gguf_path(model_path)
         self.options = options or LLMOptions()
         threads = n_threads or max(1, os.cpu_count() or 1)
-        self._llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        # chat_format None: the template in the GGUF's metadata (or llama-cpp-python's guess from it).
+        self._llama = Llama(
+            model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, chat_format=chat_format, verbose=False
+        )
         self._lock = threading.Lock()
         # Its own thread: generations are serial anyway, and queued or stuck ones must never occupy the
         # shared inference pool that ASR and TTS of every session need.
