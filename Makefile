@@ -98,6 +98,8 @@ images:
 	@# A TLS-inspecting proxy's authority, if this machine has one: the build stage needs it for PyPI.
 	-cp /usr/local/share/ca-certificates/*.crt docker/ca/ 2>/dev/null
 	docker-compose -f docker/compose.yaml build
+	@# vfs keeps a full copy of every layer: drop the images that rebuilds left untagged.
+	docker image prune -f >/dev/null
 
 test-deploy: install-test images
 	$(BIN)/pytest -m deploy tests/deploy $(PYTEST_ARGS)
