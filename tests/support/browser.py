@@ -263,3 +263,20 @@ def record(page: Any) -> CallRecord:
         "({events: window.__vp.events, local: window.__vp.rec.local, remote: window.__vp.rec.remote})"
     )
     return CallRecord(data["events"], Envelope.from_flat(data["local"]), Envelope.from_flat(data["remote"]))
+
+
+def expect_spoken_answer(
+    page: Any, expected_words: set[str], transcript_ms: int, reply_ms: int
+) -> CallRecord:
+    """Waits for the final transcript and the turn's metrics, then checks the transcript holds
+    ``expected_words`` and that the bot's voice was audible after the user stopped."""
+    from peer.text import words
+
+    wait_for_event(page, "m.type === 'transcript' && m.final", transcript_ms)
+    wait_for_event(page, "m.type === 'metrics'", reply_ms)
+    call = record(page)
+    final = call.messages("transcript")[-1]
+    assert expected_words <= set(words(final["text"])), final
+    user_end = call.local.segments(threshold=0.01)[0][1]
+    assert [a for a, _ in call.remote.segments(threshold=0.005) if a > user_end], "no audible reply"
+    return call
