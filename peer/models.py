@@ -144,3 +144,26 @@ def piper_voice_paths(model: str | None) -> tuple[Path, Path]:
         onnx.with_name(onnx.name + ".json"), "Piper voice config", "it must sit beside the .onnx"
     )
     return onnx, config
+
+
+# -- End of turn -------------------------------------------------------------------------------
+
+SMART_TURN_HINT = "pip install --no-deps pipecat-ai==1.14.0 (bundles smart-turn-v3.2-cpu.onnx)"
+
+
+def smart_turn_path(path: str | None) -> Path:
+    """The Smart Turn v3.2 ONNX file (8.7 MB, int8, CPU), or a local .onnx given as ``path``.
+
+    The file ships inside the ``pipecat-ai`` wheel (``pipecat/audio/turn/smart_turn/data/``, the same
+    bytes in every release since 0.0.99), which is installed without its dependencies and never
+    imported: its package would pull in the whole pipecat framework, and we only want the file.
+    Licence: the wheel has no separate notice for the file; its one licence file (BSD-2-Clause,
+    Copyright Daily, ``License-Expression: BSD-2-Clause``) covers the package and the data in it, and
+    the model's own project (github.com/pipecat-ai/smart-turn) releases the weights under BSD-2-Clause
+    too. Redistributing it (the Docker image does) means keeping that notice, which the installed
+    wheel's dist-info does.
+    """
+    if path:
+        return _require(Path(path).expanduser(), "Smart Turn model", "give the path of a local .onnx file")
+    data = package_dir("pipecat", SMART_TURN_HINT) / "audio" / "turn" / "smart_turn" / "data"
+    return _require(data / "smart-turn-v3.2-cpu.onnx", "Smart Turn v3.2", SMART_TURN_HINT)
