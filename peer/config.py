@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from .llm import DEFAULT_SYSTEM_PROMPT
+from .turntaking import TurnPolicy
 from .vad import TurnParams
 
 TALKING_CALLS_PER_CORE = 1.0
@@ -41,17 +42,24 @@ class Config:
     tts_voice: str | None = None
     """Path of a Piper .onnx voice; None for the bundled en_US-joe-medium."""
     aec: str = "aec3"
-    """Server-side echo canceller: ``aec3`` (WebRTC), ``speex`` or ``off``; see bench/frontend.py."""
+    """Server-side echo canceller for the turn detector: ``aec3`` (WebRTC), ``speex`` or ``off``; see
+    bench/frontend.py."""
+    asr_aec: str = "speex"
+    """The canceller whose output the ASR hears once an echo has been seen (``same`` for ``aec``'s): the
+    words spoken over the bot's voice survive Speex's linear filter, not AEC3's suppressor
+    (``peer.frontend.FrontEnd``)."""
     noise_suppression: int = 1
     """WebRTC noise suppression level, 0 (off) to 4. Level 1: on six espeak questions in white noise,
     stronger levels helped whisper only in heavy noise and garbled some words after AEC3 at -40 dBFS."""
     auto_gain_dbfs: int = 0
     """WebRTC automatic gain target in dBFS below full scale (1-31); 0 leaves the level alone."""
     turn: TurnParams = field(default_factory=TurnParams)
-    interrupt_after_ms: int = 1000
-    """Barge-in: user speech during a reply pauses the bot at once; it cancels the reply once it has
-    lasted this long, or when it ends sooner, if its words are not a backchannel ("mm-hm", ~0.6 s).
-    It bounds how long a backchannel may be, not how soon the bot goes quiet."""
+    """How the microphone's speech is cut into turns (the detector)."""
+    policy: TurnPolicy = field(default_factory=TurnPolicy)
+    """What the conversation makes of them: end of turn, holding, barge-in."""
+    end_of_turn_model: str | None = "smart-turn"
+    """``smart-turn`` (Smart Turn v3.2 from the installed pipecat-ai wheel), the path of such an ONNX
+    file, or None to end turns on silence and the last words alone."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs. Empty by default: aiortc would otherwise try Google's public STUN server."""
     turn_urls: tuple[str, ...] = ()
@@ -93,5 +101,8 @@ class Config:
     the session would wait for ICE consent to expire, about 30 s."""
     connect_timeout_s: float = 20.0
     """A session whose peer connection is not up this long after the answer is closed."""
+    record_audio_dir: str | None = None
+    """Debugging: write each call's microphone and the bot's reference, as the front-end got them, to
+    this directory as a 16 kHz stereo WAV (``peer.recorder``)."""
     record_turns_dir: str | None = None
     """Debugging: write every user turn, as the ASR heard it, to this directory as 16 kHz WAV."""

@@ -7,13 +7,17 @@ the LLM is still writing the next, and the outbound track plays the audio while 
 Turn-taking is speculative. The turn detector reports a *pause* after ~100 ms of silence; the reply
 starts there (transcript, LLM, first TTS piece) while the detector waits to see whether the silence
 lasts. If the user goes on, the speculation is thrown away; if the turn ends, the reply is already well
-under way and only then is it released to the track and the client. A phrase that sounds unfinished
-("... and", "um") is given a longer silence before it counts as the end.
+under way and only then is it released to the track and the client. An end-of-turn model (Smart Turn)
+listens to how the phrase ends: a complete one ends the turn after a short silence, an unfinished one
+("I'd like a table for, um") is given a longer one. Without the model, the last words decide.
 
 Barge-in: speech that opens a turn while the bot is answering pauses the bot's audio at once. If the
-speech lasts (``interrupt_after_ms``) or says something other than a backchannel ("mm-hm"), the reply is
-cancelled, the history keeps only what was played, and the new speech becomes the next turn. A cough or
-an "mm-hm" lets the bot go on from where it paused.
+speech lasts (``interrupt_after_ms``) or says anything but a hum or an acknowledgement ("mm-hm",
+"okay"), the reply is cancelled, the history keeps only what was played, and the new speech becomes the
+next turn. Otherwise the bot goes on from where it paused, and an ``ignored`` event says why.
+
+Which of these applies is a matter of the floor and the detector's event alone: the table and the
+interrupt rule are in ``peer.turntaking``; this module does the work.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,8 +39,9 @@ from .events import Event, EventHub, State
 from .llm import LLM, History, LLMError, LLMOptions
 from .playout import Playout
 from .tasks import Tasks
-from .text import SpeechChunker, is_backchannel, looks_unfinished
+from .text import SpeechChunker, looks_unfinished
 from .tts import TTS
+from .turntaking import TRANSITIONS, Floor, Overlap, TurnPolicy, Verdict, judge_overlap
 from .vad import (
     SpeechDiscarded,
     SpeechEnded,
@@ -44,17 +50,16 @@ from .vad import (
     SpeechResumed,
     SpeechStarted,
     TurnEvent,
-    TurnParams,
     Utterance,
 )
 from .workers import run_blocking
 
+if TYPE_CHECKING:
+    from .endofturn import EndOfTurn
+
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I can't answer right now."
-
-MIN_PARTIAL_S = 0.8
-"""Turn audio below this gets no partial transcript: whisper guesses wildly on a word and a half."""
 
 
 @dataclass
@@ -64,6 +69,8 @@ class TurnMetrics:
     speech_end: float
     audio_s: float = 0.0
     marks: dict[str, float] = field(default_factory=dict)
+    end_of_turn: float | None = None
+    """The end-of-turn model's probability that the phrase was complete, if it judged."""
 
     def mark(self, name: str, at: float | None = None) -> None:
         if name not in self.marks:
@@ -71,7 +78,8 @@ class TurnMetrics:
             self.marks[name] = round((now - self.speech_end) * 1000, 1)
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {"audio_ms": round(self.audio_s * 1000), **self.marks}
+        extra = {} if self.end_of_turn is None else {"end_of_turn": self.end_of_turn}
+        return {"audio_ms": round(self.audio_s * 1000), **self.marks, **extra}
 
 
 class UserTurn:
@@ -130,22 +138,6 @@ class UserTurn:
         return " ".join(parts)
 
 
-@dataclass
-class BargeIn:
-    """User speech that began while the bot was answering, until it is judged."""
-
-    onset: float
-    speaking: bool = True
-    ended: bool = False
-    timer: asyncio.Task[None] | None = None
-    judge: asyncio.Task[None] | None = None
-
-    def cancel(self) -> None:
-        for task in (self.timer, self.judge):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-
-
 class Conversation:
     def __init__(
         self,
@@ -157,13 +149,14 @@ class Conversation:
         history: History | None = None,
         llm_timeout_s: float = 20.0,
         record_dir: str | None = None,
-        params: TurnParams | None = None,
-        interrupt_after_ms: int = 1000,
+        policy: TurnPolicy | None = None,
         voice: bool = True,
         llm_options: LLMOptions | None = None,
+        end_of_turn: EndOfTurn | None = None,
     ) -> None:
         """``voice``: the call has a way to play the bot's voice back; without one (an ingest-only
-        client) replies are written, not spoken."""
+        client) replies are written, not spoken. ``end_of_turn``: a model that tells a complete phrase
+        from an unfinished one by its sound; without one, the last words decide."""
         self.asr = asr
         self.llm = llm
         self.tts = tts
@@ -173,19 +166,21 @@ class Conversation:
         self.voice = voice
         self.llm_options = llm_options or llm.options
         self.llm_timeout_s = llm_timeout_s
-        self.params = params or TurnParams()
-        self.interrupt_after_s = interrupt_after_ms / 1000
+        self.policy = policy or TurnPolicy()
+        self.end_of_turn = end_of_turn
         self.turn = 0
         """Number of the last committed user turn."""
         self.state: State = "listening"
+        self.floor = Floor.OPEN
         self.record_dir = Path(record_dir) if record_dir else None
         self.interruptions = 0
-        self._current: UserTurn | None = None  # the newest user turn: speculative, held or answered
-        self._barge: BargeIn | None = None
+        self.ignored = 0
+        """Speech over the bot that did not cut it off (each one was reported in an ``ignored`` event)."""
+        self._current: UserTurn | None = None  # the PENDING turn, or the one the BOT answers
+        self._overlap: Overlap | None = None  # the speech being judged, in OVERLAP
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
-        self._ignoring = False  # the rest of the detector's current turn was judged a backchannel
         self._unanswered_end = -1  # end sample of the last utterance that had nothing to answer
-        self._partial: asyncio.Task[None] | None = None
+        self._partial_task: asyncio.Task[None] | None = None
         self._tasks = Tasks("conversation")
         self._closed = False
 
@@ -200,108 +195,129 @@ class Conversation:
     @property
     def busy(self) -> bool:
         """A committed turn is being answered (thinking or speaking)."""
-        turn = self._current
-        return turn is not None and turn.committed.is_set() and turn.task is not None and not turn.task.done()
-
-    @property
-    def _speculating(self) -> bool:
-        turn = self._current
-        return turn is not None and not turn.committed.is_set()
+        return self.floor in (Floor.BOT, Floor.OVERLAP)
 
     # -- turn events from the detector ------------------------------------------------------------
 
     def on_turn_event(self, event: TurnEvent) -> None:
-        """Called by the session for every turn event, in order, on the event loop."""
+        """Called by the call for every turn event, in order, on the event loop. What it does depends
+        only on the floor and the event's kind: ``peer.turntaking.TRANSITIONS``."""
         if self._closed:
             return
-        if not isinstance(event, SpeechProgress):
-            log.debug("%s (state %s, barge %s)", type(event).__name__, self.state, self._barge is not None)
         if isinstance(event, SpeechStarted):
-            self._on_started(event)
-        elif isinstance(event, SpeechProgress):
-            self._on_progress(event)
-        elif isinstance(event, SpeechPaused):
-            self._on_paused(event)
-        elif isinstance(event, SpeechResumed):
-            self._on_resumed(event)
-        elif isinstance(event, SpeechEnded):
-            self._on_ended(event)
-        elif isinstance(event, SpeechDiscarded):
-            self._on_discarded()
+            self.channel.send(events.vad_start(self.state))
+        action = TRANSITIONS.get((self.floor, type(event)))
+        if not isinstance(event, SpeechProgress):
+            log.debug("%s on %s floor: %s", type(event).__name__, self.floor.value, action or "nothing")
+        if action is not None:
+            getattr(self, f"_{action}")(event)
 
-    def _on_started(self, event: SpeechStarted) -> None:
-        self.channel.send(events.vad_start(self.state))
-        self._ignoring = False
-        turn = self._current
-        if turn is not None and self._speculating:
-            # The user goes on after a phrase whose turn had closed (an unfinished one, held): it is
-            # kept back until this new speech shows whether it is a continuation or only a noise.
-            turn.free.clear()
-        elif self.busy:
-            self._start_barge_in(event.arrival)
+    def _user_starts(self, _event: SpeechStarted) -> None:
+        self.floor = Floor.USER
 
-    def _on_progress(self, event: SpeechProgress) -> None:
-        if self.busy or self._barge is not None or self._ignoring:
-            return
-        if self._partial is not None and not self._partial.done():
+    def _partial(self, event: SpeechProgress) -> None:
+        if self._partial_task is not None and not self._partial_task.done():
             return  # one partial at a time; the next progress event brings newer audio anyway
         audio = self._with_carry(event.audio)
-        if audio.size >= MIN_PARTIAL_S * SPEECH_RATE:
-            self._partial = self._tasks.spawn(self._partial_transcript(audio), "partial-asr")
+        if audio.size >= self.policy.min_partial_ms * SPEECH_RATE // 1000:
+            self._partial_task = self._tasks.spawn(self._partial_transcript(audio), "partial-asr")
 
-    def _on_paused(self, event: SpeechPaused) -> None:
-        if self._ignoring:
+    def _prepare(self, event: Utterance) -> None:
+        ended = isinstance(event, SpeechEnded)
+        if ended and event.end_sample == self._unanswered_end and self.floor is not Floor.PENDING:
+            self.floor = Floor.OPEN  # the pause already found no words in exactly this audio
             return
-        if self._barge is not None:
-            # Judged only when it ends: a pause this short is as likely a gap between two words.
-            self._barge.speaking = False
-            return
-        if self.busy:
-            return
-        self._begin(event, ended=False)
+        self._begin(event, ended=ended)
 
-    def _on_resumed(self, event: SpeechResumed) -> None:
-        if self._barge is not None:
-            barge = self._barge
-            barge.speaking = True
-            if event.arrival - barge.onset >= self.interrupt_after_s:
-                self._interrupt("speech")
-            return
-        if self._ignoring:
-            # The user goes on after what sounded like a backchannel: now it is a bid for the turn.
-            self._ignoring = False
-            if self.busy:
-                self._start_barge_in(event.arrival)
-            return
-        if self._speculating:
-            self._abandon()  # it was a breath, not the end: the speculation is wrong now
+    def _drop(self, _event: SpeechDiscarded) -> None:
+        self.floor = Floor.OPEN
 
-    def _on_ended(self, event: SpeechEnded) -> None:
-        if self._ignoring:
-            self._ignoring = False
-            return
-        if self._barge is not None:
-            # The speech over the reply is over (the detector's turn closed): judge it by its words.
-            barge = self._barge
-            barge.ended = True
-            barge.speaking = False
-            barge.judge = self._tasks.spawn(self._judge(barge, event), "barge-in-judge")
-            return
+    def _hold(self, _event: SpeechStarted) -> None:
+        # The user goes on after a phrase whose turn had closed (an unfinished one, held): it is kept
+        # back until this new speech shows whether it is a continuation or only a noise.
+        assert self._current is not None
+        self._current.free.clear()
+
+    def _abandon(self, _event: SpeechResumed | None = None) -> None:
+        turn, self._current = self._current, None
+        if turn is not None and turn.task is not None:
+            turn.task.cancel()
+        self.floor = Floor.USER
+
+    def _pending_ends(self, event: SpeechEnded) -> None:
         turn = self._current
-        if turn is not None and self._speculating and turn.end_sample == event.end_sample:
+        if turn is not None and turn.end_sample == event.end_sample:
             turn.ended.set()
-            return
-        if self.busy or event.end_sample == self._unanswered_end:
-            return  # the pause already found no words in exactly this audio
-        self._begin(event, ended=True)
+        else:
+            self._begin(event, ended=True)
 
-    def _on_discarded(self) -> None:
-        if self._barge is not None:
-            self._let_bot_go_on(self._barge)
-        self._ignoring = False
-        turn = self._current
-        if turn is not None and self._speculating:
-            turn.free.set()  # only a noise after the held phrase: it may still be the whole turn
+    def _release(self, _event: SpeechDiscarded) -> None:
+        assert self._current is not None
+        self._current.free.set()  # only a noise after the held phrase: it may still be the whole turn
+
+    # -- speech over the reply ---------------------------------------------------------------------
+
+    def _overlap_starts(self, event: SpeechStarted | SpeechResumed) -> None:
+        self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
+        overlap = Overlap(onset=event.arrival)
+        self._overlap = overlap
+        self.floor = Floor.OVERLAP
+        self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
+
+    def _overlap_pauses(self, _event: SpeechPaused) -> None:
+        # Judged only when it ends: a pause this short is as likely a gap between two words.
+        assert self._overlap is not None
+        self._overlap.speaking = False
+
+    def _overlap_resumes(self, event: SpeechResumed) -> None:
+        assert self._overlap is not None
+        self._overlap.speaking = True
+        self._apply(self._overlap, *judge_overlap(self.policy, self._overlap, event.arrival))
+
+    def _overlap_ends(self, event: SpeechEnded) -> None:
+        overlap = self._overlap
+        assert overlap is not None
+        overlap.ended = True
+        overlap.speaking = False
+        self._tasks.spawn(self._judge(overlap, event), "overlap-judge")
+
+    def _overlap_discarded(self, event: SpeechDiscarded) -> None:
+        assert self._overlap is not None
+        self._apply(self._overlap, *judge_overlap(self.policy, self._overlap, event.arrival, discarded=True))
+
+    async def _interrupt_if_still_speaking(self, overlap: Overlap) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, overlap.onset + self.policy.interrupt_after_ms / 1000 - loop.time()))
+        if self._overlap is overlap:
+            self._apply(overlap, *judge_overlap(self.policy, overlap, loop.time()))
+
+    async def _judge(self, overlap: Overlap, utterance: Utterance) -> None:
+        """Speech over the reply that ended before it was long enough to cut in: judged by its words."""
+        try:
+            text = (await self.asr.transcribe(utterance.audio)).text
+        except Exception:
+            log.exception("ASR failed on speech during the reply; the bot goes on")
+            text = ""
+        if self._overlap is not overlap:
+            return
+        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
+        self._apply(overlap, verdict, reason, text)
+        if verdict is Verdict.INTERRUPT:
+            self._begin(utterance, ended=True, text=text)
+
+    def _apply(self, overlap: Overlap, verdict: Verdict, reason: str, text: str = "") -> None:
+        if self._overlap is not overlap or verdict is Verdict.WAIT:
+            return
+        if verdict is Verdict.INTERRUPT:
+            self._interrupt(reason)
+            self.floor = Floor.OPEN if overlap.ended else Floor.USER
+            return
+        log.info("speech over the reply ignored (%s): %r", reason, text)
+        self._overlap = None
+        self.floor = Floor.BOT
+        self.output.resume()
+        self.ignored += 1
+        self.channel.send(events.ignored(self.turn, reason, text))
 
     # -- speculative turns -------------------------------------------------------------------------
 
@@ -309,21 +325,18 @@ class Conversation:
         return audio if self._carry is None else np.concatenate([self._carry, audio])
 
     def _begin(self, utterance: Utterance, ended: bool, text: str | None = None) -> None:
+        """A new PENDING turn from this utterance (or typed ``text``), replacing any pending one."""
         if self._closed:
             return
-        held = self._current
-        if held is not None and self._speculating:
+        held = self._current if self.floor is Floor.PENDING else None
+        if held is not None:
             if held.ended.is_set():
                 self._carry = held.audio  # the user went on from a held phrase: keep its words
             self._abandon()
         turn = UserTurn(utterance, self._with_carry(utterance.audio), ended)
         self._current = turn
+        self.floor = Floor.PENDING
         turn.task = self._tasks.spawn(self._run_turn(turn, text), "turn")
-
-    def _abandon(self) -> None:
-        turn, self._current = self._current, None
-        if turn is not None and turn.task is not None:
-            turn.task.cancel()
 
     async def _partial_transcript(self, audio: np.ndarray) -> None:
         committed = self.turn
@@ -337,47 +350,77 @@ class Conversation:
         turn.number = self.turn
         turn.metrics.mark("endpoint_ms")
         self._carry = None
-        if self._partial is not None:
-            self._partial.cancel()
+        self.floor = Floor.BOT
+        if self._partial_task is not None:
+            self._partial_task.cancel()
         self.channel.send(events.transcript(turn.number, turn.text, final=True))
         self._set_state("thinking")
         turn.commit(self.channel)
+        if self.record_dir is not None:
+            self._record(turn)
+
+    async def _complete(self, turn: UserTurn) -> bool | None:
+        """The end-of-turn model's verdict on the turn's sound: complete, not known to be, or None
+        without a model (or for typed text)."""
+        if self.end_of_turn is None or not turn.audio.size:
+            return None
+        pad = np.zeros(self.policy.end_of_turn_pad_ms * SPEECH_RATE // 1000, dtype=np.int16)
+        try:
+            p = await run_blocking(self.end_of_turn.probability, np.concatenate([turn.audio, pad]))
+        except Exception:
+            log.exception("end-of-turn model failed; the turn ends on silence alone")
+            return None
+        turn.metrics.mark("end_of_turn_ms")
+        turn.metrics.end_of_turn = round(p, 3)
+        return p >= self.policy.end_of_turn_threshold
+
+    async def _turn_over(self, turn: UserTurn, complete: bool | None) -> None:
+        """Returns once the silence after the turn has lasted long enough for the phrase: a short one
+        for a phrase the model judges complete, the detector's end of turn otherwise."""
+        if complete:
+            at = turn.metrics.speech_end + self.policy.complete_silence_ms / 1000
+            await asyncio.sleep(max(0.0, at - asyncio.get_running_loop().time()))
+        else:
+            await turn.ended.wait()
+        await turn.free.wait()
 
     async def _run_turn(self, turn: UserTurn, text: str | None) -> None:
         m = turn.metrics
         try:
-            if text is None:
-                try:
-                    text = (await self.asr.transcribe(turn.audio)).text
-                except Exception as exc:
-                    log.exception("ASR failed")
-                    await turn.ended.wait()
-                    self.channel.send(events.error("asr_failed", f"speech recognition failed: {exc}"))
+            complete = asyncio.ensure_future(self._complete(turn))
+            try:
+                if text is None:
+                    try:
+                        text = (await self.asr.transcribe(turn.audio)).text
+                    except Exception as exc:
+                        log.exception("ASR failed")
+                        await turn.ended.wait()
+                        self.channel.send(events.error("asr_failed", f"speech recognition failed: {exc}"))
+                        return
+                m.mark("transcript_ms")
+                turn.text = text
+                if not text:
+                    log.info("nothing recognised in %.1f s of audio", m.audio_s)
                     return
-            m.mark("transcript_ms")
-            turn.text = text
-            if not text:
-                log.info("nothing recognised in %.1f s of audio", m.audio_s)
-                return
-            if not turn.ended.is_set():
-                self.channel.send(events.transcript(self.turn + 1, text, final=False))
-            if looks_unfinished(text) and turn.audio.size:  # typed text is finished when it is sent
+                if not turn.ended.is_set():
+                    self.channel.send(events.transcript(self.turn + 1, text, final=False))
+                verdict = await complete
+            finally:
+                complete.cancel()
+            if not verdict and turn.audio.size and looks_unfinished(text):
                 # "I'd like a table for, um": wait longer before taking the turn, and do not spend the
                 # CPU on an answer that will probably be thrown away.
                 log.info("holding an unfinished phrase: %r", text)
                 await turn.ended.wait()
-                hold = turn.metrics.speech_end + self.params.hold_silence_ms / 1000
+                hold = turn.metrics.speech_end + self.policy.hold_silence_ms / 1000
                 await asyncio.sleep(max(0.0, hold - asyncio.get_running_loop().time()))
             await turn.free.wait()
 
-            async def commit_when_ended() -> None:
-                await turn.ended.wait()
-                await turn.free.wait()
+            async def commit_when_over() -> None:
+                await self._turn_over(turn, verdict)
                 self._commit(turn)
-                if self.record_dir is not None:
-                    self._record(turn)
 
-            committer = asyncio.get_running_loop().create_task(commit_when_ended())
+            committer = asyncio.get_running_loop().create_task(commit_when_over())
             try:
                 reply = await self._reply(turn)
                 await committer
@@ -392,11 +435,19 @@ class Conversation:
             log.info("turn %d metrics %s", turn.number, m.as_dict())
         finally:
             if self._current is turn:
+                self._current = None
                 if turn.committed.is_set():
-                    self._set_state("listening")
+                    self._reply_over()
                 else:  # nothing to answer (no words, or the ASR failed): no turn is pending any more
-                    self._current = None
                     self._unanswered_end = turn.end_sample
+                    self.floor = Floor.OPEN
+
+    def _reply_over(self) -> None:
+        """The reply ended by itself: speech that began over it is now simply the user's."""
+        self._set_state("listening")
+        self.floor = Floor.USER if self.floor is Floor.OVERLAP else Floor.OPEN
+        self._overlap = None
+        self.output.resume()
 
     def _record(self, turn: UserTurn) -> None:
         try:
@@ -437,7 +488,7 @@ class Conversation:
         spoken: list[str] = []
 
         async def write() -> None:
-            chunker = SpeechChunker()
+            chunker = SpeechChunker(max_sentences=self.llm_options.max_sentences)
             written: list[str] = []
             try:
                 async for token in self._tokens(turn.text):
@@ -447,6 +498,8 @@ class Conversation:
                         written.append(piece)
                         so_far = " ".join(written)
                         turn.send(self.channel, lambda t=so_far: events.reply(turn.number, t, final=False))
+                    if chunker.done:
+                        break  # the reply is long enough: leaving the loop stops the model's stream
                 for piece in chunker.flush():
                     sentences.put_nowait(piece)
             except LLMError as exc:
@@ -507,42 +560,7 @@ class Conversation:
             return reply_text
         return ""
 
-    # -- barge-in ----------------------------------------------------------------------------------
-
-    def _start_barge_in(self, onset: float) -> None:
-        self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
-        barge = BargeIn(onset=onset)
-        barge.timer = self._tasks.spawn(self._interrupt_if_still_speaking(barge), "barge-in-timer")
-        self._barge = barge
-
-    async def _interrupt_if_still_speaking(self, barge: BargeIn) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, barge.onset + self.interrupt_after_s - loop.time()))
-        if self._barge is barge and barge.speaking:
-            self._interrupt("speech")
-
-    async def _judge(self, barge: BargeIn, utterance: Utterance) -> None:
-        """Short speech during the reply: a backchannel lets the bot go on, anything else takes the turn."""
-        try:
-            text = (await self.asr.transcribe(utterance.audio)).text
-        except Exception:
-            log.exception("ASR failed on speech during the reply; the bot goes on")
-            text = ""
-        if self._barge is not barge:
-            return
-        if is_backchannel(text):
-            log.info("backchannel %r: the bot goes on", text)
-            self._let_bot_go_on(barge)
-            self._ignoring = not barge.ended
-            return
-        log.info("%r during the reply takes the turn", text)
-        self._interrupt("speech")
-        self._begin(utterance, ended=barge.ended, text=text)
-
-    def _let_bot_go_on(self, barge: BargeIn) -> None:
-        barge.cancel()
-        self._barge = None
-        self.output.resume()
+    # -- the client ------------------------------------------------------------------------------
 
     def interrupt(self) -> bool:
         """The client asked the bot to stop (``{"type": "interrupt"}``); False if it was not talking."""
@@ -552,9 +570,9 @@ class Conversation:
         """A typed user message: it cuts off a reply in progress, like speech would, and becomes the
         next turn, answered as if it had been spoken (with no audio, the ASR is skipped)."""
         self._interrupt("client")
-        if self._speculating:
-            self._abandon()
         self._carry = None
+        if self.floor is Floor.PENDING:
+            self._abandon()
         now = asyncio.get_running_loop().time()
         typed = Utterance(np.zeros(0, dtype=np.int16), -1, -1, now, 0)
         self._begin(typed, ended=True, text=text)
@@ -562,25 +580,25 @@ class Conversation:
     def reset(self) -> None:
         """Forgets the conversation: any reply in progress stops, and the history is cleared."""
         self._interrupt("client")
-        if self._speculating:
+        if self.floor is Floor.PENDING:
             self._abandon()
         self._carry = None
+        self.floor = Floor.OPEN
         self.history.turns.clear()
 
     def _interrupt(self, reason: str) -> bool:
-        barge, self._barge = self._barge, None
-        if barge is not None:
-            barge.cancel()
+        """Cuts the committed reply off; False if there was none. The floor is left to the caller."""
+        self._overlap = None
+        self.output.resume()
         turn = self._current
         if turn is None or not self.busy:
-            self.output.resume()
             return False
         heard = turn.heard(self.output.played_total)
         self.output.clear()
-        self.output.resume()
         assert turn.task is not None
         turn.task.cancel()
         self._current = None
+        self.floor = Floor.OPEN
         self.interruptions += 1
         if heard:
             self.history.add(turn.text, heard)
@@ -593,7 +611,6 @@ class Conversation:
 
     async def close(self) -> None:
         self._closed = True
-        if self._barge is not None:
-            self._barge.cancel()
+        self._overlap = None
         await self._tasks.cancel_all()
         self._current = None

@@ -16,6 +16,8 @@ Server to client (every message has a ``type``):
 - ``{"type": "vad", "speech": true, "bot_state": ...}``: the VAD heard the user start speaking.
 - ``{"type": "interrupted", "turn": int, "heard": str, "reason": "speech" | "client"}``: the reply to
   ``turn`` was cut off; ``heard`` is the part of it that was played (and is all the history keeps).
+- ``{"type": "ignored", "turn": int, "reason": "backchannel" | "no_words" | "too_short", "text": str}``:
+  speech over the reply to ``turn`` that let the bot go on.
 - ``{"type": "metrics", "turn": int, ...}``: milliseconds from the end of the user's speech to each stage.
 - ``{"type": "config", ...}``: the call's settings, after a ``config`` command changed them.
 - ``{"type": "reset"}``: the history was cleared.
@@ -85,6 +87,13 @@ def vad_start(bot_state: State) -> Event:
 
 def interrupted(turn: int, heard: str, reason: str) -> Event:
     return {"type": "interrupted", "turn": turn, "heard": heard, "reason": reason}
+
+
+def ignored(turn: int, reason: str, text: str) -> Event:
+    """Speech over the reply to ``turn`` that did not cut the bot off, and why: ``backchannel`` (its
+    words were a hum or an acknowledgement), ``no_words`` (the ASR found none) or ``too_short`` (shorter
+    than a word). Nothing the user says is dropped without the client being told."""
+    return {"type": "ignored", "turn": turn, "reason": reason, "text": text}
 
 
 def metrics(turn: int, values: dict[str, float | int | None]) -> Event:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,15 @@ class LLMOptions:
 
     max_tokens: int = 96
     temperature: float = 0.3
+    repeat_penalty: float = 1.0
+    """llama.cpp's penalty on tokens of the last 64 (prompt included); 1.0 is none. Not sent over HTTP
+    (not in the OpenAI API)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    """OpenAI's penalties, sent over HTTP only when not 0 (some servers reject what they lack)."""
+    max_sentences: int | None = 2
+    """The reply stops after this many sentences (None: no cap). Applied by the consumer of the stream
+    (``peer.text.SpeechChunker``), which then closes it, so the backend generates no more."""
 
 
 class LLM(abc.ABC):
@@ -67,6 +77,10 @@ class History:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_turns: int = 6
     turns: list[tuple[str, str]] = field(default_factory=list)
+    drop_repeats: bool = False
+    """A reply that repeats one the history holds (``repeats``) is not added, nor its question, and the
+    turns it repeats are forgotten: a small model copies the replies in its prompt, so one repeated
+    template turns into the answer to everything."""
 
     def messages(self, user_text: str) -> list[Message]:
         msgs: list[Message] = [{"role": "system", "content": self.system_prompt}]
@@ -76,10 +90,36 @@ class History:
         msgs.append({"role": "user", "content": user_text})
         return msgs
 
-    def add(self, user_text: str, reply: str) -> None:
+    def add(self, user_text: str, reply: str) -> bool:
+        """Returns False when the turn was not kept (a repeat, with ``drop_repeats``)."""
+        if self.drop_repeats:
+            kept = [turn for turn in self.turns if not repeats(reply, turn[1])]
+            if len(kept) < len(self.turns):
+                self.turns[:] = kept
+                return False
         self.turns.append((user_text, reply))
         if len(self.turns) > self.max_turns:
             del self.turns[: len(self.turns) - max(1, self.max_turns // 2)]
+        return True
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    w = _WORD.findall(text.lower())
+    return {tuple(w[i : i + 3]) for i in range(len(w) - 2)}
+
+
+def repeats(reply: str, earlier: str) -> bool:
+    """True when ``reply`` is ``earlier`` again, give or take a word (over half of its word trigrams
+    are in it), or the same template (it opens with the same four words): the two rules of
+    ``bench/replies.py``."""
+    words = _WORD.findall(reply.lower())
+    if len(words) >= 4 and _WORD.findall(earlier.lower())[:4] == words[:4]:
+        return True
+    grams = _trigrams(reply)
+    return bool(grams) and len(grams & _trigrams(earlier)) > len(grams) / 2
 
 
 _END = object()
@@ -134,6 +174,9 @@ class LlamaCppLLM(LLM):
                 stream=True,
                 max_tokens=options.max_tokens,
                 temperature=options.temperature,
+                repeat_penalty=options.repeat_penalty,
+                presence_penalty=options.presence_penalty,
+                frequency_penalty=options.frequency_penalty,
             )
             for chunk in chunks:
                 if cancelled.is_set():
@@ -207,6 +250,9 @@ class OpenAICompatibleLLM(LLM):
             "max_tokens": options.max_tokens,
             "temperature": options.temperature,
         }
+        for name in ("presence_penalty", "frequency_penalty"):
+            if value := getattr(options, name):
+                body[name] = value
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         # Only connecting is bounded here; the conversation bounds the wait for each token.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)

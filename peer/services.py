@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .asr import ASR, WhisperASR
 from .config import Config
+from .endofturn import EndOfTurn, SmartTurn
 from .llm import LLM, LlamaCppLLM, LLMOptions, OpenAICompatibleLLM
 from .tts import TTS, PiperTTS
 from .vad import silero_session
@@ -20,6 +21,8 @@ class Services:
     asr: ASR
     llm: LLM
     tts: TTS
+    end_of_turn: EndOfTurn | None = None
+    """None: turns end on silence and their last words alone."""
 
 
 def load_services(config: Config) -> Services:
@@ -38,10 +41,17 @@ def load_services(config: Config) -> Services:
     else:
         llm = LlamaCppLLM(config.llm_model, options=options)
         log.info("LLM: llama.cpp %s", llm.path.name)
+    end_of_turn = None
+    if config.end_of_turn_model:
+        name = config.end_of_turn_model
+        end_of_turn = SmartTurn(None if name == "smart-turn" else name)
+        log.info("end of turn: Smart Turn from %s", end_of_turn.path)
     log.info("models loaded in %.1f s", time.perf_counter() - t0)
     t1 = time.perf_counter()
     asr.warmup()
     tts.warmup()
     llm.warmup(config.system_prompt)
+    if end_of_turn is not None:
+        end_of_turn.warmup()
     log.info("models warmed up in %.1f s", time.perf_counter() - t1)
-    return Services(asr=asr, llm=llm, tts=tts)
+    return Services(asr=asr, llm=llm, tts=tts, end_of_turn=end_of_turn)

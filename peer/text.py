@@ -25,19 +25,37 @@ class SpeechChunker:
     once it has ``first_min_chars`` characters, or after ``first_max_words`` complete words if no
     punctuation has come by then. Later pieces are whole sentences, which sound more natural, and are
     synthesized while the previous one plays, so their length costs no latency.
+
+    A reply ends after ``max_sentences`` complete sentences (None: no cap): ``done`` turns True, the rest
+    of the text is dropped, and the caller stops the LLM's stream, so no more tokens are generated. A
+    small model asked for "one or two sentences" often goes on for five (``bench/replies.py``).
     """
 
-    def __init__(self, first_min_chars: int = 16, first_max_words: int = 7, max_chars: int = 240) -> None:
+    def __init__(
+        self,
+        first_min_chars: int = 16,
+        first_max_words: int = 7,
+        max_chars: int = 240,
+        max_sentences: int | None = 2,
+    ) -> None:
         self.first_min_chars = first_min_chars
         self.first_max_words = first_max_words
         self.max_chars = max_chars
+        self.max_sentences = max_sentences
+        self.sentences = 0
+        """Complete sentences handed out so far (a piece cut at a clause or a space is not one)."""
+        self.done = False
+        """The reply has its ``max_sentences``: push and flush return nothing more."""
         self._buffer = ""
         self._emitted = 0
+        self._sentence_end = False
 
     def push(self, text: str) -> list[str]:
+        if self.done:
+            return []
         self._buffer += text
         out: list[str] = []
-        while True:
+        while not self.done:
             piece = self._cut()
             if piece is None:
                 break
@@ -45,17 +63,24 @@ class SpeechChunker:
             if piece:
                 out.append(piece)
                 self._emitted += 1
+                if self._sentence_end:
+                    self.sentences += 1
+                    if self.max_sentences is not None and self.sentences >= self.max_sentences:
+                        self.done = True
+                        self._buffer = ""
         return out
 
     def flush(self) -> list[str]:
-        piece = clean_for_speech(self._buffer)
+        piece = "" if self.done else clean_for_speech(self._buffer)
         self._buffer = ""
         return [piece] if piece else []
 
     def _cut(self) -> str | None:
         buf = self._buffer
+        self._sentence_end = False
         for match in _SENTENCE_END.finditer(buf):
             if not _is_abbreviation(buf[: match.end(1)]):
+                self._sentence_end = True
                 return self._take(match.end(1), match.end())
         if self._emitted == 0:
             for m in _CLAUSE_END.finditer(buf):
@@ -89,13 +114,14 @@ def _is_abbreviation(text: str) -> bool:
     return len(raw) == 2 and raw[0].isupper() and raw[1] == "."
 
 
-_WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
+_WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
 BACKCHANNELS = frozenset(
-    "mm mmm hm hmm mhm mm-hmm mm-hm uh-huh uh huh um ah oh yeah yep yes ok okay right sure "
-    "i see got it alright aha".split()
+    "mm mmm hm hmm mhm mm-hmm mm-hm uh-huh uh huh um ah oh aha ok okay alright right i see got it".split()
 )
-"""Words a listener says to show they are following, not to take the turn."""
+"""Words a listener says to show they are following, not to take the turn. Not "yes", "no", "yeah" or
+"sure": over a reply that may have just asked something, those are answers, and a dropped answer is
+worse than a reply cut short."""
 
 _UNFINISHED = frozenset(
     "and but or so because cause if that which who the a an to of for with in on at from my your his "

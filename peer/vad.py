@@ -74,14 +74,16 @@ class TurnParams:
     tail of silence kept after the last voiced window, so a paused turn and the ended one are the same
     audio and the speculative transcript stays valid."""
     end_silence_ms: int = 300
-    """Silence that closes a turn. The conversation may still wait longer for a phrase that sounds
-    unfinished (``hold_silence_ms``)."""
-    hold_silence_ms: int = 1000
-    """Silence the conversation waits for after a phrase that sounds unfinished ("... and", "um")."""
+    """Silence that closes a turn. The conversation may commit a turn sooner, or wait longer, by how
+    the phrase ends (``peer.turntaking.TurnPolicy``)."""
     partial_interval_ms: int = 640
     """Turn audio between two ``SpeechProgress`` events, which drive partial transcripts; 0: none."""
     pre_roll_ms: int = 320
     """Audio kept from before the detected onset, so the first phoneme reaches the ASR."""
+    overlap_pre_roll_ms: int = 800
+    """The same while the bot is speaking. An echo canceller (the browser's or ours) pulls down the
+    first syllables of speech that overlaps the bot's, and the stricter echo thresholds need longer to
+    open a turn, so the onset is found late; the words before it must still reach the ASR."""
     min_speech_ms: int = 250
     """Turns with less voiced audio than this are dropped as noise."""
     max_turn_s: float = 30.0
@@ -158,9 +160,7 @@ class TurnDetector:
         self._pending = SampleBuffer()
         self._pending_keep = SampleBuffer()  # the audio the turns are made of, when it differs
         self._position = 0  # samples of the stream consumed by the VAD
-        p = self.params
         self._window_ms = WINDOW * 1000 / SPEECH_RATE
-        self._pre_roll = max(1, round(p.pre_roll_ms / self._window_ms))
         self._history: list[np.ndarray] = []  # windows before the onset, for the pre-roll
         self._in_turn = False
         self._run = 0  # consecutive speech windows while not in a turn
@@ -187,11 +187,13 @@ class TurnDetector:
         arrival: float,
         echo_possible: bool = False,
         keep: np.ndarray | None = None,
+        bot_speaking: bool = False,
     ) -> list[TurnEvent]:
         """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events.
 
         ``echo_possible`` says the bot's voice may be in this audio (it spoke within the echo path's
-        reach): a turn then needs ``echo_threshold`` and ``echo_start_ms`` to open.
+        reach): a turn then needs ``echo_threshold`` and ``echo_start_ms`` to open. ``bot_speaking``:
+        the bot's voice is being played, echo or not; a turn that opens then keeps a longer pre-roll.
 
         ``keep``, if given, is the same stretch of audio processed differently, and is what the turns
         are made of: the VAD may want the echo cancelled at all costs while the ASR wants the words
@@ -215,8 +217,8 @@ class TurnDetector:
                 )
                 self._run = self._run + 1 if prob >= threshold else 0
                 if self._run >= self._windows(start_ms):
-                    keep = self._run + self._pre_roll
-                    self._turn = self._history[-keep:]
+                    pre_roll = p.overlap_pre_roll_ms if bot_speaking else p.pre_roll_ms
+                    self._turn = self._history[-(self._run + self._windows(pre_roll)) :]
                     self._turn_start = self._position - WINDOW * len(self._turn)
                     self._in_turn = True
                     self._voiced = self._run
@@ -226,9 +228,8 @@ class TurnDetector:
                     self._paused = False
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
                     events.append(SpeechStarted(self._position - WINDOW * self._run, arrival))
-                self._history = self._history[
-                    -(self._pre_roll + self._windows(max(p.start_ms, p.echo_start_ms))) :
-                ]
+                longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(p.start_ms, p.echo_start_ms)
+                self._history = self._history[-self._windows(longest) :]
                 continue
             self._turn.append(kept)
             # After a pause, only clear speech counts as resuming: a fading word must not cancel the

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from peer import models
 from peer.config import Config
+from peer.turntaking import TurnPolicy
 from peer.vad import TurnParams
 
 DEFAULTS = Config()
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _T = TurnParams()
+_P = TurnPolicy()
 
 
 def _flag(text: str) -> bool:
@@ -100,6 +102,14 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     ),
     ("--aec", "AEC", str, DEFAULTS.aec, "server-side echo canceller", {"choices": ["aec3", "speex", "off"]}),
     (
+        "--asr-aec",
+        "ASR_AEC",
+        str,
+        DEFAULTS.asr_aec,
+        "echo canceller whose output the ASR hears when the bot's voice comes back ('same': --aec's)",
+        {"choices": ["speex", "aec3", "same"]},
+    ),
+    (
         "--noise-suppression",
         "NOISE_SUPPRESSION",
         int,
@@ -120,8 +130,25 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         "--hold-silence-ms",
         "HOLD_SILENCE_MS",
         int,
-        _T.hold_silence_ms,
+        _P.hold_silence_ms,
         "silence that ends a turn whose last phrase sounds unfinished ('... and', 'um')",
+        {},
+    ),
+    (
+        "--complete-silence-ms",
+        "COMPLETE_SILENCE_MS",
+        int,
+        _P.complete_silence_ms,
+        "silence that ends a turn the end-of-turn model judges complete",
+        {},
+    ),
+    (
+        "--end-of-turn",
+        "END_OF_TURN",
+        str,
+        DEFAULTS.end_of_turn_model or "off",
+        "end-of-turn model: smart-turn (Smart Turn v3.2, from the pipecat-ai wheel), the path of such an "
+        "ONNX file, or off (silence and the last words alone)",
         {},
     ),
     (
@@ -136,7 +163,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         "--interrupt-after-ms",
         "INTERRUPT_AFTER_MS",
         int,
-        DEFAULTS.interrupt_after_ms,
+        _P.interrupt_after_ms,
         "barge-in: speech during a reply that lasts this long cuts the bot off",
         {},
     ),
@@ -224,6 +251,14 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {},
     ),
     (
+        "--record-audio",
+        "RECORD_AUDIO",
+        str,
+        DEFAULTS.record_audio_dir,
+        "debugging: save each call's microphone and the bot's reference (16 kHz stereo WAV)",
+        {},
+    ),
+    (
         "--record-turns",
         "RECORD_TURNS",
         str,
@@ -276,10 +311,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     turn = dataclasses.replace(
         TurnParams(),
         end_silence_ms=int(args.end_silence_ms),
-        hold_silence_ms=int(args.hold_silence_ms),
         partial_interval_ms=int(args.partial_interval_ms),
         threshold=float(args.vad_threshold),
     )
+    policy = dataclasses.replace(
+        TurnPolicy(),
+        hold_silence_ms=int(args.hold_silence_ms),
+        complete_silence_ms=int(args.complete_silence_ms),
+        interrupt_after_ms=int(args.interrupt_after_ms),
+    )
+    end_of_turn = str(args.end_of_turn).strip()
     return Config(
         host=args.host,
         port=int(args.port),
@@ -293,10 +334,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         system_prompt=args.system_prompt,
         tts_voice=args.tts_voice or None,
         aec=str(args.aec),
+        asr_aec=str(args.asr_aec),
         noise_suppression=int(args.noise_suppression),
         auto_gain_dbfs=int(args.auto_gain),
         turn=turn,
-        interrupt_after_ms=int(args.interrupt_after_ms),
+        policy=policy,
+        end_of_turn_model=None if end_of_turn.lower() in ("", "off", "none") else end_of_turn,
         ice_servers=_listed(args.ice_server, "VOICEPEER_ICE_SERVERS"),
         allow_origins=_listed(args.allow_origin, "VOICEPEER_ALLOW_ORIGINS"),
         auth_token=args.auth_token or None,
@@ -314,6 +357,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         media_timeout_s=float(args.media_timeout),
         connect_timeout_s=float(args.connect_timeout),
         record_turns_dir=args.record_turns or None,
+        record_audio_dir=args.record_audio or None,
     )
 
 
@@ -325,8 +369,9 @@ def _check(config: Config) -> int:
     except models.ModelNotFound as exc:
         print(f"voicepeer: {exc}", file=sys.stderr)
         return 1
-    for name in ("asr", "llm", "tts"):
-        print(f"{name}: {getattr(services, name).path}")
+    for name in ("asr", "llm", "tts", "end_of_turn"):
+        model = getattr(services, name)
+        print(f"{name}: {model.path if model is not None else 'off'}")
     return 0
 
 

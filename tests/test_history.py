@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from peer.llm import History
+from peer.llm import History, repeats
 
 
 def test_the_history_is_bounded_and_forgets_the_older_half_at_once():
@@ -30,3 +30,35 @@ def test_a_short_history_is_kept_whole():
     msgs = history.messages("now")
     assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "now"}
     assert len(msgs) == 1 + 2 * 6 + 1
+
+
+def test_a_reply_that_repeats_an_earlier_one_is_not_kept():
+    template = "I'm glad you're happy with the answer. I'll make sure to include the correct punctuation."
+    history = History(drop_repeats=True)
+    assert history.add("What's the capital of France?", "Paris.")
+    assert history.add("Why is the sky blue?", template)
+    # The same sentence again, a word changed: the turn is left out, the question with it, and the turn
+    # it repeats is forgotten too, so the template is no longer in the prompt to be copied.
+    assert not history.add("How far is the moon?", template.replace("glad", "happy"))
+    assert history.turns == [("What's the capital of France?", "Paris.")]
+    # Short replies and new ones are kept, even when they share a few words with an earlier one.
+    assert history.add("And Spain?", "Paris.")
+    assert history.add("Why is the sky blue?", template)
+    assert history.add("Who wrote it?", "I'm glad you asked: Shakespeare wrote Romeo and Juliet.")
+    assert len(history.turns) == 4
+
+
+def test_repeats_are_kept_unless_asked():
+    history = History()
+    same = "The same answer every time."
+    assert history.add("q1", same) and history.add("q2", same)
+    assert len(history.turns) == 2
+
+
+def test_the_repeat_rule():
+    assert repeats("the cat sat on the mat", "yes, the cat sat on the mat today")
+    assert not repeats("a cat sat on the warm sofa now", "the cat sat on the mat")  # 2 of 6 trigrams
+    assert not repeats("Paris.", "Paris.")  # too short to tell
+    # A template: the same opening, whatever follows.
+    assert repeats("The answer to this question is Paris.", "The answer to this question is 8.")
+    assert not repeats("The capital of Spain is Madrid.", "The capital of France is Paris.")

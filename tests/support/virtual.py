@@ -24,12 +24,20 @@ FRAME_S = WEBRTC_FRAME_SAMPLES / WEBRTC_RATE
 
 
 class VirtualLine(EventLog):
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, speaker: tuple[float, float] | None = None) -> None:
+        """``speaker``: (delay in seconds, gain) of an acoustic path from the loudspeaker back into the
+        microphone, as a laptop on speakers with no echo canceller of its own; None: headphones."""
         super().__init__()
         self.call = call
         self.heard: list[tuple[float, np.ndarray]] = []
         """(loop time, 20 ms of the bot's voice at 48 kHz) for every frame pulled."""
         self._mic = SampleBuffer()
+        self._echo: SampleBuffer | None = None
+        self._gain = 0.0
+        if speaker is not None:
+            delay_s, self._gain = speaker
+            self._echo = SampleBuffer()
+            self._echo.push(np.zeros(round(delay_s * WEBRTC_RATE), dtype=np.int16))
         self._task: asyncio.Task[None] | None = None
         call.events.subscribe(self.record)
 
@@ -47,10 +55,18 @@ class VirtualLine(EventLog):
             n += 1
             await asyncio.sleep(max(0.0, start + n * FRAME_S - loop.time()))
             now = loop.time()
-            self.heard.append((now, self.call.playout.next_frame(now)))
+            played = self.call.playout.next_frame(now)
+            self.heard.append((now, played))
             chunk = self._mic.pop(WEBRTC_FRAME_SAMPLES)
             if chunk is None:
                 chunk = np.zeros(WEBRTC_FRAME_SAMPLES, dtype=np.int16)
+            if self._echo is not None:
+                self._echo.push(played)
+                echo = self._echo.pop(WEBRTC_FRAME_SAMPLES)
+                mixed = chunk.astype(np.int32) + np.round(echo.astype(np.float64) * self._gain).astype(
+                    np.int32
+                )
+                chunk = np.clip(mixed, -32768, 32767).astype(np.int16)
             await self.call.hear(chunk, WEBRTC_RATE, 1, now)
 
     def voiced_after(self, t: float, threshold: int = 300) -> float | None:
@@ -61,11 +77,14 @@ class VirtualLine(EventLog):
 
 
 @contextlib.asynccontextmanager
-async def virtual_call(services: Services, *, voice: bool = True, **config) -> AsyncIterator[VirtualLine]:
-    """A started call on a virtual line. The line has no acoustic path from the loudspeaker to the
-    microphone, so the call is told so, as a client with echo cancellation would."""
-    call = Call(services, Config(**config), voice=voice, client_aec=True)
-    line = VirtualLine(call)
+async def virtual_call(
+    services: Services, *, voice: bool = True, speaker: tuple[float, float] | None = None, **config
+) -> AsyncIterator[VirtualLine]:
+    """A started call on a virtual line. Without ``speaker`` the line has no acoustic path from the
+    loudspeaker to the microphone, so the call is told so, as a client with echo cancellation would;
+    with it, the bot's voice comes back (``VirtualLine``) and the call is told nothing cancels it."""
+    call = Call(services, Config(**config), voice=voice, client_aec=speaker is None)
+    line = VirtualLine(call, speaker)
     call.start()
     line._task = asyncio.get_running_loop().create_task(line._run())
     try:
