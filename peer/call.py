@@ -33,6 +33,7 @@ from .frontend import FarEndReference, FrontEnd
 from .limits import TokenBucket
 from .llm import History
 from .playout import Playout
+from .recorder import CallRecorder
 from .services import Services
 from .tasks import Tasks
 from .vad import TurnDetector, TurnEvent
@@ -74,22 +75,24 @@ class Call:
             services.tts,
             self.playout,
             self.events,
-            History(system_prompt=config.system_prompt),
+            History(system_prompt=config.system_prompt, drop_repeats=True),
             llm_timeout_s=config.llm_timeout_s,
             record_dir=config.record_turns_dir,
-            params=config.turn,
-            interrupt_after_ms=config.interrupt_after_ms,
+            policy=config.policy,
             voice=voice,
+            end_of_turn=services.end_of_turn,
         )
         self.frontend = FrontEnd(
             config.aec,
             config.noise_suppression,
             config.auto_gain_dbfs,
             echo_expected=voice and not client_aec,
+            words_aec=None if config.asr_aec == "same" else config.asr_aec,
         )
         self.reference = FarEndReference()
         self.playout.add_listener(self.reference.on_frame)
         self._converter = InboundConverter()
+        self.recorder = CallRecorder(config.record_audio_dir, self.id) if config.record_audio_dir else None
         # The detector's state is one stream's: a frame and a mute's flush must never run at once.
         self._hearing = asyncio.Lock()
         self._queues: set[EventQueue] = set()
@@ -157,8 +160,13 @@ class Call:
 
     def _process(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
         """Front-end then turn detection, in one worker-thread hop per chunk."""
+        if self.recorder is not None:
+            self.recorder.write(pcm, reference)
         clean, words = self.frontend.process_pair(pcm, reference)
-        return self.detector.process(clean, arrival, self.frontend.echo_possible, keep=words)
+        frontend = self.frontend
+        return self.detector.process(
+            clean, arrival, frontend.echo_possible, keep=words, bot_speaking=frontend.bot_speaking
+        )
 
     def _dispatch(self, turn_events: list[TurnEvent]) -> None:
         if self.closed:
@@ -232,9 +240,10 @@ class Call:
         conversation.llm_options = dataclasses.replace(
             conversation.llm_options, max_tokens=settings.max_tokens
         )
-        params = dataclasses.replace(self.detector.params, end_silence_ms=settings.end_silence_ms)
-        # Read by the detector at its next window and by the conversation at its next turn.
-        self.detector.params = conversation.params = params
+        # Read by the detector at its next window.
+        self.detector.params = dataclasses.replace(
+            self.detector.params, end_silence_ms=settings.end_silence_ms
+        )
 
     # -- lifetime ----------------------------------------------------------------------------------
 
@@ -246,6 +255,9 @@ class Call:
         await self._tasks.cancel_all()
         await self.conversation.close()
         self.frontend.close()  # safe under a frame still in the front-end: it holds its own lock
+        if self.recorder is not None:
+            async with self._hearing:  # not under a chunk being written
+                self.recorder.close()
         self.playout.clear()
         for queue in list(self._queues):
             queue.close()

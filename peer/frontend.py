@@ -7,8 +7,12 @@ listens on.
 
 Pairing the two streams needs no timestamps arithmetic: the outbound track releases a 20 ms frame every
 20 ms and the client's microphone delivers one every 20 ms, so each inbound chunk is paired with the
-reference sent most recently, and the echo path's delay (network round trip plus the client's buffers,
-100-300 ms, drifting) is left to the canceller's own delay estimation, which is what it is built for.
+reference sent most recently. The echo path's delay (network round trip plus the client's buffers) is
+found by the canceller's own delay estimation while it is short. AEC3 finds none beyond ~500 ms (an
+8 s test: 56-60 dB of echo removed at 150-450 ms, under 1 dB at 600 ms and more), and a loaded client
+or a slow network gives that: a Chromium on the same two busy cores sent the bot's voice back 600-900
+ms after it left. So the front-end measures the delay itself (``EchoCoupling.lag_ms``, a cross-
+correlation it computes anyway) and holds the reference back by all but ``ALIGN_SLACK_MS`` of it.
 """
 
 from __future__ import annotations
@@ -41,8 +45,20 @@ reference is the latest sent, the echo comes back after the round trip and the c
 COUPLING_WINDOW_FRAMES = 100
 """10 ms frames of microphone audio the echo coupling is measured over (1 s)."""
 
-COUPLING_MAX_LAG_FRAMES = 50
-"""Longest echo delay looked for: 500 ms of network round trip, client buffers and room."""
+COUPLING_MAX_LAG_FRAMES = 150
+"""Longest echo delay looked for: 1.5 s of network round trip, client buffers and room."""
+
+ALIGN_SLACK_MS = 150
+"""Delay left for the canceller to find once the reference is held back by the measured echo delay:
+room for the delay to drift either way, well inside what AEC3 finds on its own."""
+
+REALIGN_MS = 120
+"""A measured delay this far from the one the reference is held back by moves it (each move costs the
+canceller a few hundred milliseconds of re-convergence, so small drifts are left to it)."""
+
+UNKNOWN_REACH_MS = 1200
+"""``ECHO_REACH_MS`` while no echo delay has been measured yet in a call that expects an echo: the
+bot's first words may come back late, and a missed echo makes the bot interrupt itself."""
 
 COUPLING_EVERY_FRAMES = 25
 """A coupling measurement every 250 ms while the bot speaks."""
@@ -90,16 +106,20 @@ class EchoCoupling:
         """Assumed until shown otherwise (unless the client cancels echo itself): a missed echo makes
         the bot interrupt itself."""
         self.last = 0.0
+        self.lag_ms: int | None = None
+        """Echo delay at the last measurement that found the echo: how long after the reference frame
+        the microphone hears it."""
 
     def push(self, mic: np.ndarray, ref: np.ndarray, far_active: bool) -> None:
         self._mic.append(mic)
         self._ref.append(ref)
         self._since += 1
-        if not far_active or self._since < COUPLING_EVERY_FRAMES or len(self._ref) < self._ref.maxlen:
+        if not far_active or self._since < COUPLING_EVERY_FRAMES or len(self._mic) < self._mic.maxlen:
             return
         self._since = 0
-        self.last = self._measure()
+        self.last, lag = self._measure()
         if self.last >= ECHO_COUPLED:
+            self.lag_ms = lag
             self._quiet = 0
             if not self.present:
                 log.info("echo coupling %.2f: the bot's voice comes back; cancelling it", self.last)
@@ -110,7 +130,8 @@ class EchoCoupling:
                 log.info("echo coupling %.2f: no echo of the bot's voice", self.last)
                 self.present = False
 
-    def _measure(self) -> float:
+    def _measure(self) -> tuple[float, int]:
+        """The peak normalised correlation between microphone and reference, and its echo delay (ms)."""
         m = np.diff(np.concatenate(self._mic).astype(np.float64))  # pre-emphasis: flatter spectra,
         r = np.diff(np.concatenate(self._ref).astype(np.float64))  # fewer chance correlations
         n = 1 << (r.size + m.size).bit_length()
@@ -120,13 +141,21 @@ class EchoCoupling:
         r_norm = np.sqrt(energy[m.size :] - energy[: r.size - m.size + 1])
         m_norm = np.sqrt(np.sum(m * m))
         if m_norm < MIC_FLOOR * np.sqrt(m.size):
-            return 0.0  # a silent microphone holds no echo (and its codec noise correlates by chance)
+            return 0.0, 0  # a silent microphone holds no echo (and its codec noise correlates by chance)
         # Only lags where the reference carried the bot's voice over most of the window count: a
         # window holding just the first syllable of a reply normalises anything into a "match".
         loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
         if not loud.any():
-            return 0.0
-        return float(np.max(np.abs(c[loud]) / (r_norm[loud] * m_norm)))
+            return 0.0, 0
+        score = np.where(loud, np.abs(c) / np.maximum(r_norm * m_norm, 1e-9), 0.0)
+        k = int(np.argmax(score))
+        lag_samples = r.size - m.size - k  # k = len(r) - len(m) is no delay
+        return float(score[k]), round(lag_samples * 1000 / SPEECH_RATE)
+
+
+def _active(frame: np.ndarray) -> bool:
+    """The reference frame carries the bot's voice, not silence."""
+    return bool(np.abs(frame).max(initial=0) > FAR_ACTIVE_PEAK)
 
 
 class FarEndReference:
@@ -172,8 +201,18 @@ class FrontEnd:
         noise_suppression: int = 1,
         auto_gain_dbfs: int = 0,
         echo_expected: bool = True,
+        words_aec: str | None = "speex",
     ) -> None:
+        """``aec`` cancels the echo for the turn detector; ``words_aec`` (None: the same output) for the
+        ASR, once an echo has been seen. They want different things: the detector must never take the
+        bot's voice for the user's, so AEC3 suppresses anything doubtful; the ASR needs the user's words
+        intact while the bot talks (double talk), which is what AEC3's suppressor takes away and Speex's
+        linear filter leaves. On a loudspeaker at half level, flite and espeak questions spoken 1.5-5 s
+        into the bot's reply came out of AEC3 as "What is it that you like today?" and "I tried to" and
+        out of Speex as spoken ("What is the weather like today?", "Five, five.")."""
         self.canceller: EchoCanceller | None = make_canceller(aec)
+        separate = words_aec and words_aec != aec and self.canceller is not None
+        self.words_canceller: EchoCanceller | None = make_canceller(words_aec) if separate else None
         self._processor = None
         if noise_suppression or auto_gain_dbfs:
             from webrtc_noise_gain import AudioProcessor
@@ -182,6 +221,10 @@ class FrontEnd:
         self._near = SampleBuffer()
         self._far = SampleBuffer()
         self._far_frames_ago = 10**9  # 10 ms frames since the reference last carried sound
+        self._held = SampleBuffer()  # the reference held back by ``delay_ms`` for the canceller
+        self.delay_ms = 0
+        """How long the reference is held back before the canceller sees it (see the module's notes)."""
+        self._aligned_frames_ago = 10**9  # the same as ``_far_frames_ago``, for the held-back reference
         self.coupling = EchoCoupling(expected=echo_expected)
         # A session closing cancels the task awaiting process(), not the worker thread running it; the
         # lock keeps close() from freeing a native canceller under a frame still being processed.
@@ -214,32 +257,65 @@ class FrontEnd:
             ref = self._far.pop(FRAME)
             if ref is None:
                 ref = np.zeros(FRAME, dtype=np.int16)
-            self._far_frames_ago = (
-                0 if np.abs(ref).max(initial=0) > FAR_ACTIVE_PEAK else self._far_frames_ago + 1
-            )
+            self._far_frames_ago = 0 if _active(ref) else self._far_frames_ago + 1
             self.coupling.push(mic, ref, self._far_frames_ago == 0)
+            aligned = self._hold_back(ref)
+            self._aligned_frames_ago = 0 if _active(aligned) else self._aligned_frames_ago + 1
             raw = mic
+            heard = self.words_canceller.process(mic, aligned) if self.words_canceller is not None else None
             if self.canceller is not None:
-                cancelled = self.canceller.process(mic, ref)
+                cancelled = self.canceller.process(mic, aligned)
                 if self.coupling.present:
                     mic = cancelled
             if self._processor is not None:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
-            words.append(mic if self.coupling.seen else raw)
+            if not self.coupling.seen:
+                words.append(raw)
+            else:
+                words.append(heard if heard is not None else mic)
         if not out:
             empty = np.zeros(0, dtype=np.int16)
             return empty, empty
         return np.concatenate(out), np.concatenate(words)
 
+    def _hold_back(self, ref: np.ndarray) -> np.ndarray:
+        """The reference frame that pairs with this microphone frame once the echo delay measured so far
+        is taken out; the delay moves only when the measurement has moved by ``REALIGN_MS``."""
+        lag = self.coupling.lag_ms
+        if lag is not None:
+            target = max(0, lag - ALIGN_SLACK_MS)
+            if abs(target - self.delay_ms) >= REALIGN_MS:
+                change = (target - self.delay_ms) * SPEECH_RATE // 1000
+                if change > 0:
+                    self._held.push(np.zeros(change, dtype=np.int16))
+                else:
+                    self._held.pop(min(-change, len(self._held)))
+                log.info("echo delay %d ms: the canceller's reference is held back %d ms", lag, target)
+                self.delay_ms = target
+        self._held.push(ref)
+        return self._held.pop(FRAME)
+
+    @property
+    def echo_reach_ms(self) -> int:
+        """How long after the (held-back) reference last carried the bot's voice its echo may still
+        come: ``ECHO_REACH_MS``, or more while the echo delay is still unknown."""
+        return ECHO_REACH_MS if self.coupling.lag_ms is not None else UNKNOWN_REACH_MS
+
     @property
     def echo_possible(self) -> bool:
-        """The bot's voice may be in the microphone now: it was sent within ``ECHO_REACH_MS`` and its
+        """The bot's voice may be in the microphone now: it was sent within the echo's reach and its
         echo has not been shown to be absent."""
-        return self.coupling.present and self._far_frames_ago * 10 < ECHO_REACH_MS
+        return self.coupling.present and self._aligned_frames_ago * 10 < self.echo_reach_ms
+
+    @property
+    def bot_speaking(self) -> bool:
+        """The bot's voice is being played, or its echo may still come, whether or not it does."""
+        return min(self._far_frames_ago, self._aligned_frames_ago) * 10 < self.echo_reach_ms
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self.canceller is not None:
-                self.canceller.close()
+            for canceller in (self.canceller, self.words_canceller):
+                if canceller is not None:
+                    canceller.close()

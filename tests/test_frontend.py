@@ -123,3 +123,19 @@ def test_the_first_syllable_of_a_reply_is_not_taken_for_an_echo_of_the_user():
     for i in range(0, n - FRAME + 1, FRAME):
         coupling.push(mic[i : i + FRAME], far[i : i + FRAME], far_active=bool(far[i : i + FRAME].any()))
     assert not coupling.present and coupling.last < 0.3
+
+
+def test_an_echo_that_comes_back_later_than_aec3_looks_is_still_cancelled():
+    # A busy client or a slow network: the bot's voice comes back 800 ms after it left, beyond the
+    # ~500 ms AEC3 searches. The front-end measures the delay and holds the reference back by it.
+    far = speechlike(10.0, seed=1)
+    mic = np.clip(through_room(far, 800, -6), -32768, 32767).astype(np.int16)
+    fe = FrontEnd("aec3", noise_suppression=0, echo_expected=True)
+    clean = np.concatenate([fe.process(mic[i : i + 320], far[i : i + 320]) for i in range(0, far.size, 320)])
+    fe.close()
+    assert fe.coupling.lag_ms == pytest.approx(800, abs=30)
+    assert fe.delay_ms == pytest.approx(800 - 150, abs=30)
+    tail = slice(6 * SPEECH_RATE, 10 * SPEECH_RATE)
+    assert rms_dbfs(clean[tail]) < rms_dbfs(mic[tail]) - 20, "the late echo was left in"
+    # Without the measurement (as at the start of a call), its echo is taken as possible for longer.
+    assert FrontEnd("off", noise_suppression=0).echo_reach_ms > fe.echo_reach_ms
