@@ -63,6 +63,8 @@ export class VoicePeerClient extends EventTarget {
    * @param {boolean} [options.trustEchoCancellation] report the browser's echo canceller to the server
    *        as applied when it says so; false where it is known not to work (Electron on Windows), so the
    *        server keeps its own canceller on
+   * @param {number|null} [options.jitterBufferTargetMs] receive buffer asked for the bot's voice (0: as
+   *        short as the browser can keep it; null: the browser's own adaptive default)
    */
   constructor({
     serverUrl = "",
@@ -74,6 +76,7 @@ export class VoicePeerClient extends EventTarget {
     inputDeviceId = null,
     reconnect = null,
     trustEchoCancellation = true,
+    jitterBufferTargetMs = 0,
   } = {}) {
     super();
     this.serverUrl = serverUrl.replace(/\/$/, "");
@@ -85,6 +88,7 @@ export class VoicePeerClient extends EventTarget {
     this.inputDeviceId = inputDeviceId;
     this.reconnect = reconnect;
     this.trustEchoCancellation = trustEchoCancellation;
+    this.jitterBufferTargetMs = jitterBufferTargetMs;
     this._closedByUser = false; // disconnect() was called: a reconnect in progress stops
     this._recovering = false;
     this.pc = null;
@@ -164,6 +168,11 @@ export class VoicePeerClient extends EventTarget {
       }
     });
     pc.addEventListener("track", (event) => {
+      // The bot's voice is played as it arrives: the server paces it in real time from one machine, so
+      // a receive buffer sized for a jittery network only adds to every reply's wait (Chromium's
+      // adaptive target starts around 100-200 ms). 0 asks for the least delay the browser can keep
+      // without underruns; it still grows on a bad network.
+      setJitterBufferTarget(event.receiver, this.jitterBufferTargetMs);
       this.remoteStream = event.streams[0] || new MediaStream([event.track]);
       if (this.audioElement) {
         this.audioElement.srcObject = this.remoteStream;
@@ -392,6 +401,20 @@ export class VoicePeerClient extends EventTarget {
 
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/**
+ * Asks the receiver for a jitter buffer of `ms` milliseconds: `jitterBufferTarget` (the standard,
+ * Chromium 124+, Firefox) or the older `playoutDelayHint` (seconds, Chromium); null leaves the default.
+ */
+export function setJitterBufferTarget(receiver, ms) {
+  if (ms === null || ms === undefined || !receiver) return;
+  try {
+    if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = ms;
+    else if ("playoutDelayHint" in receiver) receiver.playoutDelayHint = ms / 1000;
+  } catch {
+    // An engine that refuses the value keeps its own buffer: the call works either way.
   }
 }
 

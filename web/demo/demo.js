@@ -33,7 +33,17 @@ async function connect() {
   // #token=... : the server's secret or a per-call token (`voicepeer token`), when it has --auth-token.
   // In the fragment, it is never sent to the server in the URL or written to its logs.
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
-  client = new VoicePeerClient({ audioElement: $("bot-audio"), audioProcessing, iceTransportPolicy, token });
+  // ?jitter=default keeps the browser's own receive buffer for the bot's voice (to compare with the
+  // short one the client asks for); ?jitter=<ms> asks for that many milliseconds.
+  const jitter = new URLSearchParams(location.search).get("jitter");
+  const jitterBufferTargetMs = jitter === "default" ? null : Number(jitter) || 0;
+  client = new VoicePeerClient({
+    audioElement: $("bot-audio"),
+    audioProcessing,
+    iceTransportPolicy,
+    token,
+    jitterBufferTargetMs,
+  });
   window.voicepeerClient = client; // for the browser tests and the curious
   client.addEventListener("state", (e) => {
     $("state").textContent = e.detail.state;
