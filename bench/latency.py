@@ -1,20 +1,31 @@
 """Voice-to-voice latency measured at the client, in a real headless Chromium against the real server.
 
-For each spoken question (espeak-ng, played by Chromium's fake microphone) the page records the level of
-the audio it sends and of the audio it receives, on one AudioContext clock. Voice-to-voice latency is the
-time from the end of the user's speech in the sent audio to the onset of the bot's voice in the received
-audio: what a person in front of the page waits. The server's own breakdown (from the ``metrics`` event)
-is printed beside it.
+For each spoken question (played by Chromium's fake microphone, in several synthetic voices, short
+questions of 1-2 s and long spoken-style ones of 4-6 s) the page records the level of the audio it sends
+and of the audio it receives, on one AudioContext clock. Voice-to-voice latency is the time from the end
+of the user's speech in the sent audio to the onset of the bot's voice in the received audio: what a
+person in front of the page waits. Beside it: the server's own breakdown (each turn's ``metrics`` event),
+how long the spoken reply was, replies that repeat an earlier one, turns that went wrong (split, the bot
+speaking before the user finished, the bot hearing itself) and the server's media health.
 
-    python -m bench.latency [--rounds 2] [--questions 10] [--url http://127.0.0.1:8080]
+Rooms (``--room``, comma-separated for several): ``headphones``, the page's defaults (the browser's echo
+canceller on, no echo); ``speaker``, a loudspeaker next to the microphone (the browser's processing off,
+the bot's voice mixed back into what the page sends, for the server's canceller to remove).
 
-Prints one JSON document, then a one-line summary.
+    python -m bench.latency [--voices espeak,flite,slt] [--room headphones] [--rounds 1] [--repeat 1]
+                            [--questions 10] [--long 10] [--url http://127.0.0.1:8080]
+
+Prints one JSON document, then a one-line summary. With ``--repeat N`` the summary holds the medians of
+the N runs' numbers (each run's own summary is kept under ``runs``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +34,7 @@ from typing import Any
 
 from tests.support import browser
 from tests.support.server import ServerProcess
-from tests.support.speech import speak
+from tests.support.speech import SpeechFile, speak
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -37,14 +48,47 @@ QUESTIONS = [
     "How do I boil an egg?",
     "What is the largest ocean on Earth?",
 ]
+"""Short questions: 1.1-2.2 s of speech in each voice."""
+
+LONG_QUESTIONS = [
+    "I have been trying to get more sleep lately, so how many hours should an adult sleep each night?",
+    "I am planning a trip to Italy next summer, which city do you think we should visit first?",
+    "My little brother asked me why the sky is blue, and I did not know. Why is it blue?",
+    "I just bought a new plant for my kitchen, how often should I water it so it does not die?",
+    "We are having friends over for dinner on Saturday, what is an easy dessert I could make?",
+    "I keep hearing about black holes on the news, can you explain what a black hole actually is?",
+    "My car makes a strange squeaking noise when I press the brakes, what could be causing that?",
+    "I want to start running in the mornings, but I get tired fast. How should a beginner start?",
+    "Could you tell me a little bit about the history of the Great Wall of China and why it was built?",
+    "I am trying to learn Spanish before my holiday, what is the best way to remember new words?",
+]
+"""Long questions as people ask them, with a clause or sentence before the question: 4.3-5.9 s of speech
+in each voice, with the pauses of commas and full stops inside."""
+
+VOICES = {
+    "espeak": ("espeak-ng", "en-us"),
+    "flite": ("flite", "slt"),
+    "slt": ("festival", "cmu_us_slt_arctic_hts"),
+    "rms": ("flite", "rms"),
+    "awb": ("flite", "awb"),
+}
+"""Voice name -> (speak() engine, voice). espeak-ng's formant voice; flite's slt (a US woman, clustergen);
+festival's HTS voice of the same speaker (festvox-us-slt-hts, the most natural); flite's rms (a US man)
+and awb (a Scottish man)."""
+
+DEFAULT_VOICES = "espeak,flite,slt"
 
 SERVER_STAGES = [
+    "end_of_turn_ms",
     "endpoint_ms",
     "transcript_ms",
     "llm_first_token_ms",
     "tts_first_audio_ms",
     "first_frame_sent_ms",
 ]
+
+USER_THRESHOLD = 0.01
+BOT_THRESHOLD = 0.005
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -54,6 +98,15 @@ def percentile(values: list[float], q: float) -> float | None:
     k = (len(ordered) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 1)
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 0.5),
+        "p95": percentile(values, 0.95),
+        "max": max(values, default=None),
+    }
 
 
 def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
@@ -77,29 +130,224 @@ def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
     }
 
 
-def one_call(pw: Any, url: str, wav: Path, text: str, timeout_s: float = 60.0) -> dict[str, Any]:
-    with browser.chromium_page(pw, wav) as page:
-        browser.connect(page, url)
-        browser.wait_for_event(page, "m.type === 'metrics' || m.type === 'error'", int(timeout_s * 1000))
-        time.sleep(0.3)
+# --- words: word error rate and repetition -------------------------------------------------------------
+
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
+sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_CONTRACTIONS = {
+    "what's": "what is",
+    "it's": "it is",
+    "that's": "that is",
+    "there's": "there is",
+    "i'm": "i am",
+    "i've": "i have",
+    "i'll": "i will",
+    "you're": "you are",
+    "we're": "we are",
+    "don't": "do not",
+    "doesn't": "does not",
+    "didn't": "did not",
+    "can't": "cannot",
+    "can not": "cannot",
+    "won't": "will not",
+    "isn't": "is not",
+    "ok": "okay",
+}
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def _number_words(token: str) -> str:
+    n = int(token)
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    return " ".join(_ONES[int(d)] for d in token)  # longer numbers: digit by digit
+
+
+def spoken_words(text: str) -> list[str]:
+    """``text`` as the words a listener heard: lower case, no punctuation, hyphenated words split,
+    numerals spelled out (``5`` -> five, ``42`` -> forty two), common contractions expanded."""
+    text = text.lower().replace("-", " ").replace("’", "'")
+    out: list[str] = []
+    for token in _TOKEN.findall(text):
+        token = token.strip("'")
+        if not token:
+            continue
+        if token.isdigit():
+            out.extend(_number_words(token).split())
+        else:
+            out.extend(_CONTRACTIONS.get(token, token).split())
+    return out
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word-level edit distance, reference length): the numerator and denominator of a WER."""
+    ref, hyp = spoken_words(reference), spoken_words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)
+
+
+def wer(pairs: list[tuple[str, str]]) -> float | None:
+    """Corpus WER over (reference, hypothesis) pairs: all edits over all reference words."""
+    errors = [word_errors(ref, hyp) for ref, hyp in pairs]
+    total = sum(n for _, n in errors)
+    return round(sum(e for e, _ in errors) / total, 3) if total else None
+
+
+def trigrams(text: str) -> set[tuple[str, ...]]:
+    w = spoken_words(text)
+    return {tuple(w[i : i + 3]) for i in range(len(w) - 2)}
+
+
+def repetitions(replies: list[tuple[str, str]]) -> dict[str, Any]:
+    """Replies (in order, with the question each answered) sharing more than half their word trigrams
+    with an earlier reply to a different question: the model saying the same thing whatever it is
+    asked."""
+    seen: list[tuple[str, set[tuple[str, ...]], int]] = []
+    repeated = []
+    for i, (question, reply) in enumerate(replies):
+        grams = trigrams(reply)
+        if grams:
+            best = max(
+                ((len(grams & g) / len(grams), j) for q, g, j in seen if q != question), default=(0.0, -1)
+            )
+            if best[0] > 0.5:
+                repeated.append({"reply": i, "earlier": best[1], "share": round(best[0], 2), "text": reply})
+            seen.append((question, grams, i))
+    return {
+        "replies": len(replies),
+        "repeated": len(repeated),
+        "share": round(len(repeated) / len(replies), 3) if replies else None,
+        "examples": repeated[:5],
+    }
+
+
+# --- one call ------------------------------------------------------------------------------------------
+
+
+def user_spans(call: browser.CallRecord) -> list[tuple[float, float]]:
+    """The user's speech (sent-audio clock), without the bot's echo that the speaker room mixes in."""
+    env, shift = browser.user_envelope(call, USER_THRESHOLD)
+    return [(a + shift, b + shift) for a, b in env.segments(threshold=USER_THRESHOLD)]
+
+
+def events_between(call: browser.CallRecord, start: float, end: float) -> list[dict[str, Any]]:
+    return [e["msg"] for e in call.events if e["t"] is not None and start <= e["t"] < end]
+
+
+COMPLETED_TURN_JS = "m.type === 'error' || (m.type === 'metrics' && m.interrupted_ms === undefined)"
+"""A turn whose reply played to the end (an interrupted turn's metrics carry ``interrupted_ms``)."""
+
+
+def one_call(
+    pw: Any, url: str, sf: SpeechFile, *, room: str = "headphones", timeout_s: float = 60.0
+) -> dict[str, Any]:
+    text = sf.text
+    note = None
+    with browser.chromium_page(pw, sf.path) as page:
+        browser.connect_room(page, url, room)
+        try:
+            browser.wait_for_event(page, COMPLETED_TURN_JS, int(timeout_s * 1000))
+        except Exception as exc:  # reported: the summary counts the unanswered
+            note = f"no completed turn: {exc.__class__.__name__}"
+        time.sleep(0.5)  # the end of the reply still in the browser's jitter buffer
         call = browser.record(page)
-    result: dict[str, Any] = {"question": text}
-    transcripts = [m for m in call.messages("transcript") if m["final"]]
-    replies = [m for m in call.messages("reply") if m["final"]]
-    metrics = call.messages("metrics")
-    result["transcript"] = transcripts[-1]["text"] if transcripts else None
-    result["reply"] = replies[-1]["text"] if replies else None
+        browser.hang_up(page)
+    result: dict[str, Any] = {"question": text, "note": note}
+    finals = [e for e in call.events if e["msg"].get("type") == "transcript" and e["msg"]["final"]]
+    result["transcripts"] = [e["msg"]["text"] for e in finals]
     result["errors"] = call.messages("error")
-    if metrics:
-        result["server"] = {k: v for k, v in metrics[-1].items() if k not in ("type", "turn")}
-    spoken = call.local.segments(threshold=0.01)
+    result["interrupted"] = call.messages("interrupted")
+    if call.messages("ignored"):
+        result["ignored"] = call.messages("ignored")
+    spoken = user_spans(call)
+    bot = call.remote.segments(threshold=BOT_THRESHOLD)
+    after: list[tuple[float, float]] = []
+    user_end = None
     if spoken:
-        user_end = spoken[0][1]
-        onsets = [a for a, _ in call.remote.segments(threshold=0.005) if a > user_end]
-        result["user_speech_end_s"] = round(user_end, 3)
-        if onsets:
-            result["voice_to_voice_ms"] = round((onsets[0] - user_end) * 1000, 1)
+        start = spoken[0][0]
+        # The speech is the file's (pauses inside a long question may split it into several spans).
+        user = [(a, b) for a, b in spoken if a < start + (sf.speech_end_s - sf.speech_start_s) + 0.05]
+        user_end = user[-1][1]
+        result["user_speech_s"] = [round(start, 3), round(user_end, 3)]
+        early = [a for a, _ in bot if start < a < user_end]
+        if early:  # the bot answered a pause inside the question
+            result["bot_spoke_during_user_s"] = round(early[0] - start, 2)
+        after = [(a, b) for a, b in bot if a > user_end]
+        if after:
+            result["voice_to_voice_ms"] = round((after[0][0] - user_end) * 1000, 1)
+        # The bot hearing itself: the VAD opening a user turn while it speaks, after the user stopped.
+        heard = [
+            m
+            for m in events_between(call, user_end + 0.3, float("inf"))
+            if (m.get("type") == "vad" and m.get("bot_state") == "speaking") or m.get("type") == "interrupted"
+        ]
+        if heard:
+            result["self_heard"] = heard
+    # The user's words: the final transcripts that came before the bot's voice answered them (a long
+    # question may be cut into two turns); later ones are the bot's echo taken for the user.
+    answer_at = after[0][0] if after else float("inf")
+    mine = [e["msg"] for e in finals if e["t"] is None or e["t"] < answer_at + 0.05] or [
+        e["msg"] for e in finals
+    ]
+    result["transcript"] = " ".join(m["text"] for m in mine) if mine else None
+    if result["transcript"] is not None:
+        result["word_errors"] = word_errors(text, result["transcript"])[0]
+    turn = mine[-1]["turn"] if mine else None
+    replies = [m for m in call.messages("reply") if m["final"] and m.get("turn") == turn]
+    result["reply"] = replies[-1]["text"] if replies else None
+    cut = [m for m in call.messages("interrupted") if m.get("turn") == turn]
+    if result["reply"] is None and cut:  # cut off: what was played of it
+        result["reply"] = cut[-1].get("heard") or None
+        result["reply_cut"] = True
+    metric_events = [e for e in call.events if e["msg"].get("type") == "metrics"]
+    ours = [e for e in metric_events if e["msg"].get("turn") == turn] or [
+        e for e in metric_events if "interrupted_ms" not in e["msg"]
+    ]
+    if ours:
+        server = {k: v for k, v in ours[-1]["msg"].items() if k not in ("type", "turn")}
+        result["server"] = server
+        if "playout_done_ms" in server and "first_frame_sent_ms" in server:
+            result["reply_audio_server_s"] = round(
+                (server["playout_done_ms"] - server["first_frame_sent_ms"]) / 1000, 2
+            )
+        if after:
+            # The reply's audio: from its onset to the end of the last segment that began before the
+            # turn's metrics event (sent when it finished playing or was cut off), jitter buffer allowed.
+            done_at = ours[-1]["t"] if ours[-1]["t"] is not None else float("inf")
+            reply = [(a, b) for a, b in after if a < done_at + 0.3]
+            if reply:
+                result["reply_audio_client_s"] = round(reply[-1][1] - reply[0][0], 2)
+    result["turns"] = len({e["msg"]["turn"] for e in finals})
     return result
+
+
+def attempt(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``fn(*args, **kwargs)``, tried a second time (in a fresh browser) if the call could not be made;
+    a second failure is recorded in the result rather than ending the run."""
+    for tries in (1, 2):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if tries == 2:
+                return {"note": "call failed", "failure": f"{exc.__class__.__name__}: {str(exc)[:300]}"}
+            print(f"  call failed ({exc.__class__.__name__}), once more", file=sys.stderr)
+            time.sleep(5.0)
+    raise AssertionError("unreachable")
+
+
+BENCH_SERVER_ARGS = ["--max-sessions", "4", "--offers-per-minute", "0"]
+"""For the server a benchmark starts: one call at a time, back to back, from one address (a call the
+browser left without hanging up would hold a slot until the media timeout)."""
+
+
+# --- summaries -----------------------------------------------------------------------------------------
 
 
 def summarize(calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,64 +362,203 @@ def summarize(calls: list[dict[str, Any]]) -> dict[str, Any]:
             "max": max(v2v, default=None),
         },
         "server_ms_p50": {},
+        "server_ms_p95": {},
     }
-    for stage in SERVER_STAGES:
-        values = [c["server"][stage] for c in calls if stage in c.get("server", {})]
+    # Every number in the metrics events (the server adds stages as it grows), known stages first.
+    keys = [*SERVER_STAGES]
+    for c in calls:
+        keys += [k for k, v in c.get("server", {}).items() if k not in keys and isinstance(v, int | float)]
+    for stage in keys:
+        values = [
+            c["server"][stage] for c in calls if isinstance(c.get("server", {}).get(stage), int | float)
+        ]
         summary["server_ms_p50"][stage] = percentile(values, 0.5)
+        summary["server_ms_p95"][stage] = percentile(values, 0.95)
+    summary["reply_audio_s"] = {
+        "client": spread([c["reply_audio_client_s"] for c in calls if "reply_audio_client_s" in c]),
+        "server": spread([c["reply_audio_server_s"] for c in calls if "reply_audio_server_s" in c]),
+    }
+    summary["load1_p50"] = percentile([c["load1"] for c in calls if "load1" in c], 0.5)
+    summary["wer"] = wer([(c["question"], c["transcript"]) for c in calls if c.get("transcript") is not None])
+    summary["turn_trouble"] = {
+        "split": sum(1 for c in calls if c.get("turns", 0) > 1),
+        "bot_spoke_during_user": sum(1 for c in calls if "bot_spoke_during_user_s" in c),
+        "interrupted": sum(1 for c in calls if c.get("interrupted")),
+        "reply_cut": sum(1 for c in calls if c.get("reply_cut")),
+        "self_heard": sum(1 for c in calls if c.get("self_heard")),
+        "ignored": sum(1 for c in calls if c.get("ignored")),
+        "errors": sum(1 for c in calls if c.get("errors")),
+        "failed_calls": sum(1 for c in calls if c.get("failure")),
+    }
     return summary
+
+
+def brief(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    v2v = [c["voice_to_voice_ms"] for c in calls if "voice_to_voice_ms" in c]
+    return {
+        "calls": len(calls),
+        "answered": len(v2v),
+        "p50": percentile(v2v, 0.5),
+        "p95": percentile(v2v, 0.95),
+        "reply_audio_s_p50": percentile(
+            [c["reply_audio_client_s"] for c in calls if "reply_audio_client_s" in c], 0.5
+        ),
+        "wer": wer([(c["question"], c["transcript"]) for c in calls if c.get("transcript") is not None]),
+    }
+
+
+def summarize_run(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = summarize(calls)
+    for key in ("voice", "length", "room"):
+        groups = sorted({c[key] for c in calls})
+        summary[f"by_{key}"] = {g: brief([c for c in calls if c[key] == g]) for g in groups}
+    summary["by_voice_length"] = {
+        f"{v}/{n}": brief([c for c in calls if c["voice"] == v and c["length"] == n])
+        for v in sorted({c["voice"] for c in calls})
+        for n in sorted({c["length"] for c in calls})
+    }
+    summary["repetition"] = repetitions([(c["question"], c["reply"]) for c in calls if c.get("reply")])
+    return summary
+
+
+def median_tree(trees: list[Any]) -> Any:
+    """The median of each number across ``trees`` (same-shaped dicts); other leaves from the first."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: median_tree([t[k] for t in trees if isinstance(t, dict) and k in t]) for k in first}
+    numbers = [t for t in trees if isinstance(t, int | float) and not isinstance(t, bool)]
+    if numbers and len(numbers) == len(trees):
+        median = statistics.median(numbers)
+        return int(median) if float(median).is_integer() else round(median, 3)
+    return first
+
+
+def parse_list(value: str, allowed: Any, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f"unknown {what} {', '.join(bad) or value!r}: choose from {', '.join(allowed)}")
+    return items
+
+
+def make_speech(
+    work: Path, voices: list[str], texts: list[tuple[str, str]], lead_s: float, tail_s: float
+) -> list[tuple[str, str, SpeechFile]]:
+    """(voice, kind, speech file) for every text in every voice."""
+    out = []
+    for v in voices:
+        engine, name = VOICES[v]
+        for i, (kind, text) in enumerate(texts):
+            sf = speak(
+                text, work / f"{v}_{kind}{i}.wav", lead_s=lead_s, tail_s=tail_s, engine=engine, voice=name
+            )
+            out.append((v, kind, sf))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="times each question is asked (%(default)s)")
     parser.add_argument(
-        "--questions", type=int, default=len(QUESTIONS), help="how many questions (%(default)s)"
+        "--rounds", type=int, default=1, help="times each question is asked per run (%(default)s)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs; the summary holds their medians (%(default)s)"
+    )
+    parser.add_argument("--questions", type=int, default=len(QUESTIONS), help="short questions (%(default)s)")
+    parser.add_argument("--long", type=int, default=len(LONG_QUESTIONS), help="long questions (%(default)s)")
+    parser.add_argument("--voices", default=DEFAULT_VOICES, help=f"of {', '.join(VOICES)} (%(default)s)")
+    parser.add_argument(
+        "--room", default="headphones", help=f"comma-separated, of {', '.join(browser.ROOMS)} (%(default)s)"
     )
     parser.add_argument("--url", help="an already running server; default: start one")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     parser.add_argument("server_args", nargs="*", help="extra `voicepeer serve` flags for the started server")
     args = parser.parse_args(argv)
+    voices = parse_list(args.voices, VOICES, "voice")
+    rooms = parse_list(args.room, browser.ROOMS, "room")
 
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-"))
-    wavs = []
-    for i, text in enumerate(QUESTIONS[: args.questions]):
-        wavs.append((speak(text, work / f"q{i}.wav", lead_s=2.0, tail_s=12.0), text))
+    texts = [("short", q) for q in QUESTIONS[: args.questions]] + [
+        ("long", q) for q in LONG_QUESTIONS[: args.long]
+    ]
+    speech = make_speech(work, voices, texts, lead_s=2.0, tail_s=12.0)
+    # Voices and lengths interleaved, so that a slow spell of the machine does not land on one of them.
+    order = sorted(speech, key=lambda s: (texts.index((s[1], s[2].text)), voices.index(s[0])))
 
-    def run(url: str) -> list[dict[str, Any]]:
+    def run(url: str, r_run: int) -> list[dict[str, Any]]:
         calls = []
         with sync_playwright() as pw:
             for r in range(args.rounds):
-                for sf, text in wavs:
-                    call = one_call(pw, url, sf.path, text)
-                    call["round"] = r
-                    calls.append(call)
-                    print(
-                        f"  {call.get('voice_to_voice_ms', 'n/a'):>7} ms  {text!r} -> {call.get('reply')!r}",
-                        file=sys.stderr,
-                    )
+                for room in rooms:
+                    for voice, kind, sf in order:
+                        load1 = os.getloadavg()[0]
+                        call = attempt(one_call, pw, url, sf, room=room)
+                        call.setdefault("question", sf.text)
+                        call.update(run=r_run, round=r, room=room, voice=voice, length=kind, load1=load1)
+                        calls.append(call)
+                        print(
+                            f"  {call.get('voice_to_voice_ms', 'n/a'):>7} ms  {room:10} {voice:6} {kind:5} "
+                            f"{sf.text!r} -> {call.get('reply')!r}",
+                            file=sys.stderr,
+                        )
         return calls
 
+    runs: list[dict[str, Any]] = []
+    all_calls: list[dict[str, Any]] = []
     media: dict[str, Any] = {}
-    if args.url:
-        calls = run(args.url)
-    else:
-        with ServerProcess(*args.server_args, log_path=work / "server.log") as server:
-            calls = run(server.url)
-            media = scrape_media_health(server)
 
-    report = {"benchmark": "voice_to_voice_latency", "summary": summarize(calls), "calls": calls}
-    report["summary"]["media"] = media
+    def run_all(url: str, server: ServerProcess | None) -> None:
+        for n in range(args.repeat):
+            calls = run(url, n)
+            summary = summarize_run(calls)
+            if server is not None:
+                summary["media"] = media_now = scrape_media_health(server)
+                media.update(media_now)
+            runs.append({"run": n, "summary": summary})
+            all_calls.extend(calls)
+
+    if args.url:
+        run_all(args.url, None)
+    else:
+        with ServerProcess(*BENCH_SERVER_ARGS, *args.server_args, log_path=work / "server.log") as server:
+            run_all(server.url, server)
+
+    summary = median_tree([r["summary"] for r in runs]) if len(runs) > 1 else runs[0]["summary"]
+    summary["runs"] = len(runs)
+    summary["rooms"] = rooms
+    summary["voices"] = {v: list(VOICES[v]) for v in voices}
+    summary["media"] = media  # the server's counters over all runs
+    report = {
+        "benchmark": "voice_to_voice_latency",
+        "summary": summary,
+        "runs": runs if len(runs) > 1 else [],
+        "calls": all_calls,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    s = report["summary"]
+    s = summary
     v = s["voice_to_voice_ms"]
-    stages = " ".join(f"{k.removesuffix('_ms')}={val}" for k, val in s["server_ms_p50"].items())
+    per_voice = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_voice"].items())
+    per_length = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_length"].items())
+    per_room = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_room"].items())
+    stages = " ".join(
+        f"{k.removesuffix('_ms')}={s['server_ms_p50'][k]}/{s['server_ms_p95'][k]}"
+        for k in SERVER_STAGES
+        if s["server_ms_p50"].get(k) is not None
+    )
+    t = s["turn_trouble"]
     print(
-        f"voice-to-voice at the client: p50 {v['p50']} ms, p95 {v['p95']} ms "
-        f"over {s['answered']}/{s['calls']} calls; server p50 from end of speech: {stages}; "
+        f"voice-to-voice at the client{' (median of ' + str(len(runs)) + ' runs)' if len(runs) > 1 else ''}: "
+        f"p50 {v['p50']} ms, p95 {v['p95']} ms over {s['answered']}/{s['calls']} calls; p50/p95 by voice: "
+        f"{per_voice}; by length: {per_length}; by room: {per_room}; "
+        f"server p50/p95 from end of speech: {stages}; "
+        f"reply audio p50 {s['reply_audio_s']['client']['p50']} s; repeated replies "
+        f"{s['repetition']['repeated']}/{s['repetition']['replies']}; WER {s['wer']}; "
+        f"split turns {t['split']}, "
+        f"bot spoke mid-question {t['bot_spoke_during_user']}, heard itself {t['self_heard']}; "
         f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, outbound gaps {media.get('outbound_gaps_total')}"
     )
     return 0 if s["answered"] == s["calls"] else 1

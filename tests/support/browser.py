@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = [
 
 OBSERVER_JS = """
 (() => {
-  window.__vp = { events: [], rec: { local: [], remote: [] }, ctx: null };
+  window.__vp = { events: [], rec: { local: [], remote: [], mic: [] }, ctx: null };
   const origCreate = RTCPeerConnection.prototype.createDataChannel;
   RTCPeerConnection.prototype.createDataChannel = function (...args) {
     const channel = origCreate.apply(this, args);
@@ -88,6 +88,8 @@ async (worklet) => {
   };
   tap(window.__vp.outgoing || client.localStream, "local");
   tap(client.remoteStream, "remote");
+  // When the sent track is a mix (speaker echo), the microphone alone too: the user's voice without it.
+  if (window.__vp.outgoing) tap(client.localStream, "mic");
   return ctx.sampleRate;
 }
 """
@@ -140,6 +142,8 @@ class CallRecord:
     events: list[dict[str, Any]]
     local: Envelope
     remote: Envelope
+    mic: Envelope | None = None
+    """The microphone before the speaker echo was mixed in (``connect_with_speaker_echo`` only)."""
 
     def messages(self, kind: str) -> list[dict[str, Any]]:
         return [e["msg"] for e in self.events if e["msg"].get("type") == kind]
@@ -224,6 +228,37 @@ def connect_with_speaker_echo(page: Any, url: str, delay_s: float = 0.15, gain: 
     connect(page, url, off, before_recording=(SPEAKER_ECHO_JS, [delay_s, gain]))
 
 
+ROOMS = ("headphones", "speaker", "headphones-aec-off")
+"""How the page's microphone hears the bot: ``headphones`` (the page's defaults, the browser's echo
+canceller on, no echo reaches the microphone), ``speaker`` (a loudspeaker: the browser's audio processing
+off and the bot's voice mixed back into the microphone, see ``connect_with_speaker_echo``) and
+``headphones-aec-off`` (no echo, the browser's echo canceller off)."""
+
+
+def connect_room(page: Any, url: str, room: str) -> None:
+    """``connect`` or ``connect_with_speaker_echo``, as ``room`` (one of ``ROOMS``) says."""
+    if room == "speaker":
+        connect_with_speaker_echo(page, url)
+    elif room == "headphones":
+        connect(page, url)
+    elif room == "headphones-aec-off":
+        connect(page, url, {"echoCancellation": False})
+    else:
+        raise ValueError(f"unknown room {room!r}: one of {', '.join(ROOMS)}")
+
+
+def user_envelope(call: CallRecord, threshold: float = 0.01) -> tuple[Envelope, float]:
+    """The envelope that holds the user's voice alone, and the shift (s) that puts its times on the sent
+    audio's: the microphone tap when the sent track mixes in the bot's echo (the mix reaches the sent
+    track a little later; the shift is measured on the first utterance, before the bot has spoken), else
+    the sent audio itself."""
+    if call.mic is None:
+        return call.local, 0.0
+    mic, sent = call.mic.segments(threshold), call.local.segments(threshold)
+    shift = sent[0][0] - mic[0][0] if mic and sent and abs(sent[0][0] - mic[0][0]) < 0.2 else 0.0
+    return call.mic, shift
+
+
 SELECTED_CANDIDATE_TYPE_JS = """
 async () => {
   // The type of the page's local ICE candidate in the pair in use: "relay" when media goes via TURN.
@@ -260,9 +295,24 @@ def wait_until(page: Any, expression: str, timeout_ms: int, interval_s: float = 
 
 def record(page: Any) -> CallRecord:
     data = page.evaluate(
-        "({events: window.__vp.events, local: window.__vp.rec.local, remote: window.__vp.rec.remote})"
+        "({events: window.__vp.events, local: window.__vp.rec.local, remote: window.__vp.rec.remote,"
+        " mic: window.__vp.rec.mic || []})"
     )
-    return CallRecord(data["events"], Envelope.from_flat(data["local"]), Envelope.from_flat(data["remote"]))
+    mic = Envelope.from_flat(data["mic"]) if data["mic"] else None
+    return CallRecord(
+        data["events"], Envelope.from_flat(data["local"]), Envelope.from_flat(data["remote"]), mic
+    )
+
+
+def hang_up(page: Any) -> None:
+    """Ends the call as the page's user would (the client's ``disconnect()``, which DELETEs the session),
+    so the server frees it now rather than at its media timeout, after the browser is gone."""
+    try:
+        page.evaluate(
+            "async () => { if (window.voicepeerClient) await window.voicepeerClient.disconnect(); }"
+        )
+    except Exception:  # the page or the call is already gone: nothing left to hang up
+        pass
 
 
 def expect_spoken_answer(

@@ -1,4 +1,5 @@
-"""Spoken test audio made at test time with espeak-ng and sox (Debian packages), never downloaded."""
+"""Spoken test audio made at test time with espeak-ng, flite or festival and sox (Debian packages), never
+downloaded."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ class SpeechFile:
     text: str
 
 
+FLITE_VOICES = {"kal", "kal16", "awb", "awb_time", "rms", "slt"}
+"""The voices built into Debian's flite."""
+
+FESTIVAL_VOICE = "cmu_us_slt_arctic_hts"
+"""Festival's voice from festvox-us-slt-hts: an HMM (HTS) voice of CMU ARCTIC's slt speaker."""
+
+
 def require_tools() -> None:
     missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
     if missing:
@@ -38,14 +46,36 @@ def speak(
     gain_db: float = -3.0,
     engine: str = "espeak-ng",
 ) -> SpeechFile:
-    """Writes ``text`` spoken by ``engine`` (espeak-ng, or Debian's flite for a second, less robotic
-    voice) as 16-bit mono WAV at ``rate``, with silence around it."""
+    """Writes ``text`` spoken by ``engine`` as 16-bit mono WAV at ``rate``, with silence around it.
+
+    Engines (Debian packages): ``espeak-ng``; ``flite`` (``voice``: one of flite's built-in voices, slt
+    when empty or an espeak-style name); ``festival``, the HTS voice of festvox-us-slt-hts (the most
+    natural of the three; ``voice``: a festival voice name, cmu_us_slt_arctic_hts when empty or an
+    espeak-style name). ``wpm`` applies to espeak-ng only."""
     require_tools()
     raw = path.with_suffix(".raw.wav")
     if engine == "flite":
         if shutil.which("flite") is None:
             raise RuntimeError("missing flite: apt-get install flite (`make bench` does)")
-        subprocess.run(["flite", "-voice", voice or "slt", "-t", text, "-o", str(raw)], check=True)
+        flite_voice = voice if voice in FLITE_VOICES or voice.endswith(".flitevox") else "slt"
+        subprocess.run(["flite", "-voice", flite_voice, "-t", text, "-o", str(raw)], check=True)
+    elif engine == "festival":
+        if shutil.which("text2wave") is None:
+            raise RuntimeError(
+                "missing festival: apt-get install festival festvox-us-slt-hts (`make bench` does)"
+            )
+        name = voice if voice.startswith(("cmu_", "kal_", "rab_", "ked_")) else FESTIVAL_VOICE
+        done = subprocess.run(
+            ["text2wave", "-eval", f"(voice_{name})", "-o", str(raw)],
+            input=text.encode(),
+            check=True,
+            capture_output=True,
+        )
+        if not raw.exists():  # text2wave exits 0 even when the voice is not installed
+            raise RuntimeError(
+                f"festival voice {name} failed (apt-get install festvox-us-slt-hts?): "
+                f"{done.stderr.decode(errors='replace').strip()}"
+            )
     else:
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
     subprocess.run(
