@@ -52,6 +52,10 @@ MAX_PENDING = 512
 MAX_QUEUED = 256
 """Events an events-stream reader may fall behind by before the oldest are dropped."""
 
+MAX_BUFFERED_BYTES = 1 << 20
+"""Bytes a data channel may hold unsent (a client that does not read it) before new events are dropped:
+without a bound, aiortc buffers everything, and a ping's answer waits behind all of it."""
+
 
 def session(session_id: str) -> Event:
     return {"type": "session", "id": session_id}
@@ -144,14 +148,18 @@ class EventChannel:
     """An aiortc ``RTCDataChannel`` as a sink: events wait until the channel is open, then go in order.
 
     SCTP comes up after the offer/answer, and the call may have things to say before it does; those are
-    queued (at most ``MAX_PENDING``), not lost. Sending never raises: a channel that closes under us is
-    the transport's business, not the call's.
+    queued (at most ``MAX_PENDING``), not lost. Once open, a channel the client does not read holds at
+    most ``MAX_BUFFERED_BYTES``: later events are dropped, and the client is told how many (an
+    ``events_dropped`` error) once it reads again. Sending never raises: a channel that closes under us
+    is the transport's business, not the call's.
     """
 
     def __init__(self, channel: Any) -> None:
         self._channel = channel
         self._pending: deque[str] = deque(maxlen=MAX_PENDING)
         self.sent = 0
+        self.dropped = 0
+        self._unreported = 0
         if channel.readyState == "open":
             self._flush()
         else:
@@ -173,11 +181,20 @@ class EventChannel:
 
     def __call__(self, event: Event) -> None:
         text = encode(event)
-        if self._is_open():
-            self._flush()
-            self._send(text)
-        else:
+        if not self._is_open():
             self._pending.append(text)
+            return
+        self._flush()
+        if self._channel.bufferedAmount > MAX_BUFFERED_BYTES:
+            self.dropped += 1
+            self._unreported += 1
+            return
+        if self._unreported:
+            n, self._unreported = self._unreported, 0
+            self._send(
+                encode(error("events_dropped", f"{n} events were dropped: the client did not read them"))
+            )
+        self._send(text)
 
 
 class EventQueue:

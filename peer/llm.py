@@ -111,12 +111,11 @@ def _trigrams(text: str) -> set[tuple[str, ...]]:
     return {tuple(w[i : i + 3]) for i in range(len(w) - 2)}
 
 
-def repeats(reply: str, earlier: str) -> bool:
+def repeats(reply: str, earlier: str, opening_words: int = 3) -> bool:
     """True when ``reply`` is ``earlier`` again, give or take a word (over half of its word trigrams
-    are in it), or the same template (it opens with the same four words): the two rules of
-    ``bench/replies.py``."""
+    are in it), or the same template (it opens with the same ``opening_words`` words, and has more)."""
     words = _WORD.findall(reply.lower())
-    if len(words) >= 4 and _WORD.findall(earlier.lower())[:4] == words[:4]:
+    if len(words) > opening_words and _WORD.findall(earlier.lower())[:opening_words] == words[:opening_words]:
         return True
     grams = _trigrams(reply)
     return bool(grams) and len(grams & _trigrams(earlier)) > len(grams) / 2

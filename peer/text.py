@@ -23,8 +23,11 @@ class SpeechChunker:
 
     The first piece of a reply is cut early, because the listener is waiting for it: at a clause boundary
     once it has ``first_min_chars`` characters, or after ``first_max_words`` complete words if no
-    punctuation has come by then. Later pieces are whole sentences, which sound more natural, and are
-    synthesized while the previous one plays, so their length costs no latency.
+    punctuation has come by then, or at ``first_max_chars`` whatever came (a small model may write
+    "240000000..." with no space for a hundred tokens, which took Piper 6 s to speak before anything
+    played). Piper's time grows with the text (~0.1 s a word on 2 cores), so five words rather than
+    seven bring the first sound sooner. Later pieces are whole sentences, which sound more natural,
+    and are synthesized while the previous one plays, so their length costs no latency.
 
     A reply ends after ``max_sentences`` complete sentences (None: no cap): ``done`` turns True, the rest
     of the text is dropped, and the caller stops the LLM's stream, so no more tokens are generated. A
@@ -33,13 +36,15 @@ class SpeechChunker:
 
     def __init__(
         self,
-        first_min_chars: int = 16,
-        first_max_words: int = 7,
+        first_min_chars: int = 12,
+        first_max_words: int = 5,
+        first_max_chars: int = 48,
         max_chars: int = 240,
         max_sentences: int | None = 2,
     ) -> None:
         self.first_min_chars = first_min_chars
         self.first_max_words = first_max_words
+        self.first_max_chars = first_max_chars
         self.max_chars = max_chars
         self.max_sentences = max_sentences
         self.sentences = 0
@@ -91,10 +96,10 @@ class SpeechChunker:
             if len(spaces) >= self.first_max_words:
                 end = len(buf) - len(buf.lstrip()) + spaces[self.first_max_words - 1]
                 return self._take(end, end + 1)
-        if len(buf) > self.max_chars:
-            space = buf.rfind(" ", 0, self.max_chars)
-            if space > 0:
-                return self._take(space, space + 1)
+        limit = self.first_max_chars if self._emitted == 0 else self.max_chars
+        if len(buf) > limit:
+            space = buf.rfind(" ", 0, limit)
+            return self._take(space, space + 1) if space > 0 else self._take(limit, limit)
         return None
 
     def _take(self, end: int, resume: int) -> str:

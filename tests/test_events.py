@@ -113,3 +113,32 @@ def test_bad_client_messages_are_rejected_with_a_reason(raw, match):
 
 def test_ping_is_accepted():
     assert parse_client_message('{"type": "ping"}') == {"type": "ping"}
+
+
+def test_a_data_channel_the_client_does_not_read_holds_a_bounded_backlog():
+    from peer.events import MAX_BUFFERED_BYTES, EventChannel
+
+    class Unread:
+        """A stand-in for an open RTCDataChannel whose peer reads nothing: what is sent stays buffered."""
+
+        readyState = "open"
+
+        def __init__(self) -> None:
+            self.bufferedAmount = 0
+            self.sent: list[str] = []
+
+        def on(self, *_args) -> None:
+            pass
+
+        def send(self, text: str) -> None:
+            self.sent.append(text)
+            self.bufferedAmount += len(text)
+
+    channel = Unread()
+    sink = EventChannel(channel)
+    for i in range(3000):
+        sink({"type": "reply", "turn": 0, "final": False, "text": "x" * 8000, "i": i})
+    assert channel.bufferedAmount <= MAX_BUFFERED_BYTES + 9000 and sink.dropped > 2800
+    channel.bufferedAmount = 0  # the client reads again: first it learns what it lost
+    sink({"type": "pong"})
+    assert '"events_dropped"' in channel.sent[-2] and channel.sent[-1] == '{"type":"pong"}'

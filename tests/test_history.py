@@ -59,6 +59,7 @@ def test_the_repeat_rule():
     assert repeats("the cat sat on the mat", "yes, the cat sat on the mat today")
     assert not repeats("a cat sat on the warm sofa now", "the cat sat on the mat")  # 2 of 6 trigrams
     assert not repeats("Paris.", "Paris.")  # too short to tell
-    # A template: the same opening, whatever follows.
-    assert repeats("The answer to this question is Paris.", "The answer to this question is 8.")
-    assert not repeats("The capital of Spain is Madrid.", "The capital of France is Paris.")
+    # A template: the same three opening words, whatever follows ("The answer is 72." to everything).
+    assert repeats("The answer is no, the capital of France is Paris.", "The answer is 72.")
+    assert repeats("The answer is Paris.", "The answer is 8.")
+    assert not repeats("Paris is the capital of France.", "Madrid is the capital of Spain.")

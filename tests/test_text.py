@@ -27,14 +27,14 @@ def test_first_piece_is_cut_early_at_a_clause_then_only_at_sentences():
 
 def test_abbreviations_and_decimals_do_not_end_sentences():
     pieces = feed(
-        SpeechChunker(first_min_chars=1000, first_max_words=1000),
+        SpeechChunker(first_min_chars=1000, first_max_words=1000, first_max_chars=1000),
         "Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien. Done.",
     )
     assert pieces == ["Dr. Smith paid 3.50 dollars, e.g. to J. R. Tolkien.", "Done."]
 
 
 def test_long_text_without_punctuation_is_cut_at_a_space():
-    c = SpeechChunker(first_min_chars=1000, first_max_words=1000, max_chars=40)
+    c = SpeechChunker(first_min_chars=1000, first_max_words=1000, first_max_chars=40, max_chars=40)
     pieces = feed(c, "word " * 30)
     assert all(len(p) <= 40 for p in pieces) and " ".join(pieces) == ("word " * 30).strip()
 
@@ -107,3 +107,14 @@ def test_without_a_cap_every_sentence_is_spoken():
     short = SpeechChunker(max_sentences=2)
     assert feed(short, "One sentence. Then an unfinished") == ["One sentence.", "Then an unfinished"]
     assert not short.done
+
+
+def test_a_first_piece_without_spaces_or_punctuation_is_still_cut_short():
+    # SmolLM2 once answered "We have 240000000000..." for a hundred tokens: no word ended, nothing was
+    # spoken until Piper had read it all (6.6 s). The first piece is bounded in characters too.
+    chunker = SpeechChunker()
+    pieces = chunker.push("We have " + "0" * 200)
+    assert pieces and len(pieces[0]) <= chunker.first_max_chars
+    later = SpeechChunker()
+    later.push("Hello there. ")
+    assert all(len(p) <= later.max_chars for p in later.push("1" * 500))
