@@ -120,6 +120,7 @@ bench: install-test
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.latency --room speaker --questions 5 --long 5 --out bench/results/latency-speaker.json
 	$(BIN)/python -m bench.bargein
+	$(BIN)/python -m bench.endofturn
 	$(BIN)/python -m bench.frontend
 	$(BIN)/python -m bench.whip
 	$(BIN)/python -m bench.capacity
