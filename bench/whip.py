@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.latency import QUESTIONS, percentile
-from peer.text import words
+from bench.latency import QUESTIONS, percentile, word_errors
 from tests.support import browser, whip_page
 from tests.support.browser import RECORDER_WORKLET, Envelope
 from tests.support.server import ServerProcess
@@ -38,17 +37,6 @@ from tests.support.speech import speak
 
 VOICES = [("espeak-ng", "en-us"), ("flite", "slt")]
 STAGES = ["answer_ms", "connected_ms", "first_transcript_ms", "final_transcript_ms", "speech_end_to_final_ms"]
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance in words, reference length): the numerator and denominator of WER."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
 
 
 def one_call(pw: Any, url: str, wav: Path, text: str) -> dict[str, Any]:
