@@ -55,7 +55,7 @@ from bench.latency import (
     wer,
 )
 from tests.support import browser
-from tests.support.server import STORY_PROMPT, ServerProcess
+from tests.support.server import STORY, ServerProcess
 from tests.support.speech import SpeechFile, join, read_wav, speak
 
 FIRST = ["Please tell me a story about a dragon.", "Tell me a story about the sea."]
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         run_all(args.url, None)
     else:
-        server_args = [*BENCH_SERVER_ARGS, "--system-prompt", STORY_PROMPT, *args.server_args]
+        server_args = [*BENCH_SERVER_ARGS, *STORY, *args.server_args]
         with ServerProcess(*server_args, log_path=work / "server.log") as srv:
             run_all(srv.url, srv)
 

@@ -81,6 +81,7 @@ class Call:
             policy=config.policy,
             voice=voice,
             end_of_turn=services.end_of_turn,
+            llm_options=dataclasses.replace(services.llm.options, max_sentences=config.llm_max_sentences),
         )
         self.frontend = FrontEnd(
             config.aec,

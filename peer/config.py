@@ -36,6 +36,9 @@ class Config:
     embedded model."""
     llm_api_key: str | None = None
     llm_max_tokens: int = 96
+    llm_max_sentences: int | None = 2
+    """A reply stops after this many sentences (None: no cap): spoken replies are brief by default. A
+    system prompt that wants long answers (a storyteller) needs it raised or off."""
     llm_timeout_s: float = 20.0
     """No first token within this time counts as a dead backend: the user gets an error and an apology."""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

@@ -34,7 +34,7 @@ def load_services(config: Config) -> Services:
     tts = PiperTTS(config.tts_voice)
     log.info("TTS: piper voice %s (%d Hz)", tts.path.name, tts.sample_rate)
     llm: LLM
-    options = LLMOptions(max_tokens=config.llm_max_tokens)
+    options = LLMOptions(max_tokens=config.llm_max_tokens, max_sentences=config.llm_max_sentences)
     if config.llm_url:
         llm = OpenAICompatibleLLM(config.llm_url, config.llm_model, config.llm_api_key, options=options)
         log.info("LLM: OpenAI-compatible server at %s, model %s", llm.base_url, llm.model)

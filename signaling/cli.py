@@ -90,6 +90,14 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {"secret": True},
     ),
     ("--llm-max-tokens", "LLM_MAX_TOKENS", int, DEFAULTS.llm_max_tokens, "longest reply in tokens", {}),
+    (
+        "--llm-max-sentences",
+        "LLM_MAX_SENTENCES",
+        int,
+        DEFAULTS.llm_max_sentences or 0,
+        "a reply stops after this many sentences, 0 = no cap",
+        {},
+    ),
     ("--llm-timeout", "LLM_TIMEOUT", float, DEFAULTS.llm_timeout_s, "seconds to wait for each token", {}),
     ("--system-prompt", "SYSTEM_PROMPT", str, DEFAULTS.system_prompt, "the assistant's instructions", {}),
     (
@@ -330,6 +338,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         llm_url=args.llm_url or None,
         llm_api_key=args.llm_api_key or None,
         llm_max_tokens=int(args.llm_max_tokens),
+        llm_max_sentences=int(args.llm_max_sentences) or None,
         llm_timeout_s=float(args.llm_timeout),
         system_prompt=args.system_prompt,
         tts_voice=args.tts_voice or None,

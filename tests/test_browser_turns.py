@@ -13,7 +13,7 @@ import pytest
 
 from peer.text import words
 from tests.support import browser
-from tests.support.server import STORY_PROMPT, ServerProcess
+from tests.support.server import STORY, ServerProcess
 from tests.support.speech import join
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -33,7 +33,7 @@ def barge_in_call(make_speech, speech_dir: Path) -> Path:
 def test_the_user_cuts_the_bot_off_and_is_answered(barge_in_call, tmp_path):
     path = barge_in_call
     with (
-        ServerProcess("--system-prompt", STORY_PROMPT, log_path=tmp_path / "server.log") as server,
+        ServerProcess(*STORY, log_path=tmp_path / "server.log") as server,
         playwright_api.sync_playwright() as pw,
         browser.chromium_page(pw, path) as page,
     ):

@@ -13,7 +13,7 @@ from peer.asr import ASR, Transcript
 from peer.services import Services
 from peer.text import words
 from peer.tts import TTS
-from tests.support.server import STORY_PROMPT
+from tests.support.server import STORY_CONFIG
 from tests.support.speech import read_wav
 from tests.support.virtual import virtual_call
 
@@ -126,7 +126,7 @@ async def test_a_barge_in_whose_asr_fails_lets_the_bot_go_on(services, make_spee
     short = make_speech("Okay.", lead_s=0.0, tail_s=1.0)
     asr = FlakyASR(services.asr)
     flaky = Services(asr=asr, llm=services.llm, tts=services.tts)
-    async with virtual_call(flaky, system_prompt=STORY_PROMPT) as line:
+    async with virtual_call(flaky, **STORY_CONFIG) as line:
         line.say(read_wav(request.path)[0])
         await line.wait_for(lambda m: m["type"] == "state" and m["state"] == "speaking", 60)
         asr.failing = True

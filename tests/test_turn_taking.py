@@ -10,7 +10,7 @@ from peer.text import words
 from signaling.app import STATE
 from tests.support.calls import call, wait_until
 from tests.support.rtc_client import RtcClient
-from tests.support.server import STORY_PROMPT
+from tests.support.server import STORY_CONFIG
 from tests.support.speech import read_wav
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ async def story_under_way(client: RtcClient, request) -> None:
 async def test_speaking_over_the_bot_cuts_it_off_and_takes_the_turn(services, make_speech):
     first = make_speech(STORY_REQUEST, lead_s=0.5, tail_s=0.5)
     second = make_speech("What is the weather like today?", lead_s=0.0, tail_s=2.0)
-    async with call(services, system_prompt=STORY_PROMPT) as (server, client):
+    async with call(services, **STORY_CONFIG) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         await story_under_way(client, first)
         barge_at = client.say(read_wav(second.path)[0]) + second.speech_start_s
@@ -99,7 +99,7 @@ async def test_speaking_over_the_bot_cuts_it_off_and_takes_the_turn(services, ma
 async def test_a_backchannel_does_not_cut_the_bot_off(services, make_speech):
     first = make_speech(STORY_REQUEST, lead_s=0.5, tail_s=0.5)
     backchannel = make_speech("Okay.", lead_s=0.0, tail_s=1.0)
-    async with call(services, system_prompt=STORY_PROMPT) as (server, client):
+    async with call(services, **STORY_CONFIG) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         await story_under_way(client, first)
         client.say(read_wav(backchannel.path)[0])
@@ -112,7 +112,7 @@ async def test_a_backchannel_does_not_cut_the_bot_off(services, make_speech):
 
 async def test_the_client_can_interrupt_the_bot(services, make_speech):
     first = make_speech(STORY_REQUEST, lead_s=0.5, tail_s=0.5)
-    async with call(services, system_prompt=STORY_PROMPT) as (server, client):
+    async with call(services, **STORY_CONFIG) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         client.say(read_wav(first.path)[0])
         await wait_speaking(client)

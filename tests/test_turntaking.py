@@ -16,7 +16,7 @@ from peer.conversation import Conversation
 from peer.text import words
 from peer.turntaking import TRANSITIONS, Floor, Overlap, TurnPolicy, Verdict, judge_overlap
 from peer.vad import SpeechDiscarded, SpeechEnded, SpeechResumed, SpeechStarted, TurnParams
-from tests.support.server import STORY_PROMPT
+from tests.support.server import STORY_CONFIG
 from tests.support.speech import read_wav
 from tests.support.virtual import VirtualLine, virtual_call
 
@@ -62,7 +62,7 @@ async def story_under_way(line: VirtualLine, request) -> None:
 async def test_a_short_answer_over_the_bot_is_a_turn(services, make_speech):
     request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
     answer = make_speech("Five five.", lead_s=0.0, tail_s=1.5)
-    async with virtual_call(services, system_prompt=STORY_PROMPT) as line:
+    async with virtual_call(services, **STORY_CONFIG) as line:
         await story_under_way(line, request)
         line.say(read_wav(answer.path)[0])
         _, cut = await line.wait_for(lambda m: m["type"] == "interrupted", 30)
@@ -79,7 +79,7 @@ async def test_a_short_answer_over_the_bot_is_a_turn(services, make_speech):
 async def test_an_acknowledgement_over_the_bot_is_ignored_and_said_to_be(services, make_speech):
     request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
     ack = make_speech("Okay.", lead_s=0.0, tail_s=1.5)
-    async with virtual_call(services, system_prompt=STORY_PROMPT) as line:
+    async with virtual_call(services, **STORY_CONFIG) as line:
         await story_under_way(line, request)
         line.say(read_wav(ack.path)[0])
         _, ignored = await line.wait_for(lambda m: m["type"] == "ignored", 30)
@@ -95,7 +95,7 @@ async def test_an_acknowledgement_over_the_bot_is_ignored_and_said_to_be(service
 async def test_words_spoken_over_the_bot_are_transcribed_from_the_first(services, make_speech):
     request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
     over = make_speech("He was not an ill-disposed young man.", lead_s=0.0, tail_s=1.5)
-    async with virtual_call(services, system_prompt=STORY_PROMPT) as line:
+    async with virtual_call(services, **STORY_CONFIG) as line:
         await story_under_way(line, request)
         line.say(read_wav(over.path)[0])
         _, final = await line.wait_for(
@@ -126,7 +126,7 @@ SPEAKER = (0.15, 0.5)
 async def test_on_a_loudspeaker_the_bot_neither_hears_itself_nor_talks_over_the_user(services, make_speech):
     request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
     over = make_speech("What is the weather like today?", lead_s=0.0, tail_s=1.5)
-    async with virtual_call(services, speaker=SPEAKER, system_prompt=STORY_PROMPT) as line:
+    async with virtual_call(services, speaker=SPEAKER, **STORY_CONFIG) as line:
         await story_under_way(line, request)
         # Seconds of the bot's own voice in the microphone: it must not open a turn, or even pause it.
         assert line.messages("vad") == [m for m in line.messages("vad") if m["bot_state"] == "listening"]

@@ -21,6 +21,12 @@ STORY_PROMPT = (
 )
 """A system prompt that keeps the bot talking long enough to be interrupted."""
 
+STORY = ("--system-prompt", STORY_PROMPT, "--llm-max-sentences", "0")
+"""Server flags for a storyteller: the prompt, and no cap on the number of sentences of a reply."""
+
+STORY_CONFIG = {"system_prompt": STORY_PROMPT, "llm_max_sentences": None}
+"""The same as ``Config`` fields, for calls made in the test process."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
