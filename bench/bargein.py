@@ -44,6 +44,7 @@ from bench.latency import (
     DEFAULT_VOICES,
     VOICES,
     attempt,
+    checkpoint,
     events_between,
     median_tree,
     parse_list,
@@ -68,7 +69,7 @@ SHORT_ANSWERS = [("Yes.", {"yes"}), ("No.", {"no"}), ("Five five.", {"five"})]
 GAP_S = [4.0, 5.5]
 """Silence between the end of the first utterance and the second: the bot has been speaking ~3-4 s."""
 
-HEARD_WAIT_S = 8.0
+HEARD_WAIT_S = 6.0
 """After the second utterance ends: how long a final transcript (or ``ignored``) may take to come."""
 
 WAIT_JS = """
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                             gap_s=scene.gap_s,
                         )
                         calls.append(call)
+                        checkpoint(args.out, "barge_in", calls=[*all_calls, *calls])
                         took = call.get("stop_ms", "n/a")
                         cut = "interrupted" if call.get("interrupted") else "not interrupted"
                         print(
@@ -402,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
                         ctl.setdefault("outcome", "failed")
                         ctl.update(run=n, room=room, voice=voice, kind=kind, text=sf.text)
                         controls.append(ctl)
+                        checkpoint(
+                            args.out,
+                            "barge_in",
+                            calls=[*all_calls, *calls],
+                            controls=[*all_controls, *controls],
+                        )
                         print(
                             f"  control {room:10} {voice:6} {sf.text!r}: {ctl['outcome']} "
                             f"{ctl.get('transcript')!r}",

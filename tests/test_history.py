@@ -34,7 +34,7 @@ def test_a_short_history_is_kept_whole():
 
 def test_a_reply_that_repeats_an_earlier_one_is_not_kept():
     template = "I'm glad you're happy with the answer. I'll make sure to include the correct punctuation."
-    history = History(drop_repeats=True)
+    history = History()  # drop_repeats is the default
     assert history.add("What's the capital of France?", "Paris.")
     assert history.add("Why is the sky blue?", template)
     # The same sentence again, a word changed: the turn is left out, the question with it, and the turn
@@ -48,8 +48,8 @@ def test_a_reply_that_repeats_an_earlier_one_is_not_kept():
     assert len(history.turns) == 4
 
 
-def test_repeats_are_kept_unless_asked():
-    history = History()
+def test_repeats_are_kept_when_asked():
+    history = History(drop_repeats=False)
     same = "The same answer every time."
     assert history.add("q1", same) and history.add("q2", same)
     assert len(history.turns) == 2
