@@ -163,10 +163,15 @@ class Call:
         """Front-end then turn detection, in one worker-thread hop per chunk."""
         if self.recorder is not None:
             self.recorder.write(pcm, reference)
-        clean, words = self.frontend.process_pair(pcm, reference)
         frontend = self.frontend
+        cleaned = frontend.process_pair(pcm, reference)
         return self.detector.process(
-            clean, arrival, frontend.echo_possible, keep=words, bot_speaking=frontend.bot_speaking
+            cleaned.clean,
+            arrival,
+            frontend.echo_possible,
+            keep=cleaned.words,
+            bot_speaking=frontend.bot_speaking,
+            over_echo=cleaned.over_echo,
         )
 
     def _dispatch(self, turn_events: list[TurnEvent]) -> None:

@@ -68,6 +68,13 @@ class TurnParams:
     the canceller leaves (Opus and the client's playout are not linear) scores in between."""
     echo_start_ms: int = 256
     """Continuous speech needed to open a turn while the bot's voice may be echoing back."""
+    over_echo_threshold: float = 0.35
+    """The speech probability that is enough, while the bot's voice may be echoing back, in windows
+    where the echo canceller found more than the echo (``peer.frontend.DoubleTalk``): its suppressor
+    pulls a voice under the bot's down to 0.3-0.8, and the echo alone never gets there once it has
+    converged."""
+    over_echo_start_ms: int = 96
+    """Continuous speech needed to open a turn in such windows: the same as in silence."""
     pause_ms: int = 96
     """Silence after which the turn so far is handed on as a ``SpeechPaused``: the conversation starts
     transcribing (and answering) it while it waits to see whether the user goes on. It is also the
@@ -164,6 +171,8 @@ class TurnDetector:
         self._history: list[np.ndarray] = []  # windows before the onset, for the pre-roll
         self._in_turn = False
         self._run = 0  # consecutive speech windows while not in a turn
+        self._run_over_echo = 0  # the same, counting windows of speech over the bot's echo
+        self._pending_over = SampleBuffer()  # per sample, 1 where the front-end found speech over the echo
         self._silence = 0  # consecutive silent windows while in a turn
         self._voiced = 0
         self._turn: list[np.ndarray] = []
@@ -188,6 +197,7 @@ class TurnDetector:
         echo_possible: bool = False,
         keep: np.ndarray | None = None,
         bot_speaking: bool = False,
+        over_echo: np.ndarray | None = None,
     ) -> list[TurnEvent]:
         """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events.
 
@@ -197,15 +207,21 @@ class TurnDetector:
 
         ``keep``, if given, is the same stretch of audio processed differently, and is what the turns
         are made of: the VAD may want the echo cancelled at all costs while the ASR wants the words
-        intact (see ``FrontEnd.process_pair``)."""
-        if keep is not None and keep.size != pcm.size:
-            raise ValueError(f"keep has {keep.size} samples for {pcm.size}")
+        intact (see ``FrontEnd.process_pair``). ``over_echo``, per sample, marks where the front-end
+        found the user talking over the bot's echo: a window mostly so marked opens a turn on
+        ``over_echo_threshold`` and ``over_echo_start_ms``."""
+        for name, other in (("keep", keep), ("over_echo", over_echo)):
+            if other is not None and other.size != pcm.size:
+                raise ValueError(f"{name} has {other.size} samples for {pcm.size}")
         self._pending.push(pcm)
         self._pending_keep.push(pcm if keep is None else keep)
+        marks = np.zeros(pcm.size, np.int16) if over_echo is None else np.asarray(over_echo, np.int16)
+        self._pending_over.push(marks)
         events: list[TurnEvent] = []
         p = self.params
         while (window := self._pending.pop(WINDOW)) is not None:
             kept = self._pending_keep.pop(WINDOW)
+            over = self._pending_over.pop(WINDOW)
             prob = self.vad(window)
             self.last_probability = prob
             start = self._position
@@ -216,18 +232,25 @@ class TurnDetector:
                     (p.echo_threshold, p.echo_start_ms) if echo_possible else (p.threshold, p.start_ms)
                 )
                 self._run = self._run + 1 if prob >= threshold else 0
-                if self._run >= self._windows(start_ms):
+                over_echo_speech = (
+                    echo_possible and prob >= p.over_echo_threshold and 2 * int(over.sum()) >= WINDOW
+                )
+                self._run_over_echo = self._run_over_echo + 1 if over_echo_speech else 0
+                if self._run >= self._windows(start_ms) or self._run_over_echo >= self._windows(
+                    p.over_echo_start_ms
+                ):
+                    run = max(self._run, self._run_over_echo)
                     pre_roll = p.overlap_pre_roll_ms if bot_speaking else p.pre_roll_ms
-                    self._turn = self._history[-(self._run + self._windows(pre_roll)) :]
+                    self._turn = self._history[-(run + self._windows(pre_roll)) :]
                     self._turn_start = self._position - WINDOW * len(self._turn)
                     self._in_turn = True
-                    self._voiced = self._run
+                    self._voiced = run
                     self._silence = 0
                     self._last_voiced_end = self._position
                     self._last_voiced_arrival = arrival
                     self._paused = False
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
-                    events.append(SpeechStarted(self._position - WINDOW * self._run, arrival))
+                    events.append(SpeechStarted(self._position - WINDOW * run, arrival))
                 longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(p.start_ms, p.echo_start_ms)
                 self._history = self._history[-self._windows(longest) :]
                 continue
@@ -267,8 +290,10 @@ class TurnDetector:
         events = self._close(arrival) if self._in_turn else []
         self._pending.clear()
         self._pending_keep.clear()
+        self._pending_over.clear()
         self._history = []
         self._run = 0
+        self._run_over_echo = 0
         self.vad.reset()
         return events
 
@@ -295,6 +320,7 @@ class TurnDetector:
         self._turn = []
         self._history = []
         self._run = 0
+        self._run_over_echo = 0
         if utterance["voiced_ms"] < self.params.min_speech_ms:
             return [SpeechDiscarded(arrival)]
         return [SpeechEnded(**utterance)]

@@ -7,7 +7,7 @@ import pytest
 
 from peer.audio import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
 from peer.echo import FRAME
-from peer.frontend import MAX_REFERENCE_MS, EchoCoupling, FarEndReference, FrontEnd
+from peer.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, EchoCoupling, FarEndReference, FrontEnd
 from tests.support.speech import read_wav
 from tests.test_echo import speechlike, through_room
 
@@ -103,7 +103,7 @@ def test_a_client_without_echo_gets_its_words_past_the_canceller_while_the_bot_s
     far = speechlike(6.0, seed=1)
     near = np.concatenate([np.zeros(3 * SPEECH_RATE, np.int16), speechlike(3.0, seed=2)])
     fe = FrontEnd("aec3", noise_suppression=0, echo_expected=False)
-    clean, words = fe.process_pair(near, far)
+    clean, words, _ = fe.process_pair(near, far)
     fe.close()
     speech = slice(3 * SPEECH_RATE, 6 * SPEECH_RATE)
     # AEC3's suppressor would take ~13 dB off a user it hears over the bot's voice (double talk).
@@ -134,8 +134,42 @@ def test_an_echo_that_comes_back_later_than_aec3_looks_is_still_cancelled():
     clean = np.concatenate([fe.process(mic[i : i + 320], far[i : i + 320]) for i in range(0, far.size, 320)])
     fe.close()
     assert fe.coupling.lag_ms == pytest.approx(800, abs=30)
-    assert fe.delay_ms == pytest.approx(800 - 150, abs=30)
+    assert fe.delay_ms == pytest.approx(800 - ALIGN_SLACK_MS, abs=30)
     tail = slice(6 * SPEECH_RATE, 10 * SPEECH_RATE)
     assert rms_dbfs(clean[tail]) < rms_dbfs(mic[tail]) - 20, "the late echo was left in"
     # Without the measurement (as at the start of a call), its echo is taken as possible for longer.
     assert FrontEnd("off", noise_suppression=0).echo_reach_ms > fe.echo_reach_ms
+
+
+@pytest.mark.parametrize("delay_ms, gain_db", [(150, -6), (300, 0), (700, -6)])
+def test_the_user_talking_over_the_echo_is_told_from_the_echo(make_speech, delay_ms, gain_db):
+    # A loudspeaker: the bot's voice comes back into the microphone, and after a few seconds the user
+    # talks over it. AEC3's suppressor pulls the user's voice down to speech probabilities where its
+    # residual echo also scores, so the VAD is told where the canceller found more than the echo.
+    bot = read_wav(make_speech(BOT_STORY, rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0, gain_db=0.0).path)[0]
+    question = make_speech("What is the weather like today?", rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0)
+    user = read_wav(question.path)[0]
+    far = bot[: 9 * SPEECH_RATE]
+    start = 6 * SPEECH_RATE
+    near = np.zeros(far.size)
+    near[start : start + user.size] = user
+    mic = np.clip(through_room(far, delay_ms, gain_db) + near, -32768, 32767).astype(np.int16)
+    fe = FrontEnd("aec3", echo_expected=True)
+    over = np.concatenate(
+        [fe.process_pair(mic[i : i + 320], far[i : i + 320]).over_echo for i in range(0, mic.size, 320)]
+    )
+    fe.close()
+    frames = over[: over.size // FRAME * FRAME].reshape(-1, FRAME)[:, 0]
+    loud = np.array([rms_dbfs(near[i : i + FRAME]) > -40 for i in range(0, frames.size * FRAME, FRAME)])
+    echo_alone = np.ones(frames.size, dtype=bool)
+    echo_alone[: 2 * SPEECH_RATE // FRAME] = False  # the canceller's first seconds are not judged
+    echo_alone[start // FRAME : (start + user.size) // FRAME] = False
+    assert frames[echo_alone].mean() < 0.01, "the echo alone was taken for the user"
+    assert frames[loud].mean() > 0.5, "the user's voice over the echo was not found"
+
+
+BOT_STORY = (
+    "Once upon a time there was a dragon named Erebo. He was a magnificent creature with scales as black "
+    "as the night sky, and a body that could move at incredible speeds. One day a young dragon stumbled "
+    "upon his throne, which was made of a stone that shone like the sun."
+)

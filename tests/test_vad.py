@@ -101,6 +101,30 @@ def test_while_echo_is_possible_a_turn_needs_stronger_and_longer_speech(two_ques
     assert any(isinstance(e, SpeechStarted) for e in events)
 
 
+def test_speech_the_front_end_found_over_the_echo_opens_a_turn_as_soon_as_in_silence(two_questions):
+    pcm, _ = two_questions
+    cut = pcm[: int(1.25 * SPEECH_RATE)]  # the onset that the echo thresholds alone do not open on
+    marked = np.ones(cut.size, dtype=bool)
+
+    def onsets(detector: TurnDetector, over_echo: np.ndarray) -> list[SpeechStarted]:
+        events = []
+        for i in range(0, cut.size, 320):
+            events += detector.process(
+                cut[i : i + 320], i / SPEECH_RATE, echo_possible=True, over_echo=over_echo[i : i + 320]
+            )
+        return [e for e in events if isinstance(e, SpeechStarted)]
+
+    started = onsets(TurnDetector(), marked)
+    in_silence = [e for e in run(TurnDetector(), cut) if isinstance(e, SpeechStarted)]
+    assert started and in_silence and started[0].sample <= in_silence[0].sample + 512
+    # The marks alone open nothing: the window must still sound like speech.
+    silent = TurnDetector()
+    for _ in range(0, SPEECH_RATE, 320):
+        assert not silent.process(np.zeros(320, np.int16), 0.0, echo_possible=True, over_echo=marked[:320])
+    with pytest.raises(ValueError):
+        TurnDetector().process(cut[:320], 0.0, over_echo=marked[:100])
+
+
 def test_a_pause_comes_first_with_exactly_the_audio_the_end_will_carry(two_questions):
     pcm, bounds = two_questions
     events = run(TurnDetector(TurnParams(end_silence_ms=300, pause_ms=96)), pcm)
