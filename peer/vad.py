@@ -224,6 +224,11 @@ class TurnDetector:
             over = self._pending_over.pop(WINDOW)
             prob = self.vad(window)
             self.last_probability = prob
+            # Speech over the bot's echo, as the front-end found it: counts as voiced as much as
+            # speech in silence does, or a "Stop," over the bot is too short to be a turn.
+            over_echo_speech = (
+                echo_possible and prob >= p.over_echo_threshold and 2 * int(over.sum()) >= WINDOW
+            )
             start = self._position
             self._position += WINDOW
             if not self._in_turn:
@@ -232,9 +237,6 @@ class TurnDetector:
                     (p.echo_threshold, p.echo_start_ms) if echo_possible else (p.threshold, p.start_ms)
                 )
                 self._run = self._run + 1 if prob >= threshold else 0
-                over_echo_speech = (
-                    echo_possible and prob >= p.over_echo_threshold and 2 * int(over.sum()) >= WINDOW
-                )
                 self._run_over_echo = self._run_over_echo + 1 if over_echo_speech else 0
                 if self._run >= self._windows(start_ms) or self._run_over_echo >= self._windows(
                     p.over_echo_start_ms
@@ -259,7 +261,7 @@ class TurnDetector:
             # speculative answer that the pause started.
             if prob >= (p.threshold if self._paused else p.release):
                 self._silence = 0
-                if prob >= p.threshold:
+                if prob >= p.threshold or over_echo_speech:
                     self._voiced += 1
                 self._last_voiced_end = start + WINDOW
                 self._last_voiced_arrival = arrival
