@@ -12,6 +12,10 @@ bot's voice from 10 s on. Each canceller gets the exact far end as reference, in
   beside it the WER of the clean questions and of the raw microphone.
 - RTF: processing time over audio time, for the canceller alone and for the whole front-end as a call
   runs it (canceller, noise suppression, Silero turn detection).
+- Barge-in onsets: the whole front-end and turn detector as a call joins them (``peer.call.listen``),
+  on every path plus a 600 ms one, with the questions in three voices (espeak-ng, flite, festival's
+  HTS voice; one per path, in turn): how long after a question starts a turn opens, questions with no
+  turn, turns opened on the bot's own voice, and the WER of the audio the ASR gets (``words``).
 
     python -m bench.frontend [--cancellers aec3,speex] [--asr tiny.en]
 
@@ -32,10 +36,11 @@ import numpy as np
 
 from peer.asr import WhisperASR
 from peer.audio import SPEECH_RATE, WEBRTC_RATE, Resampler
+from peer.call import listen
 from peer.echo import CANCELLERS, FRAME
 from peer.frontend import FrontEnd
 from peer.tts import PiperTTS
-from peer.vad import TurnDetector
+from peer.vad import SpeechEnded, SpeechStarted, TurnDetector
 from tests.support.speech import read_wav, speak
 
 FAR_TEXT = [
@@ -66,6 +71,12 @@ PATHS: list[dict[str, Any]] = [
     {"name": "150-160ms_drift", "delay_ms": 150, "gain_db": -6.0, "drift_ms": 10},
     {"name": "150-180ms_fast_drift", "delay_ms": 150, "gain_db": -6.0, "drift_ms": 30},
 ]
+
+
+ONSET_PATHS = [*PATHS, {"name": "600ms_-6dB", "delay_ms": 600, "gain_db": -6.0}]
+"""The barge-in onsets also over an echo later than AEC3 finds by itself (a loaded client)."""
+
+ONSET_ENGINES = ("espeak-ng", "flite", "festival")
 
 
 def room_ir(tail_ms: float = 120.0, seed: int = 7) -> np.ndarray:
@@ -110,20 +121,18 @@ def wer(ref: str, hyp: str) -> float:
     return d[len(h)] / max(1, len(r))
 
 
-def build_scene(work: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
+def build_scene(
+    work: Path, engine: str = "espeak-ng", far: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
     """Far end (as the outbound track sends it, brought to 16 kHz) and the near end with its spans."""
-    tts = PiperTTS()
-    up, down = Resampler(tts.sample_rate, WEBRTC_RATE), Resampler(WEBRTC_RATE, SPEECH_RATE)
-    pieces = []
-    for text in FAR_TEXT:
-        pcm48 = np.concatenate([up.push(c) for c in tts.synthesize_blocking(text)])
-        pieces += [down.push(pcm48), np.zeros(SPEECH_RATE // 5, np.int16)]
-    far = np.concatenate(pieces)
+    if far is None:
+        far = build_far()
     near = np.zeros_like(far)
     spans = []
     at = int(NEAR_START_S * SPEECH_RATE)
     for i, text in enumerate(NEAR_TEXT):
-        pcm = read_wav(speak(text, work / f"near{i}.wav", rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0).path)[0]
+        wav = work / f"near{i}-{engine}.wav"
+        pcm = read_wav(speak(text, wav, rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0, engine=engine).path)[0]
         pcm = (pcm.astype(np.float64) * 10 ** (-6 / 20)).astype(np.int16)
         if at + pcm.size > far.size:
             break
@@ -132,6 +141,52 @@ def build_scene(work: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int
         at += pcm.size + int(NEAR_GAP_S * SPEECH_RATE)
     n = far.size // FRAME * FRAME
     return far[:n], near[:n], [s for s in spans if s[1] <= n]
+
+
+def build_far() -> np.ndarray:
+    """Piper reading ``FAR_TEXT``, as the outbound track sends it, brought to 16 kHz."""
+    tts = PiperTTS()
+    up, down = Resampler(tts.sample_rate, WEBRTC_RATE), Resampler(WEBRTC_RATE, SPEECH_RATE)
+    pieces = []
+    for text in FAR_TEXT:
+        pcm48 = np.concatenate([up.push(c) for c in tts.synthesize_blocking(text)])
+        pieces += [down.push(pcm48), np.zeros(SPEECH_RATE // 5, np.int16)]
+    return np.concatenate(pieces)
+
+
+def barge_in_onsets(
+    asr: WhisperASR, mic: np.ndarray, far: np.ndarray, spans: list[tuple[int, int, str]]
+) -> dict[str, Any]:
+    """The front-end and the turn detector over one scene, in the 20 ms chunks a call gets; the turns'
+    audio (what the ASR is given, pre-roll included) transcribed against each question."""
+    frontend, detector = FrontEnd(), TurnDetector()
+    opened: list[int] = []  # the sample at which each turn's onset was found
+    turns: list[SpeechEnded] = []
+    for i in range(0, mic.size, 320):
+        for event in listen(frontend, detector, mic[i : i + 320], far[i : i + 320], i / SPEECH_RATE):
+            if isinstance(event, SpeechStarted):
+                opened.append(i + 320)
+            elif isinstance(event, SpeechEnded):
+                turns.append(event)
+    frontend.close()
+    latencies, missed, errors = [], 0, []
+    for a, b, text in spans:
+        found = [t for t in opened if a <= t <= b]
+        if found:
+            latencies.append(round((found[0] - a) * 1000 / SPEECH_RATE))
+        else:
+            missed += 1
+        over = [t for t in turns if t.start_sample < b and t.end_sample > a]
+        said = [asr.transcribe_blocking(t.audio).text for t in over]
+        errors.append(wer(text, " ".join(said)))
+    false = [t for t in opened if not any(a <= t <= b + SPEECH_RATE // 2 for a, b, _ in spans)]
+    return {
+        "onset_ms": latencies,
+        "missed": missed,
+        "false_onsets": len(false),
+        "false_at_s": [round(t / SPEECH_RATE, 2) for t in false],
+        "turn_wer": round(float(np.mean(errors)), 3),
+    }
 
 
 def run_canceller(name: str, mic: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, float]:
@@ -173,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.cancellers.split(",") if n]
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-frontend-"))
-    far, near, spans = build_scene(work)
+    far_raw = build_far()
+    far, near, spans = build_scene(work, far=far_raw)
     asr = WhisperASR(args.asr)
     noise = np.random.default_rng(3).normal(0, 10, far.size)  # about -70 dBFS
     far_only = int(NEAR_START_S * SPEECH_RATE)
@@ -208,6 +264,23 @@ def main(argv: list[str] | None = None) -> int:
         frontend.close()
     results["frontend_rtf"] = chain
 
+    onsets = {}
+    for k, path in enumerate(ONSET_PATHS):
+        engine = ONSET_ENGINES[k % len(ONSET_ENGINES)]
+        far_k, near_k, spans_k = build_scene(work, engine, far_raw)
+        mic = np.clip(echo_path(far_k, path) + near_k + noise[: far_k.size], -32768, 32767).astype(np.int16)
+        onsets[path["name"]] = {"voice": engine, **barge_in_onsets(asr, mic, far_k, spans_k)}
+    every = [ms for o in onsets.values() for ms in o["onset_ms"]]
+    onset_summary = {
+        "questions": sum(len(o["onset_ms"]) + o["missed"] for o in onsets.values()),
+        "missed": sum(o["missed"] for o in onsets.values()),
+        "false_onsets": sum(o["false_onsets"] for o in onsets.values()),
+        "onset_p50_ms": float(np.percentile(every, 50)) if every else None,
+        "onset_p95_ms": float(np.percentile(every, 95)) if every else None,
+        "turn_wer_median": statistics.median(o["turn_wer"] for o in onsets.values()),
+    }
+    results["barge_in_onsets"] = {"summary": onset_summary, "paths": onsets}
+
     summary = {}
     for name in names:
         rows = [p[name] for p in results["paths"].values()]
@@ -233,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['doubletalk_wer']:.1%} (worst {s['worst_doubletalk_wer']:.1%}) vs clean "
             f"{results['clean_wer']:.1%}; canceller RTF {s['rtf']}, whole front-end RTF {chain[name]}"
         )
+    o = onset_summary
+    print(
+        f"barge-in onsets: {o['questions']} questions over the echo in three voices, {o['missed']} missed, "
+        f"{o['false_onsets']} turns opened on the bot's voice, found {o['onset_p50_ms']} ms (p50) / "
+        f"{o['onset_p95_ms']} ms (p95) after the question started; turn WER (median of paths) "
+        f"{o['turn_wer_median']:.1%}"
+    )
     return 0
 
 

@@ -45,6 +45,23 @@ FLOOD_GAP_S = 1.0
 """Dropped messages closer together than this are one flood, answered with one ``rate_limited``."""
 
 
+def listen(
+    frontend: FrontEnd, detector: TurnDetector, pcm: np.ndarray, reference: np.ndarray, arrival: float
+) -> list[TurnEvent]:
+    """One chunk of the microphone (16 kHz) and the reference paired with it, through the front-end and
+    the turn detector, with everything the front-end knows about the bot's echo passed on. Blocking.
+    The one place the two are joined, so a benchmark replays a room exactly as a call hears it."""
+    cleaned = frontend.process_pair(pcm, reference)
+    return detector.process(
+        cleaned.clean,
+        arrival,
+        frontend.echo_possible,
+        keep=cleaned.words,
+        bot_speaking=frontend.bot_speaking,
+        over_echo=cleaned.over_echo,
+    )
+
+
 class Call:
     def __init__(
         self,
@@ -163,16 +180,7 @@ class Call:
         """Front-end then turn detection, in one worker-thread hop per chunk."""
         if self.recorder is not None:
             self.recorder.write(pcm, reference)
-        frontend = self.frontend
-        cleaned = frontend.process_pair(pcm, reference)
-        return self.detector.process(
-            cleaned.clean,
-            arrival,
-            frontend.echo_possible,
-            keep=cleaned.words,
-            bot_speaking=frontend.bot_speaking,
-            over_echo=cleaned.over_echo,
-        )
+        return listen(self.frontend, self.detector, pcm, reference, arrival)
 
     def _dispatch(self, turn_events: list[TurnEvent]) -> None:
         if self.closed:
