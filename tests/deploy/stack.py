@@ -81,6 +81,30 @@ class Stack:
             raw = exc.read()
             return exc.code, dict(exc.headers), json.loads(raw) if raw else None
 
+    def sessions(self, replica: str) -> int | None:
+        """Calls a replica holds now (its ``voicepeer_sessions`` gauge); None if it does not answer."""
+        req = urllib.request.Request(
+            f"{FRONT}/r/{replica}/metrics", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, context=INSECURE, timeout=10) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+        for line in text.splitlines():
+            if line.startswith("voicepeer_sessions "):
+                return int(float(line.split()[1]))
+        return None
+
+    def wait_idle(self, replicas: tuple[str, ...] = ("peer1", "peer2"), timeout: float = 90) -> None:
+        """Waits until no replica holds a call: a call a failed test left behind (a browser closed
+        without hanging up ends when ICE gives up on it) must not fail the next test as "busy"."""
+        deadline = time.monotonic() + timeout
+        while (held := {r: self.sessions(r) for r in replicas}) and any(n != 0 for n in held.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas still hold calls after {timeout} s: {held}\n{self.logs()}")
+            time.sleep(1)
+
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "60", check=False)
 

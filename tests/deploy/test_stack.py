@@ -71,6 +71,7 @@ def test_a_browser_call_over_https_with_media_relayed_by_coturn(stack, make_spee
 
 
 async def test_a_full_replica_passes_the_next_call_on_and_hang_ups_reach_their_replica(stack):
+    await asyncio.to_thread(stack.wait_idle)
     offer = {"sdp": await local_offer(), "type": "offer"}
     status1, _, first = stack.request("POST", "/offer", offer)
     assert status1 == 200, first
@@ -92,6 +93,7 @@ async def test_a_full_replica_passes_the_next_call_on_and_hang_ups_reach_their_r
 
 
 async def test_sigterm_drains_a_replica_without_cutting_its_call(stack):
+    await asyncio.to_thread(stack.wait_idle)
     client = RtcClient(FRONT, token=stack.token, ssl=False)
     try:
         await client.connect()
