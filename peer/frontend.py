@@ -17,7 +17,8 @@ correlation it computes anyway) and holds the reference back by all but ``ALIGN_
 On a loudspeaker the user's voice over the bot's is what barge-in depends on, and what AEC3's
 suppressor takes most from. The front-end therefore also says where the canceller found more than the
 echo (``DoubleTalk``, from how much it removed against how much it removes from the echo alone), and the
-turn detector opens a turn there on the evidence it would need in silence.
+turn detector opens a turn there as soon as in silence, on a lower speech probability (AEC3's
+suppressor pulls the voice down).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ dropped, so the pairing stays at "now" and the canceller's delay estimate stays 
 FAR_ACTIVE_PEAK = 300
 """A reference frame with a peak above this (-40 dBFS) carries the bot's voice, not silence."""
 
-ECHO_REACH_MS = 600
-"""How long after the bot's voice was sent its echo can still reach the microphone: the paired
-reference is the latest sent, the echo comes back after the round trip and the client's buffers
-(100-300 ms, more on a bad network) plus the room's tail."""
+ECHO_REACH_MS = 700
+"""How long after the (held-back) reference carried the bot's voice its echo can still reach the
+microphone: what is left of the echo's delay once the reference is held back (up to
+``ALIGN_SLACK_MS`` + ``REALIGN_MS``, 420 ms) plus the room's tail."""
 
 
 COUPLING_WINDOW_FRAMES = 100
@@ -97,9 +98,13 @@ REF_FLOOR = 150.0
 ERLE_WINDOW_FRAMES = 100
 """10 ms frames of the bot's echo over which the canceller's echo removal is tracked (1 s of them)."""
 
-ERLE_MIN_FRAMES = 100
-"""Frames of the bot's echo (since the last change of delay) before the removal is trusted: after a
-move AEC3 may go on cancelling for a few hundred ms before it loses the echo and finds it again."""
+ERLE_MIN_FRAMES = 50
+"""Frames of the bot's echo before the removal is trusted."""
+
+ERLE_SETTLE_FRAMES = 50
+"""Frames of the bot's echo left out after the reference moved: AEC3 goes on cancelling for a few
+hundred ms, then loses the echo for up to a second while it finds the new delay. Measured over that,
+its removal would look converged (the good frames are the top quarter) while the echo passes."""
 
 ERLE_PERCENTILE = 75
 """What the canceller takes off its echo: the frames where the user talks too (double talk) lower the
@@ -204,15 +209,17 @@ class DoubleTalk:
 
     def __init__(self) -> None:
         self._removed: deque[float] = deque(maxlen=ERLE_WINDOW_FRAMES)
+        self._settle = 0  # echo frames still to leave out after a reset
         self.erle_db: float | None = None
         """What the canceller takes off the bot's echo (``ERLE_PERCENTILE`` over the last frames of
         it), or None until ``ERLE_MIN_FRAMES`` of them were seen since the last reset."""
 
     def reset(self) -> None:
         """The echo path changed (its delay moved): the canceller re-converges, so its removal must be
-        measured afresh before a frame can be judged by it."""
+        measured afresh, once it has settled, before a frame can be judged by it."""
         self._removed.clear()
         self.erle_db = None
+        self._settle = ERLE_SETTLE_FRAMES
 
     @property
     def converged(self) -> bool:
@@ -225,7 +232,9 @@ class DoubleTalk:
         mic_db = _level_db(mic)
         out_db = _level_db(out)
         removed = mic_db - out_db
-        if echo_active and mic_db > NEAR_FLOOR_DBFS:
+        if echo_active and mic_db > NEAR_FLOOR_DBFS and self._settle:
+            self._settle -= 1
+        elif echo_active and mic_db > NEAR_FLOOR_DBFS:
             self._removed.append(removed)
             if len(self._removed) >= ERLE_MIN_FRAMES:
                 self.erle_db = float(np.percentile(self._removed, ERLE_PERCENTILE))
@@ -385,14 +394,14 @@ class FrontEnd:
         return Cleaned(np.concatenate(out), np.concatenate(words), np.repeat(np.array(talk), FRAME))
 
     def _echo_only(self) -> bool:
-        """This frame of the bot's echo holds nothing else, as far as a converged canceller can tell:
-        the ASR then gets AEC3's output (its echo removed, 55-60 dB) instead of the words canceller's,
+        """This frame may hold the bot's echo and, as far as a converged canceller can tell, nothing
+        else: the ASR then gets AEC3's output (its echo removed, 55-60 dB) instead of the words canceller's,
         whose residual whisper transcribes as the bot's words ("Bill yes" for "yes", "elder" for "no"
         on a loudspeaker: the pre-roll before an answer spoken over the bot is mostly echo)."""
         return (
             self.coupling.present
             and self.double_talk.converged
-            and self._aligned_frames_ago == 0
+            and self._aligned_frames_ago * 10 < self.echo_reach_ms
             and self._over_frames_ago > WORDS_HANGOVER_FRAMES
         )
 
