@@ -127,12 +127,15 @@ class Envelope:
 
 def bot_stop(bot: list[tuple[float, float]], onset: float) -> float | None:
     """When the bot's voice stopped after the user cut in at ``onset``, or None if it was not speaking
-    then. Speech has short gaps between words and sentences, so "speaking" means a segment of the
-    bot's audio reaching into the 400 ms before the onset; the stop is the end of the last segment
-    that began before the onset (+100 ms of frames already in flight). The reply to the new turn
-    starts a second or more later and is not counted."""
-    before = [(a, b) for a, b in bot if a < onset + 0.1]
-    if not before or before[-1][1] < onset - 0.4:
+    then. Speech has gaps between words and sentences (600 ms between two sentences on a loaded
+    machine, while the next one is synthesized), so "speaking" means a segment of the bot's audio
+    reaching into the 600 ms before the onset; the stop is the end of the last segment that began
+    before the onset + 300 ms (frames in flight, or the next sentence arriving while the detector
+    is still making sure of the onset). The reply to the new turn starts a second or more later and
+    is not counted."""
+    before = [(a, b) for a, b in bot if a < onset + 0.3]
+    reaching = [(a, b) for a, b in before if a < onset]
+    if not reaching or reaching[-1][1] < onset - 0.6:
         return None
     return max(before[-1][1], onset)
 
