@@ -253,7 +253,9 @@ class TurnDetector:
                     self._paused = False
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
                     events.append(SpeechStarted(self._position - WINDOW * run, arrival))
-                longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(p.start_ms, p.echo_start_ms)
+                longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(
+                    p.start_ms, p.echo_start_ms, p.over_echo_start_ms
+                )
                 self._history = self._history[-self._windows(longest) :]
                 continue
             self._turn.append(kept)
