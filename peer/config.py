@@ -28,6 +28,10 @@ class Config:
     """``tiny.en``, ``base`` or a local faster-whisper model directory."""
     asr_threads: int = 0
     """CTranslate2 threads; 0 lets it choose (one per core)."""
+    llm_threads: int = 0
+    """llama.cpp threads for the embedded LLM; 0: one per core."""
+    tts_threads: int = 0
+    """onnxruntime threads for Piper; 0: onnxruntime's default (one per physical core)."""
     llm_model: str | None = None
     """Embedded: path of a GGUF file (None for the bundled SmolLM2-135M-Instruct). With ``llm_url``: the
     model name the server expects."""

@@ -31,7 +31,7 @@ def load_services(config: Config) -> Services:
     silero_session()
     asr = WhisperASR(config.asr_model, cpu_threads=config.asr_threads)
     log.info("ASR: faster-whisper %s from %s", config.asr_model, asr.path)
-    tts = PiperTTS(config.tts_voice)
+    tts = PiperTTS(config.tts_voice, threads=config.tts_threads)
     log.info("TTS: piper voice %s (%d Hz)", tts.path.name, tts.sample_rate)
     llm: LLM
     options = LLMOptions(max_tokens=config.llm_max_tokens, max_sentences=config.llm_max_sentences)
@@ -39,7 +39,7 @@ def load_services(config: Config) -> Services:
         llm = OpenAICompatibleLLM(config.llm_url, config.llm_model, config.llm_api_key, options=options)
         log.info("LLM: OpenAI-compatible server at %s, model %s", llm.base_url, llm.model)
     else:
-        llm = LlamaCppLLM(config.llm_model, options=options)
+        llm = LlamaCppLLM(config.llm_model, n_threads=config.llm_threads or None, options=options)
         log.info("LLM: llama.cpp %s", llm.path.name)
     end_of_turn = None
     if config.end_of_turn_model:

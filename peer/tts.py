@@ -25,7 +25,7 @@ class TTS(abc.ABC):
         return None  # optional: backends with nothing to warm keep this
 
 
-def _session(onnx) -> object:  # -> onnxruntime.InferenceSession
+def _session(onnx, threads: int = 0) -> object:  # -> onnxruntime.InferenceSession
     """Piper's ONNX session without onnxruntime's memory arena and memory patterns. Every sentence
     has another length, and with them the process kept the largest buffers it had ever needed and
     then some: 240 sentences of 3-40 words took it from 217 to 480 MB; without them it ended at
@@ -35,6 +35,8 @@ def _session(onnx) -> object:  # -> onnxruntime.InferenceSession
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
+    if threads:
+        options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -45,13 +47,14 @@ class PiperTTS(TTS):
     serialised by a lock; the ONNX inference behind it is what takes the time and releases the GIL.
     """
 
-    def __init__(self, model: str | None = None, volume: float = 0.7) -> None:
+    def __init__(self, model: str | None = None, volume: float = 0.7, threads: int = 0) -> None:
+        """``threads``: onnxruntime's intra-op threads, 0 for its default (one per physical core)."""
         from piper import PiperVoice, SynthesisConfig
 
         onnx, config = models.piper_voice_paths(model)
         self.path = onnx
         self._voice = PiperVoice.load(str(onnx), str(config))
-        self._voice.session = _session(onnx)
+        self._voice.session = _session(onnx, threads)
         self.sample_rate = int(self._voice.config.sample_rate)
         # Piper normalises every sentence to full scale; leave headroom for the Opus encoder and the
         # listener's ears.

@@ -65,6 +65,8 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         {},
     ),
     ("--asr-threads", "ASR_THREADS", int, DEFAULTS.asr_threads, "CTranslate2 threads, 0 = one per core", {}),
+    ("--llm-threads", "LLM_THREADS", int, DEFAULTS.llm_threads, "embedded LLM threads, 0 = one per core", {}),
+    ("--tts-threads", "TTS_THREADS", int, DEFAULTS.tts_threads, "Piper threads, 0 = onnxruntime default", {}),
     (
         "--llm-model",
         "LLM_MODEL",
@@ -334,6 +336,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=int(args.port),
         asr_model=args.asr_model,
         asr_threads=int(args.asr_threads),
+        llm_threads=int(args.llm_threads),
+        tts_threads=int(args.tts_threads),
         llm_model=args.llm_model or None,
         llm_url=args.llm_url or None,
         llm_api_key=args.llm_api_key or None,

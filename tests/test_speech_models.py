@@ -98,3 +98,23 @@ def test_a_decoder_loop_is_cut_to_one_period():
     assert _drop_repetition([1, 2, 3, 4, 1, 2, 3, 4, 1, 2]) == [1, 2, 3, 4]
     assert _drop_repetition([1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
     assert _drop_repetition([5, 6, 5, 6, 5, 6]) == [5, 6, 5, 6, 5, 6]  # short periods are real speech
+
+
+def test_thread_options_reach_the_runtimes(monkeypatch):
+    """``--llm-threads`` and ``--tts-threads`` are what llama.cpp and onnxruntime are given (a second
+    model instance each, loaded from the same installed files)."""
+    from signaling.cli import build_parser, config_from_args
+
+    monkeypatch.delenv("VOICEPEER_LLM_THREADS", raising=False)
+    config = config_from_args(build_parser().parse_args(["--llm-threads", "1", "--tts-threads", "1"]))
+    assert (config.llm_threads, config.tts_threads) == (1, 1)
+
+    from peer.llm import LlamaCppLLM
+    from peer.tts import PiperTTS
+
+    llm = LlamaCppLLM(n_threads=config.llm_threads)
+    assert llm._llama.n_threads == 1
+    tts = PiperTTS(threads=config.tts_threads)
+    assert tts._voice.session.get_session_options().intra_op_num_threads == 1
+    assert PiperTTS()._voice.session.get_session_options().intra_op_num_threads == 0
+    assert tts.synthesize_blocking("One thread.")[0].size > 0
