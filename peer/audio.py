@@ -120,6 +120,19 @@ def rms_dbfs(pcm: np.ndarray) -> float:
     return float(10.0 * np.log10(max(np.mean(x * x), 1e-12)))
 
 
+def leading_quiet(pcm: np.ndarray, rate: int, below_peak_db: float, frame_ms: int = 10) -> int:
+    """How many samples at the start of ``pcm`` come before its first frame within ``below_peak_db`` of
+    its loudest frame (0 when the first frame already is, or ``pcm`` is shorter than a frame)."""
+    n = rate * frame_ms // 1000
+    frames = pcm.size // n
+    if frames == 0:
+        return 0
+    x = pcm[: frames * n].astype(np.float64).reshape(frames, n)
+    energy = np.mean(x * x, axis=1)
+    loud = np.flatnonzero(energy >= energy.max() * 10 ** (-below_peak_db / 10))
+    return int(loud[0]) * n
+
+
 class SampleBuffer:
     """A FIFO of int16 samples that hands out fixed-size blocks.
 

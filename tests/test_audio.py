@@ -16,6 +16,7 @@ from peer.audio import (
     Resampler,
     SampleBuffer,
     frame_pcm,
+    leading_quiet,
     rms_dbfs,
     to_float32,
     to_int16,
@@ -113,3 +114,17 @@ def test_float_int16_round_trip_clips_instead_of_wrapping():
     y = to_int16(x)
     assert y.tolist() == [-32768, -32768, 0, 16384, 32767, 32767]
     assert np.allclose(to_float32(y), np.clip(x, -1, 32767 / 32768), atol=1e-4)
+
+
+def test_leading_quiet_finds_the_first_frame_near_the_turns_level():
+    rate = 16_000
+    rng = np.random.default_rng(0)
+    hiss = np.round(rng.normal(0, 3, rate // 2)).astype(np.int16)  # 500 ms at about -80 dBFS
+    t = np.arange(rate // 2) / rate
+    soft = (300 * np.sin(2 * np.pi * 3000 * t[:1600])).astype(np.int16)  # a consonant, -30 dB under
+    vowel = (10_000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+    assert leading_quiet(np.concatenate([hiss, soft, vowel]), rate, 40.0) == hiss.size
+    assert leading_quiet(np.concatenate([hiss, vowel]), rate, 40.0) == hiss.size
+    assert leading_quiet(vowel, rate, 40.0) == 0
+    assert leading_quiet(np.zeros(rate, np.int16), rate, 40.0) == 0  # all silence: nothing is louder
+    assert leading_quiet(np.zeros(100, np.int16), rate, 40.0) == 0  # shorter than a frame

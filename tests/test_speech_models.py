@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from peer.asr import WhisperASR
+from peer.asr import LEAD_KEEP_MS, WhisperASR
 from peer.audio import SPEECH_RATE, Resampler, rms_dbfs
 from peer.llm import History
 from tests.support.speech import read_wav
@@ -25,7 +25,9 @@ async def test_whisper_tiny_transcribes_a_spoken_question(services, make_speech)
     pcm = read_wav(sf.path)[0]
     result = await services.asr.transcribe(pcm)
     assert words(result.text) == {"tell", "me", "about", "the", "weather", "in", "london"}
-    assert result.audio_s == pytest.approx(pcm.size / SPEECH_RATE)
+    # The file's second of silence before the words is cut to LEAD_KEEP_MS before whisper hears it.
+    lead_kept = sf.speech_start_s - LEAD_KEEP_MS / 1000
+    assert result.audio_s == pytest.approx(pcm.size / SPEECH_RATE - lead_kept, abs=0.03)
 
 
 async def test_whisper_base_from_the_split_wheels(services, tmp_path, monkeypatch):
