@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import browser
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, metric_values
 from tests.support.speech import SpeechFile, speak
 
 QUESTIONS = [
@@ -111,11 +111,7 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
     """Event-loop lag and outbound frame gaps from the server's /metrics, for the whole run so far."""
-    values = {}
-    for line in server.get_text("/metrics").splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
+    values = metric_values(server.get_text("/metrics"))
     frames = values.get("voicepeer_outbound_frames_total", 0.0)
     gaps = values.get("voicepeer_outbound_gaps_total", 0.0)
     minutes = frames * 0.02 / 60

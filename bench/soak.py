@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.rtc_client import RtcClient
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, metric_values
 from tests.support.speech import read_wav, speak
 
 WARMUP_CYCLES = 100
@@ -49,14 +49,15 @@ def proc_stats(pid: int) -> dict[str, int]:
 
 
 def server_sample(server: ServerProcess, cycle: int) -> dict[str, Any]:
-    tasks = sessions = None
-    for line in server.get_text("/metrics").splitlines():
-        if line.startswith("voicepeer_asyncio_tasks "):
-            tasks = int(float(line.split()[1]))
-        elif line.startswith("voicepeer_sessions "):
-            sessions = int(float(line.split()[1]))
+    values = metric_values(server.get_text("/metrics"))
+    tasks, sessions = (values.get(name) for name in ("voicepeer_asyncio_tasks", "voicepeer_sessions"))
     assert server.proc is not None
-    return {"cycle": cycle, **proc_stats(server.proc.pid), "tasks": tasks, "sessions": sessions}
+    return {
+        "cycle": cycle,
+        **proc_stats(server.proc.pid),
+        "tasks": None if tasks is None else int(tasks),
+        "sessions": None if sessions is None else int(sessions),
+    }
 
 
 async def talk(url: str, wav: Path, speech_end_s: float) -> RtcClient:

@@ -234,14 +234,15 @@ class DoubleTalk:
         mic_db = rms_dbfs(mic)
         out_db = rms_dbfs(out)
         removed = mic_db - out_db
-        if echo_active and mic_db > NEAR_FLOOR_DBFS and self._settle:
-            self._settle -= 1
-        elif echo_active and mic_db > NEAR_FLOOR_DBFS:
-            self._removed[self._count % ERLE_WINDOW_FRAMES] = removed
-            self._count += 1
-            n = min(self._count, ERLE_WINDOW_FRAMES)
-            if n >= ERLE_MIN_FRAMES:
-                self.erle_db = _percentile(self._removed[:n], ERLE_PERCENTILE)
+        if echo_active and mic_db > NEAR_FLOOR_DBFS:
+            if self._settle:
+                self._settle -= 1  # the canceller is still finding the moved echo
+            else:
+                self._removed[self._count % ERLE_WINDOW_FRAMES] = removed
+                self._count += 1
+                n = min(self._count, ERLE_WINDOW_FRAMES)
+                if n >= ERLE_MIN_FRAMES:
+                    self.erle_db = _percentile(self._removed[:n], ERLE_PERCENTILE)
         return self.converged and out_db >= NEAR_FLOOR_DBFS and removed <= self.erle_db - NEAR_MARGIN_DB
 
 

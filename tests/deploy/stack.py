@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.server import ROOT
+from tests.support.server import ROOT, metric_values
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 FRONT = "https://127.0.0.1:8443"
@@ -91,10 +91,8 @@ class Stack:
                 text = r.read().decode()
         except (urllib.error.URLError, OSError):
             return None
-        for line in text.splitlines():
-            if line.startswith("voicepeer_sessions "):
-                return int(float(line.split()[1]))
-        return None
+        held = metric_values(text).get("voicepeer_sessions")
+        return None if held is None else int(held)
 
     def wait_idle(self, replicas: tuple[str, ...] = ("peer1", "peer2"), timeout: float = 90) -> None:
         """Waits until no replica holds a call: a call a failed test left behind (a browser closed

@@ -28,6 +28,13 @@ STORY_CONFIG = {"system_prompt": STORY_PROMPT, "llm_max_sentences": None}
 """The same as ``Config`` fields, for calls made in the test process."""
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition (``/metrics``), by name with its labels:
+    ``{"voicepeer_sessions": 0.0, 'voicepeer_loop_lag_seconds{quantile="0.99"}': 0.004, ...}``."""
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
