@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from peer import models
 from peer.config import Config
@@ -52,10 +52,37 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _in_range(
+    kind: type, low: float, high: float | None = None, above: bool = False
+) -> Callable[[str], object]:
+    """A number converter that refuses a value out of range as a usage error (exit 2), before any model
+    loads: a negative thread count or timeout is a typo that would otherwise fail deep in a runtime or
+    quietly disable a limit."""
+
+    def convert(text: str) -> object:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
+            bound = f"more than {low}" if above else f"at least {low}"
+            raise argparse.ArgumentTypeError(
+                f"expected {bound}{f' and at most {high}' if high is not None else ''}, got {text!r}"
+            )
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+_COUNT = _in_range(int, 0)
+_POSITIVE_INT = _in_range(int, 1)
+_SECONDS = _in_range(float, 0, above=True)
+
 # flag, environment variable (after VOICEPEER_), type, default, help, extra argparse keywords
-OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
+OPTIONS: list[tuple[str, str, Callable[[str], object], object, str, dict[str, object]]] = [
     ("--host", "HOST", str, DEFAULTS.host, "listen address", {}),
-    ("--port", "PORT", int, DEFAULTS.port, "listen port", {}),
+    ("--port", "PORT", _in_range(int, 0, 65535), DEFAULTS.port, "listen port", {}),
     (
         "--asr-model",
         "ASR_MODEL",
@@ -64,9 +91,30 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         "tiny.en, base, or a faster-whisper model directory",
         {},
     ),
-    ("--asr-threads", "ASR_THREADS", int, DEFAULTS.asr_threads, "CTranslate2 threads, 0 = one per core", {}),
-    ("--llm-threads", "LLM_THREADS", int, DEFAULTS.llm_threads, "embedded LLM threads, 0 = one per core", {}),
-    ("--tts-threads", "TTS_THREADS", int, DEFAULTS.tts_threads, "Piper threads, 0 = onnxruntime default", {}),
+    (
+        "--asr-threads",
+        "ASR_THREADS",
+        _COUNT,
+        DEFAULTS.asr_threads,
+        "CTranslate2 threads, 0 = one per core",
+        {},
+    ),
+    (
+        "--llm-threads",
+        "LLM_THREADS",
+        _COUNT,
+        DEFAULTS.llm_threads,
+        "embedded LLM threads, 0 = one per core",
+        {},
+    ),
+    (
+        "--tts-threads",
+        "TTS_THREADS",
+        _COUNT,
+        DEFAULTS.tts_threads,
+        "Piper threads, 0 = onnxruntime default",
+        {},
+    ),
     (
         "--llm-model",
         "LLM_MODEL",
@@ -91,16 +139,23 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         "bearer token for --llm-url",
         {"secret": True},
     ),
-    ("--llm-max-tokens", "LLM_MAX_TOKENS", int, DEFAULTS.llm_max_tokens, "longest reply in tokens", {}),
+    (
+        "--llm-max-tokens",
+        "LLM_MAX_TOKENS",
+        _POSITIVE_INT,
+        DEFAULTS.llm_max_tokens,
+        "longest reply in tokens",
+        {},
+    ),
     (
         "--llm-max-sentences",
         "LLM_MAX_SENTENCES",
-        int,
+        _COUNT,
         DEFAULTS.llm_max_sentences or 0,
         "a reply stops after this many sentences, 0 = no cap",
         {},
     ),
-    ("--llm-timeout", "LLM_TIMEOUT", float, DEFAULTS.llm_timeout_s, "seconds to wait for each token", {}),
+    ("--llm-timeout", "LLM_TIMEOUT", _SECONDS, DEFAULTS.llm_timeout_s, "seconds to wait for each token", {}),
     ("--system-prompt", "SYSTEM_PROMPT", str, DEFAULTS.system_prompt, "the assistant's instructions", {}),
     (
         "--tts-voice",
@@ -130,16 +185,23 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--auto-gain",
         "AUTO_GAIN",
-        int,
+        _in_range(int, 0, 31),
         DEFAULTS.auto_gain_dbfs,
         "WebRTC AGC target, dBFS below full scale, 0 = off",
         {},
     ),
-    ("--end-silence-ms", "END_SILENCE_MS", int, _T.end_silence_ms, "silence that ends a user turn", {}),
+    (
+        "--end-silence-ms",
+        "END_SILENCE_MS",
+        _POSITIVE_INT,
+        _T.end_silence_ms,
+        "silence that ends a user turn",
+        {},
+    ),
     (
         "--hold-silence-ms",
         "HOLD_SILENCE_MS",
-        int,
+        _COUNT,
         _P.hold_silence_ms,
         "silence that ends a turn whose last phrase sounds unfinished ('... and', 'um')",
         {},
@@ -147,7 +209,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--complete-silence-ms",
         "COMPLETE_SILENCE_MS",
-        int,
+        _COUNT,
         _P.complete_silence_ms,
         "silence that ends a turn the end-of-turn model judges complete",
         {},
@@ -164,7 +226,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--partial-interval-ms",
         "PARTIAL_INTERVAL_MS",
-        int,
+        _COUNT,
         _T.partial_interval_ms,
         "speech between two partial transcripts, 0 = none",
         {},
@@ -172,21 +234,28 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--interrupt-after-ms",
         "INTERRUPT_AFTER_MS",
-        int,
+        _COUNT,
         _P.interrupt_after_ms,
         "barge-in: speech during a reply that lasts this long cuts the bot off",
         {},
     ),
-    ("--vad-threshold", "VAD_THRESHOLD", float, _T.threshold, "Silero probability that counts as speech", {}),
+    (
+        "--vad-threshold",
+        "VAD_THRESHOLD",
+        _in_range(float, 0, 1, above=True),
+        _T.threshold,
+        "Silero probability that counts as speech",
+        {},
+    ),
     (
         "--max-sessions",
         "MAX_SESSIONS",
-        int,
+        _POSITIVE_INT,
         DEFAULTS.max_sessions,
         "concurrent calls accepted (default: the measured capacity of this machine's cores)",
         {},
     ),
-    ("--max-call", "MAX_CALL", float, DEFAULTS.max_call_s, "seconds after which a call is ended", {}),
+    ("--max-call", "MAX_CALL", _SECONDS, DEFAULTS.max_call_s, "seconds after which a call is ended", {}),
     (
         "--route-prefix",
         "ROUTE_PREFIX",
@@ -198,7 +267,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--drain",
         "DRAIN_S",
-        float,
+        _in_range(float, 0),
         DEFAULTS.drain_s,
         "on SIGTERM, seconds that live calls may go on before the server exits (0: close them at once)",
         {},
@@ -219,7 +288,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
         "coturn's static-auth-secret: clients get TURN credentials for the --turn-url servers minted from it",
         {"secret": True},
     ),
-    ("--turn-ttl", "TURN_TTL_S", float, DEFAULTS.turn_ttl_s, "seconds a TURN credential stays valid", {}),
+    ("--turn-ttl", "TURN_TTL_S", _SECONDS, DEFAULTS.turn_ttl_s, "seconds a TURN credential stays valid", {}),
     (
         "--metrics-public",
         "METRICS_PUBLIC",
@@ -231,7 +300,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--offers-per-minute",
         "OFFERS_PER_MINUTE",
-        int,
+        _COUNT,
         DEFAULTS.offers_per_minute,
         "offers one client address may make per minute, 0 = no limit",
         {},
@@ -239,7 +308,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--messages-per-second",
         "MESSAGES_PER_SECOND",
-        int,
+        _COUNT,
         DEFAULTS.messages_per_second,
         "control messages one call may send per second (bursts of twice that)",
         {},
@@ -247,7 +316,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--media-timeout",
         "MEDIA_TIMEOUT",
-        float,
+        _SECONDS,
         DEFAULTS.media_timeout_s,
         "close a call whose microphone sends nothing for this many seconds",
         {},
@@ -255,7 +324,7 @@ OPTIONS: list[tuple[str, str, type, object, str, dict[str, object]]] = [
     (
         "--connect-timeout",
         "CONNECT_TIMEOUT",
-        float,
+        _SECONDS,
         DEFAULTS.connect_timeout_s,
         "close a session not connected this many seconds after the answer",
         {},

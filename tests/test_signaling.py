@@ -126,3 +126,42 @@ def test_cli_options_count_before_and_after_the_subcommand(argv):
     from signaling.cli import build_parser, config_from_args
 
     assert config_from_args(build_parser().parse_args(argv)).port == 9000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--asr-threads", "-1"],
+        ["--llm-threads", "-2"],
+        ["--tts-threads", "two"],
+        ["--port", "70000"],
+        ["--llm-max-tokens", "0"],
+        ["--llm-timeout", "-1"],
+        ["--vad-threshold", "1.5"],
+        ["--vad-threshold", "nan"],
+        ["--max-sessions", "0"],
+        ["--media-timeout", "0"],
+        ["--auto-gain", "40"],
+        ["serve", "--interrupt-after-ms", "-300"],
+    ],
+)
+def test_cli_refuses_a_number_out_of_range_as_a_usage_error(argv, capsys):
+    from signaling.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    flag = next(a for a in argv if a.startswith("--"))
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_environment_value_out_of_range(monkeypatch, capsys):
+    from signaling.cli import build_parser
+
+    monkeypatch.setenv("VOICEPEER_LLM_THREADS", "-4")
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([])
+    assert exited.value.code == 2
+    assert "--llm-threads" in capsys.readouterr().err
+    monkeypatch.setenv("VOICEPEER_LLM_THREADS", "3")
+    assert build_parser().parse_args([]).llm_threads == 3
