@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -39,3 +40,19 @@ def release_free_memory() -> None:
     fn = _malloc_trim()
     if fn is not None:
         fn(0)
+
+
+def freeze_loaded_heap() -> int:
+    """Moves every object alive now (the loaded models' Python side, tokenizers, imported modules) out
+    of the garbage collector's reach, and returns how many.
+
+    A full collection stops the whole interpreter, the event loop included, for as long as it takes to
+    walk every tracked object. Once the models were loaded the server tracked ~82,000 objects that live
+    as long as the process; a full pass over them took 20-80 ms with Chromium on the same two cores,
+    the outbound track released no frame meanwhile, and the listener heard a gap. Frozen, the pass walks
+    only what calls create (~5,000 objects). Reference counting still frees a frozen object; only a
+    reference cycle among them would stay, so this is for what is loaded once per process.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

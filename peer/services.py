@@ -10,6 +10,7 @@ from .asr import ASR, WhisperASR
 from .config import Config
 from .endofturn import EndOfTurn, SmartTurn
 from .llm import LLM, LlamaCppLLM, LLMOptions, OpenAICompatibleLLM
+from .memory import freeze_loaded_heap
 from .tts import TTS, PiperTTS
 from .vad import silero_session
 
@@ -54,4 +55,5 @@ def load_services(config: Config) -> Services:
     if end_of_turn is not None:
         end_of_turn.warmup()
     log.info("models warmed up in %.1f s", time.perf_counter() - t1)
+    log.debug("%d objects kept out of the garbage collector's full passes", freeze_loaded_heap())
     return Services(asr=asr, llm=llm, tts=tts, end_of_turn=end_of_turn)

@@ -120,3 +120,20 @@ def test_thread_options_reach_the_runtimes(monkeypatch):
     assert tts._voice.session.get_session_options().intra_op_num_threads == 1
     assert PiperTTS()._voice.session.get_session_options().intra_op_num_threads == 0
     assert tts.synthesize_blocking("One thread.")[0].size > 0
+
+
+def test_loaded_models_are_out_of_the_collectors_full_passes(services):
+    """A full collection stops the event loop for as long as it walks the heap; the models' objects live
+    as long as the process, so loading freezes them and a full pass walks only what calls create."""
+    import gc
+
+    assert gc.get_freeze_count() > 20_000
+    tracked = {id(o) for o in gc.get_objects()}
+    assert id(services.tts._voice) not in tracked and id(services.asr._model) not in tracked
+    # Reference counting still frees what calls create, frozen heap or not.
+    before = len(gc.get_objects())
+    for _ in range(3):
+        garbage = [[i] for i in range(10_000)]
+        del garbage
+    gc.collect()
+    assert len(gc.get_objects()) < before + 1_000
