@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import re
 import sys
@@ -57,14 +58,18 @@ def _in_range(
 ) -> Callable[[str], object]:
     """A number converter that refuses a value out of range as a usage error (exit 2), before any model
     loads: a negative thread count or timeout is a typo that would otherwise fail deep in a runtime or
-    quietly disable a limit."""
+    quietly disable a limit, and an infinite TTL would fail only when a credential is minted."""
 
     def convert(text: str) -> object:
         try:
             value = kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
+        if (
+            not math.isfinite(value)
+            or (value <= low if above else value < low)
+            or (high is not None and value > high)
+        ):
             bound = f"more than {low}" if above else f"at least {low}"
             raise argparse.ArgumentTypeError(
                 f"expected {bound}{f' and at most {high}' if high is not None else ''}, got {text!r}"

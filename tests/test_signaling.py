@@ -139,6 +139,7 @@ def test_cli_options_count_before_and_after_the_subcommand(argv):
         ["--llm-timeout", "-1"],
         ["--vad-threshold", "1.5"],
         ["--vad-threshold", "nan"],
+        ["--turn-ttl", "inf"],
         ["--max-sessions", "0"],
         ["--media-timeout", "0"],
         ["--auto-gain", "40"],
