@@ -76,7 +76,6 @@ def _in_range(
             )
         return value
 
-    convert.__name__ = kind.__name__
     return convert
 
 
@@ -438,7 +437,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         offers_per_minute=int(args.offers_per_minute),
         messages_per_second=int(args.messages_per_second),
         max_call_s=float(args.max_call),
-        drain_s=max(0.0, float(args.drain)),
+        drain_s=float(args.drain),
         route_prefix=str(args.route_prefix).rstrip("/"),
         max_sessions=int(args.max_sessions),
         media_timeout_s=float(args.media_timeout),
