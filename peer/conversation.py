@@ -39,7 +39,7 @@ from .events import Event, EventHub, State
 from .llm import LLM, History, LLMError, LLMOptions
 from .playout import Playout
 from .tasks import Tasks
-from .text import SpeechChunker, looks_unfinished
+from .text import SpeechChunker, looks_unfinished, split_to_fit
 from .tts import TTS
 from .turntaking import TRANSITIONS, Floor, Overlap, TurnPolicy, Verdict, judge_overlap
 from .vad import (
@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I can't answer right now."
+
+SYNTHESIS_MARGIN_S = 0.25
+"""A reply's next piece should be ready this long before the audio ahead of it runs out: the
+estimate of its synthesis time is an average, and the loop takes a few frames to queue it."""
 
 
 @dataclass
@@ -528,11 +532,27 @@ class Conversation:
                     self._set_state("speaking")
 
             self.output.add_listener(on_frame)
+            pace = self.tts.pace
+            rest: str | None = None
+            first = True
             try:
-                while (sentence := await sentences.get()) is not None:
+                while (sentence := rest or await sentences.get()) is not None:
+                    rest = None
+                    if not first and turn.committed.is_set():
+                        # What is left to play is the time this piece has: cut it if it would not be
+                        # ready by then, and speak the rest next, while the head plays.
+                        ahead_s = self.output.buffered_samples / self.output.sample_rate
+                        budget_s = ahead_s - SYNTHESIS_MARGIN_S
+                        if pace.estimate(sentence) > budget_s:
+                            cut = split_to_fit(sentence, pace.chars_within(budget_s))
+                            if cut is not None:
+                                sentence, rest = cut
+                    first = False
+                    started = asyncio.get_running_loop().time()
                     chunks = [chunk async for chunk in self.tts.synthesize(sentence)]
                     # Seconds of audio at a time: resampled off the loop, which paces every frame.
                     pcm = await run_blocking(lambda c=chunks: [resampler.push(x) for x in c])
+                    pace.observe(sentence, asyncio.get_running_loop().time() - started)
                     m.mark("tts_first_audio_ms")
                     await turn.committed.wait()
                     start = self.output.queued_total

@@ -27,7 +27,8 @@ class SpeechChunker:
     "240000000..." with no space for a hundred tokens, which took Piper 6 s to speak before anything
     played). Piper's time grows with the text (~0.1 s a word on 2 cores), so five words rather than
     seven bring the first sound sooner. Later pieces are whole sentences, which sound more natural,
-    and are synthesized while the previous one plays, so their length costs no latency.
+    and are synthesized while the previous one plays; one too long to be ready in time is cut then,
+    by the conversation, which knows how much is left to play (``split_to_fit``).
 
     A reply ends after ``max_sentences`` complete sentences (None: no cap): ``done`` turns True, the rest
     of the text is dropped, and the caller stops the LLM's stream, so no more tokens are generated. A
@@ -105,6 +106,43 @@ class SpeechChunker:
     def _take(self, end: int, resume: int) -> str:
         piece, self._buffer = self._buffer[:end], self._buffer[resume:]
         return piece
+
+
+_JOINS = frozenset(
+    "and but or so because which who whom whose that while when where with without until unless "
+    "although though since after before".split()
+)
+"""Words a long sentence can be cut before without the first part sounding cut off mid-phrase. Not
+"as" or "than", which would cut "as black | as night" in two."""
+
+
+def split_to_fit(text: str, max_chars: int, min_words: int = 4) -> tuple[str, str] | None:
+    """Cuts ``text`` in two so that the head has at most ``max_chars`` characters (but at least
+    ``min_words`` words, and the tail too), or returns None if it cannot be cut that way.
+
+    The cut is at the last clause mark that fits, else before the last joining word ("and", "which",
+    ...), else at the last space: the head is spoken on its own, and a head that ends on a clause
+    sounds like a pause rather than a stumble. ``head + " " + tail == text``."""
+    spaces = [m.start() for m in _WORD_GAP.finditer(text)]
+    # Cut points between words, as indices of the space: the head keeps min_words, the tail too.
+    count = len(spaces) + 1
+    allowed = [i for n, i in enumerate(spaces, start=1) if n >= min_words and count - n >= min_words]
+    fitting = [i for i in allowed if i <= max_chars] or allowed[:1]
+    if not fitting:
+        return None
+
+    def after_clause(i: int) -> bool:
+        return text[i - 1] in ",;:—–"
+
+    def before_join(i: int) -> bool:
+        following = text[i + 1 :].split(None, 1)
+        return bool(following) and following[0].lower() in _JOINS
+
+    for good in (after_clause, before_join):
+        best = [i for i in fitting if good(i)]
+        if best:
+            return text[: best[-1]], text[best[-1] + 1 :]
+    return text[: fitting[-1]], text[fitting[-1] + 1 :]
 
 
 _ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs.", "etc.", "no."}

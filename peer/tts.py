@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import threading
 from collections.abc import AsyncIterator
 
@@ -12,10 +13,45 @@ from . import models
 from .workers import priority, run_blocking
 
 
+class SynthesisPace:
+    """How long this process takes to synthesize a character of text, learned from its own calls.
+
+    A reply's next piece is synthesized while the one before it plays; if it takes longer than what is
+    left to play, the listener hears a silence mid-reply. How long it takes depends on the machine and
+    on what else runs on it (Piper took 0.5 s for a 22-word sentence on an idle core and over 2 s
+    beside Chromium and the LLM), so the estimate is measured, not configured. It rises at once on a
+    slow call and falls slowly, because a gap costs more than a piece cut shorter than it had to be.
+    """
+
+    def __init__(self, seconds_per_char: float = 0.01, fall: float = 0.2) -> None:
+        self.seconds_per_char = seconds_per_char
+        self.fall = fall
+
+    def estimate(self, text: str) -> float:
+        return len(text) * self.seconds_per_char
+
+    def chars_within(self, seconds: float) -> int:
+        return max(0, int(seconds / self.seconds_per_char))
+
+    def observe(self, text: str, seconds: float) -> None:
+        if len(text) < 8:  # too short to say anything about the rate: fixed costs dominate
+            return
+        rate = seconds / len(text)
+        if rate > self.seconds_per_char:
+            self.seconds_per_char = rate
+        else:
+            self.seconds_per_char += self.fall * (rate - self.seconds_per_char)
+
+
 class TTS(abc.ABC):
     """Speaks a piece of text as int16 mono PCM at ``sample_rate``, in one or more chunks."""
 
     sample_rate: int
+
+    @functools.cached_property
+    def pace(self) -> SynthesisPace:
+        """One per voice, so per process: every call it speaks for shares the same cores."""
+        return SynthesisPace()
 
     @abc.abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[np.ndarray]: ...

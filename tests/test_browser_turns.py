@@ -67,7 +67,8 @@ def test_the_user_cuts_the_bot_off_and_is_answered(barge_in_call, tmp_path):
     onset = user[1][0]
     bot = call.remote.segments(threshold=0.005, min_gap_s=0.15)
     stop = browser.bot_stop(bot, onset)
-    assert stop is not None, f"the bot was not speaking when the user cut in at {onset:.2f} s: {bot}"
+    replies = [(round(e["t"], 2), e["msg"]["text"]) for e in call.events if e["msg"].get("type") == "reply"]
+    assert stop is not None, f"the bot was silent when the user cut in at {onset:.2f} s: {bot} {replies}"
     assert stop - onset < 1.0, f"the bot went on for {stop - onset:.2f} s"
     # The page shows the cut reply and the next turn's waterfall.
     assert interrupted_shown == 1 and waterfall_rows >= 4

@@ -3,6 +3,7 @@ and the failure paths driven by injected faults (an ASR, a TTS that fail; a barg
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -146,3 +147,46 @@ async def test_a_closed_call_takes_no_more_commands(services):
     with pytest.raises(ControlError) as refused:
         call.control({"type": "say", "text": "Are you still there?"})
     assert refused.value.code == "closed" and not call.conversation.busy
+
+
+class SlowTTS(TTS):
+    """Fault injection: the real voice on a machine busier than this one. Every piece takes longer in
+    proportion to its length, as Piper did beside Chromium and the LLM on two cores (a 22-word
+    sentence: 0.5 s idle, over 2 s there)."""
+
+    def __init__(self, real: TTS, seconds_per_char: float) -> None:
+        self.real = real
+        self.sample_rate = real.sample_rate
+        self.seconds_per_char = seconds_per_char
+
+    async def synthesize(self, text: str):
+        await asyncio.sleep(len(text) * self.seconds_per_char)
+        async for chunk in self.real.synthesize(text):
+            yield chunk
+
+
+async def test_a_slow_voice_leaves_no_silence_inside_a_reply(services, make_speech):
+    """Each piece of a reply is synthesized while the one before plays; a long sentence after a short
+    one took longer than that, and the listener heard the bot stop for a second or two mid-story.
+    The call cuts such a sentence to what it can synthesize in time, learning how slow the voice is."""
+    request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
+    slow = Services(asr=services.asr, llm=services.llm, tts=SlowTTS(services.tts, 0.025))
+    async with virtual_call(slow, **STORY_CONFIG) as line:
+        frames: list[bool] = []
+        line.call.playout.add_listener(lambda _pcm, _pts, _at, voiced: frames.append(voiced))
+        line.say(read_wav(request.path)[0])
+        await line.wait_for(lambda m: m["type"] == "state" and m["state"] == "speaking", 60)
+        start = len(frames)
+        await line.wait_for(lambda m: m["type"] == "reply" and m["final"], 120)
+        played = frames[start:]
+        last = max(i for i, v in enumerate(played) if v)
+        runs, run = [], 0
+        for voiced in played[: last + 1]:
+            run = 0 if voiced else run + 1
+            if run == 1:
+                runs.append(1)
+            elif run:
+                runs[-1] = run
+        pieces = [m["text"] for m in line.messages("reply") if not m["final"]]
+    print(f"underruns (20 ms frames): {runs}; {len(played[: last + 1]) * 0.02:.1f} s of reply; {pieces}")
+    assert max(runs, default=0) * 0.02 < 0.3, runs

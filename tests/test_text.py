@@ -1,4 +1,7 @@
-from peer.text import SpeechChunker, clean_for_speech, is_backchannel, looks_unfinished
+import pytest
+
+from peer.text import SpeechChunker, clean_for_speech, is_backchannel, looks_unfinished, split_to_fit
+from peer.tts import SynthesisPace
 
 
 def feed(chunker: SpeechChunker, text: str, step: int = 3) -> list[str]:
@@ -118,3 +121,48 @@ def test_a_first_piece_without_spaces_or_punctuation_is_still_cut_short():
     later = SpeechChunker()
     later.push("Hello there. ")
     assert all(len(p) <= later.max_chars for p in later.push("1" * 500))
+
+
+def test_a_long_sentence_is_cut_at_a_clause_then_before_a_joining_word_then_at_a_space():
+    text = "Erebo was a magnificent creature with scales as black as the night sky and a body that could fly."
+    assert split_to_fit(text, 60) == (
+        "Erebo was a magnificent creature",
+        "with scales as black as the night sky and a body that could fly.",
+    )
+    assert split_to_fit(text, 75) == (
+        "Erebo was a magnificent creature with scales as black as the night sky",
+        "and a body that could fly.",
+    )
+    clause = "He was fierce and strong, with scales that shone like the sun and a head as tall as a castle."
+    assert split_to_fit(clause, 70) == (
+        "He was fierce and strong,",
+        "with scales that shone like the sun and a head as tall as a castle.",
+    )
+    bare = "one two three four five six seven eight nine ten"
+    assert split_to_fit(bare, 30) == ("one two three four five six", "seven eight nine ten")
+    for whole, max_chars in [(text, 60), (clause, 70), (bare, 30), (bare, 0)]:
+        head, tail = split_to_fit(whole, max_chars)
+        assert f"{head} {tail}" == whole
+
+
+def test_a_cut_keeps_a_few_words_on_each_side_or_is_not_made():
+    assert split_to_fit("Once upon a time there lived", 5) is None  # 6 words: two halves of 4 do not fit
+    assert split_to_fit("one two three four five six seven eight", 0) == (
+        "one two three four",
+        "five six seven eight",
+    )
+    assert split_to_fit("one two three four five six seven eight nine", 1000) == (
+        "one two three four five",
+        "six seven eight nine",
+    )
+
+
+def test_the_synthesis_pace_rises_at_once_and_falls_slowly():
+    pace = SynthesisPace(seconds_per_char=0.01, fall=0.5)
+    pace.observe("x" * 100, 3.0)  # a slow call: believed at once
+    assert pace.seconds_per_char == 0.03 and pace.estimate("y" * 10) == pytest.approx(0.3)
+    pace.observe("x" * 100, 1.0)  # a fast one: half way there
+    assert pace.seconds_per_char == pytest.approx(0.02)
+    pace.observe("Hi.", 5.0)  # too short to tell a rate from fixed costs
+    assert pace.seconds_per_char == pytest.approx(0.02) and pace.chars_within(1.0) == 50
+    assert pace.chars_within(-1.0) == 0
