@@ -22,7 +22,7 @@ voice mixed back into the microphone for the server's canceller to remove); ``he
 echo, the browser's canceller off; ``--echo-cancellation off``, the set-up of the first measurements).
 
     python -m bench.bargein [--room headphones,speaker] [--voices espeak,flite,slt] [--rounds 1]
-                            [--repeat 1] [--no-control] [--url http://127.0.0.1:8080]
+                            [--repeat 1] [--gap 4,5.5] [--no-control] [--url http://127.0.0.1:8080]
 
 Prints one JSON document, then a one-line summary.
 """
@@ -67,7 +67,8 @@ QUESTIONS = [
 ]
 SHORT_ANSWERS = [("Yes.", {"yes"}), ("No.", {"no"}), ("Five five.", {"five"})]
 GAP_S = [4.0, 5.5]
-"""Silence between the end of the first utterance and the second: the bot has been speaking ~3-4 s."""
+"""Silence between the end of the first utterance and the second: the bot has been speaking ~3-4 s.
+(``--gap``: with 12,13.5 it has been speaking ~10-12 s, past Chromium's echo canceller's first 6 s.)"""
 
 HEARD_WAIT_S = 6.0
 """After the second utterance ends: how long a final transcript (or ``ignored``) may take to come."""
@@ -114,7 +115,7 @@ def file_seconds(path: Path) -> float:
 
 
 def make_scenes(
-    work: Path, voices: list[str]
+    work: Path, voices: list[str], gaps: list[float] = GAP_S
 ) -> tuple[list[Scene], list[tuple[str, str, set[str], SpeechFile]]]:
     """The two-utterance calls, and the second utterances alone (for the control calls in silence)."""
     scenes, alone = [], []
@@ -130,7 +131,7 @@ def make_scenes(
             b = speak(
                 text, work / f"{voice}_b{j}.wav", lead_s=0.0, tail_s=HEARD_WAIT_S, engine=engine, voice=name
             )
-            gap = GAP_S[(v_i + j) % len(GAP_S)]
+            gap = gaps[(v_i + j) % len(gaps)]
             path = join(a.path, gap, b.path, work / f"{voice}_scene{j}.wav")
             offset = file_seconds(a.path) + gap + b.speech_start_s - a.speech_start_s
             scenes.append(
@@ -336,6 +337,17 @@ def summarize_run(
     return out
 
 
+def gap_list(text: str) -> list[float]:
+    """``--gap``'s value: positive finite seconds, at most a minute (the story is not longer)."""
+    try:
+        gaps = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
+    if not gaps or not all(0 < g <= 60 for g in gaps):
+        raise argparse.ArgumentTypeError(f"each gap must be over 0 and at most 60 s: {text!r}")
+    return gaps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1, help="times each scene runs per run (%(default)s)")
@@ -353,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         help="old spelling: on = --room headphones, off = --room headphones-aec-off",
     )
     parser.add_argument("--voices", default=DEFAULT_VOICES, help=f"of {', '.join(VOICES)} (%(default)s)")
+    parser.add_argument(
+        "--gap",
+        type=gap_list,
+        default=GAP_S,
+        help="seconds of silence between the request and the second utterance, comma-separated, taken in "
+        "turn (default: 4,5.5, when the bot has spoken for ~3-4 s)",
+    )
     parser.add_argument("--no-control", action="store_true", help="skip the control calls in silence")
     parser.add_argument("--url", help="a running server, started with the story prompt; default: start one")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bargein.json"))
@@ -366,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-"))
-    scenes, alone = make_scenes(work, voices)
+    scenes, alone = make_scenes(work, voices, args.gap)
 
     def run(url: str, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         calls, controls = [], []
