@@ -25,6 +25,7 @@ import numpy as np
 
 from . import events
 from .audio import WEBRTC_RATE, InboundConverter
+from .capture import UnprocessedCapture
 from .config import Config
 from .control import CallSettings, ControlError, apply_config, check_fields, say_text
 from .conversation import Conversation
@@ -70,11 +71,14 @@ class Call:
         *,
         voice: bool = True,
         client_aec: bool = False,
+        unprocessed: bool = False,
         call_id: str | None = None,
     ) -> None:
         """``voice``: the transport plays the bot's voice back (a WHIP ingest client does not, and is
         answered in text only). ``client_aec``: the client says its microphone has echo cancellation on,
-        so the front-end starts out expecting no echo of the bot (and keeps measuring)."""
+        so the front-end starts out expecting no echo of the bot (and keeps measuring). ``unprocessed``:
+        the client also sends the same microphone without its canceller (``hear(..., unprocessed=True)``),
+        which the call takes instead if the bot's echo is not in it (``peer.capture``)."""
         self.id = call_id or secrets.token_urlsafe(16)
         self.config = config
         self.voice = voice
@@ -109,6 +113,9 @@ class Call:
         )
         self.reference = FarEndReference()
         self.playout.add_listener(self.reference.on_frame)
+        self.unprocessed = UnprocessedCapture() if unprocessed and voice else None
+        if self.unprocessed is not None:
+            self.playout.add_listener(self.unprocessed.reference.on_frame)
         self._converter = InboundConverter()
         self.recorder = CallRecorder(config.record_audio_dir, self.id) if config.record_audio_dir else None
         # The detector's state is one stream's: a frame and a mute's flush must never run at once.
@@ -158,18 +165,42 @@ class Call:
     # -- the microphone ----------------------------------------------------------------------------
 
     async def hear(
-        self, pcm: np.ndarray, sample_rate: int, channels: int = 1, arrival: float | None = None
+        self,
+        pcm: np.ndarray,
+        sample_rate: int,
+        channels: int = 1,
+        arrival: float | None = None,
+        *,
+        unprocessed: bool = False,
     ) -> None:
         """Feeds microphone audio: interleaved int16 samples at ``sample_rate`` Hz, arrived at loop time
         ``arrival`` (now, if not given). Awaits the front-end and turn detection of this chunk, so a
-        transport that awaits it also never feeds two chunks at once."""
+        transport that awaits it also never feeds two chunks at once. ``unprocessed``: a chunk of the
+        client's second capture, without its canceller (ignored unless the call was told of one);
+        only one of the two captures goes on to the front-end, the other is measured or dropped."""
         if self.closed:
             return
         if arrival is None:
             arrival = asyncio.get_running_loop().time()
-        self.frames_in += 1
-        speech = self._converter.convert(pcm, sample_rate, channels)
-        reference = self.reference.take(speech.size)  # taken even while muted: the pairing stays at "now"
+        capture = self.unprocessed
+        if unprocessed:
+            if capture is None:
+                return
+            speech = capture.converter.convert(pcm, sample_rate, channels)
+            reference = capture.reference.take(speech.size)
+            if capture.choice == "measuring":
+                choice = await run_frontend(capture.measure, speech, reference)
+                if choice != "measuring" and not self.closed:
+                    self.events.send(events.capture(unprocessed=choice == "taken"))
+                return
+            if capture.choice != "taken":
+                return
+        else:
+            self.frames_in += 1
+            speech = self._converter.convert(pcm, sample_rate, channels)
+            reference = self.reference.take(speech.size)  # even while muted: the pairing stays at "now"
+            if capture is not None and capture.choice == "taken":
+                return
         if self.muted or speech.size == 0:
             return
         async with self._hearing:

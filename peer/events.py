@@ -9,6 +9,8 @@ Server to client (every message has a ``type``):
 - ``{"type": "session", "id": str}``: first, when a follower subscribes.
 - ``{"type": "state", "state": "listening" | "thinking" | "speaking"}``
 - ``{"type": "muted", "muted": bool}``: the call stopped (or resumed) listening.
+- ``{"type": "capture", "unprocessed": bool}``: once, in a call whose client sent a second capture
+  without its canceller: whether the call now hears that one (no echo in it) or keeps the processed one.
 - ``{"type": "transcript", "turn": int, "final": bool, "text": str}``: the user's words. Partials
   (``final: false``) come while the user speaks and may change; the final one comes when the turn ends.
 - ``{"type": "reply", "turn": int, "final": bool, "text": str}``: the bot's words so far (cumulative);
@@ -67,6 +69,10 @@ def state(value: State) -> Event:
 
 def muted(value: bool) -> Event:
     return {"type": "muted", "muted": value}
+
+
+def capture(unprocessed: bool) -> Event:
+    return {"type": "capture", "unprocessed": unprocessed}
 
 
 def transcript(turn: int, text: str, final: bool) -> Event:

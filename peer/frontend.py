@@ -256,7 +256,7 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(part[lo] + (part[hi] - part[lo]) * (rank - lo))
 
 
-def _active(frame: np.ndarray) -> bool:
+def far_active(frame: np.ndarray) -> bool:
     """The reference frame carries the bot's voice, not silence."""
     return bool(np.abs(frame).max(initial=0) > FAR_ACTIVE_PEAK)
 
@@ -374,10 +374,10 @@ class FrontEnd:
             ref = self._far.pop(FRAME)
             if ref is None:
                 ref = np.zeros(FRAME, dtype=np.int16)
-            self._far_frames_ago = 0 if _active(ref) else self._far_frames_ago + 1
+            self._far_frames_ago = 0 if far_active(ref) else self._far_frames_ago + 1
             self.coupling.push(mic, ref, self._far_frames_ago == 0)
             aligned = self._hold_back(ref)
-            self._aligned_frames_ago = 0 if _active(aligned) else self._aligned_frames_ago + 1
+            self._aligned_frames_ago = 0 if far_active(aligned) else self._aligned_frames_ago + 1
             raw = mic
             heard = self.words_canceller.process(mic, aligned) if self.words_canceller is not None else None
             over = False

@@ -67,9 +67,15 @@ class Session:
         on_closed: Callable[[Session], None] | None = None,
         client_aec: bool = False,
         voice: bool = True,
+        unprocessed_mid: str | None = None,
     ):
-        """``voice``: the client receives audio (a ``sendrecv`` offer); a send-only client gets text."""
-        self.call = Call(services, config, voice=voice, client_aec=client_aec)
+        """``voice``: the client receives audio (a ``sendrecv`` offer); a send-only client gets text.
+        ``unprocessed_mid``: the m-line on which the client sends its microphone a second time, without
+        its echo canceller (``peer.capture``)."""
+        self.call = Call(
+            services, config, voice=voice, client_aec=client_aec, unprocessed=unprocessed_mid is not None
+        )
+        self.unprocessed_mid = unprocessed_mid
         self.id = self.call.id
         self.config = config
         self._on_closed = on_closed
@@ -81,6 +87,7 @@ class Session:
         self._closed = asyncio.Event()
         self._closing = False
         self._inbound: MediaStreamTrack | None = None
+        self._unprocessed: MediaStreamTrack | None = None
         self._trickled = 0
         self.outcome: str | None = None
         """How the call ended: hangup, failed, never_connected, vanished, too_long, error, shutdown,
@@ -141,6 +148,16 @@ class Session:
         self._tasks.spawn(self.close("too_long"), "close")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        mid = next((t.mid for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        if (
+            track.kind == "audio"
+            and self.unprocessed_mid is not None
+            and mid == self.unprocessed_mid
+            and self._unprocessed is None
+        ):
+            self._unprocessed = track
+            self._tasks.spawn(self._consume_or_close(track, unprocessed=True), "inbound-unprocessed")
+            return
         if track.kind != "audio" or self._inbound is not None:
             # One microphone per session: the turn detector is the state of one stream.
             log.info("session %s: ignoring an extra %s track", self.id, track.kind)
@@ -148,9 +165,9 @@ class Session:
         self._inbound = track
         self._tasks.spawn(self._consume_or_close(track), "inbound")
 
-    async def _consume_or_close(self, track: MediaStreamTrack) -> None:
+    async def _consume_or_close(self, track: MediaStreamTrack, unprocessed: bool = False) -> None:
         try:
-            await self._consume(track)
+            await self._consume(track, unprocessed)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -159,7 +176,7 @@ class Session:
             self.call.events.send(events.error("internal", "the server stopped hearing this call; reconnect"))
             self._tasks.spawn(self.close("error"), "close")
 
-    async def _consume(self, track: MediaStreamTrack) -> None:
+    async def _consume(self, track: MediaStreamTrack, unprocessed: bool = False) -> None:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
         left unread (while the bot talks, say) would pile up in memory and arrive late."""
         loop = asyncio.get_running_loop()
@@ -173,14 +190,22 @@ class Session:
             except MediaStreamError:
                 return
             except TimeoutError:
+                if unprocessed:
+                    # The client stops sending it once the call keeps the processed capture; the call
+                    # lives or ends with that one.
+                    log.info("session %s: the unprocessed capture stopped", self.id)
+                    return
                 log.info("session %s: no audio for %.0f s; closing", self.id, self.config.media_timeout_s)
                 # close() cancels this task, so it runs as a task of its own; the session holds it.
                 self._tasks.spawn(self.close("vanished"), "close")
                 return
             arrival = loop.time()
             timeout = self.config.media_timeout_s
-            self.frames_in += 1
             pcm, rate, channels = frame_pcm(frame)
+            if unprocessed:
+                await self.call.hear(pcm, rate, channels, arrival, unprocessed=True)
+                continue
+            self.frames_in += 1
             await self.call.hear(pcm, rate, channels, arrival)
 
     def _on_datachannel(self, channel) -> None:

@@ -25,6 +25,7 @@ from .state import (
     OfferError,
     ServerState,
     audio_direction,
+    check_unprocessed_mid,
     open_session,
     read_body,
     refuse,
@@ -35,10 +36,13 @@ log = logging.getLogger(__name__)
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 MAX_OFFER_BYTES = 64 * 1024
+MAX_MID_CHARS = 32
+"""RFC 8843 puts no bound on a mid; ours do not need more (browsers number them)."""
 
 
-def _parse_offer(raw: bytes) -> tuple[str, bool]:
-    """The offer's SDP and its ``echo_cancellation`` flag, or OfferError naming what is wrong."""
+def _parse_offer(raw: bytes) -> tuple[str, bool, str | None]:
+    """The offer's SDP, its ``echo_cancellation`` flag and its ``unprocessed_mid`` (the m-line of a
+    second capture without the client's canceller), or OfferError naming what is wrong."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -63,7 +67,20 @@ def _parse_offer(raw: bytes) -> tuple[str, bool]:
             f"the audio m-line must be sendrecv (it is {direction}): "
             "the peer both hears the microphone and speaks back (WHIP at /whip takes send-only offers)",
         )
-    return sdp, client_aec
+    unprocessed_mid = body.get("unprocessed_mid")
+    if unprocessed_mid is not None:
+        if not isinstance(unprocessed_mid, str) or not 0 < len(unprocessed_mid) <= MAX_MID_CHARS:
+            raise OfferError(
+                400, "bad_offer", f'"unprocessed_mid" must be a string of 1-{MAX_MID_CHARS} characters'
+            )
+        if not client_aec:
+            raise OfferError(
+                400,
+                "bad_offer",
+                '"unprocessed_mid" goes with "echo_cancellation": true (it is the capture without it)',
+            )
+        check_unprocessed_mid(sdp, unprocessed_mid)
+    return sdp, client_aec, unprocessed_mid
 
 
 async def offer(request: web.Request) -> web.Response:
@@ -74,8 +91,10 @@ async def offer(request: web.Request) -> web.Response:
             raise OfferError(
                 415, "unsupported_media_type", f"an offer is application/json, not {request.content_type}"
             )
-        sdp, client_aec = _parse_offer(await read_body(request, MAX_OFFER_BYTES))
-        session, answer = await open_session(state, sdp, voice=True, client_aec=client_aec)
+        sdp, client_aec, unprocessed_mid = _parse_offer(await read_body(request, MAX_OFFER_BYTES))
+        session, answer = await open_session(
+            state, sdp, voice=True, client_aec=client_aec, unprocessed_mid=unprocessed_mid
+        )
     except OfferError as exc:
         return refuse(state, exc)
     return web.json_response(

@@ -147,6 +147,19 @@ def audio_direction(sdp: str) -> str:
     return audio[0].direction or "sendrecv"
 
 
+def check_unprocessed_mid(sdp: str, mid: str) -> None:
+    """``unprocessed_mid`` names a sending audio m-line of the offer other than the microphone's (the
+    first); OfferError otherwise. The SDP has been through ``audio_direction``."""
+    audio = [m for m in SessionDescription.parse(sdp).media if m.kind == "audio"]
+    named = [m for m in audio[1:] if m.rtp.muxId == mid]
+    if not named:
+        raise OfferError(
+            400, "bad_offer", f'"unprocessed_mid" names no audio m-line after the first: {mid[:40]!r}'
+        )
+    if (named[0].direction or "sendrecv") not in ("sendonly", "sendrecv"):
+        raise OfferError(400, "bad_offer", f'the m-line "unprocessed_mid" names sends nothing: {mid[:40]!r}')
+
+
 def refuse(state: ServerState, exc: OfferError) -> web.Response:
     """The answer to a refused offer, counted."""
     state.count_rejection(exc.code)
@@ -154,7 +167,12 @@ def refuse(state: ServerState, exc: OfferError) -> web.Response:
 
 
 async def open_session(
-    state: ServerState, sdp: str, *, voice: bool, client_aec: bool = False
+    state: ServerState,
+    sdp: str,
+    *,
+    voice: bool,
+    client_aec: bool = False,
+    unprocessed_mid: str | None = None,
 ) -> tuple[Session, RTCSessionDescription]:
     """Admits an offer and answers it; raises OfferError for anything refused (see ``refuse``)."""
     if state.draining:
@@ -182,6 +200,7 @@ async def open_session(
             on_closed=lambda s: forget(state, s),
             client_aec=client_aec,
             voice=voice,
+            unprocessed_mid=unprocessed_mid,
         )
     except Exception as exc:
         log.exception("could not create a session")

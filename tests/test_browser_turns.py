@@ -72,3 +72,49 @@ def test_the_user_cuts_the_bot_off_and_is_answered(barge_in_call, tmp_path):
     assert stop - onset < 1.0, f"the bot went on for {stop - onset:.2f} s"
     # The page shows the cut reply and the next turn's waterfall.
     assert interrupted_shown == 1 and waterfall_rows >= 4
+
+
+def test_with_the_browsers_canceller_on_words_over_the_bots_first_seconds_are_heard(barge_in_call, tmp_path):
+    """Chromium's canceller, on by default, removes most speech over the bot's first ~6 s of a call even
+    with headphones (no echo to remove). The client also sends the microphone without it; the server
+    finds no echo of the bot in that capture and hears it instead, so the question cutting in ~3-4 s
+    into the story is heard whole."""
+    with (
+        ServerProcess(*STORY, log_path=tmp_path / "server.log") as server,
+        playwright_api.sync_playwright() as pw,
+        browser.chromium_page(pw, barge_in_call) as page,
+    ):
+        browser.connect(page, server.url)  # the page's defaults: the browser's canceller on
+        settings = page.evaluate(
+            "[window.voicepeerClient.localStream, window.voicepeerClient._unprocessedStream]"
+            ".map((s) => s.getAudioTracks()[0].getSettings().echoCancellation)"
+        )
+        browser.wait_for_event(page, "m.type === 'metrics' && m.turn === 2", 60_000)
+        call = browser.record(page)
+
+    assert settings == [True, False]
+    assert call.messages("capture") == [{"type": "capture", "unprocessed": True}]
+    cut = call.messages("interrupted")
+    assert len(cut) == 1 and cut[0]["turn"] == 1 and cut[0]["reason"] == "speech"
+    finals = [m for m in call.messages("transcript") if m["final"]]
+    assert [m["turn"] for m in finals] == [1, 2], finals
+    assert {"weather", "today"} <= set(words(finals[1]["text"])), finals[1]
+
+
+def test_a_call_outlives_its_unprocessed_capture(barge_in_call, tmp_path):
+    """The client stops sending the capture without the canceller when the call keeps the processed one
+    (a loudspeaker); the call lives on with the processed capture past the media timeout."""
+    with (
+        ServerProcess("--media-timeout", "2", log_path=tmp_path / "server.log") as server,
+        playwright_api.sync_playwright() as pw,
+        browser.chromium_page(pw, barge_in_call) as page,
+    ):
+        browser.connect(page, server.url)
+        browser.wait_for_event(page, "m.type === 'capture'", 40_000)  # the server had its frames
+        page.evaluate("window.voicepeerClient._dropUnprocessed()")
+        senders = page.evaluate("window.voicepeerClient.pc.getSenders().map((s) => s.track && s.track.kind)")
+        page.wait_for_timeout(4_000)
+        connection = page.evaluate("window.voicepeerClient.pc.connectionState")
+        log = (tmp_path / "server.log").read_text()
+    assert senders == ["audio", None]
+    assert connection == "connected" and "the unprocessed capture stopped" in log, log

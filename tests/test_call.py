@@ -190,3 +190,40 @@ async def test_a_slow_voice_leaves_no_silence_inside_a_reply(services, make_spee
         pieces = [m["text"] for m in line.messages("reply") if not m["final"]]
     print(f"underruns (20 ms frames): {runs}; {len(played[: last + 1]) * 0.02:.1f} s of reply; {pieces}")
     assert max(runs, default=0) * 0.02 < 0.3, runs
+
+
+async def test_with_no_echo_in_the_unprocessed_capture_the_call_hears_it(services, make_speech):
+    """The browser's canceller takes down what the user says over the bot (as Chromium's does over the
+    first seconds of a call); the unprocessed capture holds it intact and no echo, so the call switches
+    to it, and the question spoken over the story is heard and answered."""
+    request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
+    question = make_speech("What is the weather like today?", lead_s=0.0, tail_s=1.0)
+    async with virtual_call(services, browser_canceller=True, **STORY_CONFIG) as line:
+        line.say(read_wav(request.path)[0])
+        await line.wait_for(lambda m: m["type"] == "state" and m["state"] == "speaking", 60)
+        _, capture = await line.wait_for(lambda m: m["type"] == "capture", 15)
+        assert capture["unprocessed"] is True
+        line.say(read_wav(question.path)[0])
+        _, cut = await line.wait_for(lambda m: m["type"] == "interrupted", 15)
+        _, final = await line.wait_for(
+            lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2, 30
+        )
+    assert cut["turn"] == 1 and cut["reason"] == "speech"
+    assert {"weather", "today"} <= set(words(final["text"])), final
+
+
+async def test_with_the_bots_echo_in_the_unprocessed_capture_the_call_keeps_the_processed_one(
+    services, make_speech
+):
+    """On a loudspeaker the bot's voice comes back in the unprocessed capture: the browser's canceller
+    has work to do, so the call goes on hearing its output and never takes the echo for the user."""
+    request = make_speech("Please tell me a story about a dragon.", lead_s=0.5, tail_s=0.5)
+    async with virtual_call(services, speaker=(0.15, 0.5), browser_canceller=True, **STORY_CONFIG) as line:
+        line.say(read_wav(request.path)[0])
+        await line.wait_for(lambda m: m["type"] == "state" and m["state"] == "speaking", 60)
+        _, capture = await line.wait_for(lambda m: m["type"] == "capture", 15)
+        await asyncio.sleep(3.0)  # the story goes on, and nothing in the processed capture cuts it
+        assert line.call.unprocessed is not None and line.call.unprocessed.choice == "refused"
+        assert capture["unprocessed"] is False
+        assert line.messages("interrupted") == []
+        assert [m for m in line.messages("vad") if m["bot_state"] != "listening"] == []

@@ -121,6 +121,8 @@ def offer_request(draw) -> tuple[str, bytes, str | None]:
         body: dict = {"type": draw(st.sampled_from(["offer", "answer", 5, None])), "sdp": draw(mutated_sdp())}
         if draw(st.booleans()):
             body["echo_cancellation"] = draw(json_values)
+        if draw(st.booleans()):
+            body["unprocessed_mid"] = draw(json_values | st.sampled_from(["0", "1", "2"]))
         data = json.dumps(body).encode()
     elif kind == "json-any":
         data = json.dumps(draw(json_values)).encode()

@@ -166,3 +166,40 @@ def test_cli_refuses_an_environment_value_out_of_range(monkeypatch, capsys):
     assert "--llm-threads" in capsys.readouterr().err
     monkeypatch.setenv("VOICEPEER_LLM_THREADS", "3")
     assert build_parser().parse_args([]).llm_threads == 3
+
+
+def audio_mids(sdp: str) -> list[str]:
+    sections = [m for m in sdp.split("m=")[1:] if m.startswith("audio")]
+    return [line[len("a=mid:") :] for m in sections for line in m.split("\r\n") if line.startswith("a=mid:")]
+
+
+@pytest.mark.parametrize(
+    ("second", "fields", "says"),
+    [
+        ("sendonly", {"unprocessed_mid": 1}, "must be a string"),
+        ("sendonly", {"unprocessed_mid": ""}, "must be a string"),
+        ("sendonly", {"unprocessed_mid": "x" * 33}, "must be a string"),
+        ("sendonly", {"unprocessed_mid": "7"}, "names no audio m-line"),
+        ("sendonly", {"unprocessed_mid": "FIRST"}, "names no audio m-line"),  # the microphone's own
+        ("sendonly", {"unprocessed_mid": "CHANNEL"}, "names no audio m-line"),
+        ("recvonly", {"unprocessed_mid": "SECOND"}, "sends nothing"),
+        ("sendonly", {"unprocessed_mid": "SECOND", "echo_cancellation": False}, "goes with"),
+    ],
+)
+async def test_a_bad_unprocessed_capture_is_a_bad_offer(client: TestClient, second, fields, says):
+    sdp = await local_offer(second=second)
+    first, second_mid = audio_mids(sdp)
+    names = {"FIRST": first, "SECOND": second_mid, "CHANNEL": "2"}
+    body = {"type": "offer", "sdp": sdp, "echo_cancellation": True, **fields}
+    if isinstance(body["unprocessed_mid"], str):
+        body["unprocessed_mid"] = names.get(body["unprocessed_mid"], body["unprocessed_mid"])
+    r = await client.post("/offer", json=body)
+    payload = await r.json()
+    assert r.status == 400 and payload["error"] == "bad_offer" and says in payload["message"], payload
+
+
+async def test_a_good_unprocessed_capture_passes_the_offer_checks(client: TestClient):
+    sdp = await local_offer(second="sendonly")
+    body = {"type": "offer", "sdp": sdp, "echo_cancellation": True, "unprocessed_mid": audio_mids(sdp)[1]}
+    r = await client.post("/offer", json=body)
+    assert r.status == 503 and (await r.json())["error"] == "models_failed"  # past every check of the offer

@@ -24,10 +24,18 @@ FRAME_S = WEBRTC_FRAME_SAMPLES / WEBRTC_RATE
 
 
 class VirtualLine(EventLog):
-    def __init__(self, call: Call, speaker: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self, call: Call, speaker: tuple[float, float] | None = None, browser_canceller: bool = False
+    ) -> None:
         """``speaker``: (delay in seconds, gain) of an acoustic path from the loudspeaker back into the
-        microphone, as a laptop on speakers with no echo canceller of its own; None: headphones."""
+        microphone, as a laptop on speakers with no echo canceller of its own; None: headphones.
+        ``browser_canceller``: the client sends two captures, as ours does with the browser's canceller
+        on: the processed one holds no echo, and what the user says while the bot's voice plays is
+        taken down by 30 dB (Chromium's canceller over the first seconds of a call), the unprocessed one
+        is the microphone as it is (with the echo, on a loudspeaker)."""
         super().__init__()
+        self.browser_canceller = browser_canceller
+        self._bot_frames_ago = 10**9
         self.call = call
         self.heard: list[tuple[float, np.ndarray]] = []
         """(loop time, 20 ms of the bot's voice at 48 kHz) for every frame pulled."""
@@ -60,6 +68,11 @@ class VirtualLine(EventLog):
             chunk = self._mic.pop(WEBRTC_FRAME_SAMPLES)
             if chunk is None:
                 chunk = np.zeros(WEBRTC_FRAME_SAMPLES, dtype=np.int16)
+            processed = None
+            if self.browser_canceller:
+                self._bot_frames_ago = 0 if np.abs(played).max() > 300 else self._bot_frames_ago + 1
+                suppressed = self._bot_frames_ago < 10  # its voice played in the last 200 ms
+                processed = (chunk * 0.03).astype(np.int16) if suppressed else chunk
             if self._echo is not None:
                 self._echo.push(played)
                 echo = self._echo.pop(WEBRTC_FRAME_SAMPLES)
@@ -67,7 +80,11 @@ class VirtualLine(EventLog):
                     np.int32
                 )
                 chunk = np.clip(mixed, -32768, 32767).astype(np.int16)
-            await self.call.hear(chunk, WEBRTC_RATE, 1, now)
+            if processed is not None:
+                await self.call.hear(processed, WEBRTC_RATE, 1, now)
+                await self.call.hear(chunk, WEBRTC_RATE, 1, now, unprocessed=True)
+            else:
+                await self.call.hear(chunk, WEBRTC_RATE, 1, now)
 
     def voiced_after(self, t: float, threshold: int = 300) -> float | None:
         for at, pcm in self.heard:
@@ -78,13 +95,21 @@ class VirtualLine(EventLog):
 
 @contextlib.asynccontextmanager
 async def virtual_call(
-    services: Services, *, voice: bool = True, speaker: tuple[float, float] | None = None, **config
+    services: Services,
+    *,
+    voice: bool = True,
+    speaker: tuple[float, float] | None = None,
+    browser_canceller: bool = False,
+    **config,
 ) -> AsyncIterator[VirtualLine]:
     """A started call on a virtual line. Without ``speaker`` the line has no acoustic path from the
     loudspeaker to the microphone, so the call is told so, as a client with echo cancellation would;
-    with it, the bot's voice comes back (``VirtualLine``) and the call is told nothing cancels it."""
-    call = Call(services, Config(**config), voice=voice, client_aec=speaker is None)
-    line = VirtualLine(call, speaker)
+    with it, the bot's voice comes back (``VirtualLine``) and the call is told nothing cancels it.
+    With ``browser_canceller`` the client cancels the echo itself and also sends its unprocessed
+    capture (``VirtualLine``), loudspeaker or not."""
+    client_aec = speaker is None or browser_canceller
+    call = Call(services, Config(**config), voice=voice, client_aec=client_aec, unprocessed=browser_canceller)
+    line = VirtualLine(call, speaker, browser_canceller)
     call.start()
     line._task = asyncio.get_running_loop().create_task(line._run())
     try:

@@ -13,6 +13,8 @@
 //   "connection" {state}                    RTCPeerConnection.connectionState
 //   "remotestream" {stream}                 the bot's audio arrived
 //   "localstream"  {stream}                 the microphone stream (again after setInputDevice)
+//   "capture"      {unprocessed}            the server hears the capture without the browser's canceller
+//                                           (true: no echo in it) or the processed one (unprocessedCapture)
 //   "reconnecting" {attempt, delayMs, error} the connection failed; a new session follows
 //
 // connect() rejects with a VoicePeerError whose `code` says what to tell the user: the server's own
@@ -65,6 +67,10 @@ export class VoicePeerClient extends EventTarget {
    *        server keeps its own canceller on
    * @param {number|null} [options.jitterBufferTargetMs] receive buffer asked for the bot's voice (0: as
    *        short as the browser can keep it; null: the browser's own adaptive default)
+   * @param {boolean} [options.unprocessedCapture] with the browser's canceller on, also send the
+   *        microphone without it, for the server to hear instead if the bot's voice does not come back
+   *        in it (headphones): Chromium's canceller removes most speech over the bot's first ~6 s of a
+   *        call even when there is no echo to remove. Costs one more Opus stream up (~32 kbit/s).
    */
   constructor({
     serverUrl = "",
@@ -77,6 +83,7 @@ export class VoicePeerClient extends EventTarget {
     reconnect = null,
     trustEchoCancellation = true,
     jitterBufferTargetMs = 0,
+    unprocessedCapture = true,
   } = {}) {
     super();
     this.serverUrl = serverUrl.replace(/\/$/, "");
@@ -89,6 +96,8 @@ export class VoicePeerClient extends EventTarget {
     this.reconnect = reconnect;
     this.trustEchoCancellation = trustEchoCancellation;
     this.jitterBufferTargetMs = jitterBufferTargetMs;
+    this.unprocessedCapture = unprocessedCapture;
+    this._unprocessedStream = null; // the same microphone without the canceller (unprocessedCapture)
     this._closedByUser = false; // disconnect() was called: a reconnect in progress stops
     this._recovering = false;
     this.pc = null;
@@ -130,10 +139,30 @@ export class VoicePeerClient extends EventTarget {
     return this.sessionId;
   }
 
-  _microphone(deviceId) {
-    const audio = { ...this.audioProcessing, channelCount: 1 };
+  _microphone(deviceId, overrides = {}) {
+    const audio = { ...this.audioProcessing, ...overrides, channelCount: 1 };
     if (deviceId) audio.deviceId = { exact: deviceId };
     return navigator.mediaDevices.getUserMedia({ audio, video: false });
+  }
+
+  /** The microphone of `stream` opened again without the echo canceller, when the browser applied one
+   * and gives a second capture of the same device without it; null otherwise (then only the processed
+   * capture is sent, as before). */
+  async _unprocessedMicrophone(stream) {
+    const track = stream.getAudioTracks()[0];
+    const settings = track?.getSettings() || {};
+    if (!this.unprocessedCapture || !settings.echoCancellation || !this.trustEchoCancellation) return null;
+    let raw;
+    try {
+      raw = await this._microphone(settings.deviceId || this.inputDeviceId, { echoCancellation: false });
+    } catch {
+      return null;
+    }
+    if (raw.getAudioTracks()[0]?.getSettings().echoCancellation !== false) {
+      for (const t of raw.getTracks()) t.stop();
+      return null; // the browser shares one capture per device: nothing to gain
+    }
+    return raw;
   }
 
   async _askIceServers(token) {
@@ -157,6 +186,7 @@ export class VoicePeerClient extends EventTarget {
 
   async _connect(pc, token) {
     this.localStream = await this._microphone(this.inputDeviceId);
+    this._unprocessedStream = await this._unprocessedMicrophone(this.localStream);
     if (this.pc !== pc) throw new Error("disconnected while opening the microphone");
     this._emit("localstream", { stream: this.localStream });
     pc.addEventListener("connectionstatechange", () => {
@@ -181,6 +211,12 @@ export class VoicePeerClient extends EventTarget {
       this._emit("remotestream", { stream: this.remoteStream });
     });
     for (const track of this.localStream.getAudioTracks()) pc.addTrack(track, this.localStream);
+    const unprocessed = this._unprocessedStream
+      ? pc.addTransceiver(this._unprocessedStream.getAudioTracks()[0], {
+          direction: "sendonly",
+          streams: [this._unprocessedStream],
+        })
+      : null;
 
     this.channel = pc.createDataChannel("events");
     this.channel.addEventListener("message", (event) => this._onMessage(event.data));
@@ -201,6 +237,7 @@ export class VoicePeerClient extends EventTarget {
           // What the browser really applied, not what was asked: the server then knows whether the
           // bot's voice can come back in this microphone.
           echo_cancellation: applied && this.trustEchoCancellation,
+          ...(unprocessed && unprocessed.mid ? { unprocessed_mid: unprocessed.mid } : {}),
         }),
       });
     } catch (err) {
@@ -252,12 +289,20 @@ export class VoicePeerClient extends EventTarget {
     if (!this.pc || !this.localStream) return;
     const pc = this.pc;
     const stream = await this._microphone(this.inputDeviceId);
+    const raw = this._unprocessedStream ? await this._unprocessedMicrophone(stream) : null;
     if (this.pc !== pc) {
-      for (const track of stream.getTracks()) track.stop();
+      for (const track of [...stream.getTracks(), ...(raw ? raw.getTracks() : [])]) track.stop();
       return;
     }
-    const sender = pc.getSenders().find((s) => s.track && s.track.kind === "audio");
+    const senders = pc.getSenders().filter((s) => s.track && s.track.kind === "audio");
+    const [sender, rawSender] = senders; // in the order they were added: processed, then unprocessed
     await sender.replaceTrack(stream.getAudioTracks()[0]);
+    if (rawSender) {
+      // Without a second capture of the new device the server must not hear the old one's.
+      await rawSender.replaceTrack(raw ? raw.getAudioTracks()[0] : null);
+      for (const track of this._unprocessedStream.getTracks()) track.stop();
+      this._unprocessedStream = raw;
+    }
     for (const track of this.localStream.getTracks()) track.stop();
     this.localStream = stream;
     this._emit("localstream", { stream });
@@ -354,8 +399,11 @@ export class VoicePeerClient extends EventTarget {
     this.controlUrl = null;
     this.sessionUrl = null;
     this.muted = false;
-    if (this.localStream) for (const track of this.localStream.getTracks()) track.stop();
+    for (const stream of [this.localStream, this._unprocessedStream]) {
+      if (stream) for (const track of stream.getTracks()) track.stop();
+    }
     this.localStream = null;
+    this._unprocessedStream = null;
     this.remoteStream = null;
     if (this.audioElement) this.audioElement.srcObject = null;
     pc.close();
@@ -384,6 +432,9 @@ export class VoicePeerClient extends EventTarget {
     else if (message.type === "muted") {
       this.muted = message.muted;
       this._emit("muted", message);
+    } else if (message.type === "capture") {
+      if (!message.unprocessed) this._dropUnprocessed(); // the browser's canceller has an echo to remove
+      this._emit("capture", message);
     } else if (
       ["transcript", "reply", "metrics", "interrupted", "vad", "error", "session", "config", "reset"].includes(
         message.type,
@@ -391,6 +442,17 @@ export class VoicePeerClient extends EventTarget {
     ) {
       this._emit(message.type, message);
     }
+  }
+
+  /** Stops sending the capture without the canceller, once the server has chosen the processed one. */
+  _dropUnprocessed() {
+    const stream = this._unprocessedStream;
+    if (!stream || !this.pc) return;
+    const track = stream.getAudioTracks()[0];
+    const sender = this.pc.getSenders().find((s) => s.track === track);
+    if (sender) sender.replaceTrack(null).catch(() => {});
+    for (const t of stream.getTracks()) t.stop();
+    this._unprocessedStream = null;
   }
 
   _setState(state) {

@@ -59,6 +59,12 @@ async function connect() {
     $("mute").textContent = e.detail.muted ? "Unmute" : "Mute";
     $("mute").setAttribute("aria-pressed", String(e.detail.muted));
   });
+  client.addEventListener("capture", (e) => {
+    // Which of the two captures the server hears: a hint that the browser's canceller was not needed.
+    $("connection").title = e.detail.unprocessed
+      ? "no echo of the bot in the microphone: the server hears it without the browser's canceller"
+      : "the bot's voice comes back in the microphone: the browser's canceller stays on";
+  });
   client.addEventListener("remotestream", (e) => meters.push([$("bot-level"), createLevelMeter(e.detail.stream, audioContext)]));
   button.disabled = true;
   try {
