@@ -84,7 +84,7 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 install-test: $(TEST_STAMP)
 
 test: install-test
-	$(BIN)/ruff check peer signaling tests bench
+	$(BIN)/ruff check voicepeer tests bench
 	@echo "==> the Electron main process (node --test, a stand-in for the electron module, a real voicepeer)"
 	VOICEPEER_PYTHON_ENV=$(abspath $(VENV)) npm test --prefix web/electron
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -107,8 +107,8 @@ test-deploy: install-test images
 	$(BIN)/pytest -m deploy tests/deploy $(PYTEST_ARGS)
 
 lint: install-test
-	$(BIN)/ruff check peer signaling tests bench
-	$(BIN)/ruff format --check peer signaling tests bench
+	$(BIN)/ruff check voicepeer tests bench
+	$(BIN)/ruff format --check voicepeer tests bench
 
 # The benchmarks' voices: espeak-ng (make install-test), flite, and festival's HTS voice of slt.
 SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from bench.latency import percentile
-from peer.audio import SPEECH_RATE, Resampler
-from peer.endofturn import THRESHOLD, SmartTurn
 from tests.support.speech import read_wav
+from voicepeer.audio.endofturn import THRESHOLD, SmartTurn
+from voicepeer.audio.formats import SPEECH_RATE, Resampler
 
 SENTENCES = [
     ("What is the capital of France?", "What is the capital of"),

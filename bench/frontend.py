@@ -12,7 +12,7 @@ bot's voice from 10 s on. Each canceller gets the exact far end as reference, in
   beside it the WER of the clean questions and of the raw microphone.
 - RTF: processing time over audio time, for the canceller alone and for the whole front-end as a call
   runs it (canceller, noise suppression, Silero turn detection).
-- Barge-in onsets: the whole front-end and turn detector as a call joins them (``peer.call.listen``),
+- Barge-in onsets: the whole front-end and turn detector as a call joins them (``call.listen``),
   on every path plus a 600 ms one, with the questions in three voices (espeak-ng, flite, festival's
   HTS voice; one per path, in turn): how long after a question starts a turn opens, questions with no
   turn, turns opened on the bot's own voice, and the WER of the audio the ASR gets (``words``).
@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from peer.asr import WhisperASR
-from peer.audio import SPEECH_RATE, WEBRTC_RATE, Resampler
-from peer.call import listen
-from peer.echo import CANCELLERS, FRAME
-from peer.frontend import FrontEnd
-from peer.tts import PiperTTS
-from peer.vad import SpeechEnded, SpeechStarted, TurnDetector
 from tests.support.speech import read_wav, speak
+from voicepeer.audio.echo import CANCELLERS, FRAME
+from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_RATE, Resampler
+from voicepeer.audio.frontend import FrontEnd
+from voicepeer.audio.vad import SpeechEnded, SpeechStarted, TurnDetector
+from voicepeer.backends.asr import WhisperASR
+from voicepeer.backends.tts import PiperTTS
+from voicepeer.call.call import listen
 
 FAR_TEXT = [
     "The Pacific is the largest and deepest of the world's oceans.",

@@ -2,9 +2,9 @@
 itself or quoting the user back, and how fast.
 
 Each model answers the same 20 spoken-style questions as one conversation (the history carried as in
-a call), through the server's own backend (``peer.llm.LlamaCppLLM``) with the default system prompt,
-options (``peer.llm.LLMOptions``) and history (``peer.llm.History``). The stream is consumed as a call
-does: through ``peer.text.SpeechChunker``, closed once the chunker is ``done`` (``max_sentences``),
+a call), through the server's own backend (``backends.llm.LlamaCppLLM``) with the default system prompt,
+options (``LLMOptions``) and history (``History``). The stream is consumed as a call
+does: through ``voicepeer.call.text.SpeechChunker``, closed once the chunker is ``done`` (``max_sentences``),
 and the reply judged is the text that would be spoken. Every reply is judged by rules stated here, not
 by taste:
 
@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peer import models
-from peer.config import Config
-from peer.llm import History, LlamaCppLLM, LLMOptions
-from peer.text import SpeechChunker
+from voicepeer.backends.llm import History, LlamaCppLLM, LLMOptions
+from voicepeer.call.text import SpeechChunker
+from voicepeer.config import Config
+from voicepeer.runtime import models
 
 QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
     (
@@ -209,7 +209,7 @@ async def run(
     prompt = system_prompt or config.system_prompt
     # llama-cpp-python does not pick Gemma's template from this GGUF (it falls back to Llama 2's).
     chat_format = "gemma" if "gemma" in model.name.lower() else None
-    # As the server makes them (peer/services.py): the defaults, with the configured reply budget and cap.
+    # As the server makes them (call/services.py): the defaults, with the configured reply budget and cap.
     defaults = LLMOptions(max_tokens=config.llm_max_tokens, max_sentences=config.llm_max_sentences)
     llm_options = dataclasses.replace(defaults, **options)
     llm = LlamaCppLLM(str(model), options=llm_options, chat_format=chat_format)
@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", type=Path, action="append")
     parser.add_argument("--out", type=Path, default=Path("bench/results/replies.json"))
-    parser.add_argument("--system-prompt", help="instead of the default (peer.llm.DEFAULT_SYSTEM_PROMPT)")
+    parser.add_argument(
+        "--system-prompt", help="instead of the default (voicepeer.backends.llm.DEFAULT_SYSTEM_PROMPT)"
+    )
     parser.add_argument("--option", action="append", default=[], metavar="FIELD=VALUE", help="LLMOptions")
     parser.add_argument("--history", action="append", default=[], metavar="FIELD=VALUE", help="History")
     args = parser.parse_args(argv)

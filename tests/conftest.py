@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from peer import models  # noqa: F401  (offline switches first)
 from tests.support.speech import SpeechFile, speak
+from voicepeer.runtime import models  # noqa: F401  (offline switches first)
 
 
 @pytest.fixture(scope="session")
 def services():
     """The real models, loaded once for the whole test run, as the server does once per process."""
-    from peer.config import Config
-    from peer.services import load_services
+    from voicepeer.call.services import load_services
+    from voicepeer.config import Config
 
     return load_services(Config())
 

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from peer.audio import (
+from voicepeer.audio.formats import (
     SPEECH_RATE,
     WEBRTC_FRAME_SAMPLES,
     WEBRTC_RATE,

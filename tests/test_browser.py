@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.text import words
 from tests.support import browser
+from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

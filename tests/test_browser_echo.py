@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from peer.text import words
 from tests.support import browser
 from tests.support.server import ServerProcess
 from tests.support.speech import join
+from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from peer.text import words
 from tests.support import browser
 from tests.support.llm_server import llama_cpp_server
 from tests.support.server import ServerProcess, free_port
 from tests.support.speech import join
+from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

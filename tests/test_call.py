@@ -10,20 +10,20 @@ import sys
 import numpy as np
 import pytest
 
-from peer.asr import ASR, Transcript
-from peer.services import Services
-from peer.text import words
-from peer.tts import TTS
 from tests.support.server import STORY_CONFIG
 from tests.support.speech import read_wav
 from tests.support.virtual import virtual_call
+from voicepeer.backends.asr import ASR, Transcript
+from voicepeer.backends.tts import TTS
+from voicepeer.call.services import Services
+from voicepeer.call.text import words
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_call_knows_nothing_of_webrtc_or_http():
     code = (
-        "import sys, peer.call\n"
+        "import sys, voicepeer.call.call\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aiortc', 'aiohttp', 'aioice'))\n"
         "assert not bad, bad"
     )
@@ -139,7 +139,7 @@ async def test_a_barge_in_whose_asr_fails_lets_the_bot_go_on(services, make_spee
 
 
 async def test_a_closed_call_takes_no_more_commands(services):
-    from peer.control import ControlError
+    from voicepeer.call.control import ControlError
 
     async with virtual_call(services) as line:
         call = line.call

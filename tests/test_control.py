@@ -10,13 +10,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from peer.llm import LLM, LLMOptions, Message
-from peer.services import Services
-from peer.text import words
-from signaling.app import STATE
 from tests.support.calls import call, serve, wait_until
 from tests.support.rtc_client import RtcClient
 from tests.support.speech import read_wav
+from voicepeer.backends.llm import LLM, LLMOptions, Message
+from voicepeer.call.services import Services
+from voicepeer.call.text import words
+from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
 
@@ -233,7 +233,7 @@ async def test_control_of_an_unknown_session_is_404(services):
 
 
 async def test_a_call_has_a_bounded_number_of_events_streams(services):
-    from signaling.sessions import MAX_FOLLOWERS
+    from voicepeer.transport.sessions import MAX_FOLLOWERS
 
     async with call(services) as (_server, client):
         url = client.base_url + client.answer["events_url"]

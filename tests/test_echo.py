@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peer.audio import SPEECH_RATE
-from peer.echo import CANCELLERS, FRAME, make_canceller
+from voicepeer.audio.echo import CANCELLERS, FRAME, make_canceller
+from voicepeer.audio.formats import SPEECH_RATE
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:

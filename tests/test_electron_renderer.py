@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from peer.text import words
 from tests.support import browser
 from tests.support.browser import wait_until
 from tests.support.server import ROOT, STORY_PROMPT, ServerProcess, free_port
+from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

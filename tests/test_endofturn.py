@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peer import models
-from peer.audio import SPEECH_RATE, Resampler
-from peer.endofturn import FRAMES, N_MELS, WINDOW_SAMPLES, EndOfTurn, SmartTurn, features
 from tests.support.speech import read_wav, require_tools
+from voicepeer.audio.endofturn import FRAMES, N_MELS, WINDOW_SAMPLES, EndOfTurn, SmartTurn, features
+from voicepeer.audio.formats import SPEECH_RATE, Resampler
+from voicepeer.runtime import models
 
 COMPLETE = ["What is the capital of France?", "Please tell me a story about a dragon."]
 UNFINISHED = ["What is the capital of, um", "I would like to book a table for, um"]

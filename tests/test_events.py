@@ -4,8 +4,8 @@ import json
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from peer import events
-from peer.events import EventChannel, EventHub, EventQueue, ProtocolError, parse_client_message
+from voicepeer.call import events
+from voicepeer.call.events import EventChannel, EventHub, EventQueue, ProtocolError, parse_client_message
 
 
 def test_event_shapes_follow_the_protocol():
@@ -116,7 +116,7 @@ def test_ping_is_accepted():
 
 
 def test_a_data_channel_the_client_does_not_read_holds_a_bounded_backlog():
-    from peer.events import MAX_BUFFERED_BYTES, EventChannel
+    from voicepeer.call.events import MAX_BUFFERED_BYTES, EventChannel
 
     class Unread:
         """A stand-in for an open RTCDataChannel whose peer reads nothing: what is sent stays buffered."""

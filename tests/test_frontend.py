@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peer.audio import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
-from peer.echo import FRAME
-from peer.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, EchoCoupling, FarEndReference, FrontEnd
 from tests.support.speech import read_wav
 from tests.test_echo import speechlike, through_room
+from voicepeer.audio.echo import FRAME
+from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
+from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, EchoCoupling, FarEndReference, FrontEnd
 
 
 def test_the_reference_is_what_the_track_sent_at_16k_and_never_goes_stale():

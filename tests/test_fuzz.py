@@ -22,11 +22,11 @@ from aiortc.rtcsctptransport import WEBRTC_STRING
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peer.text import words
 from tests.support.offers import local_offer
 from tests.support.rtc_client import RtcClient
 from tests.support.server import ServerProcess
 from tests.support.speech import read_wav
+from voicepeer.call.text import words
 
 pytestmark = [
     pytest.mark.slow,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from peer.llm import History, repeats
+from voicepeer.backends.llm import History, repeats
 
 
 def test_the_history_is_bounded_and_forgets_the_older_half_at_once():

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from peer.llm import History, LLMError, OpenAICompatibleLLM
-from peer.services import Services
 from tests.support.calls import call
 from tests.support.llm_server import llama_cpp_server
 from tests.support.server import free_port
 from tests.support.speech import read_wav
+from voicepeer.backends.llm import History, LLMError, OpenAICompatibleLLM
+from voicepeer.call.services import Services
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,13 @@ import aiohttp
 import numpy as np
 import pytest
 
-from peer.llm import LLM, Message
-from peer.services import Services
-from peer.text import words
-from signaling.app import STATE
 from tests.support.calls import call, serve, wait_until
 from tests.support.rtc_client import RtcClient
 from tests.support.speech import read_wav
+from voicepeer.backends.llm import LLM, Message
+from voicepeer.call.services import Services
+from voicepeer.call.text import words
+from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from peer import models
+from voicepeer.runtime import models
 
 
 def test_hub_offline_switches_are_on():

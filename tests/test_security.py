@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from peer.config import Config
-from signaling.app import STATE, create_app
-from signaling.auth import CallTokens, mint_call_token
 from tests.support.calls import serve, wait_until
 from tests.support.offers import local_offer
+from voicepeer.config import Config
+from voicepeer.transport.app import STATE, create_app
+from voicepeer.transport.auth import CallTokens, mint_call_token
 
 SECRET = "s3cret-for-tests"
 
@@ -344,7 +344,7 @@ async def test_unauthenticated_offers_do_not_use_up_the_address_rate(make_client
 
 
 def test_rates_apply_to_an_ipv6_clients_whole_64():
-    from signaling.security import _client_key
+    from voicepeer.transport.security import _client_key
 
     assert _client_key("2001:db8:1:2::1") == _client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert _client_key("127.0.0.1") == "127.0.0.1" and _client_key(None) == "?"

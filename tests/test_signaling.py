@@ -12,10 +12,10 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from peer.config import Config
-from signaling.app import create_app
 from tests.support.offers import local_offer
 from tests.support.server import metric_values
+from voicepeer.config import Config
+from voicepeer.transport.app import create_app
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ async def test_unknown_session_delete_is_404(client: TestClient):
     [["--port", "9000", "serve"], ["serve", "--port", "9000"], ["--port", "9000"]],
 )
 def test_cli_options_count_before_and_after_the_subcommand(argv):
-    from signaling.cli import build_parser, config_from_args
+    from voicepeer.cli import build_parser, config_from_args
 
     assert config_from_args(build_parser().parse_args(argv)).port == 9000
 
@@ -147,7 +147,7 @@ def test_cli_options_count_before_and_after_the_subcommand(argv):
     ],
 )
 def test_cli_refuses_a_number_out_of_range_as_a_usage_error(argv, capsys):
-    from signaling.cli import main
+    from voicepeer.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -157,7 +157,7 @@ def test_cli_refuses_a_number_out_of_range_as_a_usage_error(argv, capsys):
 
 
 def test_cli_refuses_an_environment_value_out_of_range(monkeypatch, capsys):
-    from signaling.cli import build_parser
+    from voicepeer.cli import build_parser
 
     monkeypatch.setenv("VOICEPEER_LLM_THREADS", "-4")
     with pytest.raises(SystemExit) as exited:

@@ -8,10 +8,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from peer.asr import LEAD_KEEP_MS, WhisperASR
-from peer.audio import SPEECH_RATE, Resampler, rms_dbfs
-from peer.llm import History
 from tests.support.speech import read_wav
+from voicepeer.audio.formats import SPEECH_RATE, Resampler, rms_dbfs
+from voicepeer.backends.asr import LEAD_KEEP_MS, WhisperASR
+from voicepeer.backends.llm import History
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ async def test_piper_speaks_what_whisper_hears_back(services):
 
 
 def test_a_decoder_loop_is_cut_to_one_period():
-    from peer.asr import _drop_repetition
+    from voicepeer.backends.asr import _drop_repetition
 
     assert _drop_repetition([1, 2, 3, 4, 1, 2, 3, 4, 1, 2]) == [1, 2, 3, 4]
     assert _drop_repetition([1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
@@ -105,14 +105,14 @@ def test_a_decoder_loop_is_cut_to_one_period():
 def test_thread_options_reach_the_runtimes(monkeypatch):
     """``--llm-threads`` and ``--tts-threads`` are what llama.cpp and onnxruntime are given (a second
     model instance each, loaded from the same installed files)."""
-    from signaling.cli import build_parser, config_from_args
+    from voicepeer.cli import build_parser, config_from_args
 
     monkeypatch.delenv("VOICEPEER_LLM_THREADS", raising=False)
     config = config_from_args(build_parser().parse_args(["--llm-threads", "1", "--tts-threads", "1"]))
     assert (config.llm_threads, config.tts_threads) == (1, 1)
 
-    from peer.llm import LlamaCppLLM
-    from peer.tts import PiperTTS
+    from voicepeer.backends.llm import LlamaCppLLM
+    from voicepeer.backends.tts import PiperTTS
 
     llm = LlamaCppLLM(n_threads=config.llm_threads)
     assert llm._llama.n_threads == 1

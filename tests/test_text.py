@@ -1,7 +1,13 @@
 import pytest
 
-from peer.text import SpeechChunker, clean_for_speech, is_backchannel, looks_unfinished, split_to_fit
-from peer.tts import SynthesisPace
+from voicepeer.backends.tts import SynthesisPace
+from voicepeer.call.text import (
+    SpeechChunker,
+    clean_for_speech,
+    is_backchannel,
+    looks_unfinished,
+    split_to_fit,
+)
 
 
 def feed(chunker: SpeechChunker, text: str, step: int = 3) -> list[str]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from peer.playout import Playout
-from peer.tracks import PlayoutTrack
+from voicepeer.call.playout import Playout
+from voicepeer.transport.tracks import PlayoutTrack
 
 
 def take(playout: Playout, n: int) -> list[np.ndarray]:

@@ -7,8 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from peer.audio import SPEECH_RATE
-from peer.vad import (
+from tests.support.speech import read_wav
+from voicepeer.audio.formats import SPEECH_RATE
+from voicepeer.audio.vad import (
     SileroVAD,
     SpeechDiscarded,
     SpeechEnded,
@@ -18,7 +19,6 @@ from peer.vad import (
     TurnDetector,
     TurnParams,
 )
-from tests.support.speech import read_wav
 
 
 def run(detector: TurnDetector, pcm: np.ndarray, chunk: int = 320) -> list:

@@ -9,9 +9,9 @@ import re
 import aiohttp
 import pytest
 
-from signaling.app import STATE
 from tests.support.calls import serve, wait_until
 from tests.support.offers import local_offer
+from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ async def test_configured_ice_servers_are_advertised_as_link_headers(whip):
 
 
 async def test_a_client_cannot_trickle_an_unbounded_list_of_addresses(whip):
-    from peer.session import MAX_TRICKLED
+    from voicepeer.transport.session import MAX_TRICKLED
 
     server, http = whip
     offer = without_candidates(await local_offer("sendonly", channel=False))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from peer.text import words
 from tests.support import browser, whip_page
 from tests.support.browser import RECORDER_WORKLET, Envelope
+from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from peer import workers
 from tests.support.server import ROOT
+from voicepeer.runtime import workers
 
 CHURN = """
 import json, threading
 import numpy as np
-from peer.memory import release_free_memory
+from voicepeer.runtime.memory import release_free_memory
 
 def rss_kb():
     for line in open("/proc/self/status"):

@@ -323,7 +323,7 @@ def expect_spoken_answer(
 ) -> CallRecord:
     """Waits for the final transcript and the turn's metrics, then checks the transcript holds
     ``expected_words`` and that the bot's voice was audible after the user stopped."""
-    from peer.text import words
+    from voicepeer.call.text import words
 
     wait_for_event(page, "m.type === 'transcript' && m.final", transcript_ms)
     wait_for_event(page, "m.type === 'metrics'", reply_ms)

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp.test_utils import TestServer
 
-from peer.config import Config
-from peer.services import Services
-from signaling.app import STATE, create_app
 from tests.support.rtc_client import RtcClient
+from voicepeer.call.services import Services
+from voicepeer.config import Config
+from voicepeer.transport.app import STATE, create_app
 
 
 async def serve(services: Services, **config) -> TestServer:

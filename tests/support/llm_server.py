@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from peer import models
 from tests.support.server import free_port
+from voicepeer.runtime import models
 
 
 @contextmanager

@@ -12,10 +12,10 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from peer.audio import InboundConverter, frame_pcm
-from peer.playout import Playout
-from peer.tracks import PlayoutTrack
 from tests.support.eventlog import EventLog
+from voicepeer.audio.formats import InboundConverter, frame_pcm
+from voicepeer.call.playout import Playout
+from voicepeer.transport.tracks import PlayoutTrack
 
 
 @dataclass

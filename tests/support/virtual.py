@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from peer.audio import WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, SampleBuffer
-from peer.call import Call
-from peer.config import Config
-from peer.services import Services
 from tests.support.eventlog import EventLog
+from voicepeer.audio.formats import WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, SampleBuffer
+from voicepeer.call.call import Call
+from voicepeer.call.services import Services
+from voicepeer.config import Config
 
 FRAME_S = WEBRTC_FRAME_SAMPLES / WEBRTC_RATE
 

@@ -1,0 +1,308 @@
+"""Reply generation: the LLM interface, the embedded llama.cpp backend, and bounded chat history."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..runtime import models
+from ..runtime.workers import lower_priority, priority
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Your words are spoken aloud, so answer in one or two short "
+    "sentences of plain text, with no lists, markdown or emoji."
+)
+"""Kept after ``bench/replies.py`` tried others on SmolLM2-135M (3 runs, no sentence cap; this one: 85 %
+brief, 21 words a reply, 65 % on topic): "answer directly in one short sentence ... never repeat an
+earlier answer" made replies longer (55 % brief, 40 words); "reply with one short sentence ... do not
+restate the question" too (65 % brief, 30 words; 90 % on topic), and with the sentence cap and the
+history's repeat rule it did no better than this one (6 runs: 88 % brief, 15 % echoes, 85 % on topic);
+a one-shot example exchange in the system prompt made it answer "The answer is no, ..." to nearly
+everything (55 % on topic). A 135M model follows the gist of an instruction, not its details: the cap
+(``LLMOptions.max_sentences``) and the history (``History.drop_repeats``) keep replies brief and
+varied, not the wording."""
+
+Message = dict[str, str]
+
+
+class LLMError(RuntimeError):
+    """The backend failed or timed out; the message is safe to show to the user."""
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    """How a reply is generated. Each backend holds its defaults here; a call may ask for other values
+    per request (a ``config`` command changes ``max_tokens``), so a shared backend is never mutated."""
+
+    max_tokens: int = 96
+    """A bound for a run-on sentence (~70 words); ``max_sentences`` ends most replies long before."""
+    temperature: float = 0.3
+    """0.7 doubled SmolLM2's replies (42 words, 50 % brief, against 21 and 85 % at 0.3; no cap)."""
+    repeat_penalty: float = 1.0
+    """llama.cpp's penalty on tokens of the last 64 (prompt included); 1.0 is none. Not sent over HTTP
+    (not in the OpenAI API). On SmolLM2 (``bench/replies.py``, 3 runs) 1.1 made replies longer (31
+    words, 75 % brief) and, with the sentence cap, two runs in three fell into a template (75 % of
+    the replies with the same opening); 1.3 repeated 40 % of the replies."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    """OpenAI's penalties, sent over HTTP only when not 0 (some servers reject what they lack). On
+    SmolLM2 neither helped: 0.5 of presence, 70 % brief, and with the cap one run in three repeated
+    60 % of its replies; 0.5 of frequency, 60 % brief, 28 words (no cap: 85 % brief, 21 words)."""
+    max_sentences: int | None = 2
+    """The reply stops after this many sentences (None: no cap). Applied by the consumer of the stream
+    (``voicepeer.call.text.SpeechChunker``), which then closes it, so the backend generates no more.
+
+    SmolLM2, told "one or two short sentences", wrote up to five: 75 % of its replies were brief (at
+    most 40 words and 2 sentences), the longest 24 s of speech. With 2: 90 %, the longest 18 s, and on
+    topic 85 % instead of 75 % (a reply that rambles into a loop no longer fills the history with it).
+    With 1, 80 % of the replies opened with the same words as an earlier one and 45 % repeated one: a
+    one-sentence history is all template (``bench/replies.py``, median of 6 and 3 runs)."""
+
+
+class LLM(abc.ABC):
+    """Streams a reply to a chat history, token by token (each item is a piece of text)."""
+
+    options: LLMOptions = LLMOptions()
+
+    @abc.abstractmethod
+    def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
+        """``options``: None for the backend's own."""
+
+    def warmup(self, system_prompt: str) -> None:
+        """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
+        return None  # optional: backends with nothing to warm keep this
+
+
+@dataclass
+class History:
+    """One session's conversation, bounded so a long call neither grows memory nor the prompt forever.
+
+    It forgets in blocks, not a turn at a time: the LLM server (llama.cpp's prefix cache, and most
+    hosted ones) reuses the prompt up to its first change, and a window sliding by one turn changes
+    the prompt right after the system prompt every turn. With a one-turn slide, SmolLM2's first token
+    went from ~50 ms to ~550 ms from the eighth turn of a call on (``bench/replies.py``); dropping the
+    older half at once re-evaluates the history once every ``max_turns // 2`` turns instead.
+    """
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_turns: int = 6
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    drop_repeats: bool = True
+    """A reply that repeats one the history holds (``repeats``) is not added, nor its question, and the
+    turns it repeats are forgotten: a small model copies the replies in its prompt, so one repeated
+    template turns into the answer to everything ("The name of a cat is a cat." to seven questions in
+    a row). SmolLM2 over 6 conversations of 20 questions (``bench/replies.py``): without this or the
+    sentence cap, 0, 65, 30, 50, 0 and 0 % of the replies repeated an earlier one; with both, 0, 0, 0,
+    5, 0 and 0 %. Leaving out only the repeat, not the turn it repeats, was not enough: with another
+    system prompt one conversation in three still opened 65 % of its replies with "The answer to this
+    question is that" (20 % once that turn went too); with four opening words instead of three, one
+    in six answered "The answer is ..." to most questions. Forgetting a turn in the middle re-reads the
+    turns after it (llama.cpp reuses the prompt up to its first change): only after a repeat."""
+
+    def messages(self, user_text: str) -> list[Message]:
+        msgs: list[Message] = [{"role": "system", "content": self.system_prompt}]
+        for user, assistant in self.turns:
+            msgs.append({"role": "user", "content": user})
+            msgs.append({"role": "assistant", "content": assistant})
+        msgs.append({"role": "user", "content": user_text})
+        return msgs
+
+    def add(self, user_text: str, reply: str) -> bool:
+        """Returns False when the turn was not kept (a repeat, with ``drop_repeats``)."""
+        if self.drop_repeats:
+            kept = [turn for turn in self.turns if not repeats(reply, turn[1])]
+            if len(kept) < len(self.turns):
+                self.turns[:] = kept
+                return False
+        self.turns.append((user_text, reply))
+        if len(self.turns) > self.max_turns:
+            del self.turns[: len(self.turns) - max(1, self.max_turns // 2)]
+        return True
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    w = _WORD.findall(text.lower())
+    return {tuple(w[i : i + 3]) for i in range(len(w) - 2)}
+
+
+def repeats(reply: str, earlier: str, opening_words: int = 3) -> bool:
+    """True when ``reply`` is ``earlier`` again, give or take a word (over half of its word trigrams
+    are in it), or the same template (it opens with the same ``opening_words`` words, and has more)."""
+    words = _WORD.findall(reply.lower())
+    if len(words) > opening_words and _WORD.findall(earlier.lower())[:opening_words] == words[:opening_words]:
+        return True
+    grams = _trigrams(reply)
+    return bool(grams) and len(grams & _trigrams(earlier)) > len(grams) / 2
+
+
+_END = object()
+
+
+class LlamaCppLLM(LLM):
+    """An embedded GGUF model run by llama.cpp in a worker thread (SmolLM2-135M by default).
+
+    One model per process. llama.cpp contexts are not re-entrant, so generations are serialised by a
+    lock; a cancelled stream stops at the next token, which frees the model within a few milliseconds.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        options: LLMOptions | None = None,
+        chat_format: str | None = None,
+    ) -> None:
+        from llama_cpp import Llama
+
+        self.path = models.gguf_path(model_path)
+        self.options = options or LLMOptions()
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        # chat_format None: the template in the GGUF's metadata (or llama-cpp-python's guess from it).
+        self._llama = Llama(
+            model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, chat_format=chat_format, verbose=False
+        )
+        self._lock = threading.Lock()
+        # Its own thread: generations are serial anyway, and queued or stuck ones must never occupy the
+        # shared inference pool that ASR and TTS of every session need.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="voicepeer-llm", initializer=lower_priority
+        )
+
+    def warmup(self, system_prompt: str) -> None:
+        # Besides paging the weights in, this leaves the system prompt in llama.cpp's KV cache:
+        # llama-cpp-python reuses the longest common token prefix, so a turn only evaluates its new part.
+        messages = History(system_prompt=system_prompt).messages("Hello.")
+        with self._lock:
+            self._llama.create_chat_completion(messages=messages, max_tokens=1)
+
+    def _generate(
+        self, messages: list[Message], options: LLMOptions, emit, cancelled: threading.Event
+    ) -> None:
+        if cancelled.is_set():  # abandoned while it waited in the queue: skip the prompt evaluation
+            return
+        with self._lock:
+            chunks = self._llama.create_chat_completion(
+                messages=messages,
+                stream=True,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                repeat_penalty=options.repeat_penalty,
+                presence_penalty=options.presence_penalty,
+                frequency_penalty=options.frequency_penalty,
+            )
+            for chunk in chunks:
+                if cancelled.is_set():
+                    break
+                priority.wait_turn()  # let ASR/TTS that a user is waiting on have the cores
+                delta = chunk["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    emit(delta)
+
+    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed while the thread ran (shutdown)
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._generate(messages, options or self.options, emit, cancelled)
+            except Exception as exc:
+                log.exception("llama.cpp generation failed")
+                emit(LLMError(f"the embedded model failed: {exc}"))
+            finally:
+                emit(_END)
+
+        future = loop.run_in_executor(self._executor, work)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            cancelled.set()
+            # The generator may be closed from a cancelled task; wait for the thread without blocking it.
+            future.add_done_callback(lambda f: f.exception())
+
+
+class OpenAICompatibleLLM(LLM):
+    """Chat completions over HTTP, streamed as server-sent events: Ollama, vLLM, llama.cpp's server,
+    llama-cpp-python's server, OpenAI. Nothing is loaded locally; the server owns the model.
+
+    Every failure (refused connection, an HTTP error, a malformed stream) surfaces as ``LLMError``, which
+    the conversation turns into an error event and a spoken apology.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        options: LLMOptions | None = None,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.path = f"{self.base_url}/chat/completions"
+        self.model = model or "default"
+        self.api_key = api_key
+        self.options = options or LLMOptions()
+        self.connect_timeout_s = connect_timeout_s
+
+    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
+        import aiohttp
+
+        options = options or self.options
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+        }
+        for name in ("presence_penalty", "frequency_penalty"):
+            if value := getattr(options, name):
+                body[name] = value
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        # Only connecting is bounded here; the conversation bounds the wait for each token.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(self.path, json=body, headers=headers) as response,
+            ):
+                if response.status != 200:
+                    detail = (await response.text())[:200]
+                    raise LLMError(f"the language model server answered {response.status}: {detail}")
+                async for raw in response.content:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, event names
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                    except (ValueError, KeyError, IndexError, TypeError) as exc:
+                        raise LLMError(f"malformed stream from the language model server: {exc}") from None
+                    if delta:
+                        yield delta
+        except aiohttp.ClientError as exc:
+            raise LLMError(f"the language model server at {self.base_url} failed: {exc}") from None

@@ -1,0 +1,309 @@
+"""A call: microphone PCM in, the bot's voice and protocol events out, whatever carries them.
+
+Everything that makes a conversation lives here: the audio front-end (echo cancellation against the
+exact audio the bot sent, noise suppression), turn detection, the conversation with its barge-in, the
+control commands and the per-call settings. Nothing here knows about aiortc, HTTP or data channels. A
+transport is a thin adapter that
+
+- feeds ``hear()`` with the microphone's PCM as it arrives, at whatever rate it has;
+- pulls the bot's voice from ``playout.next_frame()``, one 20 ms frame of 48 kHz mono every 20 ms (the
+  puller is the clock), unless the call was made without ``voice``;
+- subscribes sinks to ``events`` (after sending them ``snapshot()``) and hands client messages to
+  ``control()``;
+- calls ``close()`` when the call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable
+
+import numpy as np
+
+from ..audio.capture import UnprocessedCapture
+from ..audio.formats import WEBRTC_RATE, InboundConverter
+from ..audio.frontend import FarEndReference, FrontEnd
+from ..audio.recorder import CallRecorder
+from ..audio.vad import TurnDetector, TurnEvent
+from ..backends.llm import History
+from ..config import Config
+from ..runtime.limits import TokenBucket
+from ..runtime.tasks import Tasks
+from ..runtime.workers import run_frontend
+from . import events
+from .control import CallSettings, ControlError, apply_config, check_fields, say_text
+from .conversation import Conversation
+from .events import Event, EventHub, EventQueue
+from .playout import Playout
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+FLOOD_GAP_S = 1.0
+"""Dropped messages closer together than this are one flood, answered with one ``rate_limited``."""
+
+
+def listen(
+    frontend: FrontEnd, detector: TurnDetector, pcm: np.ndarray, reference: np.ndarray, arrival: float
+) -> list[TurnEvent]:
+    """One chunk of the microphone (16 kHz) and the reference paired with it, through the front-end and
+    the turn detector, with everything the front-end knows about the bot's echo passed on. Blocking.
+    The one place the two are joined, so a benchmark replays a room exactly as a call hears it."""
+    cleaned = frontend.process_pair(pcm, reference)
+    return detector.process(
+        cleaned.clean,
+        arrival,
+        frontend.echo_possible,
+        keep=cleaned.words,
+        bot_speaking=frontend.bot_speaking,
+        over_echo=cleaned.over_echo,
+    )
+
+
+class Call:
+    def __init__(
+        self,
+        services: Services,
+        config: Config,
+        *,
+        voice: bool = True,
+        client_aec: bool = False,
+        unprocessed: bool = False,
+        call_id: str | None = None,
+    ) -> None:
+        """``voice``: the transport plays the bot's voice back (a WHIP ingest client does not, and is
+        answered in text only). ``client_aec``: the client says its microphone has echo cancellation on,
+        so the front-end starts out expecting no echo of the bot (and keeps measuring). ``unprocessed``:
+        the client also sends the same microphone without its canceller (``hear(..., unprocessed=True)``),
+        which the call takes instead if the bot's echo is not in it (``voicepeer.audio.capture``)."""
+        self.id = call_id or secrets.token_urlsafe(16)
+        self.config = config
+        self.voice = voice
+        self.settings = CallSettings(
+            system_prompt=config.system_prompt,
+            max_tokens=config.llm_max_tokens,
+            end_silence_ms=config.turn.end_silence_ms,
+        )
+        self.events = EventHub()
+        self.playout = Playout(sample_rate=WEBRTC_RATE)
+        self.detector = TurnDetector(config.turn)
+        self.conversation = Conversation(
+            services.asr,
+            services.llm,
+            services.tts,
+            self.playout,
+            self.events,
+            History(system_prompt=config.system_prompt, drop_repeats=True),
+            llm_timeout_s=config.llm_timeout_s,
+            record_dir=config.record_turns_dir,
+            policy=config.policy,
+            voice=voice,
+            end_of_turn=services.end_of_turn,
+            llm_options=dataclasses.replace(services.llm.options, max_sentences=config.llm_max_sentences),
+        )
+        self.frontend = FrontEnd(
+            config.aec,
+            config.noise_suppression,
+            config.auto_gain_dbfs,
+            echo_expected=voice and not client_aec,
+            words_aec=None if config.asr_aec == "same" else config.asr_aec,
+        )
+        self.reference = FarEndReference()
+        self.playout.add_listener(self.reference.on_frame)
+        self.unprocessed = UnprocessedCapture() if unprocessed and voice else None
+        if self.unprocessed is not None:
+            self.playout.add_listener(self.unprocessed.reference.on_frame)
+        self._converter = InboundConverter()
+        self.recorder = CallRecorder(config.record_audio_dir, self.id) if config.record_audio_dir else None
+        # The detector's state is one stream's: a frame and a mute's flush must never run at once.
+        self._hearing = asyncio.Lock()
+        self._queues: set[EventQueue] = set()
+        self._tasks = Tasks(f"call {self.id}")
+        rate = config.messages_per_second
+        self._messages = TokenBucket(rate, 2 * rate) if rate > 0 else None
+        self._last_drop = float("-inf")
+        self.rate_limited = 0
+        """Control messages dropped for coming too fast."""
+        self.muted = False
+        self.frames_in = 0
+        self.closed = False
+
+    def start(self) -> None:
+        self.events.send(events.session(self.id))
+        self.conversation.start()
+
+    def snapshot(self) -> list[Event]:
+        """What a follower that subscribes now needs to know first: which call, and its state."""
+        return [events.session(self.id), events.state(self.conversation.state), events.muted(self.muted)]
+
+    def follow(self, maxsize: int = events.MAX_QUEUED) -> tuple[EventQueue, Callable[[], None]]:
+        """A bounded queue of this call's events for a reader at its own pace, starting with the
+        snapshot; closed when the call ends. Returns it and the function that stops following."""
+        queue = EventQueue(maxsize)
+        for event in self.snapshot():
+            queue(event)
+        if self.closed:
+            queue.close()
+            return queue, lambda: None
+        unsubscribe = self.events.subscribe(queue)
+        self._queues.add(queue)
+
+        def stop() -> None:
+            unsubscribe()
+            self._queues.discard(queue)
+
+        return queue, stop
+
+    @property
+    def followers(self) -> frozenset[EventQueue]:
+        """The events streams following this call now."""
+        return frozenset(self._queues)
+
+    # -- the microphone ----------------------------------------------------------------------------
+
+    async def hear(
+        self,
+        pcm: np.ndarray,
+        sample_rate: int,
+        channels: int = 1,
+        arrival: float | None = None,
+        *,
+        unprocessed: bool = False,
+    ) -> None:
+        """Feeds microphone audio: interleaved int16 samples at ``sample_rate`` Hz, arrived at loop time
+        ``arrival`` (now, if not given). Awaits the front-end and turn detection of this chunk, so a
+        transport that awaits it also never feeds two chunks at once. ``unprocessed``: a chunk of the
+        client's second capture, without its canceller (ignored unless the call was told of one);
+        only one of the two captures goes on to the front-end, the other is measured or dropped."""
+        if self.closed:
+            return
+        if arrival is None:
+            arrival = asyncio.get_running_loop().time()
+        capture = self.unprocessed
+        if unprocessed:
+            if capture is None:
+                return
+            speech = capture.converter.convert(pcm, sample_rate, channels)
+            reference = capture.reference.take(speech.size)
+            if capture.choice == "measuring":
+                choice = await run_frontend(capture.measure, speech, reference)
+                if choice != "measuring" and not self.closed:
+                    self.events.send(events.capture(unprocessed=choice == "taken"))
+                return
+            if capture.choice != "taken":
+                return
+        else:
+            self.frames_in += 1
+            speech = self._converter.convert(pcm, sample_rate, channels)
+            reference = self.reference.take(speech.size)  # even while muted: the pairing stays at "now"
+            if capture is not None and capture.choice == "taken":
+                return
+        if self.muted or speech.size == 0:
+            return
+        async with self._hearing:
+            turn_events = await run_frontend(self._process, speech, reference, arrival)
+        self._dispatch(turn_events)
+
+    def _process(self, pcm: np.ndarray, reference: np.ndarray, arrival: float) -> list[TurnEvent]:
+        """Front-end then turn detection, in one worker-thread hop per chunk."""
+        if self.recorder is not None:
+            self.recorder.write(pcm, reference)
+        return listen(self.frontend, self.detector, pcm, reference, arrival)
+
+    def _dispatch(self, turn_events: list[TurnEvent]) -> None:
+        if self.closed:
+            return
+        for event in turn_events:
+            self.conversation.on_turn_event(event)
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def control(self, message: Event) -> Event | None:
+        """Carries out a command (already parsed by ``events.parse_client_message``); returns the answer
+        meant for the sender only, if any. Raises ``ControlError``, and then nothing has changed."""
+        if self.closed:
+            raise ControlError("closed", "the call has ended")
+        self.admit()
+        check_fields(message)
+        kind = message["type"]
+        if kind == "ping":
+            return {"type": "pong"}
+        if kind == "interrupt":
+            self.conversation.interrupt()  # an ``interrupted`` event follows if the bot was answering
+        elif kind in ("mute", "unmute"):
+            self._set_muted(kind == "mute")
+        elif kind == "say":
+            self.conversation.say(say_text(message))  # typing works while the microphone is muted
+        elif kind == "reset":
+            self.conversation.reset()
+            self.events.send({"type": "reset"})
+        elif kind == "config":
+            self._configure(apply_config(self.settings, message))
+            self.events.send({"type": "config", **self.settings.public()})
+        return None
+
+    def admit(self) -> None:
+        """Past ``messages_per_second`` (bursts of twice that) a message is dropped. The first drop of
+        a flood is answered ``rate_limited``; the rest, until a second passes without a drop, in
+        silence, so a flood cannot make the call flood back."""
+        if self._messages is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._messages.take(now):
+            return
+        self.rate_limited += 1
+        quiet = now - self._last_drop < FLOOD_GAP_S
+        self._last_drop = now
+        raise ControlError(
+            "rate_limited",
+            f"more than {self.config.messages_per_second} messages a second: dropped",
+            quiet=quiet,
+        )
+
+    def _set_muted(self, value: bool) -> None:
+        if value == self.muted:
+            return
+        self.muted = value
+        self.events.send(events.muted(value))
+        if value:
+            # The turn in progress ends where the user muted, and is answered: push-to-talk released.
+            self._tasks.spawn(self._finish_turn(), "mute")
+
+    async def _finish_turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._hearing:
+            turn_events = await run_frontend(self.detector.finish, loop.time())
+        self._dispatch(turn_events)
+
+    def _configure(self, settings: CallSettings) -> None:
+        self.settings = settings
+        conversation = self.conversation
+        conversation.history.system_prompt = settings.system_prompt
+        conversation.llm_options = dataclasses.replace(
+            conversation.llm_options, max_tokens=settings.max_tokens
+        )
+        # Read by the detector at its next window.
+        self.detector.params = dataclasses.replace(
+            self.detector.params, end_silence_ms=settings.end_silence_ms
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stops the conversation and ends every follower's stream. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._tasks.cancel_all()
+        await self.conversation.close()
+        self.frontend.close()  # safe under a frame still in the front-end: it holds its own lock
+        if self.recorder is not None:
+            async with self._hearing:  # not under a chunk being written
+                self.recorder.close()
+        self.playout.clear()
+        for queue in list(self._queues):
+            queue.close()
+        self._queues.clear()

@@ -1,0 +1,150 @@
+"""Turn-taking as a state machine: who holds the floor, what each turn-detector event does to it, and
+the one rule that decides whether speech over the bot's reply cuts it off.
+
+The conversation (``voicepeer.call.conversation``) owns the work each transition starts (transcripts, replies,
+pausing the bot's voice); this module only says which transition applies, so the whole of turn-taking
+can be read in one table, and a new rule (an end-of-turn model, a barge-in policy) is a row or a field
+of ``TurnPolicy`` rather than another flag threaded through the handlers.
+
+Floors and how they change (``TRANSITIONS`` below, read row by row):
+
+- ``OPEN``: nobody speaks and nothing is pending. Speech that starts gives the floor to the ``USER``.
+- ``USER``: the user speaks. At the first short pause the reply is prepared speculatively: ``PENDING``.
+- ``PENDING``: the transcript, the LLM and the first TTS piece run, held back from the client, while the
+  silence goes on. Speech that resumes throws the speculation away (``USER``); a silence that lasts
+  long enough for the phrase (``TurnPolicy``) commits it: ``BOT``.
+- ``BOT``: the reply is released to the client and spoken. Speech that starts (or resumes, when the
+  turn was committed early on the end-of-turn model's word) is an ``OVERLAP``.
+- ``OVERLAP``: the bot's voice is paused at once while the speech is judged by ``judge_overlap``: the
+  bot goes on (``BOT``, and an ``ignored`` event says why) or is cut off, and the speech becomes the
+  next user turn (``USER`` or ``PENDING``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..audio.vad import (
+    SpeechDiscarded,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechProgress,
+    SpeechResumed,
+    SpeechStarted,
+)
+from .text import is_backchannel, words
+
+
+class Floor(enum.Enum):
+    OPEN = "open"
+    USER = "user"
+    PENDING = "pending"
+    BOT = "bot"
+    OVERLAP = "overlap"
+
+
+@dataclass(frozen=True)
+class TurnPolicy:
+    """How the conversation takes and gives the floor. Times in milliseconds.
+
+    The turn detector (``audio.vad.TurnParams``) says when there is speech and silence; this says what
+    the conversation makes of them."""
+
+    complete_silence_ms: int = 200
+    """Silence after which a phrase the end-of-turn model judges complete ends the turn, without
+    waiting for the detector's ``end_silence_ms``."""
+    hold_silence_ms: int = 1000
+    """Silence waited for after a phrase that sounds unfinished ("... and", "um"): by the end-of-turn
+    model, or without one, by its last words."""
+    end_of_turn_threshold: float = 0.5
+    """The end-of-turn model's probability at or above which a phrase is complete. Below it the turn
+    ends as it would without a model: the model shortens waits, never lengthens them. On the synthetic
+    voices this project can test with its verdicts are too unsure for that (complete flite questions
+    scored 0.05, cut-off phrases 0.9: ``bench/endofturn.py``), and the speculative reply makes a short
+    wait cheap anyway."""
+    end_of_turn_pad_ms: int = 100
+    """Silence added to the turn before the model judges it. It judges at the detector's first pause,
+    ~100 ms into the silence, and was trained on turns ending in ~200 ms of it (pipecat asks after
+    0.2 s): with 96 ms, flite's "What is the capital of France?" scored 0.03; with 200 ms, 0.85."""
+    interrupt_after_ms: int = 1000
+    """Speech over the reply that lasts this long cuts the bot off before its words are known. The
+    bot's voice pauses at the speech's onset whatever happens; this bounds how long a backchannel
+    ("mm-hm", ~0.6 s) may be, not how soon the bot goes quiet."""
+    min_partial_ms: int = 800
+    """Turn audio below this gets no partial transcript: whisper guesses wildly on a word and a half."""
+
+
+class Verdict(enum.Enum):
+    WAIT = "wait"
+    """Not known yet: the bot stays paused."""
+    GO_ON = "go_on"
+    """Not a bid for the turn: the bot resumes where it paused."""
+    INTERRUPT = "interrupt"
+    """The user takes the turn: the reply is cut off."""
+
+
+@dataclass
+class Overlap:
+    """User speech that began while the bot was replying, until it is judged."""
+
+    onset: float
+    """Loop time the audio holding the speech's onset arrived."""
+    speaking: bool = True
+    ended: bool = False
+
+
+def judge_overlap(
+    policy: TurnPolicy,
+    overlap: Overlap,
+    now: float,
+    *,
+    text: str | None = None,
+    discarded: bool = False,
+) -> tuple[Verdict, str]:
+    """The interrupt rule, and the only place it is written. Returns the verdict and its reason.
+
+    ``text``: the speech's transcript once it has ended (None before). ``discarded``: the detector
+    dropped it as too short to be speech (a click, a cough).
+
+    Only hums and acknowledgements ("mm-hm", "okay", "I see") let the bot go on: a short answer ("yes",
+    "no", "five five") is a turn, because the bot may just have asked for it."""
+    if discarded:
+        return Verdict.GO_ON, "too_short"
+    if text is None:
+        if overlap.speaking and now - overlap.onset >= policy.interrupt_after_ms / 1000:
+            return Verdict.INTERRUPT, "speech"
+        return Verdict.WAIT, ""
+    if not words(text):
+        return Verdict.GO_ON, "no_words"
+    if is_backchannel(text):
+        return Verdict.GO_ON, "backchannel"
+    return Verdict.INTERRUPT, "speech"
+
+
+TRANSITIONS: dict[tuple[Floor, type], str] = {
+    # floor,        detector event      -> Conversation handler (what it does, where the floor goes)
+    (Floor.OPEN, SpeechStarted): "user_starts",  # -> USER
+    (Floor.OPEN, SpeechProgress): "partial",  # a partial transcript
+    (Floor.OPEN, SpeechPaused): "prepare",  # -> PENDING (speech that was left over from a reply)
+    (Floor.OPEN, SpeechEnded): "prepare",  # -> PENDING (unless this audio had nothing to answer)
+    (Floor.USER, SpeechProgress): "partial",
+    (Floor.USER, SpeechPaused): "prepare",  # -> PENDING: transcribe and answer, held back
+    (Floor.USER, SpeechEnded): "prepare",  # -> PENDING (a turn cut at max_turn_s, or by mute)
+    (Floor.USER, SpeechDiscarded): "drop",  # -> OPEN: a cough
+    (Floor.PENDING, SpeechStarted): "hold",  # the user goes on after a closed phrase: wait and see
+    (Floor.PENDING, SpeechProgress): "partial",
+    (Floor.PENDING, SpeechPaused): "prepare",  # -> PENDING: the held phrase and its continuation
+    (Floor.PENDING, SpeechResumed): "abandon",  # -> USER: it was a breath, not the end
+    (Floor.PENDING, SpeechEnded): "pending_ends",  # the silence lasted: the turn may be committed
+    (Floor.PENDING, SpeechDiscarded): "release",  # only a noise after the held phrase
+    (Floor.BOT, SpeechStarted): "overlap_starts",  # -> OVERLAP: the bot's voice pauses
+    (Floor.BOT, SpeechResumed): "overlap_starts",  # -> OVERLAP: the user went on after an early commit
+    (Floor.OVERLAP, SpeechPaused): "overlap_pauses",
+    (Floor.OVERLAP, SpeechResumed): "overlap_resumes",  # -> USER if it has lasted interrupt_after_ms
+    (Floor.OVERLAP, SpeechEnded): "overlap_ends",  # judged by its words: -> BOT or PENDING
+    (Floor.OVERLAP, SpeechDiscarded): "overlap_discarded",  # -> BOT, with an ``ignored`` event
+}
+"""Every (floor, event) pair that does something; any other pair leaves everything as it is (a pause
+or end of the detector's turn after the conversation already committed it, a noise while the floor is
+open)."""

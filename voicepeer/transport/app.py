@@ -1,0 +1,190 @@
+"""The aiohttp application: offer/answer, session routes, WHIP, health, metrics and the static pages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..audio.vad import silero_session
+from ..call.services import Services, load_services
+from ..config import Config
+from ..runtime.workers import MEDIA_NICE, raise_priority, run_blocking
+from . import sessions, whip
+from .ice import client_ice_servers
+from .metrics import CONTENT_TYPE
+from .security import front_door
+from .state import (
+    STATE,
+    OfferError,
+    ServerState,
+    audio_direction,
+    check_unprocessed_mid,
+    open_session,
+    read_body,
+    refuse,
+    session_urls,
+)
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+MAX_OFFER_BYTES = 64 * 1024
+MAX_MID_CHARS = 32
+"""RFC 8843 puts no bound on a mid; ours do not need more (browsers number them)."""
+
+
+def _parse_offer(raw: bytes) -> tuple[str, bool, str | None]:
+    """The offer's SDP, its ``echo_cancellation`` flag and its ``unprocessed_mid`` (the m-line of a
+    second capture without the client's canceller), or OfferError naming what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OfferError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    except (RecursionError, ValueError) as exc:
+        raise OfferError(400, "bad_json", f"the body is not acceptable JSON: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise OfferError(400, "bad_offer", 'expected {"sdp": "...", "type": "offer"}')
+    if body.get("type") != "offer":
+        raise OfferError(400, "bad_offer", f'"type" must be "offer", got {str(body.get("type"))[:40]!r}')
+    sdp = body.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError(400, "bad_offer", '"sdp" must be a non-empty string')
+    client_aec = body.get("echo_cancellation", False)
+    if not isinstance(client_aec, bool):
+        raise OfferError(400, "bad_offer", '"echo_cancellation" must be true or false')
+    direction = audio_direction(sdp)
+    if direction != "sendrecv":
+        raise OfferError(
+            400,
+            "bad_direction",
+            f"the audio m-line must be sendrecv (it is {direction}): "
+            "the peer both hears the microphone and speaks back (WHIP at /whip takes send-only offers)",
+        )
+    unprocessed_mid = body.get("unprocessed_mid")
+    if unprocessed_mid is not None:
+        if not isinstance(unprocessed_mid, str) or not 0 < len(unprocessed_mid) <= MAX_MID_CHARS:
+            raise OfferError(
+                400, "bad_offer", f'"unprocessed_mid" must be a string of 1-{MAX_MID_CHARS} characters'
+            )
+        if not client_aec:
+            raise OfferError(
+                400,
+                "bad_offer",
+                '"unprocessed_mid" goes with "echo_cancellation": true (it is the capture without it)',
+            )
+        check_unprocessed_mid(sdp, unprocessed_mid)
+    return sdp, client_aec, unprocessed_mid
+
+
+async def offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        if request.content_type != "application/json":
+            # A cross-site page can post text/plain without a CORS preflight; JSON it cannot.
+            raise OfferError(
+                415, "unsupported_media_type", f"an offer is application/json, not {request.content_type}"
+            )
+        sdp, client_aec, unprocessed_mid = _parse_offer(await read_body(request, MAX_OFFER_BYTES))
+        session, answer = await open_session(
+            state, sdp, voice=True, client_aec=client_aec, unprocessed_mid=unprocessed_mid
+        )
+    except OfferError as exc:
+        return refuse(state, exc)
+    return web.json_response(
+        {"sdp": answer.sdp, "type": answer.type, "session_id": session.id, **session_urls(state, session.id)}
+    )
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """The STUN/TURN servers a client should use for its next call, in RTCConfiguration's shape, TURN
+    with a credential minted now."""
+    servers = client_ice_servers(request.app[STATE].config)
+    return web.json_response(
+        {"iceServers": [s.to_json() for s in servers]}, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body: dict[str, Any] = {"sessions": len(state.sessions)}
+    if state.warnings:
+        body["warnings"] = state.warnings
+    if state.draining:
+        # 503, so a load balancer or a readiness probe stops sending new calls here.
+        return web.json_response({"status": "draining", **body}, status=503)
+    if state.services is not None:
+        return web.json_response({"status": "ready", **body})
+    if state.load_error:
+        return web.json_response({"status": "error", "error": state.load_error, **body}, status=503)
+    return web.json_response({"status": "loading", **body}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _load(app: web.Application) -> None:
+    state = app[STATE]
+    try:
+        # The VAD runs on the media path at normal priority; everything else loads on an inference
+        # thread, so the runtimes' own thread pools inherit its lower priority.
+        await asyncio.to_thread(silero_session)
+        state.services = await run_blocking(load_services, state.config)
+    except Exception as exc:
+        log.error("model loading failed: %s", exc)
+        state.load_error = str(exc)
+
+
+async def _on_startup(app: web.Application) -> None:
+    state = app[STATE]
+    for warning in state.warnings:
+        log.warning("UNSAFE: %s", warning)
+        print(f"voicepeer: WARNING: {warning}", file=sys.stderr, flush=True)
+    if raise_priority():
+        log.info("media path runs at nice %d", MEDIA_NICE)
+    state.loop_monitor.start()
+    if state.services is None:
+        state.loading = asyncio.get_running_loop().create_task(_load(app))
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    state = app[STATE]
+    await state.loop_monitor.stop()
+    await asyncio.gather(
+        *(s.close("shutdown") for s in list(state.sessions.values())), return_exceptions=True
+    )
+    if state.loading is not None and not state.loading.done():
+        state.loading.cancel()
+
+
+def create_app(
+    config: Config, services: Services | None = None, web_root: Path = WEB_ROOT
+) -> web.Application:
+    """Builds the server. Without ``services`` the models load in the background after start-up, and
+    /healthz answers 503 until they are ready."""
+    app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[front_door])
+    app[STATE] = ServerState(config=config, services=services)
+    index = web_root / "demo" / "index.html"
+
+    async def root(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(index)
+
+    app.router.add_post("/offer", offer)
+    sessions.add_routes(app.router)
+    whip.add_routes(app.router)
+    app.router.add_get("/ice-servers", ice_servers)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", root)
+    app.router.add_static("/client/", web_root / "client")
+    app.router.add_static("/demo/", web_root / "demo")
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    return app
