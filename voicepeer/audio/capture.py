@@ -21,9 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from .echo import FRAME
-from .formats import InboundConverter, SampleBuffer
-from .frontend import EchoCoupling, FarEndReference, far_active
+from .formats import InboundConverter
+from .frontend import EchoCoupling, FarEndReference, FramePairs, far_active
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +41,14 @@ class UnprocessedCapture:
         self.reference = FarEndReference()
         self.coupling = EchoCoupling(expected=True)
         self.choice: Choice = "measuring"
-        self._mic = SampleBuffer()
-        self._ref = SampleBuffer()
+        self._pairs = FramePairs()
 
     def measure(self, speech: np.ndarray, reference: np.ndarray) -> Choice:
         """Feeds 16 kHz samples and the reference paired with them; returns the choice so far, which
         changes once, from ``measuring``. Blocking (an FFT every 250 ms of the bot speaking)."""
         if self.choice != "measuring":
             return self.choice
-        self._mic.push(speech)
-        self._ref.push(reference)
-        while (mic := self._mic.pop(FRAME)) is not None:
-            ref = self._ref.pop(FRAME)
-            if ref is None:
-                ref = np.zeros(FRAME, dtype=np.int16)
+        for mic, ref in self._pairs.push(speech, reference):
             self.coupling.push(mic, ref, far_active(ref))
             if self.coupling.seen:
                 self.choice = "refused"

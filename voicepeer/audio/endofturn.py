@@ -40,9 +40,6 @@ HOP = 160
 FRAMES = 800
 """Feature frames for 8 s at a 10 ms hop: the STFT gives 801, and Whisper drops the last."""
 
-THRESHOLD = 0.5
-"""Probability above which pipecat (and the model's training) calls a turn complete."""
-
 
 class EndOfTurn(abc.ABC):
     """Says from the audio of a user turn whether the user has finished it.
@@ -53,14 +50,10 @@ class EndOfTurn(abc.ABC):
     """
 
     sample_rate: int = SPEECH_RATE
-    threshold: float = THRESHOLD
 
     @abc.abstractmethod
     def probability(self, audio: np.ndarray, sample_rate: int = SPEECH_RATE) -> float:
         """Probability that the turn is complete, from its int16 mono audio so far. Blocking."""
-
-    def is_complete(self, audio: np.ndarray, sample_rate: int = SPEECH_RATE) -> bool:
-        return self.probability(audio, sample_rate) > self.threshold
 
     def warmup(self) -> None:
         """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
@@ -142,9 +135,8 @@ class SmartTurn(EndOfTurn):
     that speak with espeak-ng or flite will see turns held when it is on.
     """
 
-    def __init__(self, path: str | None = None, threshold: float = THRESHOLD) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self.path = models.smart_turn_path(path)
-        self.threshold = threshold
         self._session = smart_turn_session(path)
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != "input_features" or inputs[0].shape[1:] != [N_MELS, FRAMES]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -264,7 +265,7 @@ def far_active(frame: np.ndarray) -> bool:
 class FarEndReference:
     """What the bot sent, at 16 kHz, queued until the microphone chunk it pairs with arrives.
 
-    Both methods run on the event loop: ``on_frame`` as an OutboundAudioTrack listener, ``take`` from the
+    Both methods run on the event loop: ``on_frame`` as a ``Playout`` listener, ``take`` from the
     session's inbound task. No locking needed.
     """
 
@@ -289,6 +290,26 @@ class FarEndReference:
             have = self._buffer.pop_all()
             out[: have.size] = have
         return out
+
+
+class FramePairs:
+    """The microphone and the far-end reference paired with it, cut into the cancellers' 10 ms frames.
+
+    Chunks of either arrive at their own sizes; a microphone frame whose reference has not arrived yet
+    (the bot was silent, or its audio came late) is paired with silence, so a frame is never held back
+    waiting for the far end."""
+
+    def __init__(self) -> None:
+        self._near = SampleBuffer()
+        self._far = SampleBuffer()
+
+    def push(self, near: np.ndarray, far: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Adds samples of both; yields every whole (microphone, reference) frame now available."""
+        self._near.push(near)
+        self._far.push(far)
+        while (mic := self._near.pop(FRAME)) is not None:
+            ref = self._far.pop(FRAME)
+            yield mic, ref if ref is not None else np.zeros(FRAME, dtype=np.int16)
 
 
 class Cleaned(NamedTuple):
@@ -332,8 +353,7 @@ class FrontEnd:
             from webrtc_noise_gain import AudioProcessor
 
             self._processor = AudioProcessor(auto_gain_dbfs, noise_suppression)
-        self._near = SampleBuffer()
-        self._far = SampleBuffer()
+        self._pairs = FramePairs()
         self._far_frames_ago = 10**9  # 10 ms frames since the reference last carried sound
         self._held = SampleBuffer()  # the reference held back by ``delay_ms`` for the canceller
         self.delay_ms = 0
@@ -365,15 +385,10 @@ class FrontEnd:
             return self._process(near, far)
 
     def _process(self, near: np.ndarray, far: np.ndarray) -> Cleaned:
-        self._near.push(near)
-        self._far.push(far)
         out: list[np.ndarray] = []
         words: list[np.ndarray] = []
         talk: list[bool] = []
-        while (mic := self._near.pop(FRAME)) is not None:
-            ref = self._far.pop(FRAME)
-            if ref is None:
-                ref = np.zeros(FRAME, dtype=np.int16)
+        for mic, ref in self._pairs.push(near, far):
             self._far_frames_ago = 0 if far_active(ref) else self._far_frames_ago + 1
             self.coupling.push(mic, ref, self._far_frames_ago == 0)
             aligned = self._hold_back(ref)

@@ -181,11 +181,6 @@ class TurnDetector:
         self._last_voiced_arrival = 0.0
         self._paused = False  # a SpeechPaused was sent for the current silence
         self._next_progress = 0  # stream position of the next SpeechProgress
-        self.last_probability = 0.0
-
-    @property
-    def in_turn(self) -> bool:
-        return self._in_turn
 
     def _windows(self, ms: float) -> int:
         return max(1, round(ms / self._window_ms))
@@ -223,7 +218,6 @@ class TurnDetector:
             kept = self._pending_keep.pop(WINDOW)
             over = self._pending_over.pop(WINDOW)
             prob = self.vad(window)
-            self.last_probability = prob
             # Speech over the bot's echo, as the front-end found it: counts as voiced as much as
             # speech in silence does, or a "Stop," over the bot is too short to be a turn.
             over_echo_speech = (

@@ -6,7 +6,6 @@ import abc
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,14 +22,10 @@ class Transcript:
     text: str
     audio_s: float
     """Duration of the audio that was transcribed."""
-    compute_s: float
-    """Wall time the recogniser took, for the real-time factor."""
 
 
 class ASR(abc.ABC):
-    """Turns one user turn (int16 mono at ``sample_rate``) into text."""
-
-    sample_rate: int = SPEECH_RATE
+    """Turns one user turn (int16 mono at 16 kHz, ``SPEECH_RATE``) into text."""
 
     @abc.abstractmethod
     async def transcribe(self, audio: np.ndarray) -> Transcript: ...
@@ -98,7 +93,6 @@ class WhisperASR(ASR):
         self.transcribe_blocking(np.zeros(SPEECH_RATE, dtype=np.int16))
 
     def transcribe_blocking(self, audio: np.ndarray) -> Transcript:
-        t0 = time.perf_counter()
         quiet = leading_quiet(audio, SPEECH_RATE, LEAD_QUIET_DB)
         audio = audio[max(0, quiet - LEAD_KEEP_MS * SPEECH_RATE // 1000) :]
         with self._lock, priority.urgent():
@@ -106,7 +100,7 @@ class WhisperASR(ASR):
                 text = self._decode_short(to_float32(audio))
             else:
                 text = self._decode_long(to_float32(audio))
-        return Transcript(text=text, audio_s=audio.size / SPEECH_RATE, compute_s=time.perf_counter() - t0)
+        return Transcript(text=text, audio_s=audio.size / SPEECH_RATE)
 
     def _decode_short(self, audio: np.ndarray) -> str:
         import ctranslate2

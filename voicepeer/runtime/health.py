@@ -3,7 +3,7 @@
 Every outbound frame, every inbound packet and every data-channel message is handled on the one event
 loop, so anything that holds it (a CPU-bound call made in the loop's thread, a GIL-hungry worker)
 delays the bot's voice. ``LoopMonitor`` asks the loop to wake it every 10 ms and records how late it
-was woken; the outbound tracks count the frames they released late (``OutboundAudioTrack.gaps``).
+was woken; the outbound tracks count the frames they released late (``PlayoutTrack.gaps``).
 """
 
 from __future__ import annotations
