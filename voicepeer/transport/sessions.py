@@ -15,7 +15,7 @@ from ..call.control import ControlError
 from ..call.events import MAX_MESSAGE_BYTES, ProtocolError, encode, parse_client_message
 from .security import cors_headers
 from .session import Session
-from .state import STATE, OfferError, error_response, read_body
+from .state import STATE, OfferError, error_response, read_body, refused
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,7 @@ async def control(request: web.Request) -> web.Response:
     try:
         session.call.control(message)
     except ControlError as exc:
-        body = {"error": exc.code, "message": exc.message}
-        if exc.field is not None:
-            body["field"] = exc.field
-        return web.json_response(body, status=429 if exc.code == "rate_limited" else 400)
+        return refused(exc)
     answer = {"ok": True, "command": message["type"]}
     if message["type"] == "config":
         answer["settings"] = session.call.settings.public()

@@ -17,6 +17,7 @@ from aiortc import RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 
+from ..call.control import ControlError
 from ..call.services import Services
 from ..config import Config
 from ..runtime.health import LoopMonitor
@@ -96,8 +97,22 @@ class OfferError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **headers: str
+) -> web.Response:
+    body = {"error": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+def refused(exc: ControlError) -> web.Response:
+    """A command the call refused, over HTTP (the control route, a WHIP PATCH): 429 with
+    ``Retry-After`` when the call's message budget is spent, else 400 naming the field at fault. The data
+    channel answers the same refusal with an ``error`` event of the same code."""
+    if exc.code == "rate_limited":
+        return error_response(429, exc.code, exc.message, **{"Retry-After": "1"})
+    return error_response(400, exc.code, exc.message, exc.field)
 
 
 def session_urls(state: ServerState, session_id: str) -> dict[str, str]:

@@ -36,6 +36,7 @@ from .state import (
     open_session,
     read_body,
     refuse,
+    refused,
     session_urls,
 )
 
@@ -161,7 +162,7 @@ async def trickle(request: web.Request) -> web.Response:
     try:
         session.call.admit()  # a PATCH spends from the call's message budget, like a control message
     except ControlError as exc:
-        return error_response(429, exc.code, exc.message, **{"Retry-After": "1"})
+        return refused(exc)
     added = 0
     for value in candidates:
         try:
