@@ -25,7 +25,7 @@ define debian
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(2) >/dev/null; }
 endef
 
-.PHONY: help install install-test run electron test test-fast test-deploy images lint bench check clean
+.PHONY: help install install-test run electron test test-fast test-deploy images lint docs bench check clean
 
 help:
 	@echo "make run        install (venv, packages, offline models) and serve http://$(HOST):$(PORT)/"
@@ -34,6 +34,7 @@ help:
 	@echo "make test-deploy build the images and test the compose stack in a real dockerd"
 	@echo "make bench      run the benchmarks in bench/ (latency, barge-in, front-end, WHIP, capacity, soak)"
 	@echo "make lint       ruff"
+	@echo "make docs       regenerate docs/configuration.md from the options' declaration"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "voicepeer needs Python 3.11"'
@@ -84,7 +85,7 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 install-test: $(TEST_STAMP)
 
 test: install-test
-	$(BIN)/ruff check voicepeer tests bench
+	$(BIN)/ruff check voicepeer tests bench examples
 	@echo "==> the Electron main process (node --test, a stand-in for the electron module, a real voicepeer)"
 	VOICEPEER_PYTHON_ENV=$(abspath $(VENV)) npm test --prefix web/electron
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -107,8 +108,13 @@ test-deploy: install-test images
 	$(BIN)/pytest -m deploy tests/deploy $(PYTEST_ARGS)
 
 lint: install-test
-	$(BIN)/ruff check voicepeer tests bench
-	$(BIN)/ruff format --check voicepeer tests bench
+	$(BIN)/ruff check voicepeer tests bench examples
+	$(BIN)/ruff format --check voicepeer tests bench examples
+
+# The configuration table is generated from the one declaration of every option (voicepeer/config/);
+# tests/test_configuration.py fails when it is stale.
+docs: install
+	$(BIN)/python -m voicepeer.config --markdown > docs/configuration.md
 
 # The benchmarks' voices: espeak-ng (make install-test), flite, and festival's HTS voice of slt.
 SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts

@@ -33,7 +33,7 @@ from .state import (
 
 log = logging.getLogger(__name__)
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 MAX_OFFER_BYTES = 64 * 1024
 MAX_MID_CHARS = 32
 """RFC 8843 puts no bound on a mid; ours do not need more (browsers number them)."""
@@ -182,9 +182,14 @@ def create_app(
     app.router.add_get("/ice-servers", ice_servers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", root)
-    app.router.add_static("/client/", web_root / "client")
-    app.router.add_static("/demo/", web_root / "demo")
+    if index.is_file():
+        app.router.add_get("/", root)
+        app.router.add_static("/client/", web_root / "client")
+        app.router.add_static("/demo/", web_root / "demo")
+    else:
+        # Installed from a wheel, without the repository's web/ folder: signaling only, and the page is
+        # served by whoever hosts the application's own front end.
+        log.info("no demo page at %s: serving signaling only", web_root)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app
