@@ -8,7 +8,7 @@ outbound frame gaps over the level's rounds (from /metrics).
 
 The capacity is the largest level whose median first frame stays within ``--slack`` (default 1.5×) of
 the one-call median: beyond it, every extra talking call makes every caller wait noticeably longer. It
-is what ``TALKING_CALLS_PER_CORE`` in voicepeer/config.py (the ``--max-sessions`` default) comes from.
+is what ``TALKING_CALLS_PER_CORE`` in voicepeer.config (the ``--max-sessions`` default) comes from.
 
     python -m bench.capacity [--rounds 3] [--levels 1,2,3,4]
 

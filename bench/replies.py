@@ -206,12 +206,11 @@ async def run(
     model: Path, runs: int, system_prompt: str | None, options: dict[str, Any], history: dict[str, Any]
 ) -> dict[str, Any]:
     config = Config()
-    prompt = system_prompt or config.system_prompt
+    prompt = system_prompt or config.llm.system_prompt
     # llama-cpp-python does not pick Gemma's template from this GGUF (it falls back to Llama 2's).
     chat_format = "gemma" if "gemma" in model.name.lower() else None
     # As the server makes them (call/services.py): the defaults, with the configured reply budget and cap.
-    defaults = LLMOptions(max_tokens=config.llm_max_tokens, max_sentences=config.llm_max_sentences)
-    llm_options = dataclasses.replace(defaults, **options)
+    llm_options = dataclasses.replace(config.llm.options, **options)
     llm = LlamaCppLLM(str(model), options=llm_options, chat_format=chat_format)
     llm.warmup(prompt)
     results = [await conversation(llm, History(system_prompt=prompt, **history)) for _ in range(runs)]

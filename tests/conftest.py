@@ -39,7 +39,7 @@ def make_speech(speech_dir: Path):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """The real server (`python -m signaling serve`) in a child process, one per test module."""
+    """The real server (`python -m voicepeer serve`) in a child process, one per test module."""
     from tests.support.server import ServerProcess
 
     log = tmp_path_factory.mktemp("server") / "server.log"

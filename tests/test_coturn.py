@@ -77,7 +77,7 @@ async def test_whip_links_carry_the_turn_credential(turn, turn_peer):
 
 
 def test_a_turn_url_without_its_secret_is_refused_at_start():
-    cmd = [sys.executable, "-m", "signaling", "serve", "--turn-url", "turn:127.0.0.1:3478"]
+    cmd = [sys.executable, "-m", "voicepeer", "serve", "--turn-url", "turn:127.0.0.1:3478"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--turn-url needs --turn-secret" in done.stderr

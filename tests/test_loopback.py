@@ -14,6 +14,7 @@ from tests.support.speech import read_wav
 from voicepeer.backends.llm import LLM, Message
 from voicepeer.call.services import Services
 from voicepeer.call.text import words
+from voicepeer.config import LLMConfig, ServerConfig
 from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ class DeadLLM(LLM):
 async def test_a_dead_llm_gives_an_error_and_a_spoken_apology_and_the_session_goes_on(services, make_speech):
     question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
     dead = Services(asr=services.asr, llm=DeadLLM(), tts=services.tts)
-    async with call(dead, llm_timeout_s=1.0) as (_server, client):
+    async with call(dead, llm=LLMConfig(timeout_s=1.0)) as (_server, client):
         pcm = read_wav(question.path)[0]
         client.say(pcm)
         t_err, err = await client.wait_for(lambda m: m["type"] == "error", 30)
@@ -91,7 +92,7 @@ async def test_bad_data_channel_messages_get_an_error_event(services):
 
 
 async def test_a_client_that_vanishes_is_closed_by_the_media_watchdog(services):
-    async with call(services, media_timeout_s=1.0) as (server, client):
+    async with call(services, server=ServerConfig(media_timeout_s=1.0)) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
         await wait_until(lambda: session.frames_in > 10, 10)
         # The client stops sending without hanging up, like a laptop whose lid closes.
@@ -112,7 +113,7 @@ class StallingLLM(LLM):
 async def test_an_llm_that_stalls_mid_reply_keeps_what_was_said_and_adds_no_apology(services, make_speech):
     question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
     stalling = Services(asr=services.asr, llm=StallingLLM(), tts=services.tts)
-    async with call(stalling, llm_timeout_s=1.0) as (_server, client):
+    async with call(stalling, llm=LLMConfig(timeout_s=1.0)) as (_server, client):
         client.say(read_wav(question.path)[0])
         _, err = await client.wait_for(lambda m: m["type"] == "error", 30)
         assert err["code"] == "llm_failed"
@@ -123,7 +124,7 @@ async def test_an_llm_that_stalls_mid_reply_keeps_what_was_said_and_adds_no_apol
 async def test_an_offer_that_never_connects_is_closed(services):
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    server = await serve(services, connect_timeout_s=1.0)
+    server = await serve(services, server=ServerConfig(connect_timeout_s=1.0))
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         pc.createDataChannel("events")

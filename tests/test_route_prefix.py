@@ -38,7 +38,7 @@ async def test_the_urls_of_a_call_carry_the_replica_prefix(tmp_path):
 
 @pytest.mark.parametrize("prefix", ["r/peer1", "/r/../x", "/r/peer 1", "//evil.example"])
 def test_a_prefix_that_is_not_a_plain_path_is_refused_at_start(prefix):
-    cmd = [sys.executable, "-m", "signaling", "serve", "--route-prefix", prefix]
+    cmd = [sys.executable, "-m", "voicepeer", "serve", "--route-prefix", prefix]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "--route-prefix" in done.stderr

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.calls import serve, wait_until
 from tests.support.offers import local_offer
-from voicepeer.config import Config
+from voicepeer.config import ASRConfig, Config, SecurityConfig, ServerConfig
 from voicepeer.transport.app import STATE, create_app
 from voicepeer.transport.auth import CallTokens, mint_call_token
 
@@ -28,7 +28,7 @@ async def make_client():
     clients: list[TestClient] = []
 
     async def make(**config) -> TestClient:
-        app = create_app(Config(asr_model="/nonexistent/whisper", **config))
+        app = create_app(Config(asr=ASRConfig(model="/nonexistent/whisper"), **config))
         client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -53,7 +53,7 @@ async def offer_status(client: TestClient, headers: dict[str, str] | None = None
 
 
 async def test_without_a_token_every_signaling_route_is_401_json(make_client):
-    client = await make_client(auth_token=SECRET)
+    client = await make_client(security=SecurityConfig(auth_token=SECRET))
     for method, path in [("POST", "/offer"), ("POST", "/whip"), ("GET", "/metrics"), ("GET", "/ice-servers")]:
         for headers in ({}, bearer("wrong"), {"Authorization": "Basic czNjcmV0"}):
             r = await client.request(method, path, headers=headers, data=b"{}")
@@ -66,7 +66,7 @@ async def test_without_a_token_every_signaling_route_is_401_json(make_client):
 
 
 async def test_per_call_tokens_open_one_call_before_they_expire(make_client):
-    client = await make_client(auth_token=SECRET)
+    client = await make_client(security=SecurityConfig(auth_token=SECRET))
     token = mint_call_token(SECRET, ttl_s=60)
     # Reading the ICE servers with it does not spend it.
     r = await client.get("/ice-servers", headers=bearer(token))
@@ -109,13 +109,13 @@ def test_call_tokens_are_bounded_in_life_and_memory():
 
 
 async def test_metrics_can_be_made_public(make_client):
-    client = await make_client(auth_token=SECRET, metrics_public=True)
+    client = await make_client(security=SecurityConfig(auth_token=SECRET, metrics_public=True))
     assert (await client.get("/metrics")).status == 200
     assert (await client.post("/offer", json={})).status == 401
 
 
 async def test_a_foreign_origin_is_refused_and_the_own_and_allowed_ones_pass(make_client):
-    client = await make_client(allow_origins=("https://app.example.com", "null"))
+    client = await make_client(security=SecurityConfig(allow_origins=("https://app.example.com", "null")))
     own = str(client.make_url("")).rstrip("/")
     for origin, status in [
         ("https://evil.example", 403),
@@ -145,7 +145,8 @@ async def test_a_text_plain_offer_is_refused_before_anything_else(make_client):
 
 
 async def test_offers_are_rate_limited_per_client_address(make_client):
-    client = await make_client(offers_per_minute=8)  # a burst of 2, then one every 7.5 s
+    # A burst of 2, then one every 7.5 s.
+    client = await make_client(security=SecurityConfig(offers_per_minute=8))
     statuses = [(await offer_status(client))[0] for _ in range(4)]
     assert statuses[:2] == [503, 503] and statuses[2:] == [429, 429]
     r = await client.post("/offer", json={})
@@ -189,10 +190,10 @@ async def test_an_offer_that_cannot_be_secured_is_refused_before_a_slot_is_taken
 
 
 async def test_a_public_address_without_a_token_is_warned_about(make_client):
-    client = await make_client(host="0.0.0.0")
+    client = await make_client(server=ServerConfig(host="0.0.0.0"))
     body = await (await client.get("/healthz")).json()
     assert any("without --auth-token" in w for w in body["warnings"])
-    quiet = await make_client(host="0.0.0.0", auth_token=SECRET)
+    quiet = await make_client(server=ServerConfig(host="0.0.0.0"), security=SecurityConfig(auth_token=SECRET))
     assert "warnings" not in await (await quiet.get("/healthz")).json()
 
 
@@ -255,7 +256,7 @@ async def test_an_offer_whose_body_arrives_in_pieces_is_read_whole(make_client):
 async def test_a_flood_of_messages_is_dropped_with_one_rate_limited_event_and_the_call_goes_on(services):
     from tests.support.calls import call
 
-    async with call(services, messages_per_second=20) as (server, client):
+    async with call(services, security=SecurityConfig(messages_per_second=20)) as (server, client):
         for _ in range(300):
             client.channel.send('{"type": "ping"}')
         await client.wait_for(lambda m: m["type"] == "error" and m["code"] == "rate_limited", 10)
@@ -290,7 +291,7 @@ async def test_a_flood_of_messages_is_dropped_with_one_rate_limited_event_and_th
     ],
 )
 async def test_odd_headers_get_4xx_json_not_500(make_client, headers):
-    client = await make_client(auth_token=SECRET)
+    client = await make_client(security=SecurityConfig(auth_token=SECRET))
     r = await client.post("/offer", json={}, headers=headers)
     assert 400 <= r.status < 500 and (await r.json())["error"]
 
@@ -311,13 +312,13 @@ async def test_a_dns_rebound_page_is_not_the_servers_own_origin(make_client):
     own = {"Origin": "http://localhost:8080", "Host": "localhost:8080"}
     assert (await offer_status(client, own))[0] == 503
     # With a secret the page would need a token it cannot have, so a deployment's own names count.
-    guarded = await make_client(auth_token=SECRET)
+    guarded = await make_client(security=SecurityConfig(auth_token=SECRET))
     status, _ = await offer_status(guarded, {**rebound, **bearer(SECRET)})
     assert status == 503
 
 
 async def test_allowed_cross_origin_pages_get_cors_and_others_do_not(make_client):
-    client = await make_client(allow_origins=("https://app.example.com",))
+    client = await make_client(security=SecurityConfig(allow_origins=("https://app.example.com",)))
     preflight = {
         "Origin": "https://app.example.com",
         "Access-Control-Request-Method": "POST",
@@ -337,7 +338,7 @@ async def test_allowed_cross_origin_pages_get_cors_and_others_do_not(make_client
 
 
 async def test_unauthenticated_offers_do_not_use_up_the_address_rate(make_client):
-    client = await make_client(auth_token=SECRET, offers_per_minute=8)
+    client = await make_client(security=SecurityConfig(auth_token=SECRET, offers_per_minute=8))
     for _ in range(6):
         assert (await offer_status(client, bearer("wrong")))[0] == 401
     assert (await offer_status(client, bearer(SECRET)))[0] == 503

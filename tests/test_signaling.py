@@ -14,13 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.support.offers import local_offer
 from tests.support.server import metric_values
-from voicepeer.config import Config
+from voicepeer.config import ASRConfig, Config
 from voicepeer.transport.app import create_app
 
 
 @pytest.fixture
 async def client():
-    app = create_app(Config(asr_model="/nonexistent/whisper"))
+    app = create_app(Config(asr=ASRConfig(model="/nonexistent/whisper")))
     async with TestClient(TestServer(app)) as c:
         for _ in range(200):  # wait for the (failing) background load to finish
             if (await c.get("/healthz")).status == 503 and (await (await c.get("/healthz")).json())[
@@ -125,7 +125,7 @@ async def test_unknown_session_delete_is_404(client: TestClient):
 def test_cli_options_count_before_and_after_the_subcommand(argv):
     from voicepeer.cli import build_parser, config_from_args
 
-    assert config_from_args(build_parser().parse_args(argv)).port == 9000
+    assert config_from_args(build_parser().parse_args(argv)).server.port == 9000
 
 
 @pytest.mark.parametrize(

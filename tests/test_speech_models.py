@@ -112,14 +112,14 @@ def test_thread_options_reach_the_runtimes(monkeypatch):
 
     monkeypatch.delenv("VOICEPEER_LLM_THREADS", raising=False)
     config = config_from_args(build_parser().parse_args(["--llm-threads", "1", "--tts-threads", "1"]))
-    assert (config.llm_threads, config.tts_threads) == (1, 1)
+    assert (config.llm.threads, config.tts.threads) == (1, 1)
 
     from voicepeer.backends.llm import LlamaCppLLM
     from voicepeer.backends.tts import PiperTTS
 
-    llm = LlamaCppLLM(n_threads=config.llm_threads)
+    llm = LlamaCppLLM(n_threads=config.llm.threads)
     assert llm._llama.n_threads == 1
-    tts = PiperTTS(threads=config.tts_threads)
+    tts = PiperTTS(threads=config.tts.threads)
     assert tts._voice.session.get_session_options().intra_op_num_threads == 1
     assert PiperTTS()._voice.session.get_session_options().intra_op_num_threads == 0
     assert tts.synthesize_blocking("One thread.")[0].size > 0

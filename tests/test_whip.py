@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.calls import serve, wait_until
 from tests.support.offers import local_offer
+from voicepeer.config import IceConfig, ServerConfig
 from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def without_candidates(sdp: str) -> str:
 @pytest.fixture
 async def whip(services, request):
     config = getattr(request, "param", {})
-    server = await serve(services, max_sessions=2, **config)
+    server = await serve(services, server=ServerConfig(max_sessions=2), **config)
     http = aiohttp.ClientSession(base_url=str(server.make_url("")))
     try:
         yield server, http
@@ -167,7 +168,7 @@ async def test_options_advertises_what_the_endpoint_accepts(whip):
 
 
 @pytest.mark.parametrize(
-    "whip", [{"ice_servers": ("stun:127.0.0.1:3478", "turn:127.0.0.1:3478")}], indirect=True
+    "whip", [{"ice": IceConfig(servers=("stun:127.0.0.1:3478", "turn:127.0.0.1:3478"))}], indirect=True
 )
 async def test_configured_ice_servers_are_advertised_as_link_headers(whip):
     _, http = whip

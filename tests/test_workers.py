@@ -7,9 +7,11 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
+from tests.support.clock import virtual_time
 from tests.support.server import ROOT
 from voicepeer.runtime import workers
 
@@ -50,23 +52,36 @@ def test_release_free_memory_returns_freed_heap_pages():
     assert after < 50_000, f"{after} KB of {kept} KB still held after the trim"
 
 
-@pytest.mark.asyncio
+@virtual_time
 async def test_trim_waits_until_the_pool_is_idle() -> None:
+    loop = asyncio.get_running_loop()
     trim = workers.IdleTrim(delay_s=0.2)
     trim.begin()
     trim.end()
     trim.begin()  # another call starts within the delay: no trim under it
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)  # on the virtual clock: a second of a busy pool, exactly
     assert trim.trims == 0
+    idle = loop.time()
     trim.end()
-    await asyncio.sleep(0.3)
-    assert trim.trims == 1
+    await until(lambda: trim.trims == 1)
+    assert loop.time() - idle == pytest.approx(trim.delay_s, abs=0.002)
 
 
-@pytest.mark.asyncio
+@virtual_time
 async def test_run_blocking_trims_once_after_a_burst() -> None:
+    loop = asyncio.get_running_loop()
     start = workers.idle_trim.trims
     for _ in range(5):
         await workers.run_blocking(sum, range(1000))
-    await asyncio.sleep(workers.idle_trim.delay_s + 0.3)
+    idle = loop.time()
+    await until(lambda: workers.idle_trim.trims > start)
+    assert loop.time() - idle == pytest.approx(workers.idle_trim.delay_s, abs=0.002)
+    await asyncio.sleep(10.0)
     assert workers.idle_trim.trims == start + 1
+
+
+async def until(condition: Callable[[], bool], step_s: float = 0.001) -> None:
+    """Returns once ``condition`` holds, checking every ``step_s`` of the (virtual) clock."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(step_s)

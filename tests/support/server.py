@@ -1,4 +1,4 @@
-"""Runs the real server (`python -m signaling serve`) in a child process on a free loopback port."""
+"""Runs the real server (`python -m voicepeer serve`) in a child process on a free loopback port."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from voicepeer.config import LLMConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 
 STORY_PROMPT = (
@@ -24,8 +26,8 @@ STORY_PROMPT = (
 STORY = ("--system-prompt", STORY_PROMPT, "--llm-max-sentences", "0")
 """Server flags for a storyteller: the prompt, and no cap on the number of sentences of a reply."""
 
-STORY_CONFIG = {"system_prompt": STORY_PROMPT, "llm_max_sentences": None}
-"""The same as ``Config`` fields, for calls made in the test process."""
+STORY_CONFIG = {"llm": LLMConfig(system_prompt=STORY_PROMPT, max_sentences=None)}
+"""The same as ``Config`` sections, for calls made in the test process."""
 
 
 def metric_values(text: str) -> dict[str, float]:
@@ -55,7 +57,7 @@ class ServerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "signaling",
+            "voicepeer",
             "serve",
             "--host",
             "127.0.0.1",

@@ -1,4 +1,5 @@
-"""Debugging: a call's microphone and the bot's voice, as the front-end got them, in one WAV file.
+"""Debugging recordings: a call's microphone and the bot's voice, as the front-end got them, in one WAV
+file; and each user turn as the ASR got it.
 
 Echo cancellation and barge-in are tuned on what really reaches the server: the client's microphone
 after its own processing and two trips through Opus, with the bot's voice coming back at whatever delay
@@ -53,3 +54,25 @@ class CallRecorder:
             except OSError:
                 pass
             self._wav = None
+
+
+class TurnRecorder:
+    """Writes each committed user turn, as the ASR got it, to ``DIR/turn-<name>-<number>.wav``
+    (``--record-turns DIR``): what the recogniser heard, to tell its mistakes from the detector's. A disk
+    error loses that turn's file, never the call."""
+
+    def __init__(self, directory: str, name: str) -> None:
+        self.directory = Path(directory)
+        self.name = name
+
+    def write(self, number: int, audio: np.ndarray) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"turn-{self.name}-{number:03d}.wav"
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(SPEECH_RATE)
+                w.writeframes(audio.astype(np.int16).tobytes())
+        except OSError as exc:
+            log.warning("could not record turn %d: %s", number, exc)

@@ -8,8 +8,10 @@ it streamable: faster-whisper's own wrapper resets them on every call because it
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -181,6 +183,11 @@ class TurnDetector:
         self._last_voiced_arrival = 0.0
         self._paused = False  # a SpeechPaused was sent for the current silence
         self._next_progress = 0  # stream position of the next SpeechProgress
+
+    def update(self, **changes: Any) -> None:
+        """Changes some of the ``TurnParams`` (``end_silence_ms=600``). They apply from the next window
+        on, to a turn in progress too; an unknown name raises TypeError."""
+        self.params = dataclasses.replace(self.params, **changes)
 
     def _windows(self, ms: float) -> int:
         return max(1, round(ms / self._window_ms))

@@ -16,7 +16,6 @@ transport is a thin adapter that
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -28,14 +27,13 @@ from ..audio.formats import WEBRTC_RATE, InboundConverter
 from ..audio.frontend import FarEndReference, FrontEnd
 from ..audio.recorder import CallRecorder
 from ..audio.vad import TurnDetector, TurnEvent
-from ..backends.llm import History
 from ..config import Config
 from ..runtime.limits import TokenBucket
 from ..runtime.tasks import Tasks
 from ..runtime.workers import run_frontend
 from . import events
 from .control import CallSettings, ControlError, apply_config, check_fields, say_text
-from .conversation import Conversation
+from .conversation import Conversation, ConversationSettings
 from .events import Event, EventHub, EventQueue
 from .playout import Playout
 from .services import Services
@@ -82,34 +80,29 @@ class Call:
         self.id = call_id or secrets.token_urlsafe(16)
         self.config = config
         self.voice = voice
-        self.settings = CallSettings(
-            system_prompt=config.system_prompt,
-            max_tokens=config.llm_max_tokens,
-            end_silence_ms=config.turn.end_silence_ms,
-        )
+        self.settings = CallSettings.of(config)
         self.events = EventHub()
         self.playout = Playout(sample_rate=WEBRTC_RATE)
-        self.detector = TurnDetector(config.turn)
+        self.detector = TurnDetector(config.turns.detector)
         self.conversation = Conversation(
-            services.asr,
-            services.llm,
-            services.tts,
+            services,
             self.playout,
             self.events,
-            History(system_prompt=config.system_prompt, drop_repeats=True),
-            llm_timeout_s=config.llm_timeout_s,
-            record_dir=config.record_turns_dir,
-            policy=config.policy,
+            ConversationSettings(
+                system_prompt=config.llm.system_prompt,
+                llm=config.llm.options,
+                llm_timeout_s=config.llm.timeout_s,
+                policy=config.turns.policy,
+                record_dir=config.server.record_turns_dir,
+            ),
             voice=voice,
-            end_of_turn=services.end_of_turn,
-            llm_options=dataclasses.replace(services.llm.options, max_sentences=config.llm_max_sentences),
         )
         self.frontend = FrontEnd(
-            config.aec,
-            config.noise_suppression,
-            config.auto_gain_dbfs,
+            config.audio.aec,
+            config.audio.noise_suppression,
+            config.audio.auto_gain_dbfs,
             echo_expected=voice and not client_aec,
-            words_aec=None if config.asr_aec == "same" else config.asr_aec,
+            words_aec=None if config.audio.asr_aec == "same" else config.audio.asr_aec,
         )
         self.reference = FarEndReference()
         self.playout.add_listener(self.reference.on_frame)
@@ -117,18 +110,18 @@ class Call:
         if self.unprocessed is not None:
             self.playout.add_listener(self.unprocessed.reference.on_frame)
         self._converter = InboundConverter()
-        self.recorder = CallRecorder(config.record_audio_dir, self.id) if config.record_audio_dir else None
+        record_dir = config.server.record_audio_dir
+        self.recorder = CallRecorder(record_dir, self.id) if record_dir else None
         # The detector's state is one stream's: a frame and a mute's flush must never run at once.
         self._hearing = asyncio.Lock()
         self._queues: set[EventQueue] = set()
         self._tasks = Tasks(f"call {self.id}")
-        rate = config.messages_per_second
+        rate = config.security.messages_per_second
         self._messages = TokenBucket(rate, 2 * rate) if rate > 0 else None
         self._last_drop = float("-inf")
         self.rate_limited = 0
         """Control messages dropped for coming too fast."""
         self.muted = False
-        self.frames_in = 0
         self.closed = False
 
     def start(self) -> None:
@@ -161,6 +154,16 @@ class Call:
     def followers(self) -> frozenset[EventQueue]:
         """The events streams following this call now."""
         return frozenset(self._queues)
+
+    @property
+    def turns(self) -> int:
+        """User turns answered (or being answered) so far."""
+        return self.conversation.turn
+
+    @property
+    def interruptions(self) -> int:
+        """Replies cut off, by speech over them or by the client."""
+        return self.conversation.interruptions
 
     # -- the microphone ----------------------------------------------------------------------------
 
@@ -196,7 +199,6 @@ class Call:
             if capture.choice != "taken":
                 return
         else:
-            self.frames_in += 1
             speech = self._converter.convert(pcm, sample_rate, channels)
             reference = self.reference.take(speech.size)  # even while muted: the pairing stays at "now"
             if capture is not None and capture.choice == "taken":
@@ -259,7 +261,7 @@ class Call:
         self._last_drop = now
         raise ControlError(
             "rate_limited",
-            f"more than {self.config.messages_per_second} messages a second: dropped",
+            f"more than {self.config.security.messages_per_second} messages a second: dropped",
             quiet=quiet,
         )
 
@@ -280,15 +282,8 @@ class Call:
 
     def _configure(self, settings: CallSettings) -> None:
         self.settings = settings
-        conversation = self.conversation
-        conversation.history.system_prompt = settings.system_prompt
-        conversation.llm_options = dataclasses.replace(
-            conversation.llm_options, max_tokens=settings.max_tokens
-        )
-        # Read by the detector at its next window.
-        self.detector.params = dataclasses.replace(
-            self.detector.params, end_silence_ms=settings.end_silence_ms
-        )
+        self.conversation.update(system_prompt=settings.system_prompt, max_tokens=settings.max_tokens)
+        self.detector.update(end_silence_ms=settings.end_silence_ms)
 
     # -- lifetime ----------------------------------------------------------------------------------
 

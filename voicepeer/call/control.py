@@ -17,42 +17,40 @@ as a whole, with the field it concerns named, and nothing else changes.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
+
+from ..config import OPTIONS, Config, Declared
 
 MAX_SAY_CHARS = 2000
 """The longest typed message: about what a person says in two minutes."""
 
-
-@dataclass(frozen=True)
-class Bound:
-    kind: type
-    low: int
-    high: int
-    """For text, the length in characters; for numbers, the value."""
-    unit: str = ""
+SETTINGS: dict[str, Declared] = {d.name: d for d in OPTIONS if d.option.live is not None}
+"""What ``config`` may change, by field name: the options declared ``live`` (``voicepeer.config``),
+whose bounds keep a client from making its call useless or expensive."""
+assert len(SETTINGS) == sum(d.option.live is not None for d in OPTIONS), "live options need distinct names"
 
 
-SETTINGS: dict[str, Bound] = {
-    "system_prompt": Bound(str, 1, 4000, "characters"),
-    "max_tokens": Bound(int, 8, 512, "tokens"),
-    "end_silence_ms": Bound(int, 150, 3000, "ms"),
-}
-"""What ``config`` may change, and the bounds that keep a client from making a call useless or
-expensive: a 512-token reply is about a minute of speech, and 3 s of silence is as long as a turn
-may reasonably wait."""
+def _public(self: Any) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class CallSettings:
-    """The settings one call may change while it runs; the server's configuration gives their start."""
+def _of(cls: type, config: Config) -> Any:
+    """A call's settings at its start: the server's configuration."""
+    return cls(**{name: getattr(getattr(config, d.section), name) for name, d in SETTINGS.items()})
 
-    system_prompt: str
-    max_tokens: int
-    end_silence_ms: int
 
-    def public(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+CallSettings = dataclasses.make_dataclass(
+    "CallSettings",
+    [(name, declared.kind) for name, declared in SETTINGS.items()],
+    frozen=True,
+    namespace={
+        "__doc__": "The settings one call may change while it runs; ``of(config)`` gives their start.",
+        "__module__": __name__,
+        "public": _public,
+        "of": classmethod(_of),
+    },
+)
+"""A frozen dataclass with a field per entry of ``SETTINGS``: a new live option needs no edit here."""
 
 
 class ControlError(ValueError):
@@ -95,8 +93,10 @@ def say_text(message: dict[str, Any]) -> str:
 
 
 def _check(name: str, value: Any) -> None:
-    bound = SETTINGS[name]
-    if bound.kind is str:
+    declared = SETTINGS[name]
+    live = declared.option.live
+    assert live is not None
+    if declared.kind is str:
         if not isinstance(value, str):
             raise ControlError("bad_value", f'"{name}" must be a string', name)
         size = len(value.strip())
@@ -105,22 +105,19 @@ def _check(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ControlError("bad_value", f'"{name}" must be an integer', name)
         size = value
-    if not bound.low <= size <= bound.high:
-        what = "long" if bound.kind is str else ""
-        raise ControlError(
-            "bad_value",
-            f'"{name}" must be {what + " " if what else ""}{bound.low} to {bound.high} {bound.unit}',
-            name,
-        )
+    if not live.low <= size <= live.high:
+        what = " long" if declared.kind is str else ""
+        raise ControlError("bad_value", f'"{name}" must be {live.low} to {live.high} {live.unit}{what}', name)
 
 
-def apply_config(settings: CallSettings, message: dict[str, Any]) -> CallSettings:
+def apply_config(settings: Any, message: dict[str, Any]) -> Any:
     """The settings with the command's changes, all checked before any is applied."""
     changes = {k: v for k, v in message.items() if k != "type"}
     if not changes:
         raise ControlError("bad_value", f"config needs at least one of {', '.join(SETTINGS)}")
     for name, value in changes.items():
         _check(name, value)
-    if "system_prompt" in changes:
-        changes["system_prompt"] = changes["system_prompt"].strip()
+    for name, value in changes.items():
+        if isinstance(value, str):
+            changes[name] = value.strip()
     return dataclasses.replace(settings, **changes)

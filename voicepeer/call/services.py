@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..audio.endofturn import EndOfTurn, SmartTurn
 from ..audio.vad import silero_session
 from ..backends.asr import ASR, WhisperASR
-from ..backends.llm import LLM, LlamaCppLLM, LLMOptions, OpenAICompatibleLLM
+from ..backends.llm import LLM, LlamaCppLLM, OpenAICompatibleLLM
 from ..backends.tts import TTS, PiperTTS
 from ..config import Config
 from ..runtime.memory import freeze_loaded_heap
@@ -30,28 +30,28 @@ def load_services(config: Config) -> Services:
     """Loads every model (blocking: a few seconds). Raises models.ModelNotFound with an install hint."""
     t0 = time.perf_counter()
     silero_session()
-    asr = WhisperASR(config.asr_model, cpu_threads=config.asr_threads)
-    log.info("ASR: faster-whisper %s from %s", config.asr_model, asr.path)
-    tts = PiperTTS(config.tts_voice, threads=config.tts_threads)
+    asr = WhisperASR(config.asr.model, cpu_threads=config.asr.threads)
+    log.info("ASR: faster-whisper %s from %s", config.asr.model, asr.path)
+    tts = PiperTTS(config.tts.voice, threads=config.tts.threads)
     log.info("TTS: piper voice %s (%d Hz)", tts.path.name, tts.sample_rate)
     llm: LLM
-    options = LLMOptions(max_tokens=config.llm_max_tokens, max_sentences=config.llm_max_sentences)
-    if config.llm_url:
-        llm = OpenAICompatibleLLM(config.llm_url, config.llm_model, config.llm_api_key, options=options)
+    options = config.llm.options
+    if config.llm.url:
+        llm = OpenAICompatibleLLM(config.llm.url, config.llm.model, config.llm.api_key, options=options)
         log.info("LLM: OpenAI-compatible server at %s, model %s", llm.base_url, llm.model)
     else:
-        llm = LlamaCppLLM(config.llm_model, n_threads=config.llm_threads or None, options=options)
+        llm = LlamaCppLLM(config.llm.model, n_threads=config.llm.threads or None, options=options)
         log.info("LLM: llama.cpp %s", llm.path.name)
     end_of_turn = None
-    if config.end_of_turn_model:
-        name = config.end_of_turn_model
+    if config.turns.end_of_turn_model:
+        name = config.turns.end_of_turn_model
         end_of_turn = SmartTurn(None if name == "smart-turn" else name)
         log.info("end of turn: Smart Turn from %s", end_of_turn.path)
     log.info("models loaded in %.1f s", time.perf_counter() - t0)
     t1 = time.perf_counter()
     asr.warmup()
     tts.warmup()
-    llm.warmup(config.system_prompt)
+    llm.warmup(config.llm.system_prompt)
     if end_of_turn is not None:
         end_of_turn.warmup()
     log.info("models warmed up in %.1f s", time.perf_counter() - t1)

@@ -1,12 +1,7 @@
-"""Turn-taking as a state machine: who holds the floor, what each turn-detector event does to it, and
+"""Turn-taking: who may hold the floor, the policy by which the conversation takes and gives it, and
 the one rule that decides whether speech over the bot's reply cuts it off.
 
-The conversation (``voicepeer.call.conversation``) owns the work each transition starts (transcripts, replies,
-pausing the bot's voice); this module only says which transition applies, so the whole of turn-taking
-can be read in one table, and a new rule (an end-of-turn model, a barge-in policy) is a row or a field
-of ``TurnPolicy`` rather than another flag threaded through the handlers.
-
-Floors and how they change (``TRANSITIONS`` below, read row by row):
+The floors (the conversation's ``TRANSITIONS`` say, row by row, how each event moves them):
 
 - ``OPEN``: nobody speaks and nothing is pending. Speech that starts gives the floor to the ``USER``.
 - ``USER``: the user speaks. At the first short pause the reply is prepared speculatively: ``PENDING``.
@@ -18,6 +13,9 @@ Floors and how they change (``TRANSITIONS`` below, read row by row):
 - ``OVERLAP``: the bot's voice is paused at once while the speech is judged by ``judge_overlap``: the
   bot goes on (``BOT``, and an ``ignored`` event says why) or is cut off, and the speech becomes the
   next user turn (``USER`` or ``PENDING``).
+
+A new rule (an end-of-turn model, a barge-in policy) is a field of ``TurnPolicy`` or a row of the
+table, rather than another flag threaded through the handlers.
 """
 
 from __future__ import annotations
@@ -25,14 +23,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..audio.vad import (
-    SpeechDiscarded,
-    SpeechEnded,
-    SpeechPaused,
-    SpeechProgress,
-    SpeechResumed,
-    SpeechStarted,
-)
 from .text import is_backchannel, words
 
 
@@ -120,31 +110,3 @@ def judge_overlap(
     if is_backchannel(text):
         return Verdict.GO_ON, "backchannel"
     return Verdict.INTERRUPT, "speech"
-
-
-TRANSITIONS: dict[tuple[Floor, type], str] = {
-    # floor,        detector event      -> Conversation handler (what it does, where the floor goes)
-    (Floor.OPEN, SpeechStarted): "user_starts",  # -> USER
-    (Floor.OPEN, SpeechProgress): "partial",  # a partial transcript
-    (Floor.OPEN, SpeechPaused): "prepare",  # -> PENDING (speech that was left over from a reply)
-    (Floor.OPEN, SpeechEnded): "prepare",  # -> PENDING (unless this audio had nothing to answer)
-    (Floor.USER, SpeechProgress): "partial",
-    (Floor.USER, SpeechPaused): "prepare",  # -> PENDING: transcribe and answer, held back
-    (Floor.USER, SpeechEnded): "prepare",  # -> PENDING (a turn cut at max_turn_s, or by mute)
-    (Floor.USER, SpeechDiscarded): "drop",  # -> OPEN: a cough
-    (Floor.PENDING, SpeechStarted): "hold",  # the user goes on after a closed phrase: wait and see
-    (Floor.PENDING, SpeechProgress): "partial",
-    (Floor.PENDING, SpeechPaused): "prepare",  # -> PENDING: the held phrase and its continuation
-    (Floor.PENDING, SpeechResumed): "abandon",  # -> USER: it was a breath, not the end
-    (Floor.PENDING, SpeechEnded): "pending_ends",  # the silence lasted: the turn may be committed
-    (Floor.PENDING, SpeechDiscarded): "release",  # only a noise after the held phrase
-    (Floor.BOT, SpeechStarted): "overlap_starts",  # -> OVERLAP: the bot's voice pauses
-    (Floor.BOT, SpeechResumed): "overlap_starts",  # -> OVERLAP: the user went on after an early commit
-    (Floor.OVERLAP, SpeechPaused): "overlap_pauses",
-    (Floor.OVERLAP, SpeechResumed): "overlap_resumes",  # -> USER if it has lasted interrupt_after_ms
-    (Floor.OVERLAP, SpeechEnded): "overlap_ends",  # judged by its words: -> BOT or PENDING
-    (Floor.OVERLAP, SpeechDiscarded): "overlap_discarded",  # -> BOT, with an ``ignored`` event
-}
-"""Every (floor, event) pair that does something; any other pair leaves everything as it is (a pause
-or end of the detector's turn after the conversation already committed it, a noise while the floor is
-open)."""

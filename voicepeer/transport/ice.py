@@ -50,21 +50,21 @@ def turn_credential(
 def client_ice_servers(config: Config, now: float | None = None) -> list[IceServer]:
     """What a client should use for one call: the STUN/TURN URLs of ``--ice-server`` as they are, and
     the ``--turn-url`` servers with a credential minted now."""
-    servers = [IceServer((url,)) for url in config.ice_servers]
+    servers = [IceServer((url,)) for url in config.ice.servers]
     secret = turn_secret(config)
-    if config.turn_urls and secret:
-        username, password = turn_credential(secret, config.turn_ttl_s, now=now)
-        servers.append(IceServer(tuple(config.turn_urls), username, password))
+    if config.ice.turn_urls and secret:
+        username, password = turn_credential(secret, config.ice.turn_ttl_s, now=now)
+        servers.append(IceServer(tuple(config.ice.turn_urls), username, password))
     return servers
 
 
 def turn_secret(config: Config) -> str | None:
     """The TURN secret, from the configuration or its file (read each time: it may appear after the
     server started, when coturn makes it)."""
-    if config.turn_secret or not config.turn_secret_file:
-        return config.turn_secret
+    if config.ice.turn_secret or not config.ice.turn_secret_file:
+        return config.ice.turn_secret
     try:
-        return Path(config.turn_secret_file).read_text().strip() or None
+        return Path(config.ice.turn_secret_file).read_text().strip() or None
     except OSError as exc:
-        log.warning("no TURN credentials: cannot read %s: %s", config.turn_secret_file, exc)
+        log.warning("no TURN credentials: cannot read %s: %s", config.ice.turn_secret_file, exc)
         return None

@@ -53,7 +53,7 @@ def _client_key(address: str | None) -> str:
 
 def _check_token(state: ServerState, request: web.Request, *, spend: bool) -> web.Response | None:
     """None if the request may open a call (or read ICE servers); else the 401 to send."""
-    secret = state.config.auth_token
+    secret = state.config.security.auth_token
     if secret is None:
         return None
     token = bearer(request.headers.get("Authorization"))
@@ -85,7 +85,7 @@ def _gate(state: ServerState, request: web.Request) -> web.Response | None:
     """None to let a signaling request through, or the answer to give instead."""
     origin = request.headers.get("Origin")
     if origin is not None:
-        trust_host = state.config.auth_token is not None or not is_loopback(state.config.host)
+        trust_host = state.config.security.auth_token is not None or not is_loopback(state.config.server.host)
         if not origin_allowed(origin, request.host, state.allowed_origins, trust_host=trust_host):
             return error_response(
                 403,
@@ -114,9 +114,9 @@ def _gate(state: ServerState, request: web.Request) -> web.Response | None:
         return None
     if path == "/ice-servers":
         return _check_token(state, request, spend=False)
-    if path == "/metrics" and not state.config.metrics_public and state.config.auth_token:
+    if path == "/metrics" and not state.config.security.metrics_public and state.config.security.auth_token:
         token = bearer(request.headers.get("Authorization"))
-        if token is None or not same(token, state.config.auth_token):
+        if token is None or not same(token, state.config.security.auth_token):
             return _unauthorized("/metrics needs the server's secret (or --metrics-public)")
     return None
 

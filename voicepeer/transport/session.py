@@ -79,7 +79,7 @@ class Session:
         self.id = self.call.id
         self.config = config
         self._on_closed = on_closed
-        ice = [RTCIceServer(url) for url in config.ice_servers]
+        ice = [RTCIceServer(url) for url in config.ice.servers]
         # iceServers=[] matters: None makes aiortc fall back to a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.output = PlayoutTrack(self.call.playout) if voice else None
@@ -131,19 +131,25 @@ class Session:
     async def _connect_watchdog(self) -> None:
         """A client that posts an offer and never connects must not hold a session slot: aioice waits
         for more candidates forever unless the client signals their end, which browsers rarely do."""
-        await asyncio.sleep(self.config.connect_timeout_s)
+        await asyncio.sleep(self.config.server.connect_timeout_s)
         if self.pc.connectionState != "connected" and not self._closing:
             log.info(
-                "session %s: not connected after %.0f s; closing", self.id, self.config.connect_timeout_s
+                "session %s: not connected after %.0f s; closing",
+                self.id,
+                self.config.server.connect_timeout_s,
             )
             self._tasks.spawn(self.close("never_connected"), "close")
 
     async def _length_watchdog(self) -> None:
         """One client must not hold a call slot forever, however busy it keeps it."""
-        await asyncio.sleep(self.config.max_call_s)
-        log.info("session %s: the call reached its %.0f s limit; closing", self.id, self.config.max_call_s)
+        await asyncio.sleep(self.config.server.max_call_s)
+        log.info(
+            "session %s: the call reached its %.0f s limit; closing", self.id, self.config.server.max_call_s
+        )
         self.call.events.send(
-            events.error("call_too_long", f"a call lasts at most {self.config.max_call_s:.0f} s; reconnect")
+            events.error(
+                "call_too_long", f"a call lasts at most {self.config.server.max_call_s:.0f} s; reconnect"
+            )
         )
         self._tasks.spawn(self.close("too_long"), "close")
 
@@ -182,7 +188,7 @@ class Session:
         loop = asyncio.get_running_loop()
         # The track is announced with the offer, before ICE (trickled, for a WHIP client) is up: the
         # first frame may take as long as connecting may.
-        timeout = self.config.connect_timeout_s + self.config.media_timeout_s
+        timeout = self.config.server.connect_timeout_s + self.config.server.media_timeout_s
         while True:
             try:
                 async with asyncio.timeout(timeout):
@@ -195,12 +201,14 @@ class Session:
                     # lives or ends with that one.
                     log.info("session %s: the unprocessed capture stopped", self.id)
                     return
-                log.info("session %s: no audio for %.0f s; closing", self.id, self.config.media_timeout_s)
+                log.info(
+                    "session %s: no audio for %.0f s; closing", self.id, self.config.server.media_timeout_s
+                )
                 # close() cancels this task, so it runs as a task of its own; the session holds it.
                 self._tasks.spawn(self.close("vanished"), "close")
                 return
             arrival = loop.time()
-            timeout = self.config.media_timeout_s
+            timeout = self.config.server.media_timeout_s
             pcm, rate, channels = frame_pcm(frame)
             if unprocessed:
                 await self.call.hear(pcm, rate, channels, arrival, unprocessed=True)

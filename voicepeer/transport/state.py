@@ -67,16 +67,16 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.metrics.attach(self)
-        self.allowed_origins = frozenset(normalise_origin(o) for o in self.config.allow_origins)
-        if not self.config.auth_token and not is_loopback(self.config.host):
+        self.allowed_origins = frozenset(normalise_origin(o) for o in self.config.security.allow_origins)
+        if not self.config.security.auth_token and not is_loopback(self.config.server.host):
             self.warnings.append(
-                f"serving on {self.config.host} without --auth-token: anyone who can reach this port can "
-                "start calls, and every call slot can be taken"
+                f"serving on {self.config.server.host} without --auth-token: anyone who can reach this port "
+                "can start calls, and every call slot can be taken"
             )
-        if self.config.auth_token:
-            self.call_tokens = CallTokens(self.config.auth_token)
-        if self.config.offers_per_minute > 0:
-            per_minute = self.config.offers_per_minute
+        if self.config.security.auth_token:
+            self.call_tokens = CallTokens(self.config.security.auth_token)
+        if self.config.security.offers_per_minute > 0:
+            per_minute = self.config.security.offers_per_minute
             self.offer_limits = KeyedBuckets(rate=per_minute / 60, burst=max(1, per_minute // 4))
 
     def count_rejection(self, code: str) -> None:
@@ -120,7 +120,7 @@ def session_urls(state: ServerState, session_id: str) -> dict[str, str]:
     and itself (to hang up). Each carries the call's capability, so no client can build them from a
     session id, and a client that follows them needs nothing else."""
     cap = state.capabilities.of(session_id)
-    base = state.config.route_prefix
+    base = state.config.server.route_prefix
     return {
         "events_url": f"{base}/sessions/{session_id}/events?cap={cap}",
         "control_url": f"{base}/sessions/{session_id}/control?cap={cap}",
@@ -200,11 +200,11 @@ async def open_session(
         if state.load_error:
             raise OfferError(503, "models_failed", state.load_error)
         raise OfferError(503, "loading", "models are still loading; retry shortly", **{"Retry-After": "2"})
-    if len(state.sessions) >= state.config.max_sessions:
+    if len(state.sessions) >= state.config.server.max_sessions:
         raise OfferError(
             503,
             "busy",
-            f"the server holds its maximum of {state.config.max_sessions} sessions",
+            f"the server holds its maximum of {state.config.server.max_sessions} sessions",
             **{"Retry-After": "10"},
         )
     try:
@@ -243,8 +243,8 @@ def session_counts(session: Session) -> dict[str, int]:
     while it runs."""
     output = session.output
     return {
-        "turns_total": session.call.conversation.turn,
-        "interruptions_total": session.call.conversation.interruptions,
+        "turns_total": session.call.turns,
+        "interruptions_total": session.call.interruptions,
         "outbound_frames_total": output.frames_sent if output is not None else 0,
         "outbound_gaps_total": output.gaps if output is not None else 0,
         "rate_limited_messages_total": session.call.rate_limited,

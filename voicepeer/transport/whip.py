@@ -102,7 +102,7 @@ async def publish(request: web.Request) -> web.Response:
         session, answer = await open_session(state, sdp, voice=direction == "sendrecv")
     except OfferError as exc:
         return refuse(state, exc)
-    prefix = state.config.route_prefix
+    prefix = state.config.server.route_prefix
     headers = CIMultiDict(
         {
             "Content-Type": SDP,

@@ -1,0 +1,143 @@
+"""Answering a user turn, from the pause that may end it to the end of its reply.
+
+The turn starts speculatively: the transcript, the end-of-turn model's verdict and the reply all run
+while the detector waits to see whether the silence lasts, and the reply is released only once it has
+(``silence_lasted``). The floor moves by what this fires (``Committed``, ``ReplyOver``, ``Unanswered``),
+each of which the conversation's table takes only from the turn it holds: a turn it has let go of
+fires into nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..audio.recorder import TurnRecorder
+from ..backends.llm import DEFAULT_SYSTEM_PROMPT, History, LLMOptions
+from . import events
+from .events import EventHub
+from .floor import Committed, ReplyOver, Unanswered
+from .playout import Playout
+from .reply import Reply, tokens
+from .services import Services
+from .speaker import Speaker
+from .turn import UserTurn, hold_if_unfinished, judge_end, silence_lasted
+from .turntaking import TurnPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """What a conversation starts with; ``Conversation.update`` changes some of it while it runs."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    llm: LLMOptions | None = None
+    """How replies are generated; None: the LLM backend's own options."""
+    llm_timeout_s: float = 20.0
+    """The longest wait for the LLM's next token before the reply is given up (and apologised for)."""
+    policy: TurnPolicy = field(default_factory=TurnPolicy)
+    record_dir: str | None = None
+    """Debugging: each committed turn's audio is written there (``TurnRecorder``)."""
+
+
+class Answerer:
+    """Answers turns with ``services``: transcribes, waits for the floor, replies (spoken on ``output``
+    if the call has a ``voice``, written otherwise) and remembers the exchange in ``history``."""
+
+    def __init__(
+        self,
+        services: Services,
+        output: Playout,
+        channel: EventHub,
+        settings: ConversationSettings,
+        *,
+        voice: bool,
+        fire: Callable[[object], object],
+        audible: Callable[[UserTurn], None],
+    ) -> None:
+        """``fire``: moves the floor (``FloorMachine.fire``). ``audible``: a reply's voice started."""
+        self.asr = services.asr
+        self.llm = services.llm
+        self.end_of_turn = services.end_of_turn
+        self.output = output
+        self.channel = channel
+        self.policy = settings.policy
+        self.history = History(system_prompt=settings.system_prompt, drop_repeats=True)
+        self.llm_options = settings.llm or self.llm.options
+        self.llm_timeout_s = settings.llm_timeout_s
+        self.speaker = Speaker(services.tts, output, audible) if voice else None
+        self.recorder = TurnRecorder(settings.record_dir, f"{id(self):x}") if settings.record_dir else None
+        self._fire = fire
+
+    def update(self, *, system_prompt: str | None = None, max_tokens: int | None = None) -> None:
+        """Changes how the next replies are written; a reply under way keeps what it started with."""
+        if system_prompt is not None:
+            self.history.system_prompt = system_prompt
+        if max_tokens is not None:
+            self.llm_options = dataclasses.replace(self.llm_options, max_tokens=max_tokens)
+
+    async def run(self, turn: UserTurn, text: str | None, number: int) -> None:
+        """Answers ``turn`` (typed ``text``: its words, without the ASR); ``number``: the number it will
+        have once committed, for its partial transcript."""
+        try:
+            complete = asyncio.ensure_future(judge_end(turn, self.end_of_turn, self.policy))
+            try:
+                if not await self._transcribe(turn, text, number):
+                    return
+                verdict = await complete
+            finally:
+                complete.cancel()
+            await hold_if_unfinished(turn, self.policy, verdict)
+            await self._reply(turn, verdict)
+        finally:
+            self._fire(ReplyOver(turn) if turn.committed.is_set() else Unanswered(turn))
+
+    async def _transcribe(self, turn: UserTurn, text: str | None, number: int) -> bool:
+        """The turn's words (typed ``text`` as it is); False if there is nothing to answer."""
+        if text is None:
+            try:
+                text = (await self.asr.transcribe(turn.audio)).text
+            except Exception as exc:
+                log.exception("ASR failed")
+                await turn.ended.wait()
+                self.channel.send(events.error("asr_failed", f"speech recognition failed: {exc}"))
+                return False
+        turn.metrics.mark("transcript_ms")
+        turn.text = text
+        if not text:
+            log.info("nothing recognised in %.1f s of audio", turn.metrics.audio_s)
+            return False
+        if not turn.ended.is_set():
+            self.channel.send(events.transcript(number, text, final=False))
+        return True
+
+    async def _reply(self, turn: UserTurn, complete: bool | None) -> None:
+        """Replies to the turn, releasing the reply once the silence after it has lasted."""
+
+        async def commit_when_over() -> None:
+            await silence_lasted(turn, self.policy, complete)
+            if self._fire(Committed(turn)) is not None:
+                turn.commit(self.channel)
+                if self.recorder is not None:
+                    self.recorder.write(turn.number, turn.audio)
+
+        committer = asyncio.get_running_loop().create_task(commit_when_over())
+        try:
+            reply = Reply(turn, self.channel)
+            stream = tokens(self.llm, self.history.messages(turn.text), self.llm_options, self.llm_timeout_s)
+            speak = self.speaker.speak if self.speaker is not None else None
+            text = await reply.run(stream, self.llm_options.max_sentences, speak)
+            await committer
+        finally:
+            committer.cancel()
+        if text:
+            self.history.add(turn.text, text)
+        await self.output.wait_idle()
+        turn.metrics.mark("playout_done_ms")
+        self._fire(ReplyOver(turn))
+        self.channel.send(events.metrics(turn.number, turn.metrics.as_dict()))
+        log.info("turn %d metrics %s", turn.number, turn.metrics.as_dict())

@@ -1,0 +1,91 @@
+"""Speech over the bot's reply, from its onset until it is judged: a bid for the turn, or not.
+
+The bot's voice pauses at the onset whatever the speech turns out to be (the conversation does that);
+this keeps the speech's course and asks ``judge_overlap`` at each moment it may be decided: when it
+has lasted ``interrupt_after_ms``, when it resumes after a gap, when the detector drops it as a noise,
+and once it has ended, by its words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..audio.vad import Utterance
+from ..backends.asr import ASR
+from ..runtime.tasks import Tasks
+from .turntaking import Overlap, TurnPolicy, Verdict, judge_overlap
+
+log = logging.getLogger(__name__)
+
+Decide = Callable[[Verdict, str, str, Utterance | None], None]
+"""Called with a verdict that is not WAIT, its reason, the speech's words ("" before they are known)
+and, for speech that has ended, its utterance."""
+
+
+class BargeIn:
+    def __init__(self, policy: TurnPolicy, asr: ASR, tasks: Tasks, decide: Decide) -> None:
+        self.policy = policy
+        self.asr = asr
+        self._tasks = tasks
+        self._decide = decide
+        self.overlap: Overlap | None = None
+        """The speech being judged, if any."""
+
+    def starts(self, onset: float) -> None:
+        overlap = Overlap(onset=onset)
+        self.overlap = overlap
+        self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
+
+    def pauses(self) -> None:
+        # Judged only when it ends: a pause this short is as likely a gap between two words.
+        assert self.overlap is not None
+        self.overlap.speaking = False
+
+    def resumes(self, now: float) -> None:
+        overlap = self.overlap
+        assert overlap is not None
+        overlap.speaking = True
+        self._apply(overlap, *judge_overlap(self.policy, overlap, now))
+
+    def ends(self, utterance: Utterance) -> None:
+        overlap = self.overlap
+        assert overlap is not None
+        overlap.ended = True
+        overlap.speaking = False
+        self._tasks.spawn(self._judge(overlap, utterance), "overlap-judge")
+
+    def discarded(self, now: float) -> None:
+        overlap = self.overlap
+        assert overlap is not None
+        self._apply(overlap, *judge_overlap(self.policy, overlap, now, discarded=True))
+
+    def clear(self) -> None:
+        """Forgets the speech: judged, or the reply it was over is gone. A verdict still on its way
+        is dropped."""
+        self.overlap = None
+
+    async def _interrupt_if_still_speaking(self, overlap: Overlap) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, overlap.onset + self.policy.interrupt_after_ms / 1000 - loop.time()))
+        if self.overlap is overlap:
+            self._apply(overlap, *judge_overlap(self.policy, overlap, loop.time()))
+
+    async def _judge(self, overlap: Overlap, utterance: Utterance) -> None:
+        """Speech that ended before it was long enough to cut in: judged by its words."""
+        try:
+            text = (await self.asr.transcribe(utterance.audio)).text
+        except Exception:
+            log.exception("ASR failed on speech during the reply; the bot goes on")
+            text = ""
+        if self.overlap is not overlap:
+            return
+        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
+        self._apply(overlap, verdict, reason, text, utterance)
+
+    def _apply(
+        self, overlap: Overlap, verdict: Verdict, reason: str, text: str = "", said: Utterance | None = None
+    ) -> None:
+        if self.overlap is overlap and verdict is not Verdict.WAIT:
+            self._decide(verdict, reason, text, said)

@@ -1,0 +1,85 @@
+"""The voice of a reply: each written sentence through TTS onto the outbound track, paced so that the
+next piece is ready before the one playing runs out.
+
+A reply's next piece is synthesized while the one before it plays. How long synthesis takes is
+learned as the call goes (``SynthesisPace``); a piece that would not be ready in time is cut to what can
+be, and the rest is spoken next, while its head plays, so the listener never hears the bot stop
+mid-reply to think.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+from ..audio.formats import Resampler
+from ..backends.tts import TTS
+from ..runtime.workers import run_blocking
+from .playout import Playout
+from .reply import Reply
+from .text import split_to_fit
+from .turn import UserTurn
+
+SYNTHESIS_MARGIN_S = 0.25
+"""A reply's next piece should be ready this long before the audio ahead of it runs out: the
+estimate of its synthesis time is an average, and the loop takes a few frames to queue it."""
+
+
+class Speaker:
+    """Speaks replies with ``tts`` on ``output``; ``audible`` is called once per reply, when its first
+    voiced frame is handed to the transport."""
+
+    def __init__(self, tts: TTS, output: Playout, audible: Callable[[UserTurn], None]) -> None:
+        self.tts = tts
+        self.output = output
+        self._audible = audible
+
+    def _cut(self, sentence: str) -> tuple[str, str | None]:
+        """What is left to play is the time this piece has: cut it if it would not be ready by then."""
+        output, pace = self.output, self.tts.pace
+        budget_s = output.buffered_samples / output.sample_rate - SYNTHESIS_MARGIN_S
+        if pace.estimate(sentence) > budget_s:
+            cut = split_to_fit(sentence, pace.chars_within(budget_s))
+            if cut is not None:
+                return cut
+        return sentence, None
+
+    async def speak(self, reply: Reply) -> None:
+        """Sentences -> TTS -> the track, until the reply's last sentence has been played out."""
+        turn, output, tts = reply.turn, self.output, self.tts
+        resampler = Resampler(tts.sample_rate, output.sample_rate)
+
+        def on_frame(_pcm: np.ndarray, _pts: int, sent_at: float, voiced: bool) -> None:
+            if voiced and not turn.audible:
+                turn.audible = True
+                turn.metrics.mark("first_frame_sent_ms", sent_at)
+                self._audible(turn)
+
+        output.add_listener(on_frame)
+        rest: str | None = None
+        first = True
+        try:
+            while (sentence := rest or await reply.sentences.get()) is not None:
+                rest = None
+                if not first and turn.committed.is_set():
+                    sentence, rest = self._cut(sentence)
+                first = False
+                started = asyncio.get_running_loop().time()
+                chunks = [chunk async for chunk in tts.synthesize(sentence)]
+                # Seconds of audio at a time: resampled off the loop, which paces every frame.
+                pcm = await run_blocking(lambda c=chunks: [resampler.push(x) for x in c])
+                tts.pace.observe(sentence, asyncio.get_running_loop().time() - started)
+                turn.metrics.mark("tts_first_audio_ms")
+                await turn.committed.wait()
+                start = output.queued_total
+                for chunk in pcm:
+                    output.enqueue(chunk)
+                turn.spans.append((sentence, start, output.queued_total))
+                reply.spoken.append(sentence)
+            await turn.committed.wait()
+            output.enqueue(resampler.flush())
+            await output.wait_idle()
+        finally:
+            output.remove_listener(on_frame)
