@@ -138,10 +138,6 @@ class EventHub:
 
         return unsubscribe
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._sinks)
-
     def send(self, event: Event) -> None:
         for sink in list(self._sinks):
             try:

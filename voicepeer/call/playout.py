@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -29,8 +28,8 @@ class Playout:
     """A mono s16 queue at ``sample_rate``: ``enqueue`` chunks of any length, ``next_frame`` returns
     exactly ``frame_samples`` (silence when nothing is queued or while paused).
 
-    ``on_played`` callbacks fire when the last sample of their chunk has been handed out, which is how
-    the conversation learns what the user has actually been sent.
+    What the user has been sent so far is ``played_total``: the conversation keeps, on an interruption,
+    the words of the reply up to there.
     """
 
     def __init__(self, sample_rate: int = WEBRTC_RATE, frame_samples: int = WEBRTC_FRAME_SAMPLES) -> None:
@@ -40,7 +39,6 @@ class Playout:
         self._enqueued = 0  # samples ever enqueued (and not cleared)
         self._sent = 0  # samples of enqueued audio ever handed out
         self._position = 0  # samples ever handed out, silence included: the stream clock
-        self._marks: deque[tuple[int, Callable[[], None]]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
         self._listeners: list[FrameListener] = []
@@ -48,13 +46,11 @@ class Playout:
 
     # -- producer side -------------------------------------------------------------------------
 
-    def enqueue(self, pcm: np.ndarray, on_played: Callable[[], None] | None = None) -> None:
+    def enqueue(self, pcm: np.ndarray) -> None:
         """Queues int16 mono samples at ``sample_rate`` for playout after what is already queued."""
         pcm = np.asarray(pcm, dtype=np.int16).reshape(-1)
         self._buffer.push(pcm)
         self._enqueued += pcm.size
-        if on_played is not None:
-            self._marks.append((self._enqueued, on_played))
         if len(self._buffer):
             self._idle.clear()
 
@@ -62,7 +58,6 @@ class Playout:
         """Drops queued audio that has not been handed out yet (barge-in); returns the samples dropped."""
         dropped = self._buffer.clear()
         self._enqueued -= dropped
-        self._marks.clear()
         self._idle.set()
         return dropped
 
@@ -117,13 +112,6 @@ class Playout:
             self._sent += tail.size
         elif voiced:
             self._sent += n
-        if voiced:
-            while self._marks and self._marks[0][0] <= self._sent:
-                _, callback = self._marks.popleft()
-                try:
-                    callback()
-                except Exception:
-                    log.exception("on_played callback failed")
         if not len(self._buffer):
             self._idle.set()  # while paused with audio queued, the playout is not idle
         position = self._position

@@ -38,7 +38,7 @@ function voicepeerCommand(pythonEnv, platform = process.platform) {
 
 /** What a line of the server's log says about loading, for the window ("" for lines that say nothing). */
 function progressOf(line) {
-  const m = /INFO peer\.services: (.*)$/.exec(line) || /^voicepeer: (.*)$/.exec(line);
+  const m = /INFO voicepeer\.call\.services: (.*)$/.exec(line) || /^voicepeer: (.*)$/.exec(line);
   return m ? m[1].trim() : "";
 }
 

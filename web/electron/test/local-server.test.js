@@ -24,9 +24,9 @@ function alive(pid) {
 }
 
 test("the server's log lines become loading progress", () => {
-  assert.equal(progressOf("2026-11-25 13:11:45,520 INFO peer.services: models loaded in 1.0 s"), "models loaded in 1.0 s");
+  assert.equal(progressOf("2026-11-25 13:11:45,520 INFO voicepeer.call.services: models loaded in 1.0 s"), "models loaded in 1.0 s");
   assert.equal(progressOf("voicepeer: loading models, then serving http://127.0.0.1:1/"), "loading models, then serving http://127.0.0.1:1/");
-  assert.equal(progressOf("2026-11-25 13:11:47,746 INFO peer.session: session x: connection connecting"), "");
+  assert.equal(progressOf("2026-11-25 13:11:47,746 INFO voicepeer.transport.session: session x: connection connecting"), "");
 });
 
 test("starts voicepeer, waits for health, serves the app with its secret, and stops", { skip: !installed && `no voicepeer in ${PYTHON_ENV}` }, async () => {
