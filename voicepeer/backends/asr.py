@@ -39,24 +39,20 @@ SHORT_TURN_S = 28.0
 """Turns up to this long take the short path below; longer ones go through faster-whisper's windowing."""
 
 MIN_CONTEXT_S = 12.0
-"""Encoder context for short turns. Whisper always encodes 30 s, so a 2 s question pays for 28 s of
-padding: 530 ms of a tiny.en call on 2 cores. Encoding max(turn + 1 s, 12 s) takes about 40% of that;
-on 16 Opus-degraded espeak-ng questions it was as accurate (12/16 exact vs 11/16 with 30 s). With less
-context the decoder starts repeating the sentence (1 in 48 clips at 10 s, 0 at 12 s), because it no
-longer sees the long silence it was trained to stop at; ``_drop_repetition`` guards the rest."""
+"""Encoder context for short turns: max(turn + 1 s, 12 s), not the 30 s Whisper always encodes, which
+makes a 2 s question pay for 28 s of padding. With less than 12 s the decoder starts repeating the
+sentence, since it no longer sees the silence it was trained to stop at; ``_drop_repetition`` guards
+the rest. The measurements: docs/decisions/asr-context.md."""
 
 
 LEAD_KEEP_MS = 250
 LEAD_QUIET_DB = 40.0
 """A turn reaches the ASR with up to 800 ms from before the detector's onset (``TurnParams``'s pre-roll,
-so that the first syllables are never cut), and in a quiet room that is near-silence. Whisper tiny.en
-hears a long quiet lead worse: 48 questions in espeak-ng, flite and festival HTS had a word error rate
-of 6.4 % after 100 ms of lead, 7.1 % after 250 ms, 13.1 % after 500 ms and 8.9 % after 800 ms, and one
-browser test's "What is the weather like today?" came out "What is no ever like to me?" with its 770 ms
-of lead, and right without its first 250 ms. So what comes before the first 10 ms frame within
-``LEAD_QUIET_DB`` of the turn's loudest is cut to ``LEAD_KEEP_MS``: only near-silence goes, never a
-soft first consonant (some 20-30 dB under the vowels) and never the bot's residual echo under a word
-spoken over it."""
+so that the first syllables are never cut), in a quiet room near-silence, and whisper tiny.en hears a
+long quiet lead worse. So what comes before the first 10 ms frame within ``LEAD_QUIET_DB`` of the
+turn's loudest is cut to ``LEAD_KEEP_MS``: only near-silence goes, never a soft first consonant (some
+20-30 dB under the vowels) and never the bot's residual echo under a word spoken over it. The
+measurements: docs/decisions/asr-quiet-lead.md."""
 
 
 class WhisperASR(ASR):

@@ -23,15 +23,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your words are spoken aloud, so answer in one or two short "
     "sentences of plain text, with no lists, markdown or emoji."
 )
-"""Kept after ``bench/replies.py`` tried others on SmolLM2-135M (3 runs, no sentence cap; this one: 85 %
-brief, 21 words a reply, 65 % on topic): "answer directly in one short sentence ... never repeat an
-earlier answer" made replies longer (55 % brief, 40 words); "reply with one short sentence ... do not
-restate the question" too (65 % brief, 30 words; 90 % on topic), and with the sentence cap and the
-history's repeat rule it did no better than this one (6 runs: 88 % brief, 15 % echoes, 85 % on topic);
-a one-shot example exchange in the system prompt made it answer "The answer is no, ..." to nearly
-everything (55 % on topic). A 135M model follows the gist of an instruction, not its details: the cap
-(``LLMOptions.max_sentences``) and the history (``History.drop_repeats``) keep replies brief and
-varied, not the wording."""
+"""Kept after ``bench/replies.py`` tried others on SmolLM2-135M: a 135M model follows the gist of an
+instruction, not its details, so the cap (``LLMOptions.max_sentences``) and the history
+(``History.drop_repeats``) keep replies brief and varied, not the wording. The runs:
+docs/decisions/llm-replies.md."""
 
 Message = dict[str, str]
 
@@ -48,26 +43,20 @@ class LLMOptions:
     max_tokens: int = 96
     """A bound for a run-on sentence (~70 words); ``max_sentences`` ends most replies long before."""
     temperature: float = 0.3
-    """0.7 doubled SmolLM2's replies (42 words, 50 % brief, against 21 and 85 % at 0.3; no cap)."""
+    """Low, for brief replies: 0.7 doubled the length of SmolLM2's (docs/decisions/llm-replies.md)."""
     repeat_penalty: float = 1.0
     """llama.cpp's penalty on tokens of the last 64 (prompt included); 1.0 is none. Not sent over HTTP
-    (not in the OpenAI API). On SmolLM2 (``bench/replies.py``, 3 runs) 1.1 made replies longer (31
-    words, 75 % brief) and, with the sentence cap, two runs in three fell into a template (75 % of
-    the replies with the same opening); 1.3 repeated 40 % of the replies."""
+    (not in the OpenAI API). Off: on SmolLM2 it made replies longer or repetitive
+    (docs/decisions/llm-replies.md)."""
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    """OpenAI's penalties, sent over HTTP only when not 0 (some servers reject what they lack). On
-    SmolLM2 neither helped: 0.5 of presence, 70 % brief, and with the cap one run in three repeated
-    60 % of its replies; 0.5 of frequency, 60 % brief, 28 words (no cap: 85 % brief, 21 words)."""
+    """OpenAI's penalties, sent over HTTP only when not 0 (some servers reject what they lack). Off:
+    neither helped SmolLM2 (docs/decisions/llm-replies.md)."""
     max_sentences: int | None = 2
     """The reply stops after this many sentences (None: no cap). Applied by the consumer of the stream
     (``voicepeer.call.text.SpeechChunker``), which then closes it, so the backend generates no more.
-
-    SmolLM2, told "one or two short sentences", wrote up to five: 75 % of its replies were brief (at
-    most 40 words and 2 sentences), the longest 24 s of speech. With 2: 90 %, the longest 18 s, and on
-    topic 85 % instead of 75 % (a reply that rambles into a loop no longer fills the history with it).
-    With 1, 80 % of the replies opened with the same words as an earlier one and 45 % repeated one: a
-    one-sentence history is all template (``bench/replies.py``, median of 6 and 3 runs)."""
+    Two, because a small model told "one or two short sentences" writes up to five, and with one the
+    history turns into a template (docs/decisions/reply-length.md)."""
 
 
 class LLM(abc.ABC):
@@ -89,10 +78,9 @@ class History:
     """One session's conversation, bounded so a long call neither grows memory nor the prompt forever.
 
     It forgets in blocks, not a turn at a time: the LLM server (llama.cpp's prefix cache, and most
-    hosted ones) reuses the prompt up to its first change, and a window sliding by one turn changes
-    the prompt right after the system prompt every turn. With a one-turn slide, SmolLM2's first token
-    went from ~50 ms to ~550 ms from the eighth turn of a call on (``bench/replies.py``); dropping the
-    older half at once re-evaluates the history once every ``max_turns // 2`` turns instead.
+    hosted ones) reuses the prompt up to its first change, and a window sliding by one turn would change
+    the prompt right after the system prompt, and re-read the whole history, every turn. Dropping the
+    older half at once re-reads it once every ``max_turns // 2`` turns (docs/decisions/history.md).
     """
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -101,14 +89,8 @@ class History:
     drop_repeats: bool = True
     """A reply that repeats one the history holds (``repeats``) is not added, nor its question, and the
     turns it repeats are forgotten: a small model copies the replies in its prompt, so one repeated
-    template turns into the answer to everything ("The name of a cat is a cat." to seven questions in
-    a row). SmolLM2 over 6 conversations of 20 questions (``bench/replies.py``): without this or the
-    sentence cap, 0, 65, 30, 50, 0 and 0 % of the replies repeated an earlier one; with both, 0, 0, 0,
-    5, 0 and 0 %. Leaving out only the repeat, not the turn it repeats, was not enough: with another
-    system prompt one conversation in three still opened 65 % of its replies with "The answer to this
-    question is that" (20 % once that turn went too); with four opening words instead of three, one
-    in six answered "The answer is ..." to most questions. Forgetting a turn in the middle re-reads the
-    turns after it (llama.cpp reuses the prompt up to its first change): only after a repeat."""
+    template turns into the answer to everything. Forgetting a turn in the middle re-reads the turns
+    after it, so it happens only after a repeat (docs/decisions/history.md)."""
 
     def messages(self, user_text: str) -> list[Message]:
         msgs: list[Message] = [{"role": "system", "content": self.system_prompt}]
