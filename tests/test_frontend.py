@@ -8,8 +8,9 @@ import pytest
 from tests.support.speech import read_wav
 from tests.test_echo import speechlike, through_room
 from voicepeer.audio.echo import FRAME
+from voicepeer.audio.echopath import EchoCoupling
 from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
-from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, EchoCoupling, FarEndReference, FrontEnd
+from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, FarEndReference, FrontEnd
 
 
 def test_the_reference_is_what_the_track_sent_at_16k_and_never_goes_stale():

@@ -21,8 +21,9 @@ from typing import Literal
 
 import numpy as np
 
+from .echopath import EchoCoupling, far_active
 from .formats import InboundConverter
-from .frontend import EchoCoupling, FarEndReference, FramePairs, far_active
+from .frontend import FarEndReference, FramePairs
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from .echo import FRAME, EchoCanceller, make_canceller
-from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer, rms_dbfs
+from .echopath import DoubleTalk, EchoCoupling, far_active
+from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,11 @@ MAX_REFERENCE_MS = 200
 dropped, so the pairing stays at "now" and the canceller's delay estimate stays valid."""
 
 
-FAR_ACTIVE_PEAK = 300
-"""A reference frame with a peak above this (-40 dBFS) carries the bot's voice, not silence."""
-
 ECHO_REACH_MS = 700
 """How long after the (held-back) reference carried the bot's voice its echo can still reach the
 microphone: what is left of the echo's delay once the reference is held back (up to
 ``ALIGN_SLACK_MS`` + ``REALIGN_MS``, 420 ms) plus the room's tail."""
 
-
-COUPLING_WINDOW_FRAMES = 100
-"""10 ms frames of microphone audio the echo coupling is measured over (1 s)."""
-
-COUPLING_MAX_LAG_FRAMES = 150
-"""Longest echo delay looked for: 1.5 s of network round trip, client buffers and room."""
 
 ALIGN_SLACK_MS = 300
 """Delay left for the canceller to find once the reference is held back by the measured echo delay:
@@ -71,195 +62,10 @@ UNKNOWN_REACH_MS = 1200
 """``ECHO_REACH_MS`` while no echo delay has been measured yet in a call that expects an echo: the
 bot's first words may come back late, and a missed echo makes the bot interrupt itself."""
 
-COUPLING_EVERY_FRAMES = 25
-"""A coupling measurement every 250 ms while the bot speaks."""
-
-ECHO_COUPLED = 0.3
-"""Peak normalised cross-correlation between the (pre-emphasised) reference and the microphone above
-which the bot's voice is taken to come back. Unrelated speech stays below 0.1; a loudspeaker echo
-through Opus scores well above 0.5."""
-
-NO_ECHO_AFTER = 6
-"""Measurements in a row below ``ECHO_COUPLED`` (1.5 s of the bot speaking) before the echo path is
-declared empty, in a call where no echo was seen yet."""
-
-ECHO_GONE_AFTER = 20
-"""The same once an echo was seen (5 s of the bot speaking): double talk lowers the measurement too,
-and a loudspeaker rarely stops echoing in the middle of a call."""
-
-
-MIC_FLOOR = 8.0
-"""RMS of the pre-emphasised microphone (about -70 dBFS) below which it counts as silent."""
-
-
-REF_FLOOR = 150.0
-"""RMS of the pre-emphasised reference (about -35 dBFS of speech) a lag's window needs to count."""
-
-
-ERLE_WINDOW_FRAMES = 100
-"""10 ms frames of the bot's echo over which the canceller's echo removal is tracked (1 s of them)."""
-
-ERLE_MIN_FRAMES = 50
-"""Frames of the bot's echo before the removal is trusted."""
-
-ERLE_SETTLE_FRAMES = 50
-"""Frames of the bot's echo left out after the reference moved: AEC3 goes on cancelling for a few
-hundred ms, then loses the echo for up to a second while it finds the new delay. Measured over that,
-its removal would look converged (the good frames are the top quarter) while the echo passes."""
-
-ERLE_PERCENTILE = 75
-"""What the canceller takes off its echo: the frames where the user talks too (double talk) lower the
-removal, so a high percentile of the window, not its mean."""
-
-ERLE_CONVERGED_DB = 30.0
-"""Removal above which the canceller is taken to have converged on the echo. AEC3 takes 55-60 dB
-(median) off the bot's voice in a loudspeaker room, through Opus and Chromium as well as on a linear
-line; before it converges, or for a few hundred ms after the echo's delay moved, it takes 0-20 dB."""
-
-NEAR_MARGIN_DB = 15.0
-"""A frame the canceller took this much less off than it takes off its echo holds something the echo
-does not explain: the user. Measured over 32 ms windows on three voices, loudspeaker at half and full
-level: double talk 2-14 dB removed (median), the echo alone 42 dB or more (5th percentile)."""
-
-NEAR_FLOOR_DBFS = -50.0
-"""Below this level a frame the canceller left is too quiet to be the user talking over the bot."""
 
 WORDS_HANGOVER_FRAMES = 30
 """10 ms frames after the last one found to hold the user's voice over the echo during which the ASR
 still gets the words canceller's output: the gaps between a talker's syllables are part of the words."""
-
-
-class EchoCoupling:
-    """Tells whether the bot's voice comes back in the microphone at all.
-
-    Most clients cancel echo themselves (the browser's AEC is on by default), so what reaches us holds
-    none. A canceller fed a loud reference and a microphone without echo is still harmful: AEC3's
-    suppressor treats the user's voice as double talk and takes ~13 dB off it, which hides a barge-in
-    from the VAD. So the front-end measures the coupling and, while it is absent, uses the microphone
-    as it came (the canceller keeps adapting, so it is ready the moment an echo appears).
-    """
-
-    def __init__(self, expected: bool = True) -> None:
-        self._mic: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES)
-        self._ref: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES + COUPLING_MAX_LAG_FRAMES)
-        self._since = 0
-        self._quiet = 0
-        self.seen = False
-        """An echo was measured at some point in this call."""
-        self.present = expected
-        """Assumed until shown otherwise (unless the client cancels echo itself): a missed echo makes
-        the bot interrupt itself."""
-        self.last = 0.0
-        self.lag_ms: int | None = None
-        """Echo delay at the last measurement that found the echo: how long after the reference frame
-        the microphone hears it."""
-
-    def push(self, mic: np.ndarray, ref: np.ndarray, far_active: bool) -> None:
-        self._mic.append(mic)
-        self._ref.append(ref)
-        self._since += 1
-        if not far_active or self._since < COUPLING_EVERY_FRAMES or len(self._mic) < self._mic.maxlen:
-            return
-        self._since = 0
-        self.last, lag = self._measure()
-        if self.last >= ECHO_COUPLED:
-            self.lag_ms = lag
-            self._quiet = 0
-            if not self.present:
-                log.info("echo coupling %.2f: the bot's voice comes back; cancelling it", self.last)
-            self.seen = self.present = True
-        else:
-            self._quiet += 1
-            if self.present and self._quiet >= (ECHO_GONE_AFTER if self.seen else NO_ECHO_AFTER):
-                log.info("echo coupling %.2f: no echo of the bot's voice", self.last)
-                self.present = False
-
-    def _measure(self) -> tuple[float, int]:
-        """The peak normalised correlation between microphone and reference, and its echo delay (ms)."""
-        m = np.diff(np.concatenate(self._mic).astype(np.float64))  # pre-emphasis: flatter spectra,
-        r = np.diff(np.concatenate(self._ref).astype(np.float64))  # fewer chance correlations
-        n = 1 << (r.size + m.size).bit_length()
-        c = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
-        # c[k] = sum_t r[t + k] m[t]: k = len(r) - len(m) is no delay, k = 0 the longest one.
-        energy = np.concatenate([[0.0], np.cumsum(r * r)])
-        r_norm = np.sqrt(energy[m.size :] - energy[: r.size - m.size + 1])
-        m_norm = np.sqrt(np.sum(m * m))
-        if m_norm < MIC_FLOOR * np.sqrt(m.size):
-            return 0.0, 0  # a silent microphone holds no echo (and its codec noise correlates by chance)
-        # Only lags where the reference carried the bot's voice over most of the window count: a
-        # window holding just the first syllable of a reply normalises anything into a "match".
-        loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
-        if not loud.any():
-            return 0.0, 0
-        score = np.where(loud, np.abs(c) / np.maximum(r_norm * m_norm, 1e-9), 0.0)
-        k = int(np.argmax(score))
-        lag_samples = r.size - m.size - k  # k = len(r) - len(m) is no delay
-        return float(score[k]), round(lag_samples * 1000 / SPEECH_RATE)
-
-
-class DoubleTalk:
-    """Tells, frame by frame, whether the microphone holds more than the bot's echo: the user talking
-    over the bot.
-
-    The VAD alone cannot tell early enough on a loudspeaker: AEC3's suppressor pulls a user's voice
-    under the bot's down to speech probabilities of 0.3-0.8, where residual echo also scores, so the
-    detector needed 0.85 for 256 ms and found onsets a second late or not at all (8 of 15 utterances
-    missed on three voices). What the canceller takes off is the clearer sign: once converged it takes
-    40-60 dB off the echo, and only a few dB off a frame where someone else speaks.
-    """
-
-    def __init__(self) -> None:
-        # A ring of the last ERLE_WINDOW_FRAMES removals (order does not matter to a percentile).
-        self._removed = np.zeros(ERLE_WINDOW_FRAMES)
-        self._count = 0
-        self._settle = 0  # echo frames still to leave out after a reset
-        self.erle_db: float | None = None
-        """What the canceller takes off the bot's echo (``ERLE_PERCENTILE`` over the last frames of
-        it), or None until ``ERLE_MIN_FRAMES`` of them were seen since the last reset."""
-
-    def reset(self) -> None:
-        """The echo path changed (its delay moved): the canceller re-converges, so its removal must be
-        measured afresh, once it has settled, before a frame can be judged by it."""
-        self._count = 0
-        self.erle_db = None
-        self._settle = ERLE_SETTLE_FRAMES
-
-    @property
-    def converged(self) -> bool:
-        """The canceller is known to remove the bot's echo well, so what it leaves can be judged."""
-        return self.erle_db is not None and self.erle_db >= ERLE_CONVERGED_DB
-
-    def push(self, mic: np.ndarray, out: np.ndarray, echo_active: bool) -> bool:
-        """One frame of the microphone and the canceller's output; ``echo_active``: the (held-back)
-        reference carried the bot's voice. Returns whether this frame holds the near end's voice."""
-        mic_db = rms_dbfs(mic)
-        out_db = rms_dbfs(out)
-        removed = mic_db - out_db
-        if echo_active and mic_db > NEAR_FLOOR_DBFS:
-            if self._settle:
-                self._settle -= 1  # the canceller is still finding the moved echo
-            else:
-                self._removed[self._count % ERLE_WINDOW_FRAMES] = removed
-                self._count += 1
-                n = min(self._count, ERLE_WINDOW_FRAMES)
-                if n >= ERLE_MIN_FRAMES:
-                    self.erle_db = _percentile(self._removed[:n], ERLE_PERCENTILE)
-        return self.converged and out_db >= NEAR_FLOOR_DBFS and removed <= self.erle_db - NEAR_MARGIN_DB
-
-
-def _percentile(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, q)`` (linear interpolation) by partition: this runs for every 10 ms frame
-    of the bot's echo, and numpy's general function costs ~25 times as much (~70 us a frame here)."""
-    rank = q / 100 * (values.size - 1)
-    lo = int(rank)
-    hi = min(lo + 1, values.size - 1)
-    part = np.partition(values, (lo, hi))
-    return float(part[lo] + (part[hi] - part[lo]) * (rank - lo))
-
-
-def far_active(frame: np.ndarray) -> bool:
-    """The reference frame carries the bot's voice, not silence."""
-    return bool(np.abs(frame).max(initial=0) > FAR_ACTIVE_PEAK)
 
 
 class FarEndReference:

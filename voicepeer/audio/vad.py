@@ -72,7 +72,7 @@ class TurnParams:
     """Continuous speech needed to open a turn while the bot's voice may be echoing back."""
     over_echo_threshold: float = 0.35
     """The speech probability that is enough, while the bot's voice may be echoing back, in windows
-    where the echo canceller found more than the echo (``frontend.DoubleTalk``): its suppressor
+    where the echo canceller found more than the echo (``echopath.DoubleTalk``): its suppressor
     pulls a voice under the bot's down to 0.3-0.8, and the echo alone never gets there once it has
     converged."""
     over_echo_start_ms: int = 96
