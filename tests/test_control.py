@@ -90,7 +90,6 @@ async def test_a_reader_that_does_not_read_never_blocks_the_call_or_grows_withou
         await writer.drain()
         await wait_until(lambda: len(session.call._queues) == 1, 5)
         queue = next(iter(session.call._queues))
-        loop = asyncio.get_running_loop()
         big = "x" * 8000
         for i in range(3000):  # ~24 MB of events, far past what the socket buffers hold
             session.call.events.send({"type": "reply", "turn": 0, "final": False, "text": big, "i": i})
@@ -98,11 +97,11 @@ async def test_a_reader_that_does_not_read_never_blocks_the_call_or_grows_withou
                 await asyncio.sleep(0)
         await wait_until(lambda: queue.dropped > 2000, 5)
         assert len(queue) <= 256
-        # The call is unharmed: it answers on its data channel at once.
-        t0 = loop.time()
+        # The call is unharmed: it answers on its data channel. The flood went to that channel too, and
+        # the pong waits behind its backlog, bounded at MAX_BUFFERED_BYTES: 1 MB through aiortc's SCTP
+        # takes seconds on a loaded machine, so the deadline is generous.
         client.channel.send('{"type": "ping"}')
-        await client.wait_for(lambda m: m["type"] == "pong", 5)
-        assert loop.time() - t0 < 5
+        await client.wait_for(lambda m: m["type"] == "pong", 30)
         # Once the reader reads again, it is told what it lost.
         head = await reader.read(200_000)
         while b"events_dropped" not in head:
