@@ -1,35 +1,20 @@
-// The desktop app's window: the demo's conversation view plus desktop controls (devices, mute,
-// push-to-talk, settings, a local peer). It uses the shared client unchanged and reaches the main
-// process only through `window.voicepeerDesktop` (preload.js). Without that bridge (the page opened
-// in a plain browser, as the tests do) it runs against the server named by `?server=` and `?token=`.
-import { VoicePeerClient, createLevelMeter, listDevices } from "./client/voicepeer.js";
-import { ConversationView } from "./client/view.js";
+// The desktop app's window: the call panel shared with the demo page (./client/panel.js: state,
+// Connect / Interrupt / Mute, errors, conversation, level) plus desktop controls (devices, push-to-talk,
+// settings, a local peer). It uses the shared client unchanged and reaches the main process only
+// through `window.voicepeerDesktop` (preload.js). Without that bridge (the page opened in a plain
+// browser, as the tests do) it runs against the server named by `?server=` and `?token=`.
+import { VoicePeerClient, listDevices } from "./client/voicepeer.js";
+import { CallPanel } from "./client/panel.js";
 
 const $ = (id) => document.getElementById(id);
 const desktop = window.voicepeerDesktop || null;
-const view = new ConversationView($("log"));
-const connectButton = $("connect");
-let client = null;
 let settings = null;
 let platform = "";
-let meter = null;
-let audioContext = null;
 let talking = false; // push-to-talk: the microphone is open
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
-}
 
 function showStatus({ phase = "", message = "" } = {}) {
   $("server-status").textContent = message;
   $("server-status").dataset.phase = phase;
-}
-
-function setState(state) {
-  $("state").textContent = state;
-  $("state").dataset.state = state;
-  if (desktop) desktop.setCallState({ state, muted: Boolean(client && client.muted) });
 }
 
 // Settings: the main process keeps them; a plain browser keeps them in the URL and localStorage.
@@ -89,89 +74,45 @@ async function refreshDevices() {
   $("output-device").disabled = typeof HTMLMediaElement.prototype.setSinkId !== "function";
 }
 
-function watchLevel(stream) {
-  if (meter) meter.stop();
-  meter = createLevelMeter(stream, audioContext);
-  const tick = () => {
-    if (!meter) return;
-    $("mic-level").value = Math.min(1, meter.level() * 4);
-    requestAnimationFrame(tick);
-  };
-  tick();
+async function createClient({ audioElement }) {
+  const { serverUrl, token } = await peer();
+  const client = new VoicePeerClient({
+    serverUrl,
+    token,
+    audioElement,
+    inputDeviceId: settings.inputDeviceId || null,
+    reconnect: { attempts: 3, delayMs: 1000 },
+    // Electron's echo canceller is reported not to work on Windows: keep the server's on there.
+    trustEchoCancellation: platform !== "win32",
+  });
+  client.addEventListener("reconnecting", (e) => {
+    showStatus({ phase: "warning", message: `connection lost, reconnecting (attempt ${e.detail.attempt})…` });
+  });
+  return client;
 }
 
-async function connect() {
-  showError("");
-  connectButton.disabled = true;
-  setState("connecting");
-  audioContext = audioContext || new AudioContext();
-  await audioContext.resume();
-  try {
-    const { serverUrl, token } = await peer();
-    client = new VoicePeerClient({
-      serverUrl,
-      token,
-      audioElement: $("bot-audio"),
-      inputDeviceId: settings.inputDeviceId || null,
-      reconnect: { attempts: 3, delayMs: 1000 },
-      // Electron's echo canceller is reported not to work on Windows: keep the server's on there.
-      trustEchoCancellation: platform !== "win32",
-    });
-    window.voicepeerClient = client; // for the tests and the curious
-    view.attach(client);
-    client.addEventListener("state", (e) => setState(e.detail.state));
-    client.addEventListener("connection", (e) => {
-      $("connection").textContent = e.detail.state;
-      if (e.detail.state === "closed" && client && !client.pc) resetControls();
-    });
-    client.addEventListener("reconnecting", (e) => {
-      setState("reconnecting");
-      showStatus({ phase: "warning", message: `connection lost, reconnecting (attempt ${e.detail.attempt})…` });
-    });
-    client.addEventListener("error", (e) => showError(`${e.detail.code}: ${e.detail.message}`));
-    client.addEventListener("muted", (e) => showMuted(e.detail.muted));
-    client.addEventListener("localstream", (e) => watchLevel(e.detail.stream));
-    await client.connect();
-    if (settings.outputDeviceId) await client.setOutputDevice(settings.outputDeviceId).catch(() => {});
-    connectButton.textContent = "Disconnect";
-    for (const id of ["interrupt", "mute"]) $(id).disabled = false;
-    if ($("push-to-talk").checked) client.mute();
-    await refreshDevices(); // labels are readable now that the microphone is allowed
-  } catch (err) {
-    showError(err.code ? `${err.code}: ${err.message}` : String(err.message || err));
-    resetControls();
-  } finally {
-    connectButton.disabled = false;
-  }
+async function onConnected(client) {
+  if (settings.outputDeviceId) await client.setOutputDevice(settings.outputDeviceId).catch(() => {});
+  if ($("push-to-talk").checked) client.mute();
+  await refreshDevices(); // labels are readable now that the microphone is allowed
 }
 
-function showMuted(muted) {
-  $("mute").textContent = muted ? "Unmute" : "Mute";
-  $("mute").setAttribute("aria-pressed", String(muted));
-  if (desktop) desktop.setCallState({ state: client ? client.state : "idle", muted });
-}
-
-function resetControls() {
-  if (meter) meter.stop();
-  meter = null;
-  $("mic-level").value = 0;
-  client = null;
+function onReset() {
   talking = false;
   document.body.classList.remove("talking");
-  connectButton.textContent = "Connect";
-  for (const id of ["interrupt", "mute"]) $(id).disabled = true;
-  showMuted(false);
-  setState("idle");
 }
 
-async function disconnect() {
-  const current = client;
-  resetControls();
-  if (current) await current.disconnect();
-}
+const panel = new CallPanel({
+  createClient,
+  onConnected,
+  onReset,
+  // The tray shows the call's state and offers Mute.
+  onCallState: (call) => desktop && desktop.setCallState(call),
+});
 
 // Push-to-talk: the server listens only while talking; letting go ends the turn and it is answered.
 function talk(on) {
+  const client = panel.client;
   if (!client || talking === on) return;
   talking = on;
   document.body.classList.toggle("talking", on);
@@ -180,8 +121,8 @@ function talk(on) {
 }
 
 function onShortcut({ action }) {
-  if (!client) return;
-  if (action === "toggle-mute") client.muted ? client.unmute() : client.mute();
+  if (!panel.client) return;
+  if (action === "toggle-mute") panel.toggleMute();
   else if (action === "push-to-talk" && $("push-to-talk").checked) talk(!talking);
 }
 
@@ -221,10 +162,8 @@ $("settings-form").addEventListener("change", showModeFields);
 $("settings-cancel").addEventListener("click", () => $("settings").close());
 $("open-settings").addEventListener("click", openSettings);
 
-connectButton.addEventListener("click", () => (client ? disconnect() : connect()));
-$("interrupt").addEventListener("click", () => client && client.interrupt());
-$("mute").addEventListener("click", () => client && (client.muted ? client.unmute() : client.mute()));
 $("push-to-talk").addEventListener("change", (event) => {
+  const client = panel.client;
   if (!client) return;
   talking = false;
   if (event.target.checked) client.mute();
@@ -244,14 +183,17 @@ window.addEventListener("keyup", (event) => {
 });
 $("input-device").addEventListener("change", async (event) => {
   await saveSettings({ inputDeviceId: event.target.value });
-  if (client) await client.setInputDevice(event.target.value).catch((err) => showError(`microphone: ${err.message}`));
+  const client = panel.client;
+  const show = (err) => panel.showError(`microphone: ${err.message}`);
+  if (client) await client.setInputDevice(event.target.value).catch(show);
 });
 $("output-device").addEventListener("change", async (event) => {
   await saveSettings({ outputDeviceId: event.target.value });
-  if (client) await client.setOutputDevice(event.target.value).catch((err) => showError(`output: ${err.message}`));
+  const client = panel.client;
+  const show = (err) => panel.showError(`output: ${err.message}`);
+  if (client) await client.setOutputDevice(event.target.value).catch(show);
 });
 navigator.mediaDevices.addEventListener("devicechange", () => refreshDevices());
-window.addEventListener("pagehide", () => client && client.disconnect());
 
 settings = await loadSettings();
 if (desktop) {

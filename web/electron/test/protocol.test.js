@@ -58,3 +58,25 @@ test("served files carry their type and the CSP; unknown ones are 404", async ()
   assert.equal((await protocol.fn(new Request("app://voicepeer/missing.js"))).status, 404);
   assert.equal((await protocol.fn(new Request("app://voicepeer/../package.json"))).status, 404);
 });
+
+test("every file the window loads, down the imports, is served by the app and packaged with it", () => {
+  const fs = require("node:fs");
+  // The shared client ships as extraResources (the renderer as "renderer/**"): its filter must take
+  // every kind of file the window loads from it, or the packaged app misses one the tests never do.
+  const { filter } = require("../package.json").build.extraResources.find((r) => r.to === "client");
+  const loaded = new Set();
+  const visit = (url) => {
+    if (loaded.has(url)) return;
+    loaded.add(url);
+    const file = resolveAppFile(url, dirs);
+    assert.ok(file && fs.existsSync(file), `${url} is not served`);
+    if (file.startsWith(dirs.clientDir + path.sep)) assert.ok(filter.includes(`*${path.extname(file)}`), `${file} is not packaged`);
+    const text = fs.readFileSync(file, "utf8");
+    const refs = file.endsWith(".html") ? /(?:src|href)="(\.[^"]+)"/g : /^import .* from "(\.[^"]+)";$/gm;
+    for (const [, ref] of text.matchAll(refs)) visit(new URL(ref, url).href);
+  };
+  visit("app://voicepeer/index.html");
+  for (const name of ["app.js", "app.css", "client/voicepeer.js", "client/view.js", "client/view.css", "client/panel.js"]) {
+    assert.ok(loaded.has(`app://voicepeer/${name}`), name);
+  }
+});
