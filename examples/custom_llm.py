@@ -19,12 +19,8 @@ import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 
-from voicepeer.audio.endofturn import SmartTurn
-from voicepeer.audio.vad import silero_session
-from voicepeer.backends.asr import WhisperASR
 from voicepeer.backends.llm import LLM, LLMOptions, Message
-from voicepeer.backends.tts import PiperTTS
-from voicepeer.call.services import Services
+from voicepeer.call.services import load_services
 from voicepeer.config import Config, ServerConfig
 from voicepeer.transport.app import create_app
 from voicepeer.transport.drain import serve
@@ -69,24 +65,6 @@ class RuleLLM(LLM):
             await asyncio.sleep(0)  # a real backend awaits its model or its server here
 
 
-def load_services(config: Config, llm: LLM) -> Services:
-    """voicepeer's speech models with ``llm`` as the LLM. ``voicepeer.call.services.load_services`` does
-    the same with the LLM that ``config`` names; this skips loading a model that would not be used.
-    Blocking: a few seconds."""
-    silero_session()  # the voice activity detector, shared by every call
-    asr = WhisperASR(config.asr.model, cpu_threads=config.asr.threads)
-    tts = PiperTTS(config.tts.voice, threads=config.tts.threads)
-    end_of_turn = None
-    if config.turns.end_of_turn_model:
-        name = config.turns.end_of_turn_model
-        end_of_turn = SmartTurn(None if name == "smart-turn" else name)
-    for model in (asr, tts, end_of_turn):
-        if model is not None:
-            model.warmup()
-    llm.warmup(config.llm.system_prompt)
-    return Services(asr=asr, llm=llm, tts=tts, end_of_turn=end_of_turn)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="voicepeer with a rule-based LLM")
     parser.add_argument("--host", default="127.0.0.1")
@@ -94,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Config(server=ServerConfig(host=args.host, port=args.port))
-    services = load_services(config, RuleLLM())
+    services = load_services(config, llm=RuleLLM())  # voicepeer's speech models, and this LLM
     app = create_app(config, services=services)
     print(f"serving http://{config.server.host}:{config.server.port}/", flush=True)
     # SIGTERM drains (live calls may end for config.server.drain_s seconds); SIGINT stops at once.

@@ -20,16 +20,59 @@ DOCS = ROOT / "docs" / "configuration.md"
 
 REGENERATE = "python -m voicepeer.config --markdown > docs/configuration.md"
 
-COMPATIBLE_FLAGS = """
---host --port --asr-model --asr-threads --llm-threads --tts-threads --llm-model --llm-url --llm-api-key
---llm-max-tokens --llm-max-sentences --llm-timeout --system-prompt --tts-voice --aec --asr-aec
---noise-suppression --auto-gain --end-silence-ms --hold-silence-ms --complete-silence-ms --end-of-turn
---partial-interval-ms --interrupt-after-ms --vad-threshold --max-sessions --max-call --route-prefix --drain
---auth-token --turn-secret --turn-ttl --metrics-public --offers-per-minute --messages-per-second
---media-timeout --connect-timeout --record-audio --record-turns --log-level --ice-server --turn-url
---allow-origin
-""".split()
-"""The flags before the options were declared in one place: scripts and users' habits rely on them."""
+COMPATIBLE = {
+    flag: "VOICEPEER_" + env
+    for flag, env in (
+        line.split()
+        for line in """
+--host HOST
+--port PORT
+--asr-model ASR_MODEL
+--asr-threads ASR_THREADS
+--llm-threads LLM_THREADS
+--tts-threads TTS_THREADS
+--llm-model LLM_MODEL
+--llm-url LLM_URL
+--llm-api-key LLM_API_KEY
+--llm-max-tokens LLM_MAX_TOKENS
+--llm-max-sentences LLM_MAX_SENTENCES
+--llm-timeout LLM_TIMEOUT
+--system-prompt SYSTEM_PROMPT
+--tts-voice TTS_VOICE
+--aec AEC
+--asr-aec ASR_AEC
+--noise-suppression NOISE_SUPPRESSION
+--auto-gain AUTO_GAIN
+--end-silence-ms END_SILENCE_MS
+--hold-silence-ms HOLD_SILENCE_MS
+--complete-silence-ms COMPLETE_SILENCE_MS
+--end-of-turn END_OF_TURN
+--partial-interval-ms PARTIAL_INTERVAL_MS
+--interrupt-after-ms INTERRUPT_AFTER_MS
+--vad-threshold VAD_THRESHOLD
+--max-sessions MAX_SESSIONS
+--max-call MAX_CALL
+--route-prefix ROUTE_PREFIX
+--drain DRAIN_S
+--auth-token AUTH_TOKEN
+--turn-secret TURN_SECRET
+--turn-ttl TURN_TTL_S
+--metrics-public METRICS_PUBLIC
+--offers-per-minute OFFERS_PER_MINUTE
+--messages-per-second MESSAGES_PER_SECOND
+--media-timeout MEDIA_TIMEOUT
+--connect-timeout CONNECT_TIMEOUT
+--record-audio RECORD_AUDIO
+--record-turns RECORD_TURNS
+--log-level LOG_LEVEL
+--ice-server ICE_SERVERS
+--turn-url TURN_URLS
+--allow-origin ALLOW_ORIGINS
+""".strip().splitlines()
+    )
+}
+"""The flags and their environment variables before the options were declared in one place: scripts,
+deployments and users' habits rely on both names."""
 
 NOT_OPTIONS = {
     "VOICEPEER_CACHE",
@@ -54,7 +97,8 @@ def test_flags_and_variables_are_unique_and_the_old_flags_all_work():
     flags = [d.option.flag for d in OPTIONS]
     envs = [d.env for d in OPTIONS]
     assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
-    assert set(COMPATIBLE_FLAGS) <= set(flags)
+    declared = {d.option.flag: d.env for d in OPTIONS}
+    assert {flag: declared.get(flag) for flag in COMPATIBLE} == COMPATIBLE
 
 
 def test_every_variable_the_deployment_and_the_clients_set_is_an_option():
@@ -169,3 +213,18 @@ def test_a_config_is_changed_by_option_path():
     config = Config().with_options({"llm.timeout_s": 1.0, "server.port": 9000})
     assert config.llm.timeout_s == 1.0 and config.server.port == 9000
     assert dataclasses.replace(config, llm=Config().llm) == Config().with_options({"server.port": 9000})
+
+
+def test_a_program_may_set_the_turn_parameters_that_are_not_options():
+    from voicepeer.audio.vad import TurnParams
+    from voicepeer.call.turntaking import TurnPolicy
+    from voicepeer.config import TurnsConfig
+
+    turns = TurnsConfig(
+        end_silence_ms=500,
+        detector_defaults=TurnParams(pause_ms=120),
+        policy_defaults=TurnPolicy(end_of_turn_threshold=0.7),
+    )
+    assert turns.detector.pause_ms == 120 and turns.detector.end_silence_ms == 500
+    assert turns.policy.end_of_turn_threshold == 0.7
+    assert "detector_defaults" not in {d.name for d in OPTIONS}  # not a flag: a program's choice

@@ -22,7 +22,15 @@ import numpy as np
 from tests.support.eventlog import EventLog
 from tests.support.scripted import ScriptedASR, ScriptedDetector, ScriptedEndOfTurn, ScriptedLLM, ScriptedTTS
 from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, WEBRTC_RATE
-from voicepeer.audio.vad import SpeechEnded, SpeechPaused, SpeechProgress, SpeechStarted, TurnEvent, Utterance
+from voicepeer.audio.vad import (
+    SpeechEnded,
+    SpeechPaused,
+    SpeechProgress,
+    SpeechStarted,
+    TurnEvent,
+    TurnParams,
+    Utterance,
+)
 from voicepeer.call.call import Call
 from voicepeer.call.conversation import Conversation, ConversationSettings
 from voicepeer.call.events import EventHub
@@ -32,12 +40,13 @@ from voicepeer.call.services import Services
 from voicepeer.config import Config
 
 FRAME_S = WEBRTC_FRAME_SAMPLES / WEBRTC_RATE
-PAUSE_S = 0.096
-"""When the detector reports a pause after the last voiced audio (``TurnParams.pause_ms``)."""
-END_S = 0.3
-"""When it closes the turn (``TurnParams.end_silence_ms``)."""
-PROGRESS_S = 0.64
-"""Turn audio between two progress events (``TurnParams.partial_interval_ms``)."""
+_DETECTOR = TurnParams()
+PAUSE_S = _DETECTOR.pause_ms / 1000
+"""When the detector reports a pause after the last voiced audio."""
+END_S = _DETECTOR.end_silence_ms / 1000
+"""When it closes the turn."""
+PROGRESS_S = _DETECTOR.partial_interval_ms / 1000
+"""Turn audio between two progress events."""
 
 ROWS_RAN: Counter[Transition] = Counter()
 """Every transition any dialogue of this test run went through."""

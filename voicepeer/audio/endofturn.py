@@ -49,8 +49,6 @@ class EndOfTurn(abc.ABC):
     model, or one that reads the transcript, can plug in here.
     """
 
-    sample_rate: int = SPEECH_RATE
-
     @abc.abstractmethod
     def probability(self, audio: np.ndarray, sample_rate: int = SPEECH_RATE) -> float:
         """Probability that the turn is complete, from its int16 mono audio so far. Blocking."""

@@ -83,6 +83,7 @@ class Answerer:
     async def run(self, turn: UserTurn, text: str | None, number: int) -> None:
         """Answers ``turn`` (typed ``text``: its words, without the ASR); ``number``: the number it will
         have once committed, for its partial transcript."""
+        replied = False
         try:
             complete = asyncio.ensure_future(judge_end(turn, self.end_of_turn, self.policy))
             try:
@@ -93,8 +94,10 @@ class Answerer:
                 complete.cancel()
             await hold_if_unfinished(turn, self.policy, verdict)
             await self._reply(turn, verdict)
+            replied = True  # _reply fired ReplyOver itself, before the turn's metrics
         finally:
-            self._fire(ReplyOver(turn) if turn.committed.is_set() else Unanswered(turn))
+            if not replied:
+                self._fire(ReplyOver(turn) if turn.committed.is_set() else Unanswered(turn))
 
     async def _transcribe(self, turn: UserTurn, text: str | None, number: int) -> bool:
         """The turn's words (typed ``text`` as it is); False if there is nothing to answer."""

@@ -52,7 +52,6 @@ class BargeIn:
     def ends(self, utterance: Utterance) -> None:
         overlap = self.overlap
         assert overlap is not None
-        overlap.ended = True
         overlap.speaking = False
         self._tasks.spawn(self._judge(overlap, utterance), "overlap-judge")
 

@@ -16,6 +16,7 @@ transport is a thin adapter that
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -90,7 +91,13 @@ class Call:
             self.events,
             ConversationSettings(
                 system_prompt=config.llm.system_prompt,
-                llm=config.llm.options,
+                # The backend's own options (an application's LLM may set its temperature), with the
+                # reply limits this server is configured with.
+                llm=dataclasses.replace(
+                    services.llm.options,
+                    max_tokens=config.llm.max_tokens,
+                    max_sentences=config.llm.max_sentences,
+                ),
                 llm_timeout_s=config.llm.timeout_s,
                 policy=config.turns.policy,
                 record_dir=config.server.record_turns_dir,

@@ -26,17 +26,21 @@ class Services:
     """None: turns end on silence and their last words alone."""
 
 
-def load_services(config: Config) -> Services:
-    """Loads every model (blocking: a few seconds). Raises models.ModelNotFound with an install hint."""
+def load_services(config: Config, llm: LLM | None = None) -> Services:
+    """Loads every model (blocking: a few seconds). Raises models.ModelNotFound with an install hint.
+
+    ``llm``: the application's own LLM backend (``docs/extending.md``), used instead of the one
+    ``config.llm`` names, which is then not loaded."""
     t0 = time.perf_counter()
     silero_session()
     asr = WhisperASR(config.asr.model, cpu_threads=config.asr.threads)
     log.info("ASR: faster-whisper %s from %s", config.asr.model, asr.path)
     tts = PiperTTS(config.tts.voice, threads=config.tts.threads)
     log.info("TTS: piper voice %s (%d Hz)", tts.path.name, tts.sample_rate)
-    llm: LLM
     options = config.llm.options
-    if config.llm.url:
+    if llm is not None:
+        log.info("LLM: %s, given by the application", type(llm).__name__)
+    elif config.llm.url:
         llm = OpenAICompatibleLLM(config.llm.url, config.llm.model, config.llm.api_key, options=options)
         log.info("LLM: OpenAI-compatible server at %s, model %s", llm.base_url, llm.model)
     else:

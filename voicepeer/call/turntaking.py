@@ -81,7 +81,6 @@ class Overlap:
     onset: float
     """Loop time the audio holding the speech's onset arrived."""
     speaking: bool = True
-    ended: bool = False
 
 
 def judge_overlap(

@@ -78,7 +78,7 @@ class ServerConfig:
         default=10.0,
         metadata=option(
             "--media-timeout",
-            "close a call whose microphone sends nothing this many seconds",
+            "close a call whose microphone sends nothing for this many seconds",
             low=0,
             above=True,
         ),
@@ -109,12 +109,17 @@ class ServerConfig:
             "--record-turns", "debugging: save each user turn as the ASR heard it (16 kHz WAV)", metavar="DIR"
         ),
     )
-    log_level: str = field(default="info", metadata=option("--log-level", "debug, info, warning"))
+    log_level: str = field(
+        default="info",
+        metadata=option(
+            "--log-level", "how much the server logs", choices=("debug", "info", "warning", "error")
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """Who may signal, and how fast: see the README's "Exposing it"."""
+    """Who may signal, and how fast: see docs/security.md."""
 
     auth_token: str | None = field(
         default=None,

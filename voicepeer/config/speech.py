@@ -204,12 +204,19 @@ class TurnsConfig:
             "--vad-threshold", "Silero probability that counts as speech", low=0, above=True, high=1
         ),
     )
+    detector_defaults: TurnParams = _DETECTOR
+    """The rest of the detector's parameters, not options of their own (a program that embeds voicepeer
+    may set them: ``TurnsConfig(detector_defaults=TurnParams(pause_ms=120))``); the options above
+    replace their fields."""
+    policy_defaults: TurnPolicy = _POLICY
+    """Likewise the rest of the conversation's ``TurnPolicy`` (``end_of_turn_threshold``,
+    ``min_partial_ms``, ...)."""
 
     @property
     def detector(self) -> TurnParams:
         """How the microphone's speech is cut into turns."""
         return dataclasses.replace(
-            _DETECTOR,
+            self.detector_defaults,
             end_silence_ms=self.end_silence_ms,
             partial_interval_ms=self.partial_interval_ms,
             threshold=self.vad_threshold,
@@ -219,7 +226,7 @@ class TurnsConfig:
     def policy(self) -> TurnPolicy:
         """What the conversation makes of the turns: end of turn, holding, barge-in."""
         return dataclasses.replace(
-            _POLICY,
+            self.policy_defaults,
             hold_silence_ms=self.hold_silence_ms,
             complete_silence_ms=self.complete_silence_ms,
             interrupt_after_ms=self.interrupt_after_ms,
