@@ -7,6 +7,7 @@ real as the imports that keep it."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -132,3 +133,33 @@ async def test_without_the_repositorys_web_folder_the_server_still_signals(tmp_p
         assert page.status == 404 and (await page.json())["error"]
         offer = await client.post("/offer", data="{}", headers={"Content-Type": "application/json"})
         assert offer.status in (400, 503) and "error" in await offer.json()
+
+
+OLD_NAMES = re.compile(r"\b(?:from|import)\s+(?:" + "peer|signal" + r"ing)\b|-m\s+" + "signal" + r"ing\b")
+"""The top-level modules before the package (written in pieces so this file does not match itself)."""
+
+
+def test_no_file_names_the_modules_the_package_replaced():
+    """Shell snippets in the deployment files import the package too: a moved module they name fails
+    only when the compose stack starts, in the slowest test there is."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    stale = []
+    for name in tracked.stdout.split():
+        path = ROOT / name
+        if path.suffix in (".png", ".onnx", ".wav") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        stale += [f"{name}: {m.group(0)}" for m in OLD_NAMES.finditer(text)]
+    assert not stale, stale
+
+
+def test_the_python_snippets_of_the_deployment_files_run():
+    """``python3 -c '...'`` in the compose file and the manifests (the LLM server finds the bundled
+    GGUF that way), run with this environment's Python."""
+    snippets = []
+    for path in [ROOT / "docker" / "compose.yaml", *sorted((ROOT / "docker" / "k8s").glob("*.yaml"))]:
+        snippets += re.findall(r"python3 -c '([^']+)'", path.read_text())
+    assert snippets, "no python3 -c snippet found: were the deployment files moved?"
+    for code in snippets:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip(), (code, done.stderr)
