@@ -98,7 +98,11 @@ def test_with_the_browsers_canceller_on_words_over_the_bots_first_seconds_are_he
     assert len(cut) == 1 and cut[0]["turn"] == 1 and cut[0]["reason"] == "speech"
     finals = [m for m in call.messages("transcript") if m["final"]]
     assert [m["turn"] for m in finals] == [1, 2], finals
-    assert {"weather", "today"} <= set(words(finals[1]["text"])), finals[1]
+    # Heard whole: most of the question's words, not the one or two that Chromium's canceller leaves.
+    # Not every word: whisper tiny, on espeak-ng through Opus, once heard "What is not what I like
+    # today?" in a fresh clone's full run, a recognition slip rather than a lost capture.
+    heard = set(words(finals[1]["text"])) & {"what", "is", "the", "weather", "like", "today"}
+    assert len(heard) >= 4 and "today" in heard, finals[1]
 
 
 def test_a_call_outlives_its_unprocessed_capture(barge_in_call, tmp_path):
