@@ -98,8 +98,8 @@ async def test_a_reader_that_does_not_read_never_blocks_the_call_or_grows_withou
         await wait_until(lambda: queue.dropped > 2000, 5)
         assert len(queue) <= 256
         # The call is unharmed: it answers on its data channel. The flood went to that channel too, and
-        # the pong waits behind its backlog, bounded at MAX_BUFFERED_BYTES: 1 MB through aiortc's SCTP
-        # takes seconds on a loaded machine, so the deadline is generous.
+        # the pong waits behind its backlog, bounded at MAX_BUFFERED_BYTES (256 KiB), and is never dropped:
+        # a congested channel delivers it late, not never. The deadline is generous for a loaded machine.
         client.channel.send('{"type": "ping"}')
         await client.wait_for(lambda m: m["type"] == "pong", 30)
         # Once the reader reads again, it is told what it lost.

@@ -54,9 +54,11 @@ MAX_PENDING = 512
 MAX_QUEUED = 256
 """Events an events-stream reader may fall behind by before the oldest are dropped."""
 
-MAX_BUFFERED_BYTES = 1 << 20
+MAX_BUFFERED_BYTES = 256 << 10
 """Bytes a data channel may hold unsent (a client that does not read it) before new events are dropped:
-without a bound, aiortc buffers everything, and a ping's answer waits behind all of it."""
+without a bound, aiortc buffers everything, and a ping's answer waits behind all of it. A call's own
+events are small (a transcript, a reply's words), so this holds minutes of them; aiortc's SCTP on a
+loaded machine drains it in well under a second, where a megabyte took seconds."""
 
 
 def session(session_id: str) -> Event:
@@ -152,8 +154,10 @@ class EventChannel:
     SCTP comes up after the offer/answer, and the call may have things to say before it does; those are
     queued (at most ``MAX_PENDING``), not lost. Once open, a channel the client does not read holds at
     most ``MAX_BUFFERED_BYTES``: later events are dropped, and the client is told how many (an
-    ``events_dropped`` error) once it reads again. Sending never raises: a channel that closes under us
-    is the transport's business, not the call's.
+    ``events_dropped`` error) once it reads again. An answer to the client's own message (``answer``)
+    is never dropped: the client's rate limit bounds those, and a client that pings a congested
+    channel must get its pong once the backlog drains, not silence. Sending never raises: a channel
+    that closes under us is the transport's business, not the call's.
     """
 
     def __init__(self, channel: Any) -> None:
@@ -196,6 +200,15 @@ class EventChannel:
             self._send(
                 encode(error("events_dropped", f"{n} events were dropped: the client did not read them"))
             )
+        self._send(text)
+
+    def answer(self, event: Event) -> None:
+        """Sends an answer to the client's own message, past the backlog bound."""
+        text = encode(event)
+        if not self._is_open():
+            self._pending.append(text)
+            return
+        self._flush()
         self._send(text)
 
 

@@ -239,7 +239,7 @@ class Session:
                 log.exception("session %s: a client message failed", self.id)
                 reply = events.error("internal", "the server failed to carry out this message")
             if reply is not None:
-                sink(reply)
+                sink.answer(reply)
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
