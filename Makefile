@@ -82,7 +82,14 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	ELECTRON_SKIP_BINARY_DOWNLOAD=1 npm ci --prefix web/electron --no-audit --no-fund
 	@touch $@
 
-install-test: $(TEST_STAMP)
+# The third-party inference servers the backend tests run (Wyoming, OpenAI-compatible, WhisperLiveKit),
+# each in its own virtual environment under .servers/: their pins clash with ours and each other's.
+SERVERS_STAMP := .servers/.installed
+$(SERVERS_STAMP): tests/servers/install.sh $(wildcard tests/servers/*.txt)
+	PYTHON=$(PYTHON) sh tests/servers/install.sh .servers
+	@touch $@
+
+install-test: $(TEST_STAMP) $(SERVERS_STAMP)
 
 test: install-test
 	$(BIN)/ruff check voicepeer tests bench examples

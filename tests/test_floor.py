@@ -25,7 +25,8 @@ from voicepeer.audio.vad import (
     SpeechStarted,
 )
 from voicepeer.call.control import SETTINGS
-from voicepeer.call.conversation import TRANSITIONS, Conversation, ConversationSettings
+from voicepeer.call.answer import ASR_APOLOGY
+from voicepeer.call.conversation import TRANSITIONS, Conversation
 from voicepeer.call.floor import Committed, FloorMachine, ReplyOver, Transition
 from voicepeer.call.reply import APOLOGY
 from voicepeer.call.turntaking import Floor, Overlap, TurnPolicy, Verdict, judge_overlap
@@ -391,16 +392,20 @@ async def test_reset_stops_the_reply_and_forgets_and_speech_under_way_is_still_h
 
 
 @virtual_time
-async def test_an_asr_failure_is_an_error_event_and_the_floor_opens():
+async def test_an_asr_failure_is_an_error_event_and_a_spoken_apology_then_the_floor_opens():
     async with Dialogue() as d:
         d.asr.failing = True
         d.speak("What is the capital of France?", at=0.5, seconds=1.5)
         err = await d.first(lambda m: m["type"] == "error")
         assert err["code"] == "asr_failed" and err["t"] == pytest.approx(2.0 + END_S)
-        assert d.conversation.floor is Floor.OPEN and not d.messages("transcript")
+        await d.first(lambda m: m["type"] == "metrics" and m["turn"] == 1)
+        assert " ".join(d.tts.spoken) == ASR_APOLOGY and d.final("reply")[0]["text"] == ASR_APOLOGY
+        assert d.conversation.floor is Floor.OPEN and not d.final("transcript")[0]["text"]
+        assert d.conversation.history.turns == []  # an apology is not a conversation
         d.asr.failing = False
-        d.speak("What is the capital of France?", at=3.0, seconds=1.5)
-        await d.first(lambda m: m["type"] == "metrics")
+        d.speak("What is the capital of France?", at=d.now + 0.5, seconds=1.5)
+        await d.first(lambda m: m["type"] == "metrics" and m["turn"] == 2)
+        assert d.final("transcript")[-1]["text"] == "What is the capital of France?"
 
 
 @virtual_time
@@ -426,8 +431,7 @@ async def test_an_llm_that_fails_mid_reply_keeps_what_was_said():
 
 @virtual_time
 async def test_an_llm_that_stops_answering_is_given_up_after_its_deadline():
-    settings = ConversationSettings(llm_timeout_s=2.0)
-    async with Dialogue(settings=settings) as d:
+    async with Dialogue(llm_timeout_s=2.0) as d:
         d.llm.stall_after = 0
         d.speak("What is the capital of France?", at=0.5, seconds=1.5)
         err = await d.first(lambda m: m["type"] == "error")
@@ -439,13 +443,14 @@ async def test_an_llm_that_stops_answering_is_given_up_after_its_deadline():
 
 
 @virtual_time
-async def test_a_tts_failure_is_reply_failed_and_the_next_turn_is_answered():
+async def test_without_a_voice_the_reply_is_written_and_the_next_turn_is_spoken():
     async with Dialogue() as d:
         d.tts.failing = True
         d.speak("What is the capital of France?", at=0.5, seconds=1.5)
         err = await d.first(lambda m: m["type"] == "error")
-        assert err["code"] == "reply_failed" and "injected TTS fault" in err["message"]
+        assert err["code"] == "tts_failed" and "injected TTS fault" in err["message"]
         await d.first(lambda m: m["type"] == "metrics" and m["turn"] == 1)
+        assert d.final("reply")[0]["text"] == "Sure. That is a fine question to ask."
         assert "speaking" not in d.states() and d.conversation.state == "listening"
         d.tts.failing = False
         d.speak("And of Spain?", at=d.now + 0.5, seconds=1.0)

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .backends.registry import BadBackendURL
 from .config import OPTIONS, Config, Declared
 from .config.option import sections
 from .runtime import models
@@ -112,16 +113,43 @@ def _usage_problem(config: Config) -> str | None:
 
 
 def _check(config: Config) -> int:
+    """Loads the embedded models and probes every backend of every chain: one line per backend, and
+    exit 1 if a stage has none that answers."""
+    from .backends.chain import describe
     from .call.services import load_services
 
     try:
         services = load_services(config)
-    except models.ModelNotFound as exc:
+    except (models.ModelNotFound, BadBackendURL) as exc:
         print(f"voicepeer: {exc}", file=sys.stderr)
         return 1
-    for name in ("asr", "llm", "tts", "end_of_turn"):
-        model = getattr(services, name)
-        print(f"{name}: {model.path if model is not None else 'off'}")
+
+    async def probe() -> list[tuple[str, str, str | None]]:
+        lines = []
+        for chain in services.chains:
+            for state in chain.states:
+                backend = state.backend
+                try:
+                    async with asyncio.timeout(chain.timeout_s):
+                        await backend.probe()
+                except Exception as exc:
+                    lines.append((chain.stage, backend.name, describe(exc, chain.timeout_s)))
+                else:
+                    where = getattr(backend, "path", None)
+                    lines.append((chain.stage, backend.name + (f" ({where})" if where else ""), None))
+        for chain in services.chains:
+            await chain.aclose()
+        return lines
+
+    lines = asyncio.run(probe())
+    for stage, name, error in lines:
+        print(f"{stage}: {name}: {'ok' if error is None else error}")
+    eot = services.end_of_turn
+    print(f"end_of_turn: {eot.path if eot is not None else 'off'}")
+    dead = [c.stage for c in services.chains if all(e is not None for s, _, e in lines if s == c.stage)]
+    if dead:
+        print(f"voicepeer: no {', '.join(dead)} backend answers", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -31,6 +31,8 @@ from voicepeer.audio.vad import (
     TurnParams,
     Utterance,
 )
+from voicepeer.backends.chain import Chain
+from voicepeer.backends.stages import LLMChain
 from voicepeer.call.call import Call
 from voicepeer.call.conversation import Conversation, ConversationSettings
 from voicepeer.call.events import EventHub
@@ -148,14 +150,19 @@ class Dialogue(Line):
         end_of_turn: ScriptedEndOfTurn | None = None,
         settings: ConversationSettings | None = None,
         voice: bool = True,
+        llm_timeout_s: float | None = None,
     ) -> None:
+        """``llm_timeout_s``: the LLM stage's timeout (None: the default a bare backend gets)."""
         super().__init__(asr or ScriptedASR())
         self.llm = llm or ScriptedLLM()
         self.tts = tts or ScriptedTTS()
         self.playout = Playout()
         self.hub = EventHub()
         self.hub.subscribe(self.record)
-        services = Services(asr=self.asr, llm=self.llm, tts=self.tts, end_of_turn=end_of_turn)
+        stage = (
+            self.llm if llm_timeout_s is None else LLMChain(Chain("llm", [self.llm], timeout_s=llm_timeout_s))
+        )
+        services = Services(asr=self.asr, llm=stage, tts=self.tts, end_of_turn=end_of_turn)
         self.conversation = Conversation(services, self.playout, self.hub, settings, voice=voice)
         self.playout.add_listener(self._on_frame)
         self._puller: asyncio.Task[None] | None = None

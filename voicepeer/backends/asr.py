@@ -13,6 +13,7 @@ import numpy as np
 from ..audio.formats import SPEECH_RATE, leading_quiet, to_float32
 from ..runtime import models
 from ..runtime.workers import priority, run_blocking
+from .base import Backend, Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,10 @@ class Transcript:
     """Duration of the audio that was transcribed."""
 
 
-class ASR(abc.ABC):
-    """Turns one user turn (int16 mono at 16 kHz, ``SPEECH_RATE``) into text."""
+class ASR(Backend, abc.ABC):
+    """Turns one user turn (int16 mono at 16 kHz, ``SPEECH_RATE``) into text.
+
+    Raises ``BackendError`` when it cannot (a remote server down, a garbage answer)."""
 
     @abc.abstractmethod
     async def transcribe(self, audio: np.ndarray) -> Transcript: ...
@@ -33,6 +36,32 @@ class ASR(abc.ABC):
     def warmup(self) -> None:
         """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
         return None  # optional: backends with nothing to warm keep this
+
+    async def open_stream(self) -> ASRStream:
+        """A stream for one turn's audio as it arrives; only with ``capabilities.streaming_input``."""
+        raise NotImplementedError(f"{type(self).__name__} does not take streaming input")
+
+
+class ASRStream(abc.ABC):
+    """One turn fed to a streaming ASR as it is spoken: the words come while the user talks, and the
+    transcript is (nearly) ready when the turn ends. Every method raises ``BackendError`` on failure."""
+
+    @abc.abstractmethod
+    async def feed(self, audio: np.ndarray) -> None:
+        """The next audio of the turn, int16 mono at ``SPEECH_RATE``; returns without waiting for words."""
+
+    @property
+    @abc.abstractmethod
+    def partial(self) -> str:
+        """The words recognised so far ("" before any)."""
+
+    @abc.abstractmethod
+    async def finish(self) -> Transcript:
+        """Ends the turn's audio and waits for the final transcript of all of it."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Abandons the stream (the turn was dropped) and frees its connection. Idempotent."""
 
 
 SHORT_TURN_S = 28.0
@@ -60,6 +89,8 @@ class WhisperASR(ASR):
 
     Greedy decoding without timestamps or conditioning on previous text: turns are short and stand alone.
     """
+
+    capabilities = Capabilities(partials=True, sample_rate=SPEECH_RATE, cheap=True)
 
     def __init__(self, model: str = "tiny.en", cpu_threads: int = 0, language: str = "en") -> None:
         from faster_whisper import WhisperModel

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..runtime import models
 from ..runtime.workers import lower_priority, priority
+from .base import Backend, BackendError, Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ docs/decisions/llm-replies.md."""
 Message = dict[str, str]
 
 
-class LLMError(RuntimeError):
+class LLMError(BackendError):
     """The backend failed or timed out; the message is safe to show to the user."""
 
 
@@ -59,10 +60,11 @@ class LLMOptions:
     history turns into a template (docs/decisions/reply-length.md)."""
 
 
-class LLM(abc.ABC):
+class LLM(Backend, abc.ABC):
     """Streams a reply to a chat history, token by token (each item is a piece of text)."""
 
     options: LLMOptions = LLMOptions()
+    capabilities = Capabilities(streaming_output=True)
 
     @abc.abstractmethod
     def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:

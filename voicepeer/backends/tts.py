@@ -11,6 +11,7 @@ import numpy as np
 
 from ..runtime import models
 from ..runtime.workers import priority, run_blocking
+from .base import Backend, Capabilities
 
 
 class SynthesisPace:
@@ -43,8 +44,11 @@ class SynthesisPace:
             self.seconds_per_char += self.fall * (rate - self.seconds_per_char)
 
 
-class TTS(abc.ABC):
-    """Speaks a piece of text as int16 mono PCM at ``sample_rate``, in one or more chunks."""
+class TTS(Backend, abc.ABC):
+    """Speaks a piece of text as int16 mono PCM at ``sample_rate``, in one or more chunks.
+
+    Raises ``BackendError`` when it cannot. With ``capabilities.streaming_output`` the first chunk
+    comes before the piece is synthesized whole, and the call plays it as it arrives."""
 
     sample_rate: int
 
@@ -96,6 +100,7 @@ class PiperTTS(TTS):
         # listener's ears.
         self._config = SynthesisConfig(volume=volume)
         self._lock = threading.Lock()
+        self.capabilities = Capabilities(sample_rate=self.sample_rate)
 
     def warmup(self) -> None:
         self.synthesize_blocking("Hello.")

@@ -12,22 +12,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..audio.recorder import TurnRecorder
+from ..backends.base import BackendError
 from ..backends.llm import DEFAULT_SYSTEM_PROMPT, History, LLMOptions
 from . import events
 from .events import EventHub
 from .floor import Committed, ReplyOver, Unanswered
 from .playout import Playout
-from .reply import Reply, tokens
+from .reply import Reply
 from .services import Services
 from .speaker import Speaker
 from .turn import UserTurn, hold_if_unfinished, judge_end, silence_lasted
 from .turntaking import TurnPolicy
 
 log = logging.getLogger(__name__)
+
+ASR_APOLOGY = "Sorry, I can't make out what you say right now."
+"""Said when the ASR failed on a turn (every backend of it down): the user learns it was heard."""
+
+
+async def _said(text: str) -> AsyncIterator[str]:
+    yield text
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,9 @@ class ConversationSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     llm: LLMOptions | None = None
     """How replies are generated; None: the LLM backend's own options."""
-    llm_timeout_s: float = 20.0
-    """The longest wait for the LLM's next token before the reply is given up (and apologised for)."""
+    partials: str = "auto"
+    """Partial transcripts while the user speaks: ``auto`` asks only an ASR that is cheap or
+    streams (a remote one is not asked every 640 ms), ``on`` any, ``off`` none."""
     policy: TurnPolicy = field(default_factory=TurnPolicy)
     record_dir: str | None = None
     """Debugging: each committed turn's audio is written there (``TurnRecorder``)."""
@@ -68,7 +77,6 @@ class Answerer:
         self.policy = settings.policy
         self.history = History(system_prompt=settings.system_prompt, drop_repeats=True)
         self.llm_options = settings.llm or self.llm.options
-        self.llm_timeout_s = settings.llm_timeout_s
         self.speaker = Speaker(services.tts, output, audible) if voice else None
         self.recorder = TurnRecorder(settings.record_dir, f"{id(self):x}") if settings.record_dir else None
         self._fire = fire
@@ -87,39 +95,45 @@ class Answerer:
         try:
             complete = asyncio.ensure_future(judge_end(turn, self.end_of_turn, self.policy))
             try:
-                if not await self._transcribe(turn, text, number):
+                heard = await self._transcribe(turn, text, number)
+                if heard is None:
                     return
                 verdict = await complete
             finally:
                 complete.cancel()
             await hold_if_unfinished(turn, self.policy, verdict)
-            await self._reply(turn, verdict)
+            await self._reply(turn, verdict, apology=None if heard else ASR_APOLOGY)
             replied = True  # _reply fired ReplyOver itself, before the turn's metrics
         finally:
             if not replied:
                 self._fire(ReplyOver(turn) if turn.committed.is_set() else Unanswered(turn))
 
-    async def _transcribe(self, turn: UserTurn, text: str | None, number: int) -> bool:
-        """The turn's words (typed ``text`` as it is); False if there is nothing to answer."""
+    async def _transcribe(self, turn: UserTurn, text: str | None, number: int) -> bool | None:
+        """The turn's words (typed ``text`` as it is) into ``turn.text``: True if there are some, None
+        if there is nothing to answer, False if the ASR failed (the turn is answered with an apology:
+        a user who spoke must not be met with silence)."""
         if text is None:
             try:
                 text = (await self.asr.transcribe(turn.audio)).text
             except Exception as exc:
-                log.exception("ASR failed")
+                if not isinstance(exc, BackendError):
+                    log.exception("ASR failed")
                 await turn.ended.wait()
                 self.channel.send(events.error("asr_failed", f"speech recognition failed: {exc}"))
+                turn.text = ""
                 return False
         turn.metrics.mark("transcript_ms")
         turn.text = text
         if not text:
             log.info("nothing recognised in %.1f s of audio", turn.metrics.audio_s)
-            return False
+            return None
         if not turn.ended.is_set():
             self.channel.send(events.transcript(number, text, final=False))
         return True
 
-    async def _reply(self, turn: UserTurn, complete: bool | None) -> None:
-        """Replies to the turn, releasing the reply once the silence after it has lasted."""
+    async def _reply(self, turn: UserTurn, complete: bool | None, apology: str | None = None) -> None:
+        """Replies to the turn (with ``apology`` instead of the LLM's words, when the turn could not
+        be heard), releasing the reply once the silence after it has lasted."""
 
         async def commit_when_over() -> None:
             await silence_lasted(turn, self.policy, complete)
@@ -131,13 +145,16 @@ class Answerer:
         committer = asyncio.get_running_loop().create_task(commit_when_over())
         try:
             reply = Reply(turn, self.channel)
-            stream = tokens(self.llm, self.history.messages(turn.text), self.llm_options, self.llm_timeout_s)
+            if apology is None:
+                stream = self.llm.stream(self.history.messages(turn.text), self.llm_options)
+            else:
+                stream = _said(apology)
             speak = self.speaker.speak if self.speaker is not None else None
             text = await reply.run(stream, self.llm_options.max_sentences, speak)
             await committer
         finally:
             committer.cancel()
-        if text:
+        if text and apology is None:
             self.history.add(turn.text, text)
         await self.output.wait_idle()
         turn.metrics.mark("playout_done_ms")

@@ -98,7 +98,7 @@ class Call:
                     max_tokens=config.llm.max_tokens,
                     max_sentences=config.llm.max_sentences,
                 ),
-                llm_timeout_s=config.llm.timeout_s,
+                partials=config.asr.partials,
                 policy=config.turns.policy,
                 record_dir=config.server.record_turns_dir,
             ),

@@ -37,6 +37,7 @@ from ..audio.vad import (
     TurnEvent,
     Utterance,
 )
+from ..backends.base import BackendError
 from ..backends.llm import History
 from ..runtime.tasks import Tasks
 from . import events
@@ -89,6 +90,7 @@ class Conversation:
             services, output, channel, settings, voice=voice, fire=self.machine.fire, audible=self._audible
         )
         self.asr = services.asr
+        self.partials = settings.partials
         self.turn = 0
         """Number of the last committed user turn."""
         self.interruptions = 0
@@ -167,11 +169,21 @@ class Conversation:
     # -- the handlers of TRANSITIONS ---------------------------------------------------------------
 
     def _partial(self, event: SpeechProgress) -> None:
+        if not self._partials_wanted():
+            return
         if self._partial_task is not None and not self._partial_task.done():
             return  # one partial at a time; the next progress event brings newer audio anyway
         audio = self._with_carry(event.audio)
         if audio.size >= self.policy.min_partial_ms * SPEECH_RATE // 1000:
             self._partial_task = self._tasks.spawn(self._partial_transcript(audio), "partial-asr")
+
+    def _partials_wanted(self) -> bool:
+        """A partial is one more transcription of the turn so far: free in process, a request (maybe
+        metered) to a remote ASR, which is asked only if it streams or the operator said so."""
+        if self.partials == "auto":
+            caps = self.asr.capabilities
+            return caps.cheap or (caps.partials and caps.streaming_input)
+        return self.partials == "on"
 
     def _prepare(self, event: SpeechPaused | SpeechEnded) -> None:
         self._begin(event, ended=isinstance(event, SpeechEnded))
@@ -300,7 +312,10 @@ class Conversation:
 
     async def _partial_transcript(self, audio: np.ndarray) -> None:
         committed = self.turn
-        result = await self.asr.transcribe(audio)
+        try:
+            result = await self.asr.transcribe(audio)
+        except BackendError:
+            return  # a partial is a nicety; the turn's own transcription reports a failing ASR
         if result.text and self.turn == committed and not self.busy:
             self.channel.send(events.transcript(self.turn + 1, result.text, final=False))
 

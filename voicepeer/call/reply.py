@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from ..backends.llm import LLM, LLMError, LLMOptions, Message
+from ..backends.base import BackendError
 from . import events
 from .events import EventHub
 from .text import SpeechChunker
@@ -24,26 +24,6 @@ from .turn import UserTurn
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I can't answer right now."
-
-
-async def tokens(
-    llm: LLM, messages: list[Message], options: LLMOptions, deadline_s: float
-) -> AsyncIterator[str]:
-    """The LLM's stream with a deadline on each token: a backend that stops answering is dead, and the
-    turn must not wait on it for ever."""
-    stream = llm.stream(messages, options)
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(deadline_s):
-                    token = await anext(stream)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise LLMError(f"no answer from the language model within {deadline_s:g} s") from None
-            yield token
-    finally:
-        await stream.aclose()
 
 
 class Reply:
@@ -75,7 +55,7 @@ class Reply:
                         break  # the reply is long enough: closing the stream stops the model
             for piece in chunker.flush():
                 self.sentences.put_nowait(piece)
-        except LLMError as exc:
+        except BackendError as exc:
             log.warning("turn: %s", exc)
             turn.send(self.channel, lambda e=exc: events.error("llm_failed", str(e)))
             if not written:  # nothing of a reply is on its way: apologise instead

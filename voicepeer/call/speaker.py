@@ -15,8 +15,10 @@ from collections.abc import Callable
 import numpy as np
 
 from ..audio.formats import Resampler
+from ..backends.base import BackendError
 from ..backends.tts import TTS
 from ..runtime.workers import run_blocking
+from . import events
 from .playout import Playout
 from .reply import Reply
 from .text import split_to_fit
@@ -60,26 +62,47 @@ class Speaker:
         output.add_listener(on_frame)
         rest: str | None = None
         first = True
+        voiced = True
         try:
             while (sentence := rest or await reply.sentences.get()) is not None:
                 rest = None
-                if not first and turn.committed.is_set():
+                if voiced and not first and turn.committed.is_set():
                     sentence, rest = self._cut(sentence)
                 first = False
-                started = asyncio.get_running_loop().time()
-                chunks = [chunk async for chunk in tts.synthesize(sentence)]
-                # Seconds of audio at a time: resampled off the loop, which paces every frame.
-                pcm = await run_blocking(lambda c=chunks: [resampler.push(x) for x in c])
-                tts.pace.observe(sentence, asyncio.get_running_loop().time() - started)
-                turn.metrics.mark("tts_first_audio_ms")
+                if voiced:
+                    try:
+                        await self._say(turn, sentence, resampler)
+                    except BackendError as exc:
+                        # No voice left (every TTS backend down): the rest of the reply is written.
+                        voiced = False
+                        turn.send(reply.channel, lambda e=exc: events.error("tts_failed", f"no voice: {e}"))
                 await turn.committed.wait()
-                start = output.queued_total
-                for chunk in pcm:
-                    output.enqueue(chunk)
-                turn.spans.append((sentence, start, output.queued_total))
                 reply.spoken.append(sentence)
             await turn.committed.wait()
             output.enqueue(resampler.flush())
             await output.wait_idle()
         finally:
             output.remove_listener(on_frame)
+
+    async def _say(self, turn: UserTurn, sentence: str, resampler: Resampler) -> None:
+        """One piece through the TTS onto the track, each chunk queued as it comes (a streaming TTS's
+        first audio plays before the piece is synthesized whole), once the turn is committed."""
+        loop, output, tts = asyncio.get_running_loop(), self.output, self.tts
+        started = loop.time()
+        waited = 0.0  # for the commit, not for the TTS: left out of its pace
+        start: int | None = None
+        async for chunk in tts.synthesize(sentence):
+            # Resampled off the loop, which paces every frame.
+            pcm = await run_blocking(resampler.push, chunk)
+            if start is None:
+                turn.metrics.mark("tts_first_audio_ms")
+            if not turn.committed.is_set():
+                before = loop.time()
+                await turn.committed.wait()
+                waited += loop.time() - before
+            if start is None:
+                start = output.queued_total
+            output.enqueue(pcm)
+        tts.pace.observe(sentence, loop.time() - started - waited)
+        if start is not None:
+            turn.spans.append((sentence, start, output.queued_total))

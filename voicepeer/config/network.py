@@ -74,6 +74,16 @@ class ServerConfig:
         ),
     )
     """A rolling restart, ``docker compose down`` or a pod deletion lets live calls end on their own."""
+    probe_interval_s: float = field(
+        default=5.0,
+        metadata=option(
+            "--probe-interval",
+            "seconds between health probes of the ASR, TTS and LLM backends (a failed one comes back "
+            "within this)",
+            low=0,
+            above=True,
+        ),
+    )
     media_timeout_s: float = field(
         default=10.0,
         metadata=option(

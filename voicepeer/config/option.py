@@ -106,6 +106,8 @@ class Declared:
         infinite TTL would fail only when a credential is minted."""
         opt, text = self.option, str(text)
         if self.kind is tuple:
+            if opt.convert is not None:
+                return opt.convert(text)
             return tuple(item.strip() for item in text.split(",") if item.strip())
         if self.optional and text.strip().lower() in ("", *(n for n in opt.none if isinstance(n, str))):
             return None

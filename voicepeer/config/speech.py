@@ -11,14 +11,50 @@ from dataclasses import dataclass, field
 
 from ..audio.vad import TurnParams
 from ..backends.llm import DEFAULT_SYSTEM_PROMPT, LLMOptions
+from ..backends.registry import Stage, parse_chain
 from ..call.turntaking import TurnPolicy
 from .option import Live, option
+
+BACKEND_SCHEMES = "embedded, wyoming://HOST:PORT, http(s)://HOST:PORT/v1"
+
+
+def _chain(stage: Stage):
+    return lambda text: tuple(parse_chain(stage, text))
 
 
 @dataclass(frozen=True)
 class ASRConfig:
-    """Speech recognition (faster-whisper)."""
+    """Speech recognition: a chain of backends, the embedded one faster-whisper."""
 
+    backends: tuple[str, ...] = field(
+        default=("embedded",),
+        metadata=option(
+            "--asr",
+            f"ASR backends tried in order, comma-separated: {BACKEND_SCHEMES}, ws(s)://HOST:PORT/asr "
+            "(WhisperLiveKit)",
+            env="ASR",
+            convert=_chain("asr"),
+            metavar="URL,...",
+        ),
+    )
+    timeout_s: float = field(
+        default=10.0,
+        metadata=option(
+            "--asr-timeout",
+            "seconds an ASR backend may take for a transcript before the next",
+            low=0,
+            above=True,
+        ),
+    )
+    partials: str = field(
+        default="auto",
+        metadata=option(
+            "--asr-partials",
+            "partial transcripts while the user speaks: auto = only from a backend that is cheap "
+            "(in process) or streams",
+            choices=("auto", "on", "off"),
+        ),
+    )
     model: str = field(
         default="tiny.en",
         metadata=option("--asr-model", "tiny.en, base, or a faster-whisper model directory"),
@@ -30,14 +66,24 @@ class ASRConfig:
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Reply generation: the embedded llama.cpp model, or an OpenAI-compatible server."""
+    """Reply generation: a chain of backends, the embedded one llama.cpp."""
 
+    backends: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--llm",
+            f"LLM backends tried in order, comma-separated: {BACKEND_SCHEMES}; none: --llm-url, or embedded",
+            env="LLM",
+            convert=_chain("llm"),
+            metavar="URL,...",
+        ),
+    )
     url: str | None = field(
         default=None,
         metadata=option(
             "--llm-url",
-            "base URL of an OpenAI-compatible server (Ollama: http://127.0.0.1:11434/v1); none: the "
-            "embedded model",
+            "base URL of an OpenAI-compatible server (Ollama: http://127.0.0.1:11434/v1), short for "
+            "--llm URL; none: the embedded model",
         ),
     )
     model: str | None = field(
@@ -87,6 +133,11 @@ class LLMConfig:
     """No first token within this time counts as a dead backend."""
 
     @property
+    def chain(self) -> tuple[str, ...]:
+        """The backends in order: ``--llm``, else ``--llm-url`` alone, else the embedded model."""
+        return self.backends or ((self.url,) if self.url else ("embedded",))
+
+    @property
     def options(self) -> LLMOptions:
         """How replies are generated, for the backend and for each call (which may change them)."""
         return LLMOptions(max_tokens=self.max_tokens, max_sentences=self.max_sentences)
@@ -94,8 +145,27 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class TTSConfig:
-    """Speech synthesis (Piper)."""
+    """Speech synthesis: a chain of backends, the embedded one Piper."""
 
+    backends: tuple[str, ...] = field(
+        default=("embedded",),
+        metadata=option(
+            "--tts",
+            f"TTS backends tried in order, comma-separated: {BACKEND_SCHEMES}",
+            env="TTS",
+            convert=_chain("tts"),
+            metavar="URL,...",
+        ),
+    )
+    timeout_s: float = field(
+        default=10.0,
+        metadata=option(
+            "--tts-timeout",
+            "seconds a TTS backend may take for its first audio (and between chunks) before the next",
+            low=0,
+            above=True,
+        ),
+    )
     voice: str | None = field(
         default=None,
         metadata=option(

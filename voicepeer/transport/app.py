@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from ..audio.vad import silero_session
+from ..backends.chain import Switch
 from ..call.services import Services, load_services
 from ..config import Config
 from ..runtime.workers import MEDIA_NICE, raise_priority, run_blocking
@@ -119,7 +120,11 @@ async def healthz(request: web.Request) -> web.Response:
         # 503, so a load balancer or a readiness probe stops sending new calls here.
         return web.json_response({"status": "draining", **body}, status=503)
     if state.services is not None:
-        return web.json_response({"status": "ready", **body})
+        # Ready even on a fallback or with a stage down: calls are answered (or apologised to), and
+        # pulling every replica when a shared inference server dies would make it worse.
+        backends = state.services.status()
+        degraded = any(stage["active"] != stage["backends"][0]["name"] for stage in backends.values())
+        return web.json_response({"status": "ready", "degraded": degraded, "backends": backends, **body})
     if state.load_error:
         return web.json_response({"status": "error", "error": state.load_error, **body}, status=503)
     return web.json_response({"status": "loading", **body}, status=503)
@@ -136,10 +141,28 @@ async def _load(app: web.Application) -> None:
         # The VAD runs on the media path at normal priority; everything else loads on an inference
         # thread, so the runtimes' own thread pools inherit its lower priority.
         await asyncio.to_thread(silero_session)
-        state.services = await run_blocking(load_services, state.config)
+        services = await run_blocking(load_services, state.config)
     except Exception as exc:
         log.error("model loading failed: %s", exc)
         state.load_error = str(exc)
+        return
+    state.owns_services = True
+    _attach(state, services)
+
+
+def _attach(state: ServerState, services: Services) -> None:
+    """Makes ``services`` the server's: their probes run, and each move of a stage to another backend
+    is a ``backend`` event to every call and a metric."""
+
+    def on_switch(switch: Switch) -> None:
+        state.metrics.backend_switches.labels(stage=switch.stage, to=switch.to or "none").inc()
+        event = switch.as_event()
+        for session in list(state.sessions.values()):
+            session.call.events.send(event)
+
+    state.detach_services = [chain.subscribe(on_switch) for chain in services.chains]
+    services.start()
+    state.services = services
 
 
 async def _on_startup(app: web.Application) -> None:
@@ -150,7 +173,9 @@ async def _on_startup(app: web.Application) -> None:
     if raise_priority():
         log.info("media path runs at nice %d", MEDIA_NICE)
     state.loop_monitor.start()
-    if state.services is None:
+    if state.services is not None:
+        _attach(state, state.services)
+    else:
         state.loading = asyncio.get_running_loop().create_task(_load(app))
 
 
@@ -162,6 +187,13 @@ async def _on_shutdown(app: web.Application) -> None:
     )
     if state.loading is not None and not state.loading.done():
         state.loading.cancel()
+    for detach in state.detach_services:
+        detach()
+    if state.services is not None:
+        if state.owns_services:
+            await state.services.aclose()
+        else:
+            await state.services.stop()
 
 
 def create_app(

@@ -55,6 +55,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.backend_switches = Counter(
+            "voicepeer_backend_switches",
+            "Moves of a stage (asr, tts, llm) to another backend, by the backend moved to (none: all down)",
+            ["stage", "to"],
+            registry=self.registry,
+        )
+
     def on_event(self, event: Event) -> None:
         """A call's event sink: a turn's ``metrics`` event feeds the stage histograms."""
         if event.get("type") != "metrics":
@@ -129,6 +136,18 @@ class _Live:
         yield GaugeMetricFamily(
             "voicepeer_asyncio_tasks", "Tasks alive on the event loop (a leak shows here)", value=_tasks()
         )
+        up = GaugeMetricFamily(
+            "voicepeer_backend_up",
+            "1 if the backend answered its last request or probe, 0 if it failed, -1 not yet asked",
+            labels=["stage", "backend"],
+        )
+        if state.services is not None:
+            for chain in state.services.chains:
+                for backend in chain.states:
+                    up.add_metric(
+                        [chain.stage, backend.backend.name], {None: -1, True: 1, False: 0}[backend.up]
+                    )
+        yield up
         yield CounterMetricFamily(
             "voicepeer_loop_lags_over_30ms", "Loop wake-ups over 30 ms late", value=lag.over_30ms
         )

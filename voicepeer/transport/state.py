@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -64,6 +65,9 @@ class ServerState:
     """Said loudly at start and in /healthz: a configuration that is unsafe to expose."""
     allowed_origins: frozenset[str] = frozenset()
     metrics: Metrics = field(default_factory=Metrics)
+    owns_services: bool = False
+    """The server loaded ``services`` itself (and closes them); given ones belong to the caller."""
+    detach_services: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.metrics.attach(self)
