@@ -159,12 +159,28 @@ def test_flags_and_variables_land_in_their_sections(monkeypatch):
         (["--drain", "-1"], "--drain"),
         (["--max-call", "nan"], "--max-call"),
         (["--metrics-public", "maybe"], "--metrics-public"),
+        (["--asr", "ftp://10.0.0.1/asr"], "--asr"),
+        (["--tts", "ws://127.0.0.1:8000/asr"], "--tts"),  # WhisperLiveKit only recognises
+        (["--llm", "wyoming://"], "--llm"),
+        (["--asr", " , "], "--asr"),
     ],
 )
 def test_a_bad_value_is_a_usage_error_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_backend_chains_come_from_flags_variables_and_the_llm_url_shorthand(monkeypatch):
+    monkeypatch.setenv("VOICEPEER_ASR", "wyoming://asr:10300, embedded")
+    argv = ["serve", "--tts", "http://tts:8000/v1,embedded", "--llm-url", "http://llm:8000/v1"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert config.asr.backends == ("wyoming://asr:10300", "embedded")
+    assert config.tts.backends == ("http://tts:8000/v1", "embedded")
+    assert config.llm.chain == ("http://llm:8000/v1",)  # --llm-url alone: the server, no fallback
+    config = config_from_args(build_parser().parse_args(["--llm", "http://gpu:8000/v1,embedded"]))
+    assert config.llm.chain == ("http://gpu:8000/v1", "embedded")
+    assert Config().llm.chain == ("embedded",) and Config().asr.backends == ("embedded",)
 
 
 def test_a_bad_variable_is_a_usage_error_naming_its_flag(monkeypatch, capsys):

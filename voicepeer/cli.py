@@ -54,6 +54,7 @@ def _add_option(group: argparse._ArgumentGroup, declared: Declared, argument_def
             option.flag,
             dest=declared.dest,
             action="append",
+            type=_converter(declared),
             default=argument_default,
             metavar=option.metavar,
             help=f"{text}; repeatable [{declared.env}, comma-separated]",
@@ -95,8 +96,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if declared.kind is tuple:
             if value is None:
                 env = os.environ.get(declared.env)
-                value = declared.default if env is None else declared.parse(env)
-            value = tuple(item.strip() for item in value if item.strip())
+                try:
+                    value = (declared.default if env is None else declared.parse(env),)
+                except ValueError as exc:
+                    print(f"voicepeer: {declared.env} (as {declared.option.flag}): {exc}", file=sys.stderr)
+                    raise SystemExit(2) from None
+            # Each flag (or the variable) is a comma-separated list; repeated flags add to it.
+            value = tuple(item.strip() for items in value for item in items if item.strip())
         values[declared.path] = value
     return Config().with_options(values)
 
