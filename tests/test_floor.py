@@ -24,8 +24,8 @@ from voicepeer.audio.vad import (
     SpeechResumed,
     SpeechStarted,
 )
-from voicepeer.call.control import SETTINGS
 from voicepeer.call.answer import ASR_APOLOGY
+from voicepeer.call.control import SETTINGS
 from voicepeer.call.conversation import TRANSITIONS, Conversation
 from voicepeer.call.floor import Committed, FloorMachine, ReplyOver, Transition
 from voicepeer.call.reply import APOLOGY
