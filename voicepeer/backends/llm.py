@@ -1,11 +1,12 @@
-"""Reply generation: the LLM interface, the embedded llama.cpp backend, and bounded chat history."""
+"""Reply generation: the LLM interface, the embedded llama.cpp backend, and bounded chat history.
+
+The OpenAI-compatible HTTP backend, ``OpenAICompatibleLLM``, is in ``openai.py`` with the other HTTP ones."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -225,68 +226,3 @@ class LlamaCppLLM(LLM):
             cancelled.set()
             # The generator may be closed from a cancelled task; wait for the thread without blocking it.
             future.add_done_callback(lambda f: f.exception())
-
-
-class OpenAICompatibleLLM(LLM):
-    """Chat completions over HTTP, streamed as server-sent events: Ollama, vLLM, llama.cpp's server,
-    llama-cpp-python's server, OpenAI. Nothing is loaded locally; the server owns the model.
-
-    Every failure (refused connection, an HTTP error, a malformed stream) surfaces as ``LLMError``, which
-    the conversation turns into an error event and a spoken apology.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str | None = None,
-        api_key: str | None = None,
-        options: LLMOptions | None = None,
-        connect_timeout_s: float = 5.0,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.path = f"{self.base_url}/chat/completions"
-        self.model = model or "default"
-        self.api_key = api_key
-        self.options = options or LLMOptions()
-        self.connect_timeout_s = connect_timeout_s
-
-    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
-        import aiohttp
-
-        options = options or self.options
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "stream": True,
-            "max_tokens": options.max_tokens,
-            "temperature": options.temperature,
-        }
-        for name in ("presence_penalty", "frequency_penalty"):
-            if value := getattr(options, name):
-                body[name] = value
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        # Only connecting is bounded here; the conversation bounds the wait for each token.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as http,
-                http.post(self.path, json=body, headers=headers) as response,
-            ):
-                if response.status != 200:
-                    detail = (await response.text())[:200]
-                    raise LLMError(f"the language model server answered {response.status}: {detail}")
-                async for raw in response.content:
-                    line = raw.decode("utf-8", "replace").strip()
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, event names
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    try:
-                        delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
-                    except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        raise LLMError(f"malformed stream from the language model server: {exc}") from None
-                    if delta:
-                        yield delta
-        except aiohttp.ClientError as exc:
-            raise LLMError(f"the language model server at {self.base_url} failed: {exc}") from None

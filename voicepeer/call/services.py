@@ -64,9 +64,10 @@ class Services:
         return {chain.stage: chain.status() for chain in self.chains}
 
 
-def context(config: Config) -> BackendContext:
+def context(config: Config, timeout_s: float) -> BackendContext:
+    """What a factory of a stage with this timeout needs from the configuration."""
     return BackendContext(
-        timeout_s=max(config.asr.timeout_s, config.tts.timeout_s),
+        timeout_s=timeout_s,
         asr_model=config.asr.model,
         asr_threads=config.asr.threads,
         tts_voice=config.tts.voice,
@@ -80,7 +81,7 @@ def context(config: Config) -> BackendContext:
 
 def build_chain(stage: Stage, urls: tuple[str, ...], config: Config, timeout_s: float) -> Chain:
     """Creates each backend of a stage's chain (loading the embedded models: blocking)."""
-    ctx = context(config)
+    ctx = context(config, timeout_s)
     backends = []
     for url in urls:
         backend = create(stage, url, ctx)
