@@ -101,6 +101,10 @@ class Chain(Generic[B]):
         return None if self._active is None else self.states[self._active].backend  # type: ignore[return-value]
 
     @property
+    def active_index(self) -> int | None:
+        return self._active
+
+    @property
     def first(self) -> B:
         return self.states[0].backend  # type: ignore[return-value]
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import numpy as np
 
 from ..audio.formats import Resampler
 from ..runtime.workers import run_blocking
-from .asr import ASR, Transcript
-from .base import Capabilities
-from .chain import Chain
+from .asr import ASR, ASRStream, Transcript
+from .base import BackendError, Capabilities
+from .chain import Chain, describe
 from .llm import LLM, LLMOptions, Message
 from .tts import TTS
+
+T = TypeVar("T")
 
 
 class ASRChain(ASR):
@@ -27,9 +31,53 @@ class ASRChain(ASR):
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         return await self.chain.call(lambda backend: backend.transcribe(audio))
 
+    async def open_stream(self) -> ASRStream:
+        """A stream on the active backend, if it takes one; its failures count against that backend
+        (the next turns go to the next one), and each step has the chain's timeout."""
+        index = self.chain.active_index
+        backend = self.chain.active
+        if index is None or backend is None or not backend.capabilities.streaming_input:
+            raise BackendError("the active ASR does not stream")
+        try:
+            async with asyncio.timeout(self.chain.timeout_s):
+                stream = await backend.open_stream()
+        except Exception as exc:
+            self.chain.failed(index, describe(exc, self.chain.timeout_s))
+            raise BackendError(f"asr: {describe(exc)}") from exc
+        return _ChainedStream(self.chain, index, stream)
+
     def warmup(self) -> None:
         for backend in self.chain.backends:
             backend.warmup()
+
+
+class _ChainedStream(ASRStream):
+    def __init__(self, chain: Chain[ASR], index: int, stream: ASRStream) -> None:
+        self._chain = chain
+        self._index = index
+        self._stream = stream
+
+    async def _step(self, step: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._chain.timeout_s):
+                return await step
+        except Exception as exc:
+            reason = describe(exc, self._chain.timeout_s)
+            self._chain.failed(self._index, reason)
+            raise BackendError(f"asr: {reason}") from exc
+
+    async def feed(self, audio: np.ndarray) -> None:
+        await self._step(self._stream.feed(audio))
+
+    @property
+    def partial(self) -> str:
+        return self._stream.partial
+
+    async def finish(self) -> Transcript:
+        return await self._step(self._stream.finish())
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class TTSChain(TTS):

@@ -114,7 +114,8 @@ class Answerer:
         a user who spoke must not be met with silence)."""
         if text is None:
             try:
-                text = (await self.asr.transcribe(turn.audio)).text
+                heard = await turn.live.finish(turn.audio) if turn.live is not None else None
+                text = (heard or await self.asr.transcribe(turn.audio)).text
             except Exception as exc:
                 if not isinstance(exc, BackendError):
                     log.exception("ASR failed")

@@ -57,6 +57,7 @@ from .floor import (
     Transition,
     Unanswered,
 )
+from .live import LiveTranscript
 from .playout import Playout
 from .services import Services
 from .turn import UserTurn
@@ -103,6 +104,8 @@ class Conversation:
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
         self._unanswered_end = -1  # end sample of the last utterance that had nothing to answer
         self._partial_task: asyncio.Task[None] | None = None
+        self._live: LiveTranscript | None = None  # the utterance's stream, with a streaming ASR
+        self._live_sent = ""
         self._closed = False
 
     def start(self) -> None:
@@ -149,6 +152,7 @@ class Conversation:
             return
         if isinstance(event, SpeechStarted):
             self.channel.send(events.vad_start(self.state))
+            self._new_live()
         row = self.machine.fire(event)
         if not isinstance(event, SpeechProgress):
             log.debug("%s on %s floor: %s", type(event).__name__, self.floor.value, row or "nothing")
@@ -168,7 +172,22 @@ class Conversation:
 
     # -- the handlers of TRANSITIONS ---------------------------------------------------------------
 
+    def _new_live(self) -> None:
+        """A new utterance: a streaming ASR gets a new stream for it (the old one, if no turn took it,
+        is abandoned)."""
+        old, self._live = self._live, None
+        if old is not None:
+            self._tasks.spawn(old.aclose(), "live-close")
+        if self.asr.capabilities.streaming_input:
+            self._live = LiveTranscript(self.asr)
+
     def _partial(self, event: SpeechProgress) -> None:
+        if self._live is not None and not self._live.done:
+            if self._partial_task is None or self._partial_task.done():
+                self._partial_task = self._tasks.spawn(
+                    self._live_partial(self._live, event.audio), "live-asr"
+                )
+            return
         if not self._partials_wanted():
             return
         if self._partial_task is not None and not self._partial_task.done():
@@ -307,8 +326,19 @@ class Conversation:
                 self._carry = held.audio  # the user went on from a held phrase: keep its words
             self._abandon()
         turn = UserTurn(utterance, self._with_carry(utterance.audio), ended)
+        if self._carry is None and self._live is not None and not self._live.done:
+            turn.live = self._live  # the stream has this very audio: it gives the transcript
         self._current = turn
         turn.task = self._tasks.spawn(self.answerer.run(turn, text, self.turn + 1), "turn")
+
+    async def _live_partial(self, live: LiveTranscript, audio: np.ndarray) -> None:
+        committed = self.turn
+        text = await live.feed(audio)
+        if self.partials == "off" or not text or text == self._live_sent:
+            return
+        if self.turn == committed and not self.busy:
+            self._live_sent = text
+            self.channel.send(events.transcript(self.turn + 1, text, final=False))
 
     async def _partial_transcript(self, audio: np.ndarray) -> None:
         committed = self.turn
@@ -343,6 +373,8 @@ class Conversation:
         self._closed = True
         self._barge.clear()
         await self._tasks.cancel_all()
+        if self._live is not None:
+            await self._live.aclose()
         self._current = None
 
 

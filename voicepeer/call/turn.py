@@ -21,6 +21,7 @@ from ..audio.formats import SPEECH_RATE
 from ..audio.vad import Utterance
 from ..runtime.workers import run_blocking
 from .events import Event, EventHub
+from .live import LiveTranscript
 from .text import looks_unfinished
 from .turntaking import TurnPolicy
 
@@ -69,6 +70,8 @@ class UserTurn:
         """The reply's voice has started to play."""
         self.spans: list[tuple[str, int, int]] = []
         """Spoken pieces and their sample range on the outbound track's ``queued_total`` axis."""
+        self.live: LiveTranscript | None = None
+        """A streaming ASR's stream of this very audio, which gives the transcript (``call.live``)."""
         self._held: list[Callable[[], Event]] = []
 
     def send(self, channel: EventHub, make: Callable[[], Event]) -> None:
