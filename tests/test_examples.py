@@ -133,7 +133,7 @@ async def test_a_typed_question_gets_the_rules_answer_as_speech(services, tmp_pa
 
 def test_extending_md_shows_the_examples_as_they_are():
     page = (ROOT / "docs" / "extending.md").read_text()
-    for example in (EXAMPLE, ROOT / "examples" / "typed_call.py"):
+    for example in (EXAMPLE, ROOT / "examples" / "typed_call.py", ROOT / "examples" / "espeak_tts.py"):
         assert f"```python\n{example.read_text()}```" in page, (
             f"docs/extending.md shows an old {example.name}"
         )

@@ -172,7 +172,7 @@ class Chain(Generic[B]):
                 self._log_failure(index, exc, reason)
                 self.failed(index, reason)
                 if attempt == 1 or self._active in (None, index):
-                    raise BackendError(f"{self.stage}: {reason}") from exc
+                    raise BackendError(f"{self.stage} {self.states[index].backend.name}: {reason}") from exc
                 continue
             self._succeeded(index)
             return result
@@ -212,7 +212,7 @@ class Chain(Generic[B]):
                 self._log_failure(index, exc, reason)
                 self.failed(index, reason)
                 if started or attempt == 1 or self._active in (None, index):
-                    raise BackendError(f"{self.stage}: {reason}") from exc
+                    raise BackendError(f"{self.stage} {self.states[index].backend.name}: {reason}") from exc
             finally:
                 aclose = getattr(items, "aclose", None)
                 if aclose is not None:
