@@ -7,12 +7,14 @@ that comes back, and a stage with no backend left."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.support.rtc_client import RtcClient
-from tests.support.server import ServerProcess, free_port
+from tests.support.server import ROOT, ServerProcess, free_port
 from tests.support.speech import read_wav
 from tests.support.wyoming_servers import wyoming_asr_server, wyoming_tts_server
 from voicepeer.call.answer import ASR_APOLOGY
@@ -143,3 +145,16 @@ async def test_with_no_asr_left_the_user_hears_an_apology_and_the_call_stays_up(
             assert server.get_json("/healthz")["sessions"] == 1
         finally:
             await client.close()
+
+
+def test_check_probes_every_backend_and_says_what_is_wrong_in_one_line_each():
+    dead = f"wyoming://127.0.0.1:{free_port()}"
+    run = [sys.executable, "-m", "voicepeer", "check", "--asr", f"{dead},embedded"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr
+    assert f"asr: {dead}: connection refused" in lines
+    assert any(line.startswith("asr: embedded (") and line.endswith(": ok") for line in lines), lines
+    assert [line.split(":")[0] for line in lines] == ["asr", "asr", "tts", "llm", "end_of_turn"]
+    alone = subprocess.run([*run[:-1], dead], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert alone.returncode == 1 and "no asr backend answers" in alone.stderr
