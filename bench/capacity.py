@@ -10,7 +10,13 @@ The capacity is the largest level whose median first frame stays within ``--slac
 the one-call median: beyond it, every extra talking call makes every caller wait noticeably longer. It
 is what ``TALKING_CALLS_PER_CORE`` in voicepeer.config (the ``--max-sessions`` default) comes from.
 
-    python -m bench.capacity [--rounds 3] [--levels 1,2,3,4]
+``--remote`` runs the same calls with the models in separate server processes on the same machine
+(wyoming-faster-whisper, wyoming-piper and llama-cpp-python's server, started by the bench: see
+``bench.media.remote_inference``), the peer doing media only: what moving inference out of the peer
+costs or gains when both still share the cores. Each level also reports the CPU seconds the peer and
+the inference servers used. One call before the first level warms the models up and is not counted.
+
+    python -m bench.capacity [--rounds 3] [--levels 1,2,3,4] [--remote]
 
 Prints one JSON document, then a one-line summary.
 """
@@ -23,13 +29,17 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from bench.latency import QUESTIONS, percentile, scrape_media_health
+from bench.media import remote_inference, tree_cpu_s
 from tests.support.rtc_client import RtcClient
 from tests.support.server import ServerProcess
 from tests.support.speech import SpeechFile, read_wav, speak
+
+REMOTE_MODELS = "remote: wyoming-faster-whisper, wyoming-piper, llama-cpp-python's server"
 
 
 async def one_call(url: str, question: SpeechFile, start: asyncio.Event) -> dict[str, Any]:
@@ -70,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--levels", default="1,2,3,4")
     parser.add_argument("--slack", type=float, default=1.5)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/capacity.json"))
+    parser.add_argument("--remote", action="store_true", help="the models in server processes of their own")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted calls before the first level")
+    parser.add_argument("--out", type=Path, help="default bench/results/capacity[-remote].json")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
+    out = args.out or Path(f"bench/results/capacity{'-remote' if args.remote else ''}.json")
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-capacity-"))
     questions = [
@@ -83,12 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table: list[dict[str, Any]] = []
     before: dict[str, Any] = {}
-    with ServerProcess(
-        "--max-sessions", str(max(levels) + 1), "--offers-per-minute", "0", log_path=work / "server.log"
-    ) as server:
+    loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
+    with ExitStack() as stack:
+        inference = stack.enter_context(remote_inference(work)) if args.remote else None
+        server = stack.enter_context(
+            ServerProcess(
+                "--max-sessions",
+                str(max(levels) + 1),
+                "--offers-per-minute",
+                "0",
+                *(inference.flags() if inference else []),
+                log_path=work / "server.log",
+            )
+        )
+        assert server.proc is not None
+        watched = {"peer": server.proc.pid} | (inference.pids() if inference else {})
+        for w in range(args.warmup):
+            warm = asyncio.run(level(server.url, 1, questions, w))
+            print(f"  warm-up: {[c['first_frame_sent_ms'] for c in warm]}", file=sys.stderr)
         for n in levels:
             calls: list[dict[str, Any]] = []
             before = scrape_media_health(server)
+            cpu_before = {name: tree_cpu_s(pid) for name, pid in watched.items()}
             for r in range(args.rounds):
                 calls += asyncio.run(level(server.url, n, questions, r))
                 print(
@@ -96,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             after = scrape_media_health(server)
+            cpu = {name: round(tree_cpu_s(pid) - cpu_before[name], 1) for name, pid in watched.items()}
             frames = after["outbound_frames_total"] - before["outbound_frames_total"]
             gaps = after["outbound_gaps_total"] - before["outbound_gaps_total"]
             first = [c["first_frame_sent_ms"] for c in calls if c["first_frame_sent_ms"] is not None]
@@ -109,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loop_lag_p99_ms": after["loop_lag_p99_ms"],
                     "loop_lag_max_ms": after["loop_lag_max_ms"],
                     "outbound_gaps_per_minute": round(gaps / (frames * 0.02 / 60), 2) if frames else None,
+                    "cpu_s": cpu,
                     "details": calls,
                 }
             )
@@ -120,14 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     report = {
         "benchmark": "capacity",
+        "models": REMOTE_MODELS if args.remote else "embedded",
         "cores": cores,
+        "loadavg_before": loadavg_before,
+        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
         "slack": args.slack,
         "capacity_talking_calls": capacity,
         "talking_calls_per_core": round(capacity / cores, 2),
         "levels": table,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
     print(
         json.dumps(
             {k: v for k, v in report.items() if k != "levels"}
@@ -136,14 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     rows = "; ".join(
-        f"{row['talking_calls']}: first frame p50 {row['first_frame_ms']['p50']} ms, onset p50 "
-        f"{row['client_onset_ms']['p50']} ms, lag p99 {row['loop_lag_p99_ms']} ms, "
-        f"gaps/min {row['outbound_gaps_per_minute']}"
+        f"{row['talking_calls']}: first frame p50 {row['first_frame_ms']['p50']} ms p95 "
+        f"{row['first_frame_ms']['p95']} ms, onset p50 {row['client_onset_ms']['p50']} ms, lag p99 "
+        f"{row['loop_lag_p99_ms']} ms, gaps/min {row['outbound_gaps_per_minute']}"
         for row in table
     )
+    models = "remote" if args.remote else "embedded"
     print(
-        f"capacity: {capacity} talking calls on {cores} cores ({report['talking_calls_per_core']} per core, "
-        f"first frame within {args.slack}x of one call's); {rows}"
+        f"capacity ({models} models): {capacity} talking calls on {cores} cores "
+        f"({report['talking_calls_per_core']} per core, first frame within {args.slack}x of one call's); "
+        f"{rows}"
     )
     return 0
 

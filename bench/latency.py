@@ -13,7 +13,10 @@ canceller on, no echo); ``speaker``, a loudspeaker next to the microphone (the b
 the bot's voice mixed back into what the page sends, for the server's canceller to remove).
 
     python -m bench.latency [--voices espeak,flite,slt] [--room headphones] [--rounds 1] [--repeat 1]
-                            [--questions 10] [--long 10] [--url http://127.0.0.1:8080]
+                            [--questions 10] [--long 10] [--url http://127.0.0.1:8080] [--remote]
+
+``--remote``: the started server's models in server processes of their own (Wyoming ASR and TTS,
+llama-cpp-python's server; ``bench.media.remote_inference``), the peer doing media only.
 
 Prints one JSON document, then a one-line summary. With ``--repeat N`` the summary holds the medians of
 the N runs' numbers (each run's own summary is kept under ``runs``).
@@ -29,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -475,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         "--room", default="headphones", help=f"comma-separated, of {', '.join(browser.ROOMS)} (%(default)s)"
     )
     parser.add_argument("--url", help="an already running server; default: start one")
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="the started server's ASR, TTS and LLM in server processes of their own (bench.media)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     parser.add_argument("server_args", nargs="*", help="extra `voicepeer serve` flags for the started server")
     args = parser.parse_args(argv)
@@ -527,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         run_all(args.url, None)
     else:
-        with ServerProcess(*BENCH_SERVER_ARGS, *args.server_args, log_path=work / "server.log") as server:
+        from bench.media import remote_inference  # bench.media uses this module's helpers
+
+        with ExitStack() as stack:
+            remote = stack.enter_context(remote_inference(work)).flags() if args.remote else []
+            flags = (*BENCH_SERVER_ARGS, *remote, *args.server_args)
+            server = stack.enter_context(ServerProcess(*flags, log_path=work / "server.log"))
             run_all(server.url, server)
 
     summary = median_tree([r["summary"] for r in runs]) if len(runs) > 1 else runs[0]["summary"]
