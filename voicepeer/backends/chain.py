@@ -26,7 +26,6 @@ B = TypeVar("B", bound=Backend)
 R = TypeVar("R")
 
 
-
 @dataclass(frozen=True)
 class Switch:
     """The stage moved from one backend to another (``to`` None: every backend is down)."""

@@ -1,6 +1,7 @@
 """Reply generation: the LLM interface, the embedded llama.cpp backend, and bounded chat history.
 
-The OpenAI-compatible HTTP backend, ``OpenAICompatibleLLM``, is in ``openai/chat.py`` with the other HTTP ones."""
+The OpenAI-compatible HTTP backend, ``OpenAICompatibleLLM``, is in ``openai/chat.py`` with the other
+HTTP ones."""
 
 from __future__ import annotations
 
