@@ -96,14 +96,16 @@ async def test_a_failing_asr_gives_an_error_event_and_the_call_goes_on(services,
         assert not line.call.closed
 
 
-async def test_a_failing_tts_gives_reply_failed_and_the_next_turn_is_answered(services, make_speech):
+async def test_a_failing_tts_leaves_the_reply_written_and_the_next_turn_is_answered(services, make_speech):
     question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
     broken = Services(asr=services.asr, llm=services.llm, tts=FailingTTS())
     async with virtual_call(broken) as line:
         pcm = read_wav(question.path)[0]
         line.say(pcm)
         _, err = await line.wait_for(lambda m: m["type"] == "error", 60)
-        assert err["code"] == "reply_failed" and "injected TTS fault" in err["message"]
+        assert err["code"] == "tts_failed" and "injected TTS fault" in err["message"]
+        _, reply = await line.wait_for(lambda m: m["type"] == "reply" and m["final"], 30)
+        assert reply["text"]  # no voice, but the words
         await line.wait_for(lambda m: m["type"] == "metrics" and m["turn"] == 1, 30)
         assert line.call.conversation.state == "listening"
         line.say(pcm)

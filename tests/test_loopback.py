@@ -11,10 +11,12 @@ import pytest
 from tests.support.calls import call, serve, wait_until
 from tests.support.rtc_client import RtcClient
 from tests.support.speech import read_wav
+from voicepeer.backends.chain import Chain
 from voicepeer.backends.llm import LLM, Message
+from voicepeer.backends.stages import LLMChain
 from voicepeer.call.services import Services
 from voicepeer.call.text import words
-from voicepeer.config import LLMConfig, ServerConfig
+from voicepeer.config import ServerConfig
 from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
@@ -68,8 +70,10 @@ class DeadLLM(LLM):
 
 async def test_a_dead_llm_gives_an_error_and_a_spoken_apology_and_the_session_goes_on(services, make_speech):
     question = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
-    dead = Services(asr=services.asr, llm=DeadLLM(), tts=services.tts)
-    async with call(dead, llm=LLMConfig(timeout_s=1.0)) as (_server, client):
+    # The LLM stage's timeout is its chain's (``--llm-timeout`` builds it so).
+    llm = LLMChain(Chain("llm", [DeadLLM()], timeout_s=1.0))
+    dead = Services(asr=services.asr, llm=llm, tts=services.tts)
+    async with call(dead) as (_server, client):
         pcm = read_wav(question.path)[0]
         client.say(pcm)
         t_err, err = await client.wait_for(lambda m: m["type"] == "error", 30)
@@ -112,8 +116,9 @@ class StallingLLM(LLM):
 
 async def test_an_llm_that_stalls_mid_reply_keeps_what_was_said_and_adds_no_apology(services, make_speech):
     question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
-    stalling = Services(asr=services.asr, llm=StallingLLM(), tts=services.tts)
-    async with call(stalling, llm=LLMConfig(timeout_s=1.0)) as (_server, client):
+    llm = LLMChain(Chain("llm", [StallingLLM()], timeout_s=1.0))
+    stalling = Services(asr=services.asr, llm=llm, tts=services.tts)
+    async with call(stalling) as (_server, client):
         client.say(read_wav(question.path)[0])
         _, err = await client.wait_for(lambda m: m["type"] == "error", 30)
         assert err["code"] == "llm_failed"
