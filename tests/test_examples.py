@@ -103,7 +103,9 @@ async def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float
 @pytest.mark.slow
 async def test_main_serves_the_rules_to_a_spoken_question(example, make_speech):
     url, proc, log = example
-    assert await wait_ready(url, proc, log) == {"status": "ready", "sessions": 0}
+    health = await wait_ready(url, proc, log)
+    assert (health["status"], health["sessions"], health["degraded"]) == ("ready", 0, False)
+    assert health["backends"]["llm"]["active"] == "embedded"  # a bare backend: a chain of one
     question = make_speech("When are you open?", lead_s=0.5, tail_s=1.5)
     client = RtcClient(url)
     try:
