@@ -20,7 +20,7 @@ def llama_cpp_server(log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
     port = free_port()
     log = open(log_path, "wb")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(models.default_gguf())]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--interrupt_requests", "false"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -134,6 +134,8 @@ class OpenAICompatibleLLM(LLM):
                     data = line[5:].strip()
                     if data == "[DONE]":
                         await _drain(response)
+                        if not total:  # a clean end with no words: a server that dropped the reply
+                            raise LLMError("the language model server ended its reply with no text")
                         return
                     try:
                         delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
@@ -148,6 +150,7 @@ class OpenAICompatibleLLM(LLM):
                         if total > MAX_TEXT_CHARS:
                             raise LLMError(f"the language model server sent over {MAX_TEXT_CHARS} characters")
                         yield delta
+                raise LLMError("the language model server's stream ended without [DONE]")
         except LLMError:
             raise
         except BackendError as exc:  # a transport failure, named by the HTTP client
