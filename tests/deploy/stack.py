@@ -94,6 +94,26 @@ class Stack:
         held = metric_values(text).get("voicepeer_sessions")
         return None if held is None else int(held)
 
+    def backends(self, replica: str) -> dict[str, Any]:
+        """A replica's stages as its ``/healthz`` lists them: ``{"asr": {"active": name, "backends":
+        [{"name", "state", "requests", ...}]}, "tts": ..., "llm": ...}``."""
+        status, _, body = self.request("GET", f"/r/{replica}/healthz")
+        assert status == 200 and "backends" in body, (status, body)
+        return body["backends"]
+
+    def wait_active(
+        self, expected: dict[str, str], replicas: tuple[str, ...] = ("peer1", "peer2"), timeout: float = 90
+    ) -> None:
+        """Waits until every replica's stages use the backends ``expected`` names (stage -> name)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            actives = {r: {s: self.backends(r)[s]["active"] for s in expected} for r in replicas}
+            if all(a == expected for a in actives.values()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backends not {expected} after {timeout} s: {actives}\n{self.logs()}")
+            time.sleep(1)
+
     def wait_idle(self, replicas: tuple[str, ...] = ("peer1", "peer2"), timeout: float = 90) -> None:
         """Waits until no replica holds a call: a call a failed test left behind (a browser closed
         without hanging up ends when ICE gives up on it) must not fail the next test as "busy"."""

@@ -1,6 +1,8 @@
 """The deployment, built and run: the images, the compose stack in a real dockerd, a real Chromium
-through the HTTPS front door with its media relayed by coturn, replicas that share the calls, a
-drain on SIGTERM, and a ``down`` that leaves nothing. ``make test-deploy`` builds the images first."""
+through the HTTPS front door with its media relayed by coturn, calls transcribed and voiced by the
+inference services (and answered by the peers' own models while one is stopped), replicas that share
+the calls, a drain on SIGTERM, and a ``down`` that leaves nothing. ``make test-deploy`` builds the
+images first."""
 
 from __future__ import annotations
 
@@ -15,8 +17,14 @@ from tests.deploy.stack import FRONT, Stack
 from tests.support import browser
 from tests.support.offers import local_offer
 from tests.support.rtc_client import RtcClient
+from tests.support.speech import read_wav
+from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
+
+SERVICES = ["peer1", "peer2", "asr", "tts", "llm", "frontdoor"]
+INFERENCE = {"asr": "wyoming://asr:10300", "tts": "wyoming://tts:10200", "llm": "http://llm:8000/v1"}
+"""The backend each stage of a peer uses while the inference services are up (docker/compose.yaml)."""
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +38,50 @@ def stack(tmp_path_factory):
     s.down()
     started = time.monotonic()
     s.compose("up", "-d", "--no-build")
-    s.wait_healthy(["peer1", "peer2", "llm", "frontdoor"])
+    s.wait_healthy(SERVICES)
     s.up_to_healthy_s = round(time.monotonic() - started, 1)
     print(f"stack: up -> healthy in {s.up_to_healthy_s} s")
     try:
         yield s
     finally:
-        (s.log_dir / "compose.log").write_text(s.logs())
-        s.down()
+        if s.containers():  # not yet downed by test_down_leaves_no_container (the last test)
+            (s.log_dir / "compose.log").write_text(s.logs())
+            s.down()
 
 
 def replica_of(url: str) -> str:
     assert url.startswith("/r/peer"), url
     return url.split("/")[2]
+
+
+def requests_to(backends: dict, stage: str, name: str) -> int:
+    """How many requests a replica's ``stage`` sent to the backend ``name`` (its /healthz count)."""
+    (state,) = [b for b in backends[stage]["backends"] if b["name"] == name]
+    return state["requests"]
+
+
+def final(kind: str, turn: int):
+    return lambda m: m["type"] == kind and m.get("final") and m["turn"] == turn
+
+
+async def connected_call(stack: Stack) -> tuple[RtcClient, str]:
+    """A call through the front door (its events channel open) and the replica that holds it."""
+    await asyncio.to_thread(stack.wait_idle)
+    client = RtcClient(FRONT, token=stack.token, ssl=False)
+    await client.connect()
+    await client.wait_for(lambda m: m["type"] == "session", 20)
+    return client, replica_of(client.answer["session_url"])
+
+
+async def answered(client: RtcClient, turn: int, expected: set[str]) -> dict:
+    """Waits for turn ``turn``'s transcript (``expected``: some of its words, tiny.en may miss one)
+    and its whole spoken reply; returns the final transcript."""
+    _, transcript = await client.wait_for(final("transcript", turn), 60)
+    assert len(expected & set(words(transcript["text"]))) >= 2, transcript
+    await client.wait_for(lambda m: m["type"] == "metrics" and m["turn"] == turn, 90)
+    replies = [m for m in client.messages("reply") if m.get("final") and m["turn"] == turn]
+    assert replies and replies[0]["text"].strip(), f"turn {turn} unanswered:\n{client.summary()}"
+    return transcript
 
 
 def test_the_front_door_serves_the_page_and_needs_the_token(stack):
@@ -68,6 +107,76 @@ def test_a_browser_call_over_https_with_media_relayed_by_coturn(stack, make_spee
         assert page.evaluate(browser.SELECTED_CANDIDATE_TYPE_JS) == "relay"
         browser.expect_spoken_answer(page, {"weather", "today"}, 40_000, 90_000)
         page.click("#connect")
+
+
+async def test_a_spoken_call_is_transcribed_answered_and_voiced_by_the_inference_services(stack, make_speech):
+    question = make_speech("Tell me about the weather in London today.", lead_s=0.5, tail_s=1.5)
+    await asyncio.to_thread(stack.wait_active, INFERENCE)
+    client, replica = await connected_call(stack)
+    try:
+        before = await asyncio.to_thread(stack.backends, replica)
+        sent_at = client.say(read_wav(question.path)[0])
+        await answered(client, 1, {"weather", "london", "today"})
+        onset = client.received.voiced_after(sent_at + question.speech_end_s)
+        assert onset is not None, "no reply audio reached the client"
+        after = await asyncio.to_thread(stack.backends, replica)
+    finally:
+        await client.close()
+    # Every stage ran on its server: their request counts grew, the peer's own models' did not, and
+    # no stage moved during the call.
+    for stage, name in INFERENCE.items():
+        assert after[stage]["active"] == name, after
+        assert requests_to(after, stage, name) > requests_to(before, stage, name), (stage, before, after)
+        assert requests_to(after, stage, "embedded") == requests_to(before, stage, "embedded"), stage
+    assert client.messages("backend") == [] and client.messages("error") == []
+
+
+async def test_a_call_goes_on_with_the_peers_own_asr_while_the_asr_server_is_stopped(stack, make_speech):
+    first = make_speech("What is the capital of France?", lead_s=0.5, tail_s=1.5)
+    second = make_speech("Tell me about the weather in London today.", lead_s=0.5, tail_s=1.5)
+    asr = INFERENCE["asr"]
+    await asyncio.to_thread(stack.wait_active, INFERENCE)
+    client, replica = await connected_call(stack)
+    loop = asyncio.get_running_loop()
+    try:
+        client.say(read_wav(first.path)[0])
+        await answered(client, 1, {"capital", "france", "what"})
+
+        await asyncio.to_thread(stack.docker, "stop", stack.container("asr"))
+        stopped_at = loop.time()
+        client.say(read_wav(second.path)[0])
+        # The turn's first transcription fails on the dead server, is retried on the embedded whisper,
+        # and the stage stays there: one backend event, and the turn is answered all the same.
+        t_switch, switch = await client.wait_for(lambda m: m["type"] == "backend", 60)
+        assert (switch["stage"], switch["from"], switch["to"]) == ("asr", asr, "embedded"), switch
+        assert switch["reason"]
+        await answered(client, 2, {"weather", "london", "today"})
+        t_answered = loop.time()
+        assert client.messages("error") == []
+        status = await asyncio.to_thread(stack.backends, replica)
+        assert status["asr"]["active"] == "embedded" and requests_to(status, "asr", "embedded") > 0
+        assert status["tts"]["active"] == INFERENCE["tts"], status  # the other stages stay where they were
+
+        # Back: the next probe (every 5 s, --probe-interval) after the server answers moves it back.
+        await asyncio.to_thread(stack.docker, "start", stack.container("asr"))
+        started_at = loop.time()
+        t_back, back = await client.wait_for(lambda m: m["type"] == "backend" and m["to"] == asr, 90)
+        assert (back["stage"], back["from"]) == ("asr", "embedded"), back
+        print(
+            f"asr stopped: backend event after {t_switch - stopped_at:.1f} s ({switch['reason']}), turn "
+            f"answered after {t_answered - stopped_at:.1f} s; asr started: back after "
+            f"{t_back - started_at:.1f} s"
+        )
+        served = requests_to(await asyncio.to_thread(stack.backends, replica), "asr", asr)
+        client.say(read_wav(first.path)[0])
+        await answered(client, 3, {"capital", "france", "what"})
+        assert requests_to(await asyncio.to_thread(stack.backends, replica), "asr", asr) > served
+        assert len(client.messages("backend")) == 2
+    finally:
+        await client.close()
+        # Whatever failed above, the next tests get the whole stack.
+        stack.docker("start", stack.container("asr"), check=False)
+        await asyncio.to_thread(stack.wait_healthy, ["asr"])
 
 
 async def test_a_full_replica_passes_the_next_call_on_and_hang_ups_reach_their_replica(stack):
@@ -134,7 +243,7 @@ async def test_sigterm_drains_a_replica_without_cutting_its_call(stack):
 
 
 def test_down_leaves_no_container(stack):
-    assert len(stack.containers()) == 5
+    assert len(stack.containers()) == len(SERVICES) + 1  # and turn
+    (stack.log_dir / "compose.log").write_text(stack.logs())  # the fixture's would find nothing
     stack.down()
     assert stack.containers() == []
-    stack.compose("up", "-d", "--no-build")  # the fixture's teardown downs it again
