@@ -515,6 +515,8 @@ LLM_FAULTS = {
         "failed",
     ),
     "silence": (hang, "timed out after 1 s"),
+    "no text": (send(response("200 OK", "text/event-stream", sse("[DONE]"))), "ended its reply with no text"),
+    "no end": (send(response("200 OK", "text/event-stream", sse(delta("Hi")))), "ended without [DONE]"),
 }
 
 
