@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from tests.support.openai_servers import faster_whisper_server, local_tts_studio, openai_url
-from tests.support.speech import read_wav
-from voicepeer.audio.formats import SPEECH_RATE, Resampler
-from voicepeer.backends.asr import Transcript, WhisperASR
+from tests.support.speech import read_wav, to_speech_rate
+from voicepeer.audio.formats import SPEECH_RATE, rms_dbfs
+from voicepeer.backends.asr import Transcript
 from voicepeer.backends.base import MAX_TEXT_CHARS, BackendError
 from voicepeer.backends.llm import History, LLMError
 from voicepeer.backends.openai import (
@@ -31,6 +31,7 @@ from voicepeer.backends.openai import (
     max_speech_s,
 )
 from voicepeer.backends.registry import BackendContext, BadBackendURL, create
+from voicepeer.call.text import words as spoken_words
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +40,7 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
 def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
-
-
-def to_speech_rate(pcm: np.ndarray, rate: int) -> np.ndarray:
-    resampler = Resampler(rate, SPEECH_RATE)
-    return np.concatenate([resampler.push(pcm), resampler.flush()])
-
-
-def dbfs(pcm: np.ndarray) -> float:
-    rms = np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) / 32768
-    return 20 * np.log10(max(rms, 1e-9))
+    return set(spoken_words(text))
 
 
 async def speak(tts: OpenAITTS, text: str) -> np.ndarray:
@@ -74,8 +65,9 @@ def tts_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def whisper():
-    return WhisperASR("tiny.en")
+def whisper(services):
+    """The process's embedded recogniser, loaded once for the run, to hear a voice back."""
+    return services.asr.chain.first
 
 
 async def test_transcribes_a_spoken_question(asr_server, make_speech):
@@ -107,7 +99,7 @@ async def test_speech_from_local_tts_studio_is_audible_and_heard_back(tts_server
         await tts.probe()
     finally:
         await tts.aclose()
-    assert dbfs(audio) > -35
+    assert rms_dbfs(audio) > -35
     assert 2.0 < audio.size / tts.sample_rate < 8.0
     heard = (await whisper.transcribe(to_speech_rate(audio, tts.sample_rate))).text
     assert len(words(heard) & {"quick", "brown", "fox", "lazy", "dog", "river"}) >= 4, heard

@@ -19,13 +19,14 @@ from voicepeer.audio.formats import SPEECH_RATE
 from voicepeer.backends import registry
 from voicepeer.backends.base import BackendError
 from voicepeer.backends.whisperlivekit import WhisperLiveKitASR
+from voicepeer.call.text import words as spoken_words
 
 QUESTION = "What is the weather like in Paris today?"
 CONTENT = {"weather", "paris", "today"}
 
 
 def words(text: str) -> set[str]:
-    return {w.strip(".,?!-").lower() for w in text.split()}
+    return set(spoken_words(text))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,16 +14,16 @@ import numpy as np
 import pytest
 
 from tests.support.server import free_port
-from tests.support.speech import read_wav
+from tests.support.speech import read_wav, to_speech_rate
 from tests.support.wyoming_servers import wyoming_asr_server, wyoming_tts_server
-from voicepeer.audio.formats import SPEECH_RATE, Resampler
-from voicepeer.backends.asr import WhisperASR
+from voicepeer.audio.formats import SPEECH_RATE
 from voicepeer.backends.base import MAX_TEXT_CHARS, BackendError
 from voicepeer.backends.chain import Chain, Switch
 from voicepeer.backends.registry import BackendContext, BadBackendURL, create
 from voicepeer.backends.stages import ASRChain, TTSChain
 from voicepeer.backends.tts import PiperTTS
 from voicepeer.backends.wyoming import TTS_DEFAULT_RATE, Event, WyomingASR, WyomingTTS
+from voicepeer.call.text import words as spoken_words
 from voicepeer.runtime import models
 
 QUESTION = "What is the weather like in London today?"
@@ -32,12 +31,7 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
 def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
-
-
-def to_speech_rate(pcm: np.ndarray, rate: int) -> np.ndarray:
-    resampler = Resampler(rate, SPEECH_RATE)
-    return np.concatenate([resampler.push(pcm), resampler.flush()])
+    return set(spoken_words(text))
 
 
 # -- the real servers ---------------------------------------------------------------------------------
@@ -73,8 +67,9 @@ def own_tts_server(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def whisper():
-    return WhisperASR("tiny.en")
+def whisper(services):
+    """The process's embedded recogniser, loaded once for the run, to hear a voice back."""
+    return services.asr.chain.first
 
 
 def url(server) -> str:

@@ -117,3 +117,11 @@ def join(first: Path, pause_s: float, second: Path, path: Path) -> Path:
     subprocess.run(["sox", str(padded), str(second), str(path)], check=True)
     padded.unlink()
     return path
+
+
+def to_speech_rate(pcm: np.ndarray, rate: int) -> np.ndarray:
+    """A whole clip at ``rate`` resampled to the speech path's 16 kHz (for the ASR to hear it back)."""
+    from voicepeer.audio.formats import SPEECH_RATE, Resampler
+
+    resampler = Resampler(rate, SPEECH_RATE)
+    return np.concatenate([resampler.push(pcm), resampler.flush()])
