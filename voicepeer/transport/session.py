@@ -28,6 +28,7 @@ from ..call.events import EventChannel, ProtocolError, parse_client_message
 from ..call.services import Services
 from ..config import Config
 from ..runtime.tasks import Tasks
+from .jitter import use_audio_jitter_buffer
 from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ class Session:
         self._tasks.spawn(self.close("too_long"), "close")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        mid = next((t.mid for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        transceiver = next((t for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        mid = transceiver.mid if transceiver is not None else None
+        if track.kind == "audio" and transceiver is not None:
+            use_audio_jitter_buffer(transceiver.receiver)
         if (
             track.kind == "audio"
             and self.unprocessed_mid is not None
