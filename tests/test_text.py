@@ -52,6 +52,13 @@ def test_markup_is_not_spoken():
     assert clean_for_speech("**Paris** is _the_ [capital](http://x) 🇫🇷 #1") == "Paris is the capital 1"
 
 
+def test_the_first_piece_does_not_end_on_a_word_that_leads_into_the_next():
+    text = "The sky is a deep shade of blue, with a hint of pink."
+    assert feed(SpeechChunker(), text)[0] == "The sky"
+    assert feed(SpeechChunker(), "A spider has eight legs.")[0] == "A spider has eight"
+    assert feed(SpeechChunker(), "It is in the middle of the sea.")[0] == "It is"  # never fewer than two
+
+
 def test_first_piece_without_punctuation_is_cut_after_a_few_words_later_ones_are_not():
     text = "The largest ocean on Earth is the Pacific Ocean which covers a third of the planet. It is deep."
     pieces = feed(SpeechChunker(first_max_words=5), text)

@@ -23,10 +23,12 @@ class SpeechChunker:
 
     The first piece of a reply is cut early, because the listener is waiting for it: at a clause boundary
     once it has ``first_min_chars`` characters, or after ``first_max_words`` complete words if no
-    punctuation has come by then, or at ``first_max_chars`` whatever came (a small model may write
+    punctuation has come by then (one or two fewer rather than end on a word that leads into the
+    next, "The sky is a"), or at ``first_max_chars`` whatever came (a small model may write
     "240000000..." with no space for a hundred tokens, which took Piper 6 s to speak before anything
-    played). Piper's time grows with the text (~0.1 s a word on 2 cores), so five words rather than
-    seven bring the first sound sooner. Later pieces are whole sentences, which sound more natural,
+    played). The wait for it is the LLM's tokens (~25 ms each for the embedded model on 2 cores)
+    plus Piper's synthesis, which grows with the text, so two to four words start the voice sooner
+    than five; the rest is synthesized while they play. Later pieces are whole sentences, which sound more natural,
     and are synthesized while the previous one plays; one too long to be ready in time is cut then,
     by the conversation, which knows how much is left to play (``split_to_fit``).
 
@@ -37,8 +39,8 @@ class SpeechChunker:
 
     def __init__(
         self,
-        first_min_chars: int = 12,
-        first_max_words: int = 5,
+        first_min_chars: int = 8,
+        first_max_words: int = 4,
         first_max_chars: int = 48,
         max_chars: int = 240,
         max_sentences: int | None = 2,
@@ -93,10 +95,14 @@ class SpeechChunker:
                 if m.end(1) >= self.first_min_chars:
                     return self._take(m.end(1), m.end())
             # A word is complete once the space after it has arrived.
-            spaces = [m.start() for m in _WORD_GAP.finditer(buf.lstrip())]
+            lead = len(buf) - len(buf.lstrip())
+            spaces = [m.start() + lead for m in _WORD_GAP.finditer(buf.lstrip())]
             if len(spaces) >= self.first_max_words:
-                end = len(buf) - len(buf.lstrip()) + spaces[self.first_max_words - 1]
-                return self._take(end, end + 1)
+                n = self.first_max_words
+                # Not on a word that leads into the next ("The sky is a | ..."): one word fewer.
+                while n > 2 and buf[spaces[n - 2] + 1 : spaces[n - 1]].lower().strip(",") in _UNFINISHED:
+                    n -= 1
+                return self._take(spaces[n - 1], spaces[n - 1] + 1)
         limit = self.first_max_chars if self._emitted == 0 else self.max_chars
         if len(buf) > limit:
             space = buf.rfind(" ", 0, limit)
