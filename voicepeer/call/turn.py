@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,7 +46,11 @@ class TurnMetrics:
 
     def as_dict(self) -> dict[str, float | int | None]:
         extra = {} if self.end_of_turn is None else {"end_of_turn": self.end_of_turn}
-        return {"audio_ms": round(self.audio_s * 1000), **self.marks, **extra}
+        # The end of speech on the wall clock, so that a client with a synchronised clock (the same
+        # host, NTP) can split its own voice-to-voice time into uplink, server and downlink.
+        wall = time.time() - asyncio.get_running_loop().time() + self.speech_end
+        ms = {"audio_ms": round(self.audio_s * 1000), **self.marks, **extra}
+        return ms | {"speech_end_at": round(wall, 4)}
 
 
 class UserTurn:
