@@ -131,7 +131,7 @@ bench: install-test
 	@test -d $(SLT_HTS) || { echo "==> installing Debian packages: festival festvox-us-slt-hts"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq festival festvox-us-slt-hts >/dev/null; }
 	$(BIN)/python -m bench.latency
-	$(BIN)/python -m bench.latency --room speaker --questions 5 --long 5 --out bench/results/latency-speaker.json
+	$(BIN)/python -m bench.latency --clients chromium --room speaker --questions 5 --long 5 --out bench/results/latency-speaker.json
 	$(BIN)/python -m bench.bargein
 	$(BIN)/python -m bench.endofturn
 	$(BIN)/python -m bench.frontend

@@ -25,6 +25,7 @@ the N runs' numbers (each run's own summary is kept under ``runs``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,8 @@ festival's HTS voice of the same speaker (festvox-us-slt-hts, the most natural);
 and awb (a Scottish man)."""
 
 DEFAULT_VOICES = "espeak,flite,slt"
+
+CLIENTS = ("aiortc", "chromium")
 
 SERVER_STAGES = [
     "end_of_turn_ms",
@@ -311,8 +315,10 @@ def one_call(
         e for e in metric_events if "interrupted_ms" not in e["msg"]
     ]
     if ours:
-        server = {k: v for k, v in ours[-1]["msg"].items() if k not in ("type", "turn")}
+        server = {k: v for k, v in ours[-1]["msg"].items() if k not in ("type", "turn", "speech_end_at")}
         result["server"] = server
+        if "voice_to_voice_ms" in result and "first_frame_sent_ms" in server:
+            result["client_share_ms"] = round(result["voice_to_voice_ms"] - server["first_frame_sent_ms"], 1)
         if "playout_done_ms" in server and "first_frame_sent_ms" in server:
             result["reply_audio_server_s"] = round(
                 (server["playout_done_ms"] - server["first_frame_sent_ms"]) / 1000, 2
@@ -326,6 +332,73 @@ def one_call(
                 result["reply_audio_client_s"] = round(reply[-1][1] - reply[0][0], 2)
     result["turns"] = len({e["msg"]["turn"] for e in finals})
     return result
+
+
+async def _light_call(url: str, sf: SpeechFile, timeout_s: float) -> dict[str, Any]:
+    """One question from a real aiortc client (``tests.support.rtc_client``): no browser, no audio
+    processing, a few ms of CPU per second, so the server has the cores as in production."""
+    from tests.support.rtc_client import RtcClient
+    from tests.support.speech import read_wav
+
+    client = RtcClient(url)
+    loop = asyncio.get_running_loop()
+    try:
+        await client.connect()
+        await client.wait_for(lambda m: m["type"] == "session", 10)
+        await asyncio.sleep(0.5)  # ICE and DTLS done, the first frames through both ways
+        sent = client.say(read_wav(sf.path)[0])
+        speech_end = sent + sf.speech_end_s
+        note = None
+        try:
+            await client.wait_for(
+                lambda m: m["type"] == "error" or (m["type"] == "metrics" and "interrupted_ms" not in m),
+                timeout_s,
+            )
+        except AssertionError:
+            note = "no completed turn"
+        await asyncio.sleep(0.5)  # the end of the reply still in the client's jitter buffer
+        wall = time.time() - loop.time()  # this process's loop clock -> Unix time
+        events = [(t, m) for t, m in client.events]
+        onset = client.received.voiced_after(speech_end + 0.05)
+    finally:
+        await client.close()
+    result: dict[str, Any] = {"question": sf.text, "note": note}
+    finals = [(t, m) for t, m in events if m.get("type") == "transcript" and m["final"]]
+    result["transcripts"] = [m["text"] for _, m in finals]
+    result["errors"] = [m for _, m in events if m.get("type") == "error"]
+    result["interrupted"] = [m for _, m in events if m.get("type") == "interrupted"]
+    if onset is not None:
+        result["voice_to_voice_ms"] = round((onset - speech_end) * 1000, 1)
+    answer_at = onset if onset is not None else float("inf")
+    mine = [m for t, m in finals if t < answer_at + 0.05] or [m for _, m in finals]
+    result["transcript"] = " ".join(m["text"] for m in mine) if mine else None
+    if result["transcript"] is not None:
+        result["word_errors"] = word_errors(sf.text, result["transcript"])[0]
+    turn = mine[-1]["turn"] if mine else None
+    replies = [m for _, m in events if m.get("type") == "reply" and m["final"] and m.get("turn") == turn]
+    result["reply"] = replies[-1]["text"] if replies else None
+    ours = [m for _, m in events if m.get("type") == "metrics" and m.get("turn") == turn]
+    if ours:
+        server = {k: v for k, v in ours[-1].items() if k not in ("type", "turn")}
+        at = server.pop("speech_end_at", None)
+        result["server"] = server
+        first = server.get("first_frame_sent_ms")
+        if at is not None and onset is not None and first is not None:
+            # One clock for both (the same host): where the time between the mouth and the ear went.
+            result["uplink_ms"] = round((at - (speech_end + wall)) * 1000, 1)
+            result["downlink_ms"] = round((onset + wall - at) * 1000 - first, 1)
+        if first is not None and onset is not None:
+            result["client_share_ms"] = round(result["voice_to_voice_ms"] - first, 1)
+    result["turns"] = len({m["turn"] for _, m in finals})
+    return result
+
+
+def light_call(_pw: Any, url: str, sf: SpeechFile, *, room: str = "headphones", timeout_s: float = 60.0):
+    """``one_call``'s light twin: the same question from an aiortc client (headphones only: it has no
+    loudspeaker to put the bot's voice back into its microphone)."""
+    # In a thread of its own: the Playwright context around the run holds this thread's event loop.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _light_call(url, sf, timeout_s)).result()
 
 
 def attempt(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -386,6 +459,10 @@ def summarize(calls: list[dict[str, Any]]) -> dict[str, Any]:
         "client": spread([c["reply_audio_client_s"] for c in calls if "reply_audio_client_s" in c]),
         "server": spread([c["reply_audio_server_s"] for c in calls if "reply_audio_server_s" in c]),
     }
+    for share in ("uplink_ms", "downlink_ms", "client_share_ms"):
+        values = [c[share] for c in calls if share in c]
+        if values:
+            summary[share] = {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95)}
     summary["load1_p50"] = percentile([c["load1"] for c in calls if "load1" in c], 0.5)
     summary["wer"] = wer([(c["question"], c["transcript"]) for c in calls if c.get("transcript") is not None])
     summary["turn_trouble"] = {
@@ -427,6 +504,36 @@ def summarize_run(calls: list[dict[str, Any]]) -> dict[str, Any]:
     }
     summary["repetition"] = repetitions([(c["question"], c["reply"]) for c in calls if c.get("reply")])
     return summary
+
+
+def one_line(client: str, s: dict[str, Any], runs: int, media: dict[str, Any]) -> str:
+    """The summary of one client's row, on one line."""
+    v = s["voice_to_voice_ms"]
+    per_voice = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_voice"].items())
+    per_length = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_length"].items())
+    per_room = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_room"].items())
+    stages = " ".join(
+        f"{k.removesuffix('_ms')}={s['server_ms_p50'][k]}/{s['server_ms_p95'][k]}"
+        for k in SERVER_STAGES
+        if s["server_ms_p50"].get(k) is not None
+    )
+    shares = " ".join(
+        f"{k.removesuffix('_ms')} {s[k]['p50']}/{s[k]['p95']}"
+        for k in ("uplink_ms", "downlink_ms", "client_share_ms")
+        if k in s
+    )
+    t = s["turn_trouble"]
+    return (
+        f"{client}: voice-to-voice at the client{' (median of ' + str(runs) + ' runs)' if runs > 1 else ''}: "
+        f"p50 {v['p50']} ms, p95 {v['p95']} ms over {s['answered']}/{s['calls']} calls; p50/p95 by voice: "
+        f"{per_voice}; by length: {per_length}; by room: {per_room}; "
+        f"server p50/p95 from end of speech: {stages}; client's share p50/p95: {shares}; "
+        f"reply audio p50 {s['reply_audio_s']['client']['p50']} s; repeated replies "
+        f"{s['repetition']['repeated']}/{s['repetition']['replies']}; WER {s['wer']}; "
+        f"split turns {t['split']}, "
+        f"bot spoke mid-question {t['bot_spoke_during_user']}, heard itself {t['self_heard']}; "
+        f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, outbound gaps {media.get('outbound_gaps_total')}"
+    )
 
 
 def median_tree(trees: list[Any]) -> Any:
@@ -478,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--room", default="headphones", help=f"comma-separated, of {', '.join(browser.ROOMS)} (%(default)s)"
     )
+    parser.add_argument(
+        "--clients",
+        default="aiortc,chromium",
+        help="rows, in order: aiortc (a light client, the server has the cores) and chromium (%(default)s)",
+    )
     parser.add_argument("--url", help="an already running server; default: start one")
     parser.add_argument(
         "--remote",
@@ -489,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     voices = parse_list(args.voices, VOICES, "voice")
     rooms = parse_list(args.room, browser.ROOMS, "room")
+    clients = parse_list(args.clients, CLIENTS, "client")
 
     from playwright.sync_api import sync_playwright
 
@@ -503,20 +616,23 @@ def main(argv: list[str] | None = None) -> int:
     def run(url: str, r_run: int) -> list[dict[str, Any]]:
         calls = []
         with sync_playwright() as pw:
-            for r in range(args.rounds):
-                for room in rooms:
-                    for voice, kind, sf in order:
-                        load1 = os.getloadavg()[0]
-                        call = attempt(one_call, pw, url, sf, room=room)
-                        call.setdefault("question", sf.text)
-                        call.update(run=r_run, round=r, room=room, voice=voice, length=kind, load1=load1)
-                        calls.append(call)
-                        checkpoint(args.out, "voice_to_voice_latency", calls=[*all_calls, *calls])
-                        print(
-                            f"  {call.get('voice_to_voice_ms', 'n/a'):>7} ms  {room:10} {voice:6} {kind:5} "
-                            f"{sf.text!r} -> {call.get('reply')!r}",
-                            file=sys.stderr,
-                        )
+            for client in clients:
+                call_fn = light_call if client == "aiortc" else one_call
+                for r in range(args.rounds):
+                    for room in rooms if client == "chromium" else ["headphones"]:
+                        for voice, kind, sf in order:
+                            load1 = os.getloadavg()[0]
+                            call = attempt(call_fn, pw, url, sf, room=room)
+                            call.setdefault("question", sf.text)
+                            where = {"client": client, "room": room, "voice": voice, "length": kind}
+                            call.update(run=r_run, round=r, load1=load1, **where)
+                            calls.append(call)
+                            checkpoint(args.out, "voice_to_voice_latency", calls=[*all_calls, *calls])
+                            print(
+                                f"  {call.get('voice_to_voice_ms', 'n/a'):>7} ms  {client:8} {room:10} "
+                                f"{voice:6} {kind:5} {sf.text!r} -> {call.get('reply')!r}",
+                                file=sys.stderr,
+                            )
         return calls
 
     runs: list[dict[str, Any]] = []
@@ -526,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_all(url: str, server: ServerProcess | None) -> None:
         for n in range(args.repeat):
             calls = run(url, n)
-            summary = summarize_run(calls)
+            summary = {c: summarize_run([x for x in calls if x["client"] == c]) for c in clients}
             if server is not None:
                 summary["media"] = media_now = scrape_media_health(server)
                 media.update(media_now)
@@ -558,29 +674,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    s = summary
-    v = s["voice_to_voice_ms"]
-    per_voice = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_voice"].items())
-    per_length = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_length"].items())
-    per_room = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_room"].items())
-    stages = " ".join(
-        f"{k.removesuffix('_ms')}={s['server_ms_p50'][k]}/{s['server_ms_p95'][k]}"
-        for k in SERVER_STAGES
-        if s["server_ms_p50"].get(k) is not None
-    )
-    t = s["turn_trouble"]
-    print(
-        f"voice-to-voice at the client{' (median of ' + str(len(runs)) + ' runs)' if len(runs) > 1 else ''}: "
-        f"p50 {v['p50']} ms, p95 {v['p95']} ms over {s['answered']}/{s['calls']} calls; p50/p95 by voice: "
-        f"{per_voice}; by length: {per_length}; by room: {per_room}; "
-        f"server p50/p95 from end of speech: {stages}; "
-        f"reply audio p50 {s['reply_audio_s']['client']['p50']} s; repeated replies "
-        f"{s['repetition']['repeated']}/{s['repetition']['replies']}; WER {s['wer']}; "
-        f"split turns {t['split']}, "
-        f"bot spoke mid-question {t['bot_spoke_during_user']}, heard itself {t['self_heard']}; "
-        f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, outbound gaps {media.get('outbound_gaps_total')}"
-    )
-    return 0 if s["answered"] == s["calls"] else 1
+    ok = True
+    for client in clients:
+        s = summary[client]
+        ok = ok and s["answered"] == s["calls"]
+        print(one_line(client, s, len(runs), media))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
