@@ -28,9 +28,9 @@ class SpeechChunker:
     "240000000..." with no space for a hundred tokens, which took Piper 6 s to speak before anything
     played). The wait for it is the LLM's tokens (~25 ms each for the embedded model on 2 cores)
     plus Piper's synthesis, which grows with the text, so two to four words start the voice sooner
-    than five; the rest is synthesized while they play. Later pieces are whole sentences, which sound more natural,
-    and are synthesized while the previous one plays; one too long to be ready in time is cut then,
-    by the conversation, which knows how much is left to play (``split_to_fit``).
+    than five; the rest is synthesized while they play. Later pieces are whole sentences, which sound
+    more natural, and are synthesized while the previous one plays; one too long to be ready in time
+    is cut then, by the conversation, which knows how much is left to play (``split_to_fit``).
 
     A reply ends after ``max_sentences`` complete sentences (None: no cap): ``done`` turns True, the rest
     of the text is dropped, and the caller stops the LLM's stream, so no more tokens are generated. A
