@@ -10,6 +10,8 @@ The scripted ASR takes 0.1 s, the LLM 0.2 s to its first word. The real models h
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -120,6 +122,8 @@ async def test_a_turn_is_answered_and_the_client_sees_the_floor():
         assert partials[-1] == pytest.approx(2.0 + PAUSE_S + 0.1)
         assert d.llm.requests and metrics["endpoint_ms"] == END_S * 1000
         assert metrics["transcript_ms"] < metrics["endpoint_ms"] < metrics["first_frame_sent_ms"]
+        assert 0 < metrics["pause_ms"] <= metrics["transcript_ms"]  # the answer starts at the pause
+        assert abs(metrics["speech_end_at"] - time.time()) < 60  # Unix time, for a client's own clock
         assert d.voiced[0] >= 2.0 + END_S
         reply = d.final("reply")[0]
         assert reply == {"type": "reply", "turn": 1, "final": True, "text": d.llm.default}

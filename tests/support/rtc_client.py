@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from tests.support.eventlog import EventLog
 from voicepeer.audio.formats import InboundConverter, frame_pcm
 from voicepeer.call.playout import Playout
+from voicepeer.transport.jitter import use_audio_jitter_buffer
 from voicepeer.transport.tracks import PlayoutTrack
 
 
@@ -35,9 +36,17 @@ class RtcClient(EventLog):
     """Plays like a browser would: sends a mic track (paced PCM, then silence) and records replies."""
 
     def __init__(
-        self, base_url: str, echo_cancellation: bool = True, token: str | None = None, ssl: object = None
+        self,
+        base_url: str,
+        echo_cancellation: bool = True,
+        token: str | None = None,
+        ssl: object = None,
+        low_latency: bool = False,
     ) -> None:
+        """``low_latency``: the server's audio jitter buffer on the received track rather than aiortc's
+        4-packet prefetch (80 ms)."""
         super().__init__()
+        self.low_latency = low_latency
         self.base_url = base_url
         self.token = token
         self.ssl = ssl  # False: accept a self-signed certificate (the compose stack's front door)
@@ -59,6 +68,9 @@ class RtcClient(EventLog):
         self.record(json.loads(raw))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if self.low_latency:
+            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+            use_audio_jitter_buffer(receiver)
         self._tasks.append(asyncio.get_running_loop().create_task(self._record(track)))
 
     async def _record(self, track: MediaStreamTrack) -> None:

@@ -60,6 +60,7 @@ class UserTurn:
         self.audio = audio
         self.end_sample = utterance.end_sample
         self.metrics = TurnMetrics(utterance.speech_end_arrival, audio.size / SPEECH_RATE)
+        self.metrics.mark("pause_ms")  # the detector's pause: where the (speculative) answer starts
         self.ended = asyncio.Event()
         """The detector closed the turn: its silence lasted ``end_silence_ms``."""
         if ended:
