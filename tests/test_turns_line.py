@@ -118,7 +118,12 @@ async def test_on_a_loudspeaker_the_bot_neither_hears_itself_nor_talks_over_the_
         _, final = await line.wait_for(
             lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2, 30
         )
-        # Found at its onset (not a second late, past the pre-roll), the question is heard. Its first
-        # word may still come out mixed with the bot's ("Once it's the weather like today"): the
-        # linear canceller the ASR's copy goes through is not converged a second into the reply.
-        assert {"weather", "like", "today"} <= set(words(final["text"])), line.summary()
+        # Found at its onset (not a second late, past the pre-roll), the question is heard whole: its
+        # four words before "like" are there. Their spelling may come out mixed with the bot's voice
+        # under them ("But it's no weather like today", "But is that whenever like today"): the
+        # linear canceller the ASR's copy goes through is not converged a second into the reply, and
+        # whisper tiny hears the residue in ~1 run of 4 (16 runs before and after issue 21, the same
+        # rate). A late onset loses those words: "weather like today", or less.
+        heard = words(final["text"])
+        assert {"like", "today"} <= set(heard), line.summary()
+        assert heard.index("like") >= 3, line.summary()
