@@ -49,7 +49,7 @@ async def test_a_whole_turn_runs_through_the_call(services, make_speech):
         assert onset is not None, "no reply audio came out of the call"
         voiced = np.concatenate([p for t, p in line.heard if t >= onset]).astype(np.float64)
         assert np.sqrt(np.mean(voiced**2)) > 300
-        assert line.call.conversation.history.turns[0][1] == replies[-1]["text"]
+        assert line.call.conversation.history.turns[0].reply == replies[-1]["text"]
 
 
 async def test_without_voice_the_reply_is_written_not_spoken(services, make_speech):

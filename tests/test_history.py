@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from voicepeer.backends.llm import History, repeats
+from voicepeer.backends.llm import Exchange, History, repeats
 
 
 def test_the_history_is_bounded_and_forgets_the_older_half_at_once():
@@ -18,7 +18,7 @@ def test_the_history_is_bounded_and_forgets_the_older_half_at_once():
     # The prompt's first turn changes once every three turns, not every turn.
     changes = sum(1 for a, b in itertools.pairwise(prefixes) if a != b)
     assert changes <= 20 // 3 + 1, prefixes
-    assert history.turns[-1] == ("q19", "a19")
+    assert history.turns[-1] == Exchange("q19", "a19")
     assert len(history.turns) >= 3
 
 
@@ -26,7 +26,7 @@ def test_a_short_history_is_kept_whole():
     history = History(max_turns=6)
     for i in range(6):
         history.add(f"q{i}", f"a{i}")
-    assert [u for u, _ in history.turns] == [f"q{i}" for i in range(6)]
+    assert [t.user for t in history.turns] == [f"q{i}" for i in range(6)]
     msgs = history.messages("now")
     assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "now"}
     assert len(msgs) == 1 + 2 * 6 + 1
@@ -40,7 +40,7 @@ def test_a_reply_that_repeats_an_earlier_one_is_not_kept():
     # The same sentence again, a word changed: the turn is left out, the question with it, and the turn
     # it repeats is forgotten too, so the template is no longer in the prompt to be copied.
     assert not history.add("How far is the moon?", template.replace("glad", "happy"))
-    assert history.turns == [("What's the capital of France?", "Paris.")]
+    assert history.turns == [Exchange("What's the capital of France?", "Paris.")]
     # Short replies and new ones are kept, even when they share a few words with an earlier one.
     assert history.add("And Spain?", "Paris.")
     assert history.add("Why is the sky blue?", template)

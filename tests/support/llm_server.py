@@ -15,12 +15,17 @@ from voicepeer.runtime import models
 
 
 @contextmanager
-def llama_cpp_server(log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
-    """Starts ``python -m llama_cpp.server`` and yields its base URL (``http://127.0.0.1:N/v1``)."""
+def llama_cpp_server(
+    log_path: Path, timeout_s: float = 60.0, chat_format: str | None = None
+) -> Iterator[str]:
+    """Starts ``python -m llama_cpp.server`` and yields its base URL (``http://127.0.0.1:N/v1``).
+    ``chat_format``: its ``--chat_format`` (``chatml-function-calling`` for tools)."""
     port = free_port()
     log = open(log_path, "wb")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(models.default_gguf())]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--interrupt_requests", "false"]
+    if chat_format:
+        cmd += ["--chat_format", chat_format]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -23,7 +23,8 @@ from voicepeer.audio.endofturn import EndOfTurn
 from voicepeer.audio.formats import SPEECH_RATE
 from voicepeer.audio.vad import TurnEvent, TurnParams
 from voicepeer.backends.asr import ASR, Transcript
-from voicepeer.backends.llm import LLM, LLMError, LLMOptions, Message
+from voicepeer.backends.base import Capabilities
+from voicepeer.backends.llm import LLM, LLMError, LLMOptions, Message, ToolCall
 from voicepeer.backends.tts import TTS
 
 FIRST_CODE = 1000
@@ -83,11 +84,34 @@ class ScriptedLLM(LLM):
         self.closed = 0
         """Streams closed, at their end or by their reader."""
 
-    def answer(self, messages: list[Message]) -> str:
-        return self.replies.get(messages[-1]["content"], self.default)
+        self.tool_calls: dict[str, list[ToolCall]] = {}
+        """A user message -> the tools the model calls for it, when it is given tools; after their
+        results it answers with them in words (``answer``)."""
+        self.tool_choices: list[str] = []
+        """``tool_choice`` of each request that had tools."""
+        self.capabilities = Capabilities(streaming_output=True, tools=True)
 
-    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
+    def answer(self, messages: list[Message]) -> str:
+        last = messages[-1]
+        if last["role"] == "tool":
+            results = [m["content"] for m in messages if m["role"] == "tool"]
+            return f"The tool says {results[-1]}."
+        return self.replies.get(last["content"], self.default)
+
+    async def stream(
+        self, messages: list[Message], options: LLMOptions | None = None, tools=(), tool_choice="auto"
+    ) -> AsyncIterator[str | ToolCall]:
         self.requests.append((messages, options))
+        if tools:
+            self.tool_choices.append(tool_choice)
+        last = messages[-1]
+        calls = self.tool_calls.get(last["content"]) if last["role"] == "user" else None
+        if tools and tool_choice == "auto" and calls:
+            await asyncio.sleep(self.first_token_s)
+            for call in calls:
+                yield call
+            self.closed += 1
+            return
         try:
             for i, token in enumerate(re.findall(r"\S+\s*", self.answer(messages))):
                 await asyncio.sleep(self.first_token_s if i == 0 else self.token_s)

@@ -27,6 +27,8 @@ class Capabilities:
     """ASR: gives words before the end of the turn."""
     streaming_output: bool = False
     """TTS: audio before the whole piece is synthesized; LLM: tokens as they come."""
+    tools: bool = False
+    """LLM: calls the tools it is given (OpenAI's ``tools``), yielding ``ToolCall`` items."""
     languages: tuple[str, ...] = ()
     """ISO 639-1 codes it handles; empty: any (or unknown)."""
     sample_rate: int | None = None

@@ -8,16 +8,20 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ..runtime import models
 from ..runtime.workers import lower_priority, priority
+from . import toolprompt
 from .base import Backend, BackendError, Capabilities
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,44 @@ instruction, not its details, so the cap (``LLMOptions.max_sentences``) and the 
 (``History.drop_repeats``) keep replies brief and varied, not the wording. The runs:
 docs/decisions/llm-replies.md."""
 
-Message = dict[str, str]
+Message = dict[str, Any]
+"""A chat message as OpenAI's chat completions define it: ``{"role": "system" | "user" | "assistant" |
+"tool", "content": ...}``, an assistant's with ``tool_calls``, a tool's with ``tool_call_id``."""
+
+ToolSpec = dict[str, Any]
+"""A tool as OpenAI's ``tools`` list holds it: ``{"type": "function", "function": {"name", "description",
+"parameters"}}``."""
+
+ToolChoice = Literal["auto", "none"]
+"""``auto``: the model may call a tool or answer; ``none``: it must answer (the last round of a turn)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the model asked for: what a stream yields, among its text, once the call is whole."""
+
+    id: str
+    name: str
+    arguments: str
+    """JSON text, as the model wrote it (it may not parse: the caller checks)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry of an assistant message's ``tool_calls``."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+def assistant_message(text: str, calls: Sequence[ToolCall]) -> Message:
+    """The assistant's message of a round that called tools: what it said first, if anything, and the
+    calls (``content`` is null without text, as OpenAI writes it)."""
+    return {"role": "assistant", "content": text or None, "tool_calls": [c.as_dict() for c in calls]}
+
+
+def tool_message(call_id: str, content: str) -> Message:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
 class LLMError(BackendError):
@@ -63,18 +104,49 @@ class LLMOptions:
 
 
 class LLM(Backend, abc.ABC):
-    """Streams a reply to a chat history, token by token (each item is a piece of text)."""
+    """Streams a reply to a chat history, token by token (each item is a piece of text), and, for a
+    backend whose ``capabilities.tools`` says so, the tools the model calls (``ToolCall`` items, each
+    once whole; a round that calls tools ends after its calls)."""
 
     options: LLMOptions = LLMOptions()
     capabilities = Capabilities(streaming_output=True)
 
     @abc.abstractmethod
-    def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
-        """``options``: None for the backend's own."""
+    def stream(
+        self,
+        messages: list[Message],
+        options: LLMOptions | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> AsyncIterator[str | ToolCall]:
+        """``options``: None for the backend's own. ``tools``: given only to a backend that declares
+        ``capabilities.tools``; one that does not may ignore them."""
 
     def warmup(self, system_prompt: str) -> None:
         """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
         return None  # optional: backends with nothing to warm keep this
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One turn of the history: the user's words (None when the bot spoke first: a greeting, an
+    announcement), the messages of the tools the reply called on the way, and the reply as it was
+    heard."""
+
+    user: str | None
+    reply: str
+    steps: tuple[Message, ...] = ()
+
+
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
+
+
+def render_prompt(template: str, context: dict[str, str]) -> str:
+    """The system prompt with ``{name}`` replaced by the call's context variable ``name``; any other
+    braces (JSON in a prompt, a variable the call has not set) are left as they are."""
+    if not context:
+        return template
+    return _VARIABLE.sub(lambda m: context.get(m.group(1), m.group(0)), template)
 
 
 @dataclass
@@ -89,29 +161,37 @@ class History:
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_turns: int = 6
-    turns: list[tuple[str, str]] = field(default_factory=list)
+    turns: list[Exchange] = field(default_factory=list)
     drop_repeats: bool = True
     """A reply that repeats one the history holds (``repeats``) is not added, nor its question, and the
     turns it repeats are forgotten: a small model copies the replies in its prompt, so one repeated
     template turns into the answer to everything. Forgetting a turn in the middle re-reads the turns
     after it, so it happens only after a repeat (docs/decisions/history.md)."""
+    context: dict[str, str] = field(default_factory=dict)
+    """The call's variables for ``{name}`` in the system prompt (``render_prompt``)."""
 
-    def messages(self, user_text: str) -> list[Message]:
-        msgs: list[Message] = [{"role": "system", "content": self.system_prompt}]
-        for user, assistant in self.turns:
-            msgs.append({"role": "user", "content": user})
-            msgs.append({"role": "assistant", "content": assistant})
-        msgs.append({"role": "user", "content": user_text})
+    def messages(self, user_text: str | None, extra: Sequence[Message] = ()) -> list[Message]:
+        """The prompt for a reply to ``user_text`` (None: the history alone), with ``extra`` messages
+        for this reply only (an application's context) just before it."""
+        msgs: list[Message] = [{"role": "system", "content": render_prompt(self.system_prompt, self.context)}]
+        for turn in self.turns:
+            if turn.user is not None:
+                msgs.append({"role": "user", "content": turn.user})
+            msgs.extend(turn.steps)
+            msgs.append({"role": "assistant", "content": turn.reply})
+        msgs.extend(extra)
+        if user_text is not None:
+            msgs.append({"role": "user", "content": user_text})
         return msgs
 
-    def add(self, user_text: str, reply: str) -> bool:
+    def add(self, user_text: str | None, reply: str, steps: Sequence[Message] = ()) -> bool:
         """Returns False when the turn was not kept (a repeat, with ``drop_repeats``)."""
         if self.drop_repeats:
-            kept = [turn for turn in self.turns if not repeats(reply, turn[1])]
+            kept = [turn for turn in self.turns if not repeats(reply, turn.reply)]
             if len(kept) < len(self.turns):
                 self.turns[:] = kept
                 return False
-        self.turns.append((user_text, reply))
+        self.turns.append(Exchange(user_text, reply, tuple(steps)))
         if len(self.turns) > self.max_turns:
             del self.turns[: len(self.turns) - max(1, self.max_turns // 2)]
         return True
@@ -162,6 +242,9 @@ class LlamaCppLLM(LLM):
         self._llama = Llama(
             model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, chat_format=chat_format, verbose=False
         )
+        template = str(self._llama.metadata.get("tokenizer.chat_template", ""))
+        # Tools need a prompt format the model knows; ChatML's is ``toolprompt``'s.
+        self.capabilities = Capabilities(streaming_output=True, tools=toolprompt.is_chatml(template))
         self._lock = threading.Lock()
         # Its own thread: generations are serial anyway, and queued or stuck ones must never occupy the
         # shared inference pool that ASR and TTS of every session need.
@@ -177,9 +260,19 @@ class LlamaCppLLM(LLM):
             self._llama.create_chat_completion(messages=messages, max_tokens=1)
 
     def _generate(
-        self, messages: list[Message], options: LLMOptions, emit, cancelled: threading.Event
+        self,
+        messages: list[Message],
+        options: LLMOptions,
+        emit,
+        cancelled: threading.Event,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> None:
         if cancelled.is_set():  # abandoned while it waited in the queue: skip the prompt evaluation
+            return
+        if tools:
+            with self._lock:
+                self._generate_with_tools(messages, options, emit, cancelled, tools, tool_choice)
             return
         with self._lock:
             chunks = self._llama.create_chat_completion(
@@ -199,7 +292,77 @@ class LlamaCppLLM(LLM):
                 if delta:
                     emit(delta)
 
-    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
+    def _generate_with_tools(
+        self,
+        messages: list[Message],
+        options: LLMOptions,
+        emit,
+        cancelled: threading.Event,
+        tools: Sequence[ToolSpec],
+        tool_choice: ToolChoice,
+    ) -> None:
+        """A message (streamed) or one tool call, decided by a constrained first step (``toolprompt``)."""
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        llama = self._llama
+        # Told to answer, the model sees the calls made and their results but no list of tools: with
+        # the list (and its format's instructions) in front of it, a small model recites them.
+        prompt = toolprompt.render(messages, tools if tool_choice == "auto" else ())
+        common = {
+            "temperature": options.temperature,
+            "repeat_penalty": options.repeat_penalty,
+            "presence_penalty": options.presence_penalty,
+            "frequency_penalty": options.frequency_penalty,
+        }
+        name = None
+        if tool_choice == "auto":
+            grammar = LlamaGrammar.from_string(toolprompt.decision_grammar(tools), verbose=False)
+            first = llama.create_completion(
+                prompt=prompt, grammar=grammar, temperature=0.0, max_tokens=32, stop=[":"]
+            )
+            chosen = first["choices"][0]["text"].strip()  # type: ignore[index]
+            if chosen.startswith("functions."):
+                name = chosen[len("functions.") :].rstrip(":")
+        if cancelled.is_set():
+            return
+        if name is None:
+            chunks = llama.create_completion(
+                prompt=prompt + ("message:\n" if tool_choice == "auto" else ""),
+                stream=True,
+                max_tokens=options.max_tokens,
+                stop=[toolprompt.END],
+                **common,  # type: ignore[arg-type]
+            )
+            for chunk in chunks:
+                if cancelled.is_set():
+                    break
+                priority.wait_turn()
+                if text := chunk["choices"][0]["text"]:  # type: ignore[index]
+                    emit(text)
+            return
+        tool = next(t for t in tools if t["function"]["name"] == name)
+        try:
+            schema = json.dumps(tool["function"].get("parameters") or {"type": "object"})
+            grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
+        except Exception:  # a schema llama.cpp's converter does not take: any JSON object
+            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        done = llama.create_completion(
+            prompt=f"{prompt}functions.{name}:\n",
+            grammar=grammar,
+            max_tokens=4 * options.max_tokens,
+            stop=[toolprompt.END],
+            **common,  # type: ignore[arg-type]
+        )
+        arguments = done["choices"][0]["text"].strip()  # type: ignore[index]
+        emit(ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, arguments))
+
+    async def stream(
+        self,
+        messages: list[Message],
+        options: LLMOptions | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> AsyncIterator[str | ToolCall]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
@@ -210,7 +373,7 @@ class LlamaCppLLM(LLM):
 
         def work() -> None:
             try:
-                self._generate(messages, options or self.options, emit, cancelled)
+                self._generate(messages, options or self.options, emit, cancelled, tools, tool_choice)
             except Exception as exc:
                 log.exception("llama.cpp generation failed")
                 emit(LLMError(f"the embedded model failed: {exc}"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -13,7 +13,7 @@ from ..runtime.workers import run_blocking
 from .asr import ASR, ASRStream, Transcript
 from .base import BackendError, Capabilities
 from .chain import Chain, describe
-from .llm import LLM, LLMOptions, Message
+from .llm import LLM, LLMOptions, Message, ToolCall, ToolChoice, ToolSpec
 from .tts import TTS
 
 T = TypeVar("T")
@@ -121,8 +121,22 @@ class LLMChain(LLM):
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         return (self.chain.active or self.chain.first).capabilities
 
-    def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
-        return self.chain.stream(lambda backend: backend.stream(messages, options))
+    def stream(
+        self,
+        messages: list[Message],
+        options: LLMOptions | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> AsyncIterator[str | ToolCall]:
+        """``tools`` go to a backend that takes them; a fallback that does not answers without them
+        (a reply without the application's data beats an apology)."""
+
+        def request(backend: LLM) -> AsyncIterator[str | ToolCall]:
+            if tools and backend.capabilities.tools:
+                return backend.stream(messages, options, tools, tool_choice)
+            return backend.stream(messages, options)
+
+        return self.chain.stream(request)
 
     def warmup(self, system_prompt: str) -> None:
         for backend in self.chain.backends:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 
 from ..base import MAX_TEXT_CHARS, BackendError, Capabilities
-from ..llm import LLM, LLMError, LLMOptions, Message
-from ..registry import BackendContext
+from ..llm import LLM, LLMError, LLMOptions, Message, ToolCall, ToolChoice, ToolSpec
+from ..registry import BackendContext, BadBackendURL
 from .http import (
     CONNECT_TIMEOUT_S,
     MAX_JSON_BYTES,
@@ -26,9 +27,14 @@ from .http import (
     read_bounded,
 )
 
+log = logging.getLogger(__name__)
+
 LLM_READ_TIMEOUT_S = 60.0
 """The chat stream's socket guard. The chain bounds the first token and each next one by
 ``--llm-timeout``; this only keeps a dead connection from hanging a stream used without a chain."""
+
+MAX_TOOL_CALLS = 8
+"""Calls one round of a reply may make; more is a model gone astray."""
 
 MAX_LINE_BYTES = 64 * 1024
 """The longest server-sent event line: a token's delta is a few hundred bytes of JSON."""
@@ -62,6 +68,55 @@ async def _drain(response: aiohttp.ClientResponse, limit: int = MAX_LINE_BYTES) 
                 left -= len(data)
 
 
+class _EmptyStream(Exception):
+    """A 200 event stream that carried no reply at all."""
+
+
+class _ToolCallDeltas:
+    """Tool calls assembled from a stream's deltas: each call's first delta has its ``index``, ``id``
+    and name, the next ones more of its arguments' JSON text."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add(self, deltas: object) -> None:
+        if deltas is None:
+            return
+        if not isinstance(deltas, list) or len(deltas) > MAX_TOOL_CALLS:
+            raise TypeError("tool_calls is not a short list")
+        for delta in deltas:
+            index = delta.get("index", 0)
+            if not isinstance(index, int) or not 0 <= index < MAX_TOOL_CALLS:
+                raise TypeError("a tool call's index is out of range")
+            call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            function = delta.get("function") or {}
+            for key, value in (
+                ("id", delta.get("id")),
+                ("name", function.get("name")),
+                ("arguments", function.get("arguments")),
+            ):
+                if value is None:
+                    continue
+                if not isinstance(value, str):
+                    raise TypeError(f"a tool call's {key} is not text")
+                call[key] = value if key == "id" else call[key] + value
+                if len(call[key]) > MAX_TEXT_CHARS:
+                    raise TypeError(f"a tool call's {key} is over {MAX_TEXT_CHARS} characters")
+
+    def finish(self) -> list[ToolCall]:
+        found = []
+        for index, call in sorted(self._calls.items()):
+            # llama-cpp-python's legacy function_call names end in a stray colon ("get_weather:").
+            name = call["name"].strip().rstrip(":")
+            if not name:
+                raise LLMError("the language model server sent a tool call without a name")
+            found.append(ToolCall(call["id"] or f"call_{index}", name, call["arguments"] or "{}"))
+        return found
+
+
 class OpenAICompatibleLLM(LLM):
     """Chat completions over HTTP, streamed as server-sent events: Ollama, vLLM, llama.cpp's server,
     llama-cpp-python's server, OpenAI. Nothing is loaded locally; the server owns the model.
@@ -72,7 +127,7 @@ class OpenAICompatibleLLM(LLM):
     generating; a stream read to its end leaves its connection to the next turn.
     """
 
-    capabilities = Capabilities(streaming_output=True, cheap=False, remote=True)
+    capabilities = Capabilities(streaming_output=True, cheap=False, remote=True, tools=True)
 
     def __init__(
         self,
@@ -91,6 +146,11 @@ class OpenAICompatibleLLM(LLM):
         self.model = model or endpoint.query.get("model") or "default"
         self.api_key = api_key
         self.options = options or LLMOptions()
+        self.tool_results = endpoint.query.get("tool_results", "tool")
+        if self.tool_results not in ("tool", "user"):
+            raise BadBackendURL(f"{self.name}: tool_results is 'tool' or 'user', not {self.tool_results!r}")
+        self._streams_tools = True
+        """Cleared once the server shows it cannot stream a request with tools."""
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.http = HTTPClient(
@@ -101,60 +161,155 @@ class OpenAICompatibleLLM(LLM):
             trace_configs=trace_configs,
         )
 
-    def _body(self, messages: list[Message], options: LLMOptions) -> dict[str, object]:
+    def _body(
+        self,
+        messages: list[Message],
+        options: LLMOptions,
+        tools: Sequence[ToolSpec],
+        tool_choice: ToolChoice,
+        stream: bool,
+    ) -> dict[str, object]:
         body: dict[str, object] = {
             "model": self.model,
-            "messages": messages,
-            "stream": True,
+            "messages": self._adapt(messages),
+            "stream": stream,
             "max_tokens": options.max_tokens,
             "temperature": options.temperature,
         }
+        if tools:
+            body["tools"] = list(tools)
+            body["tool_choice"] = tool_choice
         for name in ("presence_penalty", "frequency_penalty"):
             if value := getattr(options, name):
                 body[name] = value
         return body
 
-    async def stream(self, messages: list[Message], options: LLMOptions | None = None) -> AsyncIterator[str]:
-        body = self._body(messages, options or self.options)
-        timeout = self.http.timeout(read=self.read_timeout_s)
+    def _adapt(self, messages: list[Message]) -> list[Message]:
+        """The history as this server takes it: an assistant's null content as "", and each tool's
+        result as it is (``tool_results=tool``) or as a user message (``tool_results=user``) for a
+        server whose chat template has no place for a ``tool`` message (llama-cpp-python's
+        ``chatml-function-calling`` drops them, and the model calls the tool again and again)."""
+        adapted: list[Message] = []
+        for message in messages:
+            if message["role"] == "assistant" and message.get("content") is None:
+                # OpenAI's null content beside tool calls; llama-cpp-python's server takes only text.
+                adapted.append({**message, "content": ""})
+            elif message["role"] == "tool" and self.tool_results == "user":
+                adapted.append(
+                    {
+                        "role": "user",
+                        "content": f"(result of the call {message['tool_call_id']}) {message['content']}",
+                    }
+                )
+            else:
+                adapted.append(message)
+        return adapted
+
+    async def stream(
+        self,
+        messages: list[Message],
+        options: LLMOptions | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> AsyncIterator[str | ToolCall]:
+        options = options or self.options
         try:
-            async with self.http.request("POST", self.path, timeout, lambda: {"json": body}) as response:
-                if response.status != 200:
-                    detail = await error_excerpt(response)
-                    raise LLMError(f"the language model server answered {response.status}: {detail}")
-                if response.content_type != "text/event-stream":
-                    raise LLMError(
-                        f"the language model server answered {response.content_type}, not an event stream"
-                    )
-                total = 0
-                async for raw in _lines(response.content.iter_any()):
-                    line = raw.decode("utf-8", "replace").strip()
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, event names
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        await _drain(response)
-                        if not total:  # a clean end with no words: a server that dropped the reply
-                            raise LLMError("the language model server ended its reply with no text")
-                        return
-                    try:
-                        delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                        raise LLMError(f"malformed stream from the language model server: {exc}") from None
-                    if delta:
-                        if not isinstance(delta, str):
-                            raise LLMError(
-                                "malformed stream from the language model server: a non-text delta"
-                            )
-                        total += len(delta)
-                        if total > MAX_TEXT_CHARS:
-                            raise LLMError(f"the language model server sent over {MAX_TEXT_CHARS} characters")
-                        yield delta
-                raise LLMError("the language model server's stream ended without [DONE]")
+            if tools and not self._streams_tools:
+                async for item in self._complete(self._body(messages, options, tools, tool_choice, False)):
+                    yield item
+                return
+            body = self._body(messages, options, tools, tool_choice, True)
+            said = False
+            try:
+                async for item in self._stream(body):
+                    said = True
+                    yield item
+            except _EmptyStream:
+                if not tools or said:
+                    raise LLMError("the language model server ended its reply with no text") from None
+                # llama-cpp-python's server answers a streamed request with tools 200 and no events
+                # ("Automatic streaming tool choice is not supported"): this server's turns with tools
+                # go unstreamed from now on.
+                log.info("%s: no stream for a request with tools; asking unstreamed from now on", self.name)
+                self._streams_tools = False
+                body["stream"] = False
+                async for item in self._complete(body):
+                    yield item
         except LLMError:
             raise
         except BackendError as exc:  # a transport failure, named by the HTTP client
             raise LLMError(str(exc)) from None
+
+    async def _stream(self, body: dict[str, object]) -> AsyncIterator[str | ToolCall]:
+        timeout = self.http.timeout(read=self.read_timeout_s)
+        async with self.http.request("POST", self.path, timeout, lambda: {"json": body}) as response:
+            if response.status != 200:
+                detail = await error_excerpt(response)
+                raise LLMError(f"the language model server answered {response.status}: {detail}")
+            if response.content_type != "text/event-stream":
+                raise LLMError(
+                    f"the language model server answered {response.content_type}, not an event stream"
+                )
+            total = 0
+            events = 0
+            calls = _ToolCallDeltas()
+            async for raw in _lines(response.content.iter_any()):
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    await _drain(response)
+                    if not total and not calls:
+                        raise _EmptyStream()  # a clean end with no words: a server that dropped the reply
+                    for call in calls.finish():
+                        yield call
+                    return
+                events += 1
+                try:
+                    delta = json.loads(data)["choices"][0].get("delta") or {}
+                    text = delta.get("content")
+                    calls.add(delta.get("tool_calls"))
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                    raise LLMError(f"malformed stream from the language model server: {exc}") from None
+                if text:
+                    if not isinstance(text, str):
+                        raise LLMError("malformed stream from the language model server: a non-text delta")
+                    total += len(text)
+                    if total > MAX_TEXT_CHARS:
+                        raise LLMError(f"the language model server sent over {MAX_TEXT_CHARS} characters")
+                    yield text
+            if not events:
+                raise _EmptyStream()
+            raise LLMError("the language model server's stream ended without [DONE]")
+
+    async def _complete(self, body: dict[str, object]) -> AsyncIterator[str | ToolCall]:
+        """One unstreamed completion: its text in one piece, then its tool calls."""
+        timeout = self.http.timeout(read=self.read_timeout_s)
+        async with self.http.request("POST", self.path, timeout, lambda: {"json": body}) as response:
+            await self.http.check(response, json_body=True)
+            raw = await read_bounded(response, MAX_JSON_BYTES, self.http.what)
+        try:
+            message = json.loads(raw)["choices"][0]["message"]
+            text = message.get("content") or ""
+            calls = _ToolCallDeltas()
+            calls.add([{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or ())])
+            legacy = message.get("function_call")
+            if not calls and isinstance(legacy, dict):
+                calls.add([{"index": 0, "function": legacy}])
+            if not isinstance(text, str):
+                raise TypeError("content is not text")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise LLMError(f"malformed answer from the language model server: {exc}") from None
+        found = calls.finish()
+        if not text and not found:
+            raise LLMError("the language model server answered with no text and no tool call")
+        if len(text) > MAX_TEXT_CHARS:
+            raise LLMError(f"the language model server sent over {MAX_TEXT_CHARS} characters")
+        if text:
+            yield text
+        for call in found:
+            yield call
 
     async def probe(self) -> None:
         """``GET /models``, a 200 with JSON. Enough for llama.cpp's and llama-cpp-python's servers and
