@@ -26,10 +26,12 @@ from voicepeer.audio.vad import (
     SpeechResumed,
     SpeechStarted,
 )
+from voicepeer.backends.llm import Exchange
 from voicepeer.call.answer import ASR_APOLOGY
-from voicepeer.call.control import SETTINGS
+from voicepeer.call.control import SETTINGS, ControlError
 from voicepeer.call.conversation import TRANSITIONS, Conversation
 from voicepeer.call.floor import Committed, FloorMachine, ReplyOver, Transition
+from voicepeer.call.logic import Logic
 from voicepeer.call.reply import APOLOGY
 from voicepeer.call.turntaking import Floor, Overlap, TurnPolicy, Verdict, judge_overlap
 
@@ -127,7 +129,7 @@ async def test_a_turn_is_answered_and_the_client_sees_the_floor():
         assert d.voiced[0] >= 2.0 + END_S
         reply = d.final("reply")[0]
         assert reply == {"type": "reply", "turn": 1, "final": True, "text": d.llm.default}
-        assert d.conversation.history.turns == [("What is the capital of France?", d.llm.default)]
+        assert d.conversation.history.turns == [Exchange("What is the capital of France?", d.llm.default)]
         assert d.conversation.floor is Floor.OPEN and d.conversation.turn == 1
 
 
@@ -250,7 +252,7 @@ async def test_speech_that_lasts_over_the_bot_cuts_it_off_and_is_the_next_turn()
         cut = await d.first(lambda m: m["type"] == "interrupted")
         assert cut["t"] == pytest.approx(onset + 1.0) and cut["reason"] == "speech" and cut["turn"] == 1
         assert cut["heard"] and STORY.startswith(cut["heard"].rstrip("."))
-        assert d.conversation.history.turns == [(REQUEST, cut["heard"])]
+        assert d.conversation.history.turns == [Exchange(REQUEST, cut["heard"])]
         second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
         assert second["text"] == "Wait, I have heard that one before."
         await d.first(lambda m: m["type"] == "metrics" and m["turn"] == 2)
@@ -325,7 +327,7 @@ async def test_the_client_interrupts_the_bot():
         assert d.kinds()[-3:] == ["interrupted", "metrics", "listening"]
         cut = d.messages("interrupted")[0]
         assert cut["reason"] == "client" and cut["heard"]
-        assert d.conversation.history.turns == [(REQUEST, cut["heard"])]
+        assert d.conversation.history.turns == [Exchange(REQUEST, cut["heard"])]
         await d.until(d.now + 1.0)
         assert d.playout.buffered_samples == 0 and d.conversation.floor is Floor.OPEN
 
@@ -513,6 +515,71 @@ async def test_config_changes_the_next_reply_through_the_components_own_update()
         assert options is not None and options.max_tokens == 40
         call.control({"type": "reset"})
         assert line.kinds()[-1] == "reset" and call.conversation.history.turns == []
+
+
+# -- the application speaks ---------------------------------------------------------------------------
+
+
+@virtual_time
+async def test_the_greeting_is_said_when_the_call_starts_and_kept_as_the_bots():
+    async with CallLine(logic=Logic(greeting="Hello! How can I help?")) as line:
+        reply = await line.first(lambda m: m["type"] == "reply" and m["final"])
+        assert reply["text"] == "Hello! How can I help?"
+        await line.first(lambda m: m["type"] == "metrics")
+        assert line.messages("transcript") == [] and line.llm.requests == []
+        assert line.call.conversation.history.turns == [Exchange(None, "Hello! How can I help?")]
+        # The next reply's prompt holds it as the assistant's first words.
+        line.call.control({"type": "say", "text": "What time is it?"})
+        await line.first(lambda m: m["type"] == "metrics" and m["turn"] == 2)
+        messages, _ = line.llm.requests[-1]
+        assert [m["role"] for m in messages] == ["system", "assistant", "user"]
+
+
+@virtual_time
+async def test_speak_waits_for_the_reply_to_end_unless_it_interrupts():
+    async with CallLine(llm=ScriptedLLM(default=STORY)) as line:
+        line.call.control({"type": "say", "text": REQUEST})
+        await line.first(lambda m: m["type"] == "state" and m["state"] == "speaking")
+        line.call.control({"type": "speak", "text": "Your order has shipped."})
+        await line.until(line.now + 1.0)
+        assert line.messages("interrupted") == []  # it waits: the story goes on
+        await line.first(
+            lambda m: m["type"] == "reply" and m["final"] and m["text"] == "Your order has shipped."
+        )
+        assert [m["text"] for m in line.final("reply")] == [STORY, "Your order has shipped."]
+        # Now one that cuts in.
+        line.call.control({"type": "say", "text": REQUEST})
+        await line.first(lambda m: m["type"] == "transcript" and m["turn"] == 3)
+        await line.until(line.now + 1.5)
+        line.call.control({"type": "speak", "text": "Sorry, the shop closes now.", "interrupt": True})
+        cut = await line.first(lambda m: m["type"] == "interrupted")
+        assert cut["reason"] == "client" and cut["turn"] == 3
+        await line.first(
+            lambda m: m["type"] == "reply" and m["final"] and m["text"].startswith("Sorry, the shop")
+        )
+        history = line.call.conversation.history.turns
+        assert history[-1] == Exchange(None, "Sorry, the shop closes now.")
+        assert cut["heard"] and STORY.startswith(cut["heard"])
+
+
+@virtual_time
+async def test_hangup_ends_the_call_after_the_sentence_playing_and_the_last_words():
+    async with CallLine(llm=ScriptedLLM(default=STORY)) as line:
+        line.call.control({"type": "say", "text": REQUEST})
+        await line.first(lambda m: m["type"] == "state" and m["state"] == "speaking")
+        await line.until(line.now + 0.5)
+        asked = line.now
+        line.call.control({"type": "hangup", "text": "Goodbye!"})
+        with pytest.raises(ControlError, match="hanging up"):
+            line.call.control({"type": "say", "text": "Wait!"})
+        bye = await line.first(lambda m: m["type"] == "bye")
+        assert bye["reason"] == "hangup" and line.call.ended.is_set()
+        # The piece playing then ("Once upon a time", 0.96 s of the scripted voice, 0.5 s of it played)
+        # was finished, nothing after it, then the last words (0.48 s).
+        assert line.tts.spoken[-1] == "Goodbye!"
+        after = [t for t in line.voiced if t >= asked]
+        assert 0.46 + 0.48 - 0.1 <= len(after) * 0.02 <= 0.46 + 0.48 + 0.1, after
+        assert line.call.playout.buffered_samples == 0
 
 
 # -- coverage: this runs last ----------------------------------------------------------------------

@@ -115,6 +115,12 @@ def _usage_problem(config: Config) -> str | None:
         return f"not a TURN URL: {bad_turn[0]}"
     if ice.turn_urls and not (ice.turn_secret or ice.turn_secret_file):
         return "--turn-url needs --turn-secret"
+    from .call.logic import Logic, LogicError
+
+    try:
+        Logic.from_config(config)
+    except LogicError as exc:
+        return str(exc)
     return None
 
 

@@ -37,6 +37,7 @@ from voicepeer.call.call import Call
 from voicepeer.call.conversation import Conversation, ConversationSettings
 from voicepeer.call.events import EventHub
 from voicepeer.call.floor import Transition
+from voicepeer.call.logic import Logic
 from voicepeer.call.playout import Playout
 from voicepeer.call.services import Services
 from voicepeer.config import Config
@@ -199,12 +200,14 @@ class CallLine(Line):
     microphone sends 20 ms of silence every 20 ms (the detector's script says what it "heard"), and
     the playout is pulled as often."""
 
-    def __init__(self, *, llm: ScriptedLLM | None = None, config: Config | None = None) -> None:
+    def __init__(
+        self, *, llm: ScriptedLLM | None = None, config: Config | None = None, logic: Logic | None = None
+    ) -> None:
         super().__init__(ScriptedASR())
         self.llm = llm or ScriptedLLM()
         self.tts = ScriptedTTS()
         services = Services(asr=self.asr, llm=self.llm, tts=self.tts)
-        self.call = Call(services, config or Config(), client_aec=True)
+        self.call = Call(services, config or Config(), client_aec=True, logic=logic)
         self.detector = ScriptedDetector(self.call.detector.params)
         self.call.detector = self.detector  # type: ignore[assignment]
         self.call.events.subscribe(self.record)

@@ -17,16 +17,21 @@ from dataclasses import dataclass, field
 
 from ..audio.recorder import TurnRecorder
 from ..backends.base import BackendError
-from ..backends.llm import DEFAULT_SYSTEM_PROMPT, History, LLMOptions
+from ..backends.llm import DEFAULT_SYSTEM_PROMPT, History, LLMOptions, Message
 from . import events
 from .events import EventHub
 from .floor import Committed, ReplyOver, Unanswered
+from .hook import HookAnswer, HookError, HookRequest, parse_answer
+from .logic import Logic
 from .playout import Playout
 from .reply import Reply
 from .services import Services
 from .speaker import Speaker
+from .toolloop import Aside, Spawn, ToolLoop
+from .tools import Tool, Toolbox
 from .turn import UserTurn, hold_if_unfinished, judge_end, silence_lasted
 from .turntaking import TurnPolicy
+from .webhook import WebhookError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,10 @@ class ConversationSettings:
     policy: TurnPolicy = field(default_factory=TurnPolicy)
     record_dir: str | None = None
     """Debugging: each committed turn's audio is written there (``TurnRecorder``)."""
+    logic: Logic | None = None
+    """The application's tools, hook and greeting; None: none."""
+    call_id: str = ""
+    """What tools and the hook are told the call is."""
 
 
 class Answerer:
@@ -67,8 +76,10 @@ class Answerer:
         voice: bool,
         fire: Callable[[object], object],
         audible: Callable[[UserTurn], None],
+        spawn: Spawn,
     ) -> None:
-        """``fire``: moves the floor (``FloorMachine.fire``). ``audible``: a reply's voice started."""
+        """``fire``: moves the floor (``FloorMachine.fire``). ``audible``: a reply's voice started.
+        ``spawn``: starts a task the conversation owns (a tool left to finish after a cut-off)."""
         self.asr = services.asr
         self.llm = services.llm
         self.end_of_turn = services.end_of_turn
@@ -76,10 +87,16 @@ class Answerer:
         self.channel = channel
         self.policy = settings.policy
         self.history = History(system_prompt=settings.system_prompt, drop_repeats=True)
+        """Its ``context`` holds the call's variables, which the tools and the hook are also given."""
         self.llm_options = settings.llm or self.llm.options
         self.speaker = Speaker(services.tts, output, audible) if voice else None
         self.recorder = TurnRecorder(settings.record_dir, f"{id(self):x}") if settings.record_dir else None
+        self.logic = settings.logic or Logic()
+        self.call_id = settings.call_id
+        self.tools: tuple[Tool, ...] = self.logic.tools
+        """The server's tools, and the ones this call added (``config``'s ``tools``)."""
         self._fire = fire
+        self._spawn = spawn
 
     def update(self, *, system_prompt: str | None = None, max_tokens: int | None = None) -> None:
         """Changes how the next replies are written; a reply under way keeps what it started with."""
@@ -90,9 +107,14 @@ class Answerer:
 
     async def run(self, turn: UserTurn, text: str | None, number: int) -> None:
         """Answers ``turn`` (typed ``text``: its words, without the ASR); ``number``: the number it will
-        have once committed, for its partial transcript."""
+        have once committed, for its partial transcript. A turn the application speaks (``spoken``) is
+        said at once."""
         replied = False
         try:
+            if turn.spoken is not None:
+                await self._reply(turn, True)
+                replied = True
+                return
             complete = asyncio.ensure_future(judge_end(turn, self.end_of_turn, self.policy))
             try:
                 heard = await self._transcribe(turn, text, number)
@@ -107,6 +129,62 @@ class Answerer:
         finally:
             if not replied:
                 self._fire(ReplyOver(turn) if turn.committed.is_set() else Unanswered(turn))
+
+    async def _answer(self, turn: UserTurn) -> AsyncIterator[str | Aside]:
+        """The reply's words: the hook's, or the model's (with the call's tools, if it has some and the
+        model takes them)."""
+        extra: tuple[Message, ...] = ()
+        if self.logic.hook is not None:
+            await turn.committed.wait()  # the application sees final turns only
+            answer = await self._ask_hook(turn)
+            if answer.say is not None:
+                return _said(answer.say)
+            extra = answer.messages
+        messages = self.history.messages(turn.text, extra)
+        if self.tools and self.llm.capabilities.tools:
+            toolbox = Toolbox(
+                self.tools, self.logic.webhooks, self.call_id, self.history.context, self.logic.tool_timeout_s
+            )
+            loop = ToolLoop(
+                self.llm,
+                messages,
+                self.llm_options,
+                toolbox,
+                turn,
+                self.channel,
+                self._spawn,
+                rounds=self.logic.tool_rounds,
+                filler=self.logic.tool_filler,
+                filler_after_s=self.logic.tool_filler_after_s,
+            )
+            turn.steps = loop.steps
+            return loop.run()
+        return self.llm.stream(messages, self.llm_options)  # type: ignore[return-value]
+
+    async def _ask_hook(self, turn: UserTurn) -> HookAnswer:
+        """The hook's answer, or an empty one (the model answers) if it fails or runs out of time."""
+        assert self.logic.hook is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        request = HookRequest(self.call_id, turn.number, turn.text, dict(self.history.context))
+        try:
+            async with asyncio.timeout(self.logic.hook_timeout_s):
+                answer = parse_answer(await self.logic.hook(request))
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                message = f"the hook did not answer within {self.logic.hook_timeout_s:g} s"
+            elif isinstance(exc, WebhookError | HookError):
+                message = str(exc)
+            else:
+                log.exception("the hook failed")
+                message = f"the hook failed: {type(exc).__name__}"
+            ms = round((loop.time() - started) * 1000, 1)
+            self.channel.send(events.hook(turn.number, "failed", ms, message))
+            self.channel.send(events.error("hook_failed", message))
+            return HookAnswer()
+        turn.metrics.mark("hook_ms")
+        self.channel.send(events.hook(turn.number, answer.action, round((loop.time() - started) * 1000, 1)))
+        return answer
 
     async def _transcribe(self, turn: UserTurn, text: str | None, number: int) -> bool | None:
         """The turn's words (typed ``text`` as it is) into ``turn.text``: True if there are some, None
@@ -137,7 +215,8 @@ class Answerer:
         be heard), releasing the reply once the silence after it has lasted."""
 
         async def commit_when_over() -> None:
-            await silence_lasted(turn, self.policy, complete)
+            if turn.spoken is None:
+                await silence_lasted(turn, self.policy, complete)
             if self._fire(Committed(turn)) is not None:
                 turn.commit(self.channel)
                 if self.recorder is not None:
@@ -146,17 +225,19 @@ class Answerer:
         committer = asyncio.get_running_loop().create_task(commit_when_over())
         try:
             reply = Reply(turn, self.channel)
-            if apology is None:
-                stream = self.llm.stream(self.history.messages(turn.text), self.llm_options)
-            else:
+            if turn.spoken is not None:
+                stream: AsyncIterator[str | Aside] = _said(turn.spoken)
+            elif apology is not None:
                 stream = _said(apology)
+            else:
+                stream = await self._answer(turn)
             speak = self.speaker.speak if self.speaker is not None else None
             text = await reply.run(stream, self.llm_options.max_sentences, speak)
             await committer
         finally:
             committer.cancel()
         if text and apology is None:
-            self.history.add(turn.text, text)
+            self.history.add(None if turn.spoken is not None else turn.text, text, turn.steps)
         await self.output.wait_idle()
         turn.metrics.mark("playout_done_ms")
         self._fire(ReplyOver(turn))

@@ -33,11 +33,21 @@ from ..runtime.limits import TokenBucket
 from ..runtime.tasks import Tasks
 from ..runtime.workers import run_frontend
 from . import events
-from .control import CallSettings, ControlError, apply_config, check_fields, say_text
+from .control import (
+    CallSettings,
+    ControlError,
+    apply_config,
+    check_fields,
+    parse_context,
+    say_text,
+    speak_interrupts,
+)
 from .conversation import Conversation, ConversationSettings
 from .events import Event, EventHub, EventQueue
+from .logic import Logic
 from .playout import Playout
 from .services import Services
+from .tools import MAX_TOOLS, Tool, merge, parse_tools
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +82,21 @@ class Call:
         client_aec: bool = False,
         unprocessed: bool = False,
         call_id: str | None = None,
+        logic: Logic | None = None,
+        context: dict[str, str] | None = None,
+        greeting: str | None = None,
     ) -> None:
         """``voice``: the transport plays the bot's voice back (a WHIP ingest client does not, and is
         answered in text only). ``client_aec``: the client says its microphone has echo cancellation on,
         so the front-end starts out expecting no echo of the bot (and keeps measuring). ``unprocessed``:
         the client also sends the same microphone without its canceller (``hear(..., unprocessed=True)``),
-        which the call takes instead if the bot's echo is not in it (``voicepeer.audio.capture``)."""
+        which the call takes instead if the bot's echo is not in it (``voicepeer.audio.capture``).
+        ``logic``: the application's tools, hook and greeting; ``context``: this call's variables (the
+        system prompt's ``{name}``s, given to the tools and the hook); ``greeting``: said when the call
+        starts, instead of the server's (``""``: none)."""
         self.id = call_id or secrets.token_urlsafe(16)
+        self.logic = logic or Logic()
+        self.greeting = self.logic.greeting if greeting is None else greeting.strip()
         self.config = config
         self.voice = voice
         self.settings = CallSettings.of(config)
@@ -101,9 +119,16 @@ class Call:
                 partials=config.asr.partials,
                 policy=config.turns.policy,
                 record_dir=config.server.record_turns_dir,
+                logic=self.logic,
+                call_id=self.id,
             ),
             voice=voice,
         )
+        self.conversation.history.context.update(context or {})
+        self.own_tools: tuple[Tool, ...] = ()
+        """Tools this call added with ``config`` (its webhooks within ``logic.webhook_allow``)."""
+        self.ended = asyncio.Event()
+        """Set once the call has hung up (``hangup``): the transport closes it."""
         self.frontend = FrontEnd(
             config.audio.aec,
             config.audio.noise_suppression,
@@ -134,6 +159,8 @@ class Call:
     def start(self) -> None:
         self.events.send(events.session(self.id))
         self.conversation.start()
+        if self.greeting:
+            self.conversation.speak(self.greeting, now=True)
 
     def snapshot(self) -> list[Event]:
         """What a follower that subscribes now needs to know first: which call, and its state."""
@@ -240,19 +267,72 @@ class Call:
         kind = message["type"]
         if kind == "ping":
             return {"type": "pong"}
+        if self.conversation.ending and kind not in ("mute", "unmute"):
+            raise ControlError("ending", "the call is hanging up")
         if kind == "interrupt":
             self.conversation.interrupt()  # an ``interrupted`` event follows if the bot was answering
         elif kind in ("mute", "unmute"):
             self._set_muted(kind == "mute")
         elif kind == "say":
             self.conversation.say(say_text(message))  # typing works while the microphone is muted
+        elif kind == "speak":
+            self.conversation.speak(say_text(message), now=speak_interrupts(message))
+        elif kind == "hangup":
+            last_words = say_text(message, optional=True)
+            self.conversation.ending = True  # from this command on, nothing new is taken
+            self._tasks.spawn(self._hang_up(last_words), "hangup")
         elif kind == "reset":
             self.conversation.reset()
             self.events.send({"type": "reset"})
         elif kind == "config":
+            context = parse_context(message["context"]) if "context" in message else None
+            tools = self._call_tools(message["tools"]) if "tools" in message else None
             self._configure(apply_config(self.settings, message))
-            self.events.send({"type": "config", **self.settings.public()})
+            if context is not None:
+                variables = self.conversation.history.context
+                for name, value in context.items():
+                    if value is None:
+                        variables.pop(name, None)
+                    else:
+                        variables[name] = value
+            if tools is not None:
+                self.own_tools = tools
+                self.conversation.answerer.tools = merge(self.logic.tools, tools)
+            self.events.send(self._config_event())
         return None
+
+    def _config_event(self) -> Event:
+        return {
+            "type": "config",
+            **self.settings.public(),
+            "context": dict(self.conversation.history.context),
+            "tools": [t.name for t in self.conversation.answerer.tools],
+        }
+
+    def _call_tools(self, value: object) -> tuple[Tool, ...]:
+        """A call's own tools, checked: valid declarations, whose webhooks the server allows."""
+        if not isinstance(value, list):
+            raise ControlError("bad_value", '"tools" must be a JSON list of declarations', "tools")
+        try:
+            tools = parse_tools(value)
+        except ValueError as exc:
+            raise ControlError("bad_value", str(exc), "tools") from None
+        if len(merge(self.logic.tools, tools)) > MAX_TOOLS:
+            raise ControlError("bad_value", f"a call has at most {MAX_TOOLS} tools", "tools")
+        for tool in tools:
+            if tool.webhook is None or not self.logic.allows(tool.webhook):
+                raise ControlError(
+                    "bad_value", f"tool {tool.name!r}: the server does not allow its webhook", "tools"
+                )
+            if self.logic.webhooks is None:
+                raise ControlError("bad_value", "this server has no webhook secret", "tools")
+        return tools
+
+    async def _hang_up(self, last_words: str) -> None:
+        await self.conversation.hang_up(last_words or None)
+        if not self.closed:
+            self.events.send(events.bye("hangup"))
+        self.ended.set()
 
     def admit(self) -> None:
         """Past ``messages_per_second`` (bursts of twice that) a message is dropped. The first drop of

@@ -10,13 +10,16 @@ as a whole, with the field it concerns named, and nothing else changes.
 | ``interrupt`` | | the bot stops its reply now |
 | ``mute`` / ``unmute`` | | the call stops / resumes listening; a turn in progress ends there |
 | ``say`` | ``text`` | a typed user message, answered in voice like a spoken one |
+| ``speak`` | ``text``, ``interrupt`` | the bot says ``text`` verbatim: once the floor is open, or at once |
+| ``hangup`` | ``text`` | the call ends after the sentence playing now (and ``text``, if given) |
 | ``reset`` | | the reply in progress stops and the history is cleared |
-| ``config`` | any of ``SETTINGS`` | changes this call's settings within their bounds |
+| ``config`` | ``SETTINGS``, ``context``, ``tools`` | changes this call's settings within their bounds |
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from ..config import OPTIONS, Config, Declared
@@ -70,8 +73,14 @@ ALLOWED_FIELDS: dict[str, frozenset[str]] = {
     "unmute": frozenset(),
     "reset": frozenset(),
     "say": frozenset({"text"}),
-    "config": frozenset(SETTINGS),
+    "speak": frozenset({"text", "interrupt"}),
+    "hangup": frozenset({"text"}),
+    "config": frozenset(SETTINGS) | {"context", "tools"},
 }
+
+MAX_CONTEXT_KEYS = 32
+MAX_CONTEXT_CHARS = 8_000
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def check_fields(message: dict[str, Any]) -> None:
@@ -83,13 +92,50 @@ def check_fields(message: dict[str, Any]) -> None:
             raise ControlError("bad_field", f"{message['type']} takes no field {shown!r}", shown)
 
 
-def say_text(message: dict[str, Any]) -> str:
+def say_text(message: dict[str, Any], optional: bool = False) -> str:
+    """The command's ``text``, blanks collapsed (``optional``: "" when it has none)."""
+    if optional and message.get("text") is None:
+        return ""
     text = message.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ControlError("bad_value", '"text" must be a non-empty string', "text")
     if len(text) > MAX_SAY_CHARS:
         raise ControlError("bad_value", f'"text" is at most {MAX_SAY_CHARS} characters', "text")
     return " ".join(text.split())
+
+
+def speak_interrupts(message: dict[str, Any]) -> bool:
+    value = message.get("interrupt", False)
+    if not isinstance(value, bool):
+        raise ControlError("bad_value", '"interrupt" must be true or false', "interrupt")
+    return value
+
+
+def parse_context(value: Any, field: str = "context") -> dict[str, str | None]:
+    """A call's variables: ``{name: text}`` (numbers and booleans as text; null removes one)."""
+    if not isinstance(value, dict) or len(value) > MAX_CONTEXT_KEYS:
+        raise ControlError(
+            "bad_value", f'"{field}" must be an object of at most {MAX_CONTEXT_KEYS} names', field
+        )
+    out: dict[str, str | None] = {}
+    total = 0
+    for name, item in value.items():
+        if not _IDENTIFIER.match(name):
+            raise ControlError("bad_value", f'"{field}" names are identifiers of up to 64 characters', field)
+        if item is None:
+            out[name] = None
+            continue
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif isinstance(item, int | float):
+            item = str(item)
+        if not isinstance(item, str):
+            raise ControlError("bad_value", f'"{field}.{name}" must be text, a number or a boolean', field)
+        total += len(item)
+        out[name] = item
+    if total > MAX_CONTEXT_CHARS:
+        raise ControlError("bad_value", f'"{field}" holds at most {MAX_CONTEXT_CHARS} characters', field)
+    return out
 
 
 def _check(name: str, value: Any) -> None:
@@ -112,9 +158,13 @@ def _check(name: str, value: Any) -> None:
 
 def apply_config(settings: Any, message: dict[str, Any]) -> Any:
     """The settings with the command's changes, all checked before any is applied."""
-    changes = {k: v for k, v in message.items() if k != "type"}
+    changes = {k: v for k, v in message.items() if k not in ("type", "context", "tools")}
     if not changes:
-        raise ControlError("bad_value", f"config needs at least one of {', '.join(SETTINGS)}")
+        if "context" in message or "tools" in message:
+            return settings
+        raise ControlError(
+            "bad_value", f"config needs at least one of {', '.join([*SETTINGS, 'context', 'tools'])}"
+        )
     for name, value in changes.items():
         _check(name, value)
     for name, value in changes.items():

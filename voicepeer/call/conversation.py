@@ -22,7 +22,9 @@ pipeline (``reply``, ``speaker``), speech over the reply (``bargein``) and the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 
 import numpy as np
 
@@ -53,6 +55,7 @@ from .floor import (
     ReplyOver,
     Reset,
     Say,
+    Speak,
     TakeOver,
     Transition,
     Unanswered,
@@ -64,6 +67,10 @@ from .turn import UserTurn
 from .turntaking import Floor, Verdict
 
 log = logging.getLogger(__name__)
+
+MAX_QUEUED_SPEECHES = 8
+"""``speak`` texts waiting for the floor; past this the oldest goes: an announcement nobody could hear
+for that long is stale."""
 
 
 class Conversation:
@@ -87,8 +94,16 @@ class Conversation:
         self.channel = channel
         self.policy = settings.policy
         self.machine = FloorMachine(TRANSITIONS, self, changed=self._publish)
+        self._tasks = Tasks("conversation")
         self.answerer = Answerer(
-            services, output, channel, settings, voice=voice, fire=self.machine.fire, audible=self._audible
+            services,
+            output,
+            channel,
+            settings,
+            voice=voice,
+            fire=self.machine.fire,
+            audible=self._audible,
+            spawn=self._tasks.spawn,
         )
         self.asr = services.asr
         self.partials = settings.partials
@@ -97,7 +112,6 @@ class Conversation:
         self.interruptions = 0
         self.ignored = 0
         """Speech over the bot that did not cut it off (each one was reported in an ``ignored`` event)."""
-        self._tasks = Tasks("conversation")
         self._barge = BargeIn(self.policy, self.asr, self._tasks, self._decide)
         self._published: State = "listening"
         self._current: UserTurn | None = None  # the PENDING turn, or the one the BOT answers
@@ -106,6 +120,10 @@ class Conversation:
         self._partial_task: asyncio.Task[None] | None = None
         self._live: LiveTranscript | None = None  # the utterance's stream, with a streaming ASR
         self._live_sent = ""
+        self._speeches: deque[str] = deque(maxlen=MAX_QUEUED_SPEECHES)
+        """What the application asked the bot to say once the floor is open."""
+        self.ending = False
+        """The call is hanging up: no new turn is taken."""
         self._closed = False
 
     def start(self) -> None:
@@ -140,6 +158,13 @@ class Conversation:
         if self.state != self._published:
             self._published = self.state
             self.channel.send(events.state(self._published))
+        if self._speeches and self.floor is Floor.OPEN and not self._closed:
+            # Not from inside the row that opened the floor: the next one is fired on its own.
+            asyncio.get_running_loop().call_soon(self._speak_queued)
+
+    def _speak_queued(self) -> None:
+        if self._speeches and self.floor is Floor.OPEN and not self._closed:
+            self.machine.fire(Speak(self._speeches.popleft(), now=True))
 
     def _audible(self, turn: UserTurn) -> None:
         self._publish()
@@ -148,7 +173,7 @@ class Conversation:
 
     def on_turn_event(self, event: TurnEvent) -> None:
         """Called by the call for every turn event, in order, on the event loop."""
-        if self._closed:
+        if self._closed or self.ending:
             return
         if isinstance(event, SpeechStarted):
             self.channel.send(events.vad_start(self.state))
@@ -169,6 +194,35 @@ class Conversation:
     def reset(self) -> None:
         """Forgets the conversation: any reply in progress stops, and the history is cleared."""
         self.machine.fire(Reset())
+
+    def speak(self, text: str, now: bool = False) -> None:
+        """The bot says ``text`` verbatim, recorded in the history as its own: ``now`` cuts off whatever
+        is going on (a reply, a turn being answered); otherwise it waits until the floor is open."""
+        self.machine.fire(Speak(text, now))
+
+    async def hang_up(self, last_words: str | None = None) -> None:
+        """Ends the conversation politely: no new turn is taken, a reply under way stops after the
+        sentence playing now, ``last_words`` (if any) are said, and this returns once all is played."""
+        self.ending = True
+        self._speeches.clear()
+        turn = self._current
+        if turn is not None and turn.committed.is_set() and turn.task is not None:
+            turn.task.cancel()  # nothing more is written or synthesized
+            played = self.output.played_total
+            end = next((e for _t, s, e in turn.spans if s <= played < e), played)
+            self.output.keep(end - played)
+            self.output.resume()
+        else:
+            self._abandon()
+        await self.output.wait_idle()
+        if last_words:
+            self._current = None
+            self.machine.fire(Speak(last_words, now=True))
+            turn = self._current
+            if turn is not None and turn.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(turn.task)
+            await self.output.wait_idle()
 
     # -- the handlers of TRANSITIONS ---------------------------------------------------------------
 
@@ -281,6 +335,22 @@ class Conversation:
         typed = Utterance(np.zeros(0, dtype=np.int16), -1, -1, now, 0)
         self._begin(typed, ended=True, text=event.text)
 
+    def _may_speak(self, event: Speak) -> bool:
+        return event.now or self.floor is Floor.OPEN
+
+    def _speak(self, event: Speak) -> None:
+        self._cut_off("client")
+        self._carry = None
+        self._abandon()
+        now = asyncio.get_running_loop().time()
+        turn = UserTurn(Utterance(np.zeros(0, dtype=np.int16), -1, -1, now, 0), np.zeros(0, np.int16), True)
+        turn.spoken = event.text
+        self._current = turn
+        turn.task = self._tasks.spawn(self.answerer.run(turn, None, self.turn + 1), "speak")
+
+    def _queue_speech(self, event: Speak) -> None:
+        self._speeches.append(event.text)
+
     def _reset(self, _event: Reset) -> None:
         self._cut_off("client")
         self._abandon()
@@ -299,7 +369,8 @@ class Conversation:
         self._carry = None
         if self._partial_task is not None:
             self._partial_task.cancel()
-        self.channel.send(events.transcript(turn.number, turn.text, final=True))
+        if turn.spoken is None:
+            self.channel.send(events.transcript(turn.number, turn.text, final=True))
 
     def _forget(self, event: Unanswered) -> None:
         self._current = None
@@ -363,7 +434,7 @@ class Conversation:
         self._current = None
         self.interruptions += 1
         if heard:
-            self.history.add(turn.text, heard)
+            self.history.add(None if turn.spoken is not None else turn.text, heard, turn.steps)
         turn.metrics.mark("interrupted_ms")
         self.channel.send(events.interrupted(turn.number, heard, reason))
         self.channel.send(events.metrics(turn.number, turn.metrics.as_dict()))
@@ -424,6 +495,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(OVERLAP, Interrupt, OPEN, C._client_interrupt),
     Transition(None, Say, PENDING, C._say),  # from any floor: a typed turn cuts off whatever was going on
     Transition(None, Reset, OPEN, C._reset),
+    Transition(None, Speak, PENDING, C._speak, when=C._may_speak),  # said at once, committed at once
+    Transition(None, Speak, None, C._queue_speech),  # said once the floor is open
 )
 """Every (floor, event) pair that does something; any other pair leaves everything as it is (a pause
 or end of the detector's turn after the conversation already committed it, a noise while the floor is

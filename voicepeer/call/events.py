@@ -48,6 +48,9 @@ State = Literal["listening", "thinking", "speaking"]
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
 
+MAX_SHOWN_RESULT = 2000
+"""A tool's result longer than this (as JSON text) is not repeated in its ``tool_result`` event."""
+
 MAX_PENDING = 512
 """Events a data channel keeps while it is not open yet; the oldest go first past this."""
 
@@ -110,6 +113,47 @@ def ignored(turn: int, reason: str, text: str) -> Event:
 
 def metrics(turn: int, values: dict[str, float | int | None]) -> Event:
     return {"type": "metrics", "turn": turn, **values}
+
+
+def tool_call(turn: int, call_id: str, name: str, arguments: str) -> Event:
+    """The model called a tool; ``arguments`` parsed when they are JSON, as the model wrote them if not."""
+    try:
+        parsed: Any = json.loads(arguments)
+    except (ValueError, RecursionError):
+        parsed = arguments[:1000]
+    return {"type": "tool_call", "turn": turn, "id": call_id, "name": name, "arguments": parsed}
+
+
+def tool_result(turn: int, outcome: Any, dropped: bool = False) -> Event:
+    """A tool finished (``outcome``: ``voicepeer.call.tools.ToolOutcome``). ``dropped``: it finished after
+    the reply was cut off, and its result went nowhere."""
+    event: Event = {
+        "type": "tool_result",
+        "turn": turn,
+        "id": outcome.call.id,
+        "name": outcome.call.name,
+        "ok": outcome.ok,
+        "ms": outcome.ms,
+        "dropped": dropped,
+    }
+    if outcome.ok:
+        event["result"] = json.loads(outcome.result) if len(outcome.result) <= MAX_SHOWN_RESULT else None
+    else:
+        event["error"] = outcome.error
+    return event
+
+
+def hook(turn: int, action: str, ms: float, error: str | None = None) -> Event:
+    """What the application's per-turn hook did: ``say``, ``context``, ``none`` or ``failed``."""
+    event: Event = {"type": "hook", "turn": turn, "action": action, "ms": ms}
+    if error is not None:
+        event["error"] = error
+    return event
+
+
+def bye(reason: str) -> Event:
+    """The call is ending: ``hangup`` (the application asked) or ``closed``."""
+    return {"type": "bye", "reason": reason}
 
 
 def draining(limit_s: float) -> Event:
@@ -262,7 +306,9 @@ class EventQueue:
         return self._events.popleft()
 
 
-CLIENT_MESSAGES = frozenset({"ping", "interrupt", "mute", "unmute", "say", "reset", "config"})
+CLIENT_MESSAGES = frozenset(
+    {"ping", "interrupt", "mute", "unmute", "say", "speak", "hangup", "reset", "config"}
+)
 
 MAX_MESSAGE_BYTES = 16 * 1024
 """A client message larger than this is refused before it is parsed."""

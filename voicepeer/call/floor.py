@@ -88,6 +88,15 @@ class Say:
 
 
 @dataclass(frozen=True)
+class Speak:
+    """The application has the bot say ``text``: ``now``, cutting off whatever is going on, or as soon
+    as the floor is open (the user has finished, the bot's reply is over)."""
+
+    text: str
+    now: bool = False
+
+
+@dataclass(frozen=True)
 class Reset:
     """The client asked to forget the conversation."""
 

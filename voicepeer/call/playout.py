@@ -61,6 +61,19 @@ class Playout:
         self._idle.set()
         return dropped
 
+    def keep(self, samples: int) -> int:
+        """Keeps only the next ``samples`` of queued audio (the rest of the sentence playing now) and
+        drops what follows; returns the samples dropped."""
+        kept = self._buffer.pop(min(max(0, samples), len(self._buffer)))
+        assert kept is not None
+        dropped = self._buffer.clear()
+        if kept.size:
+            self._buffer.push(kept)
+        self._enqueued -= dropped
+        if not len(self._buffer):
+            self._idle.set()
+        return dropped
+
     def pause(self) -> None:
         """Hands out silence from the next frame on but keeps what is queued: the user may have started
         to speak (barge-in), and if it was only a cough the bot goes on where it stopped."""

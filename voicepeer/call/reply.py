@@ -19,6 +19,7 @@ from ..backends.base import BackendError
 from . import events
 from .events import EventHub
 from .text import SpeechChunker
+from .toolloop import TOOL_APOLOGY, Aside
 from .turn import UserTurn
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,31 @@ class Reply:
         self.spoken: list[str] = []
         """Pieces handed to the track (or, without a voice, to the client)."""
 
-    async def write(self, stream: AsyncIterator[str], max_sentences: int | None) -> None:
-        """LLM -> sentences. A failing model is apologised for, unless part of a reply is on its way."""
+    async def write(self, stream: AsyncIterator[str | Aside], max_sentences: int | None) -> None:
+        """LLM -> sentences. A failing model is apologised for, unless part of a reply is on its way.
+        An ``Aside`` (from a reply that calls tools) is said as it is, after what the model has said."""
         turn = self.turn
         chunker = SpeechChunker(max_sentences=max_sentences)
         written: list[str] = []
+
+        def put(piece: str) -> None:
+            self.sentences.put_nowait(piece)
+            written.append(piece)
+            so_far = " ".join(written)
+            turn.send(self.channel, lambda t=so_far: events.reply(turn.number, t, final=False))
+
         try:
             async with contextlib.aclosing(stream):
                 async for token in stream:
+                    if isinstance(token, Aside):
+                        for piece in chunker.flush():
+                            put(piece)
+                        if token.text:
+                            put(token.text)
+                        continue
                     turn.metrics.mark("llm_first_token_ms")
                     for piece in chunker.push(token):
-                        self.sentences.put_nowait(piece)
-                        written.append(piece)
-                        so_far = " ".join(written)
-                        turn.send(self.channel, lambda t=so_far: events.reply(turn.number, t, final=False))
+                        put(piece)
                     if chunker.done:
                         break  # the reply is long enough: closing the stream stops the model
             for piece in chunker.flush():
@@ -71,7 +83,7 @@ class Reply:
 
     async def run(
         self,
-        stream: AsyncIterator[str],
+        stream: AsyncIterator[str | Aside],
         max_sentences: int | None,
         deliver: Callable[[Reply], Awaitable[None]] | None,
     ) -> str:
@@ -87,7 +99,7 @@ class Reply:
             message = f"the reply failed: {failure.exceptions[0]}"
             self.turn.send(self.channel, lambda: events.error("reply_failed", message))
         text = " ".join(self.spoken)
-        if text and text != APOLOGY:
+        if text and text not in (APOLOGY, TOOL_APOLOGY):
             self.channel.send(events.reply(self.turn.number, text, final=True))
             return text
         return ""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,11 @@ class UserTurn:
         """Spoken pieces and their sample range on the outbound track's ``queued_total`` axis."""
         self.live: LiveTranscript | None = None
         """A streaming ASR's stream of this very audio, which gives the transcript (``call.live``)."""
+        self.spoken: str | None = None
+        """Words the application has the bot say (``speak``, a greeting): a turn with no user in it,
+        committed at once and said verbatim."""
+        self.steps: list[dict[str, Any]] = []
+        """The tool calls and results of its reply, in OpenAI's format, for the history."""
         self._held: list[Callable[[], Event]] = []
 
     def send(self, channel: EventHub, make: Callable[[], Event]) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .app import AppConfig
 from .network import TALKING_CALLS_PER_CORE, IceConfig, SecurityConfig, ServerConfig, default_max_sessions
 from .option import ENV_PREFIX, Declared, Live, Option, declared, option, parse_bool
 from .speech import ASRConfig, AudioConfig, LLMConfig, TTSConfig, TurnsConfig
@@ -31,6 +32,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     turns: TurnsConfig = field(default_factory=TurnsConfig)
+    app: AppConfig = field(default_factory=AppConfig)
 
     def with_options(self, values: Mapping[str, object]) -> Config:
         """A copy with the options named by path (``"llm.max_tokens"``) changed."""
@@ -55,6 +57,7 @@ __all__ = [
     "OPTIONS",
     "TALKING_CALLS_PER_CORE",
     "ASRConfig",
+    "AppConfig",
     "AudioConfig",
     "Config",
     "Declared",

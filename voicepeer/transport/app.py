@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ from aiohttp import web
 
 from ..audio.vad import silero_session
 from ..backends.chain import Switch
+from ..call.hook import TurnHook
+from ..call.logic import Logic
 from ..call.services import Services, load_services
+from ..call.tools import Tool
 from ..config import Config
 from ..runtime.workers import MEDIA_NICE, raise_priority, run_blocking
 from . import sessions, whip
@@ -163,6 +167,10 @@ def _attach(state: ServerState, services: Services) -> None:
     state.detach_services = [chain.subscribe(on_switch) for chain in services.chains]
     services.start()
     state.services = services
+    takes_tools = any(b.capabilities.tools for b in services.llm.chain.backends)  # type: ignore[attr-defined]
+    if state.logic.tools and not takes_tools:
+        state.load_error = "tools are configured, but no LLM backend of the chain can call them"
+        log.error("%s: calls are refused", state.load_error)
 
 
 async def _on_startup(app: web.Application) -> None:
@@ -194,15 +202,24 @@ async def _on_shutdown(app: web.Application) -> None:
             await state.services.aclose()
         else:
             await state.services.stop()
+    await state.logic.aclose()
 
 
 def create_app(
-    config: Config, services: Services | None = None, web_root: Path = WEB_ROOT
+    config: Config,
+    services: Services | None = None,
+    web_root: Path = WEB_ROOT,
+    *,
+    tools: Sequence[Tool] = (),
+    hook: TurnHook | None = None,
 ) -> web.Application:
     """Builds the server. Without ``services`` the models load in the background after start-up, and
-    /healthz answers 503 until they are ready."""
+    /healthz answers 503 until they are ready. ``tools`` and ``hook``: the application's own, in
+    process (callables), besides the configuration's webhooks. Raises ``LogicError`` for tools or a
+    hook the server cannot use."""
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[front_door])
-    app[STATE] = ServerState(config=config, services=services)
+    logic = Logic.from_config(config, tools, hook)
+    app[STATE] = ServerState(config=config, services=services, logic=logic)
     index = web_root / "demo" / "index.html"
 
     async def root(_request: web.Request) -> web.FileResponse:

@@ -25,6 +25,7 @@ from ..call import events
 from ..call.call import Call
 from ..call.control import ControlError
 from ..call.events import EventChannel, ProtocolError, parse_client_message
+from ..call.logic import Logic
 from ..call.services import Services
 from ..config import Config
 from ..runtime.tasks import Tasks
@@ -69,12 +70,18 @@ class Session:
         client_aec: bool = False,
         voice: bool = True,
         unprocessed_mid: str | None = None,
+        logic: Logic | None = None,
     ):
         """``voice``: the client receives audio (a ``sendrecv`` offer); a send-only client gets text.
         ``unprocessed_mid``: the m-line on which the client sends its microphone a second time, without
         its echo canceller (``voicepeer.audio.capture``)."""
         self.call = Call(
-            services, config, voice=voice, client_aec=client_aec, unprocessed=unprocessed_mid is not None
+            services,
+            config,
+            voice=voice,
+            client_aec=client_aec,
+            unprocessed=unprocessed_mid is not None,
+            logic=logic,
         )
         self.unprocessed_mid = unprocessed_mid
         self.id = self.call.id
@@ -115,6 +122,7 @@ class Session:
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         self.call.start()
         self._tasks.spawn(self._connect_watchdog(), "connect-watchdog")
+        self._tasks.spawn(self._hang_up_when_asked(), "hangup-watch")
         self._tasks.spawn(self._length_watchdog(), "length-watchdog")
         return self.pc.localDescription
 
@@ -128,6 +136,11 @@ class Session:
             self._trickled += 1
         await self.pc.addIceCandidate(candidate)
         return True
+
+    async def _hang_up_when_asked(self) -> None:
+        """The application hung up (``hangup``): once the last words are played, the call ends."""
+        await self.call.ended.wait()
+        self._tasks.spawn(self.close("hangup"), "close")
 
     async def _connect_watchdog(self) -> None:
         """A client that posts an offer and never connects must not hold a session slot: aioice waits

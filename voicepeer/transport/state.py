@@ -19,6 +19,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 
 from ..call.control import ControlError
+from ..call.logic import Logic
 from ..call.services import Services
 from ..config import Config
 from ..runtime.health import LoopMonitor
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 class ServerState:
     config: Config
     services: Services | None = None
+    logic: Logic = field(default_factory=Logic)
+    """The application's tools, hook and greeting, for every call."""
     load_error: str | None = None
     loading: asyncio.Task[None] | None = None
     draining: bool = False
@@ -219,6 +222,7 @@ async def open_session(
             client_aec=client_aec,
             voice=voice,
             unprocessed_mid=unprocessed_mid,
+            logic=state.logic,
         )
     except Exception as exc:
         log.exception("could not create a session")
