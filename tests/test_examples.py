@@ -135,7 +135,150 @@ async def test_a_typed_question_gets_the_rules_answer_as_speech(services, tmp_pa
 
 def test_extending_md_shows_the_examples_as_they_are():
     page = (ROOT / "docs" / "extending.md").read_text()
-    for example in (EXAMPLE, ROOT / "examples" / "typed_call.py", ROOT / "examples" / "espeak_tts.py"):
+    shown = ("typed_call.py", "espeak_tts.py", "tool_server.py", "app_backend.py", "weather_voice.py")
+    for example in (EXAMPLE, *(ROOT / "examples" / name for name in shown)):
         assert f"```python\n{example.read_text()}```" in page, (
             f"docs/extending.md shows an old {example.name}"
         )
+
+
+# -- examples/tool_server.py and examples/app_backend.py -------------------------------------------------
+
+
+async def test_the_tool_server_answers_only_signed_requests():
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from examples.tool_server import make_app
+    from voicepeer.call.webhook import Webhooks
+
+    server = TestServer(make_app("s3cret"))
+    async with TestClient(server) as client:
+        async with client.post("/tools/weather", json={"arguments": {"city": "Paris"}}) as unsigned:
+            assert unsigned.status == 401
+        hooks = Webhooks("s3cret")
+        try:
+            url = str(server.make_url("/tools/weather"))
+            answer = await hooks.post(
+                url, {"call": "c", "tool": "get_weather", "arguments": {"city": "Paris"}}, 5
+            )
+            assert answer == {"forecast": "sunny", "temperature_celsius": 24}
+            wrong = Webhooks("guess")
+            with pytest.raises(Exception, match="401"):
+                await wrong.post(url, {"call": "c", "tool": "get_weather", "arguments": {}}, 5)
+            await wrong.aclose()
+        finally:
+            await hooks.aclose()
+
+
+@pytest.mark.slow
+async def test_a_spoken_question_is_answered_with_the_tool_servers_data(make_speech, tmp_path):
+    from tests.support.server import ServerProcess
+    from tests.support.tool_app import SECRET, tool_server
+
+    question = make_speech("What is the weather in Paris?", lead_s=0.5, tail_s=2.0)
+    with (
+        tool_server(tmp_path) as (_url, tools),
+        ServerProcess(
+            "--tools", str(tools), "--webhook-secret", SECRET, log_path=tmp_path / "server.log"
+        ) as server,
+    ):
+        client = RtcClient(server.url)
+        try:
+            await client.connect()
+            await client.wait_for(lambda m: m["type"] == "session", 10)
+            client.say(read_wav(question.path)[0])
+            _, call = await client.wait_for(lambda m: m["type"] == "tool_call", 60)
+            _, result = await client.wait_for(lambda m: m["type"] == "tool_result", 30)
+            _, reply = await client.wait_for(lambda m: m["type"] == "reply" and m["final"], 60)
+        finally:
+            await client.close()
+    assert call["name"] == "get_weather" and call["arguments"]["city"].lower() == "paris"
+    assert result["ok"] and result["result"] == {"forecast": "sunny", "temperature_celsius": 24}
+    assert {"sunny", "24"} & set(words(reply["text"])), reply
+
+
+@pytest.mark.slow
+async def test_the_app_backend_greets_by_name_and_hangs_up_on_goodbye(make_speech, tmp_path):
+    from examples.app_backend import steer
+    from tests.support.server import ServerProcess
+
+    goodbye = make_speech("Thank you, goodbye.", lead_s=0.2, tail_s=2.0)
+    with ServerProcess(log_path=tmp_path / "server.log") as server:
+        client = RtcClient(server.url)
+        try:
+            answer = await client.connect()
+            await client.wait_for(lambda m: m["type"] == "session", 10)
+            backend = asyncio.ensure_future(
+                steer(server.url, answer["events_url"], answer["control_url"], "Ada")
+            )
+            _, greeting = await client.wait_for(lambda m: m["type"] == "reply" and m["final"], 60)
+            assert greeting["text"] == "Hello Ada! Your new bicycle has shipped."
+            config = next(m for m in client.messages("config"))
+            assert config["context"] == {"name": "Ada"}
+            await client.wait_for(lambda m: m["type"] == "metrics", 30)  # the greeting has been played
+            client.say(read_wav(goodbye.path)[0])
+            _, bye = await client.wait_for(lambda m: m["type"] == "bye", 60)
+            seen = await asyncio.wait_for(backend, 30)
+            assert bye["reason"] == "hangup" and seen[-1]["type"] == "bye"
+            last = [m for m in client.messages("reply") if m["final"]][-1]
+            assert last["text"] == "Goodbye, Ada!"
+            async with asyncio.timeout(15):  # the server closes the call
+                while client.pc.connectionState not in ("closed", "failed"):
+                    await asyncio.sleep(0.1)
+            server.wait_sessions(0)
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+def weather_example(tmp_path):
+    """``examples/weather_voice.py --port N`` in a child process; it must stop cleanly on SIGINT."""
+    port = free_port()
+    log = tmp_path / "weather.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "weather_voice.py"), "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}", proc, log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, read_log(log)
+
+
+@pytest.mark.slow
+async def test_the_library_example_greets_hooks_and_calls_its_tool(weather_example, make_speech):
+    url, proc, log = weather_example
+    await wait_ready(url, proc, log)
+    while (await wait_ready(url, proc, log))["status"] != "ready":
+        await asyncio.sleep(0.5)
+    order = make_speech("Where is my order?", lead_s=0.3, tail_s=1.5)
+    weather = make_speech("What is the weather in Paris?", lead_s=0.3, tail_s=1.5)
+    client = RtcClient(url)
+    try:
+        await client.connect()
+        _, greeting = await client.wait_for(lambda m: m["type"] == "reply" and m["final"], 60)
+        assert greeting["text"] == "Hello! Ask me about the weather."
+        await client.wait_for(lambda m: m["type"] == "metrics" and m["turn"] == 1, 30)
+        client.say(read_wav(weather.path)[0])
+        _, call = await client.wait_for(lambda m: m["type"] == "tool_call", 60)
+        _, answer = await client.wait_for(
+            lambda m: m["type"] == "reply" and m["final"] and m["turn"] == 2, 60
+        )
+        assert call["name"] == "get_weather" and call["arguments"]["city"].lower() == "paris"
+        assert {"sunny", "24"} & set(words(answer["text"])), answer
+        await client.wait_for(lambda m: m["type"] == "metrics" and m["turn"] == 2, 30)
+        client.say(read_wav(order.path)[0])
+        _, said = await client.wait_for(lambda m: m["type"] == "reply" and m["final"] and m["turn"] == 3, 60)
+        assert said["text"] == "Your order left the warehouse this morning."
+        assert [m["action"] for m in client.messages("hook")] == ["none", "say"]
+    finally:
+        await client.close()

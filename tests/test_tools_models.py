@@ -114,3 +114,23 @@ async def test_a_call_on_llama_cpp_pythons_server_speaks_the_tools_result(servic
         await server.aclose()
     assert calls and calls[0]["city"].lower() == "paris", seen
     assert {"sunny", "24"} & set(words(final_reply(seen))), seen
+
+
+async def test_with_several_tools_the_embedded_model_names_one_and_fills_its_schema(services):
+    clock = {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}
+    specs = [
+        *TOOL_SPEC,
+        Tool(name="get_time", description="The time now", parameters=clock, webhook="http://x/").spec(),
+    ]
+    llm = services.llm
+    for question in ("What time is it in Tokyo?", "What is the weather in Rome?"):
+        items = [i async for i in llm.stream(History().messages(question), None, specs)]
+        calls = [i for i in items if isinstance(i, ToolCall)]
+        for call in calls:  # the grammar guarantees a declared name and arguments its schema takes
+            tool = next(
+                Tool(name=s["function"]["name"], parameters=s["function"]["parameters"], webhook="http://x/")
+                for s in specs
+                if s["function"]["name"] == call.name
+            )
+            tool.check(call.arguments)
+        assert calls or "".join(i for i in items if isinstance(i, str)).strip(), items

@@ -316,13 +316,21 @@ class LlamaCppLLM(LLM):
         }
         name = None
         if tool_choice == "auto":
-            grammar = LlamaGrammar.from_string(toolprompt.decision_grammar(tools), verbose=False)
-            first = llama.create_completion(
-                prompt=prompt, grammar=grammar, temperature=0.0, max_tokens=32, stop=[":"]
-            )
-            chosen = first["choices"][0]["text"].strip()  # type: ignore[index]
-            if chosen.startswith("functions."):
-                name = chosen[len("functions.") :].rstrip(":")
+            # The decision is the first word alone (a token or two), the tool's name only if there is
+            # a choice: each token under a grammar is a step of the model, forced or not.
+            grammar = LlamaGrammar.from_string(toolprompt.DECISION, verbose=False)
+            first = llama.create_completion(prompt=prompt, grammar=grammar, temperature=0.0, max_tokens=3)
+            if first["choices"][0]["text"].startswith("f"):  # type: ignore[index]
+                names = [t["function"]["name"] for t in tools]
+                name = names[0]
+                if len(names) > 1:
+                    grammar = LlamaGrammar.from_string(toolprompt.names_grammar(names), verbose=False)
+                    chosen = llama.create_completion(
+                        prompt=prompt + "functions.", grammar=grammar, temperature=0.0, max_tokens=32
+                    )
+                    name = chosen["choices"][0]["text"].strip()  # type: ignore[index]
+                    if name not in names:  # cut short: the likeliest of the names it began
+                        name = next((n for n in names if n.startswith(name)), names[0])
         if cancelled.is_set():
             return
         if name is None:

@@ -6,8 +6,9 @@ as ``functions.NAME:`` with their JSON schema; a reply begins ``message:`` or ``
 any ChatML model (SmolLM2, Qwen) follows under a grammar. That handler itself is not used: it drops
 ``tool`` messages from the prompt (the model never sees a tool's result, so it calls the tool again), and
 under ``tool_choice: "auto"`` constrains the message that follows its decision to a function name or
-nothing. Here the decision is one constrained step, a message is then streamed token by token, and a
-call's arguments are generated under a grammar made from its JSON schema.
+nothing. Here the decision is one constrained step, a message is then streamed token by token, a
+call's arguments are generated under a grammar made from its JSON schema, and a tool's result is shown
+to the model as the user's turn (``render``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ def _assistant(message: Message, tools: bool) -> str:
 
 
 def render(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
-    """The whole prompt, up to the assistant's turn. A tool's result is a ``tool`` turn of its own."""
+    """The whole prompt, up to the assistant's turn.
+
+    A tool's result is a user turn ("The result of get_weather: {...}"): ChatML models of this size
+    were not trained on a ``tool`` role. Told to answer after a weather tool, SmolLM2-135M put the
+    result in its reply 24 times in 24 this way (four cities, three histories, two seeds), 13 in 24
+    with a ``tool`` turn, 20 with a system turn."""
+    names = {}
     out = []
     for message in messages:
         role = message["role"]
@@ -67,6 +74,11 @@ def render(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
             text = _system(str(message.get("content") or ""), tools)
         elif role == "assistant":
             text = _assistant(message, bool(tools))
+            names.update((c["id"], c["function"]["name"]) for c in message.get("tool_calls") or ())
+        elif role == "tool":
+            role = "user"
+            name = names.get(message.get("tool_call_id"), "the tool")
+            text = f"The result of {name}: {message.get('content')}"
         else:
             text = str(message.get("content") or "")
         out.append(f"{START}{role}\n{text}{END}\n")
@@ -74,8 +86,11 @@ def render(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
     return "".join(out)
 
 
-def decision_grammar(tools: Sequence[ToolSpec]) -> str:
-    """GBNF for the first words of the reply: ``message:`` or ``functions.NAME:`` of a listed tool.
-    Tool names are ``[A-Za-z0-9_-]`` (checked where tools are declared), safe in a GBNF literal."""
-    names = " | ".join(f'"functions.{t["function"]["name"]}:"' for t in tools)
-    return f'root ::= functions | "message:"\nfunctions ::= {names}\n'
+DECISION = 'root ::= "functions" | "message"\n'
+"""GBNF for the reply's first word: a call or a message."""
+
+
+def names_grammar(names: Sequence[str]) -> str:
+    """GBNF for the name of one of the tools, after ``functions.``. Tool names are ``[A-Za-z0-9_-]``
+    (checked where tools are declared), safe in a GBNF literal."""
+    return "root ::= " + " | ".join(f'"{name}"' for name in names) + "\n"

@@ -18,11 +18,12 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from ..backends.registry import display_name
+
+if TYPE_CHECKING:
+    import aiohttp
 
 SIGNATURE_HEADER = "X-Voicepeer-Signature"
 TIMESTAMP_HEADER = "X-Voicepeer-Timestamp"
@@ -67,6 +68,8 @@ class Webhooks:
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp  # here, not at import: a call that posts no webhook pulls in no HTTP stack
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": "voicepeer-webhook"}, raise_for_status=False
@@ -82,6 +85,8 @@ class Webhooks:
             TIMESTAMP_HEADER: str(now),
             SIGNATURE_HEADER: sign(self._secret, body, now),
         }
+        import aiohttp
+
         where = display_name(url)
         try:
             async with asyncio.timeout(timeout_s):

@@ -27,6 +27,8 @@ export class ConversationView {
     client.addEventListener("transcript", (e) => this.showText("user", e.detail));
     client.addEventListener("reply", (e) => this.showText("bot", e.detail));
     client.addEventListener("metrics", (e) => this.showWaterfall(e.detail));
+    client.addEventListener("tool_call", (e) => this.showTool(e.detail));
+    client.addEventListener("tool_result", (e) => this.showTool(e.detail));
     client.addEventListener("interrupted", (e) => {
       const li = this.entry("bot", e.detail.turn);
       li.firstChild.textContent = e.detail.heard ? `${e.detail.heard} …` : "…";
@@ -53,6 +55,26 @@ export class ConversationView {
     const li = this.entry(kind, turn);
     li.firstChild.textContent = text;
     li.classList.toggle("partial", !final);
+  }
+
+  /** A tool the model called for a turn's reply, and then how it went, under the reply. */
+  showTool(m) {
+    const li = this.entry("bot", m.turn);
+    const box = li.querySelector(".tools") || li.insertBefore(document.createElement("div"), li.children[1] || null);
+    box.className = "tools";
+    let row = box.querySelector(`[data-id="${CSS.escape(m.id)}"]`);
+    if (!row) {
+      row = document.createElement("div");
+      row.dataset.id = m.id;
+      box.append(row);
+    }
+    if (m.type === "tool_call") {
+      row.textContent = `${m.name}(${JSON.stringify(m.arguments)})`;
+    } else {
+      const outcome = m.ok ? `${Math.round(m.ms)} ms` : `failed: ${m.error}`;
+      row.textContent = `${row.textContent || m.name} → ${m.dropped ? "dropped, " : ""}${outcome}`;
+      row.classList.toggle("error", !m.ok);
+    }
   }
 
   showWaterfall(m) {

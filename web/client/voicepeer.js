@@ -8,6 +8,10 @@
 //   "metrics"    {turn, ...ms}              server-side timings of a turn
 //   "muted"      {muted}                    the server stopped (or resumed) listening
 //   "config"     {system_prompt, ...}       the call's settings, after configure()
+//   "tool_call"  {turn, id, name, arguments} the model called one of the application's tools
+//   "tool_result" {turn, id, name, ok, ms, result?, error?, dropped}
+//   "hook"       {turn, action, ms}         what the application's per-turn hook did
+//   "bye"        {reason}                   the application hung up; the client disconnects
 //   "error"      {code, message, field?}
 //   "message"    any server event, raw
 //   "connection" {state}                    RTCPeerConnection.connectionState
@@ -370,12 +374,22 @@ export class VoicePeerClient extends EventTarget {
     return this.send({ type: "say", text });
   }
 
+  /** The bot says `text` verbatim: once the floor is open, or at once with `{interrupt: true}`. */
+  speak(text, { interrupt = false } = {}) {
+    return this.send({ type: "speak", text, interrupt });
+  }
+
+  /** Ends the call after the sentence playing now (and `text`, if given); a "bye" event follows. */
+  hangup(text) {
+    return this.send(text ? { type: "hangup", text } : { type: "hangup" });
+  }
+
   /** Clears the conversation's history (and stops a reply in progress). */
   reset() {
     return this.send({ type: "reset" });
   }
 
-  /** Changes this call's settings: any of {system_prompt, max_tokens, end_silence_ms}. */
+  /** Changes this call's settings: any of {system_prompt, max_tokens, end_silence_ms, context, tools}. */
   configure(settings) {
     return this.send({ type: "config", ...settings });
   }
@@ -435,10 +449,15 @@ export class VoicePeerClient extends EventTarget {
     } else if (message.type === "capture") {
       if (!message.unprocessed) this._dropUnprocessed(); // the browser's canceller has an echo to remove
       this._emit("capture", message);
+    } else if (message.type === "bye") {
+      // The application hung up: the call is over, and no reconnect follows.
+      this._emit("bye", message);
+      this.disconnect();
     } else if (
-      ["transcript", "reply", "metrics", "interrupted", "vad", "error", "session", "config", "reset"].includes(
-        message.type,
-      )
+      [
+        "transcript", "reply", "metrics", "interrupted", "vad", "error", "session", "config", "reset",
+        "tool_call", "tool_result", "hook",
+      ].includes(message.type)
     ) {
       this._emit(message.type, message);
     }

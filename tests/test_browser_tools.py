@@ -1,0 +1,71 @@
+"""The application's logic in a real Chromium call: the greeting when the call connects, a spoken
+question answered with a tool served by the application (``examples/tool_server.py``, a signed
+webhook), ``speak`` over the data channel, and ``hangup`` through the control URL."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import browser
+from tests.support.server import ServerProcess
+from tests.support.tool_app import SECRET, tool_server
+from voicepeer.call.text import words
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+GREETING = "Hello! Ask me about the weather."
+
+
+def test_a_spoken_question_calls_the_applications_tool_and_the_app_steers_the_call(make_speech, tmp_path):
+    # The question comes once the greeting (about 2 s of speech) has been played.
+    question = make_speech("What is the weather in Paris?", lead_s=6.0, tail_s=20.0)
+    with (
+        tool_server(tmp_path) as (_url, tools),
+        ServerProcess(
+            "--tools", str(tools), "--webhook-secret", SECRET, "--greeting", GREETING,
+            log_path=tmp_path / "server.log",
+        ) as server,
+        playwright_api.sync_playwright() as pw,
+        browser.chromium_page(pw, Path(question.path)) as page,
+    ):  # fmt: skip
+        browser.connect(page, server.url)
+        browser.wait_for_event(page, "m.type === 'tool_result'", 60_000)
+        browser.wait_for_event(page, "m.type === 'metrics' && m.turn === 2", 60_000)
+        shown = page.inner_text("#log .tools")  # the page shows the call under the reply
+        # The application speaks on the data channel...
+        page.evaluate("window.voicepeerClient.speak('By the way, it will rain tomorrow.')")
+        browser.wait_for_event(page, "m.type === 'reply' && m.final && m.text.includes('rain')", 30_000)
+        browser.wait_for_event(page, "m.type === 'metrics' && m.turn === 3", 30_000)
+        # ...and hangs up through the control URL.
+        control = page.evaluate("window.voicepeerClient.controlUrl")
+        request = urllib.request.Request(
+            control, data=json.dumps({"type": "hangup", "text": "Goodbye!"}).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+        browser.wait_for_event(page, "m.type === 'bye'", 30_000)
+        call = browser.record(page)
+        server.wait_sessions(0, timeout=15)
+        state = page.evaluate("window.voicepeerClient.pc")
+
+    replies = [m for m in call.messages("reply") if m["final"]]
+    assert replies[0]["text"] == GREETING and replies[0]["turn"] == 1
+    final = [m for m in call.messages("transcript") if m["final"]]
+    assert {"weather", "paris"} <= set(words(final[0]["text"])), final
+    (tool_call,) = call.messages("tool_call")
+    assert tool_call["name"] == "get_weather" and tool_call["arguments"]["city"].lower() == "paris"
+    assert shown.startswith('get_weather({"city":') and " ms" in shown, shown
+    (result,) = call.messages("tool_result")
+    assert result["ok"] and result["result"]["forecast"] == "sunny"
+    answer = next(m for m in replies if m["turn"] == final[0]["turn"])
+    assert {"sunny", "24"} & set(words(answer["text"])), answer
+    assert [m["text"] for m in replies[-2:]] == ["By the way, it will rain tomorrow.", "Goodbye!"]
+    assert state is None  # the client disconnected on bye, without trying to reconnect
+    # Each reply was heard: the bot's voice after the greeting's start, the question and the speak.
+    assert len(call.remote.segments(threshold=0.005)) >= 3
