@@ -29,11 +29,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from examples.typed_call import FRAME_S
 from tests.support.llm_server import llama_cpp_server
 from tests.support.tool_app import SECRET, tool_server
+from tests.support.typed import ask, final_reply
 from voicepeer.backends.openai.chat import OpenAICompatibleLLM
-from voicepeer.call.call import Call
 from voicepeer.call.logic import Logic
 from voicepeer.call.services import Services, load_services
 from voicepeer.call.tools import Tool, load_tools
@@ -50,32 +49,10 @@ async def get_weather(arguments: dict[str, Any], _call: Any) -> dict[str, Any]:
     return {"forecast": "sunny", "temperature_celsius": 24}
 
 
-async def ask(services: Services, logic: Logic, question: str) -> dict[str, Any]:
+async def turn(services: Services, logic: Logic, question: str) -> dict[str, Any]:
     """One typed question in a new call; its metrics and what the tools did."""
-    call = Call(services, Config(), client_aec=True, logic=logic)
-    seen: list[dict[str, Any]] = []
-    over = asyncio.Event()
-
-    def on_event(event: dict[str, Any]) -> None:
-        seen.append(event)
-        if event["type"] == "metrics":
-            over.set()
-
-    call.events.subscribe(on_event)
-    call.start()
-    call.control({"type": "say", "text": question})
-    loop = asyncio.get_running_loop()
-    start, n = loop.time(), 0
-    try:
-        async with asyncio.timeout(120):
-            while not over.is_set():
-                n += 1
-                await asyncio.sleep(max(0.0, start + n * FRAME_S - loop.time()))
-                call.playout.next_frame(loop.time())
-    finally:
-        await call.close()
+    seen = await ask(services, question, logic)
     metrics = next(e for e in seen if e["type"] == "metrics")
-    reply = next((e["text"] for e in seen if e["type"] == "reply" and e["final"]), "")
     return {
         "question": question,
         "first_token_ms": metrics.get("llm_first_token_ms"),
@@ -83,7 +60,7 @@ async def ask(services: Services, logic: Logic, question: str) -> dict[str, Any]
         "tool_calls": sum(e["type"] == "tool_call" for e in seen),
         "tool_ms": [e["ms"] for e in seen if e["type"] == "tool_result"],
         "errors": [e["code"] for e in seen if e["type"] == "error"],
-        "reply": reply,
+        "reply": final_reply(seen),
     }
 
 
@@ -113,7 +90,7 @@ async def run_row(services: Services, logic: Logic, repeat: int) -> dict[str, An
     turns = []
     for _ in range(repeat):
         for city in CITIES:
-            turns.append(await ask(services, logic, f"What is the weather in {city}?"))
+            turns.append(await turn(services, logic, f"What is the weather in {city}?"))
     return {"summary": summary(turns), "turns": turns}
 
 
@@ -142,7 +119,7 @@ async def main_async(rows: list[str], repeat: int) -> dict[str, Any]:
         try:
             for row in rows:
                 services, logic = logics[row]
-                await ask(services, logic, "What is the weather in Lisbon?")  # warm: caches, connections
+                await turn(services, logic, "What is the weather in Lisbon?")  # warm: caches, connections
                 results[row] = await run_row(services, logic, repeat)
                 print(row, json.dumps(results[row]["summary"]), file=sys.stderr, flush=True)
         finally:

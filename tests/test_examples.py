@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import subprocess
@@ -60,15 +61,15 @@ async def test_max_tokens_bounds_the_reply():
     assert "".join(await reply(short, messages)) == "We are"
 
 
-@pytest.fixture
-def example(tmp_path):
-    """``examples/custom_llm.py --port N`` in a child process on a free loopback port: (its URL, the
-    process, its log). It must stop cleanly (status 0) on SIGINT."""
+@contextlib.contextmanager
+def running(script: Path, tmp_path: Path):
+    """``script --port N`` in a child process on a free loopback port: (its URL, the process, its log).
+    It must stop cleanly (status 0) on SIGINT."""
     port = free_port()
-    log = tmp_path / "example.log"
+    log = tmp_path / f"{script.stem}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLE), "--port", str(port)],
+            [sys.executable, str(script), "--port", str(port)],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -83,6 +84,12 @@ def example(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, read_log(log)
+
+
+@pytest.fixture
+def example(tmp_path):
+    with running(EXAMPLE, tmp_path) as started:
+        yield started
 
 
 def read_log(log: Path) -> str:
@@ -232,26 +239,8 @@ async def test_the_app_backend_greets_by_name_and_hangs_up_on_goodbye(make_speec
 
 @pytest.fixture
 def weather_example(tmp_path):
-    """``examples/weather_voice.py --port N`` in a child process; it must stop cleanly on SIGINT."""
-    port = free_port()
-    log = tmp_path / "weather.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "weather_voice.py"), "--port", str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"http://127.0.0.1:{port}", proc, log
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, read_log(log)
+    with running(ROOT / "examples" / "weather_voice.py", tmp_path) as started:
+        yield started
 
 
 @pytest.mark.slow

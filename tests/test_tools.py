@@ -412,3 +412,25 @@ async def test_the_hook_answers_adds_context_or_leaves_the_model_to_answer():
         errors = [m for m in line.messages("error") if m["code"] == "hook_failed"]
         assert len(errors) == 3 and "secret detail" not in json.dumps(errors)
         assert [r.turn for r in seen] == [1, 2, 3, 4, 5, 6] and seen[0].call_id == line.call.id
+
+
+def test_the_server_refuses_to_start_with_bad_tools(tmp_path):
+    import subprocess
+    import sys
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "voicepeer", "serve", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"function": {"name": "x"}}]')
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_text('[{"function": {"name": "x"}, "webhook": "http://127.0.0.1:1/x"}]')
+    for args, says in [
+        (("--tools", str(tmp_path / "missing.json")), "cannot read the tools file"),
+        (("--tools", str(bad)), 'tool 0: "webhook" must be'),
+        (("--tools", str(unsigned)), "--webhook-secret"),
+        (("--hook", "http://127.0.0.1:1/hook"), "--webhook-secret"),
+    ]:
+        done = serve(*args)
+        assert done.returncode == 2 and says in done.stderr, (args, done.stderr[-300:])

@@ -11,19 +11,16 @@ the words of a short JSON result are the likeliest continuation by a wide margin
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.support.llm_server import llama_cpp_server
+from tests.support.typed import ask, final_reply
 from voicepeer.backends.llm import History, ToolCall
 from voicepeer.backends.openai.chat import OpenAICompatibleLLM
-from voicepeer.call.call import Call
 from voicepeer.call.logic import Logic
 from voicepeer.call.services import Services
 from voicepeer.call.text import words
 from voicepeer.call.tools import Tool
-from voicepeer.config import Config
 
 pytestmark = pytest.mark.slow
 
@@ -38,41 +35,24 @@ TOOL_SPEC = [
 ]
 
 
-async def ask(services: Services, question: str) -> tuple[list[dict], list[dict]]:
-    """A text-only call with the weather tool: the question typed; (the events, the tool's calls)."""
-    calls: list[dict] = []
-
-    async def get_weather(arguments, _call):
-        calls.append(arguments)
-        return {"forecast": "sunny", "temperature_celsius": 24}
-
-    logic = Logic(tools=(Tool.of(get_weather, WEATHER, description="The weather now in a city"),))
-    call = Call(services, Config(), voice=False, logic=logic)
-    seen: list[dict] = []
-    done = asyncio.Event()
-
-    def on_event(event: dict) -> None:
-        seen.append(event)
-        if event["type"] == "metrics":
-            done.set()
-
-    call.events.subscribe(on_event)
-    call.start()
-    call.control({"type": "say", "text": question})
-    try:
-        async with asyncio.timeout(120):
-            await done.wait()
-    finally:
-        await call.close()
-    return seen, calls
+async def get_weather(arguments, _call):
+    CALLS.append(arguments)
+    return {"forecast": "sunny", "temperature_celsius": 24}
 
 
-def final_reply(seen: list[dict]) -> str:
-    return next(e["text"] for e in seen if e["type"] == "reply" and e["final"])
+CALLS: list[dict] = []
+LOGIC = Logic(tools=(Tool.of(get_weather, WEATHER, description="The weather now in a city"),))
+
+
+async def ask_weather(services: Services, question: str) -> tuple[list[dict], list[dict]]:
+    """The question typed into a call with the weather tool: (the events, the tool's calls)."""
+    CALLS.clear()
+    seen = await ask(services, question, LOGIC)
+    return seen, list(CALLS)
 
 
 async def test_the_embedded_model_calls_a_tool_and_speaks_its_result(services):
-    seen, calls = await ask(services, "What is the weather in Paris?")
+    seen, calls = await ask_weather(services, "What is the weather in Paris?")
     assert calls and calls[0]["city"].lower() == "paris", seen
     heard = set(words(final_reply(seen)))
     assert {"sunny", "24"} & heard, seen
@@ -107,7 +87,7 @@ async def test_llama_cpp_pythons_server_gives_tool_calls_unstreamed(function_ser
 async def test_a_call_on_llama_cpp_pythons_server_speaks_the_tools_result(services, function_server):
     server = OpenAICompatibleLLM(f"{function_server}?tool_results=user")
     try:
-        seen, calls = await ask(
+        seen, calls = await ask_weather(
             Services(asr=services.asr, llm=server, tts=services.tts), "What is the weather in Paris?"
         )
     finally:
