@@ -18,7 +18,7 @@ from tests.support.calls import serve, wait_until
 from tests.support.offers import local_offer
 from voicepeer.config import ASRConfig, Config, SecurityConfig, ServerConfig
 from voicepeer.transport.app import STATE, create_app
-from voicepeer.transport.auth import CallTokens, mint_call_token
+from voicepeer.transport.auth import CallTokens, mint_call_token, token_claims
 
 SECRET = "s3cret-for-tests"
 
@@ -349,3 +349,40 @@ def test_rates_apply_to_an_ipv6_clients_whole_64():
 
     assert _client_key("2001:db8:1:2::1") == _client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert _client_key("127.0.0.1") == "127.0.0.1" and _client_key(None) == "?"
+
+
+def test_a_call_token_may_carry_signed_claims():
+    tokens = CallTokens(SECRET)
+    token = mint_call_token(SECRET, 60, context={"name": "Ada"}, greeting="Hello Ada!")
+    assert tokens.check(token, spend=False) is None
+    assert token_claims(token) == {"context": {"name": "Ada"}, "greeting": "Hello Ada!"}
+    parts = token.split(".")
+    forged = mint_call_token("other", 60, context={"name": "Eve"}).split(".")[3]
+    assert tokens.check(".".join([*parts[:3], forged, parts[4]]), spend=False) == "not a valid token"
+    assert tokens.check(".".join([*parts[:3], parts[4]]), spend=False) == "not a valid token"  # claims cut
+    with pytest.raises(ValueError, match="claims"):
+        mint_call_token(SECRET, 60, context={"x": "y" * 5000})
+
+
+async def test_a_calls_token_claims_set_its_variables_and_greeting(services):
+    server = await serve(services, security=SecurityConfig(auth_token=SECRET))
+    http = aiohttp.ClientSession(base_url=str(server.make_url("")))
+    try:
+        token = mint_call_token(SECRET, 60, context={"name": "Ada"}, greeting="Hello Ada!")
+        async with http.post(
+            "/offer", json={"type": "offer", "sdp": await local_offer()}, headers=bearer(token)
+        ) as r:
+            answer = await r.json()
+            assert r.status == 200, answer
+        call = server.app[STATE].sessions[answer["session_id"]].call
+        assert call.conversation.history.context == {"name": "Ada"} and call.greeting == "Hello Ada!"
+        bad = mint_call_token(SECRET, 60, context={"not a name": "x"})
+        async with http.post(
+            "/offer", json={"type": "offer", "sdp": await local_offer()}, headers=bearer(bad)
+        ) as r:
+            assert r.status == 400 and (await r.json())["error"] == "bad_claims"
+        async with http.delete(answer["session_url"]) as r:
+            assert r.status == 204
+    finally:
+        await http.close()
+        await server.close()

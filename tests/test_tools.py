@@ -434,3 +434,16 @@ def test_the_server_refuses_to_start_with_bad_tools(tmp_path):
     ]:
         done = serve(*args)
         assert done.returncode == 2 and says in done.stderr, (args, done.stderr[-300:])
+
+
+def test_tools_with_no_llm_that_calls_them_are_refused():
+    from examples.custom_llm import RuleLLM
+    from tests.support.scripted import ScriptedASR, ScriptedTTS
+    from voicepeer.call.services import Services
+    from voicepeer.transport.app import create_app
+
+    services = Services(asr=ScriptedASR(), llm=RuleLLM(), tts=ScriptedTTS())  # declares no tools
+    tool = Tool.of(lambda a, c: {}, WEATHER, name="get_weather")
+    with pytest.raises(LogicError, match="no LLM backend"):
+        create_app(Config(), services=services, tools=[tool])
+    create_app(Config(), services=services)  # without tools it serves

@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="load every model once, print where it came from, and exit")
     token = sub.add_parser("token", help="print a per-call token minted from --auth-token (for a backend)")
     token.add_argument("--ttl", type=float, default=300, help="seconds the token is valid (%(default)s)")
+    token.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable the call starts with (its system prompt's {NAME}), signed into the token",
+    )
     _add_options(parser)
     for sub_parser in (serve, check, token):
         # Accepted after the subcommand too; SUPPRESS keeps a subcommand's defaults from overwriting
@@ -184,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from .transport.auth import mint_call_token
 
-        print(mint_call_token(config.security.auth_token, args.ttl))
+        context = dict(item.partition("=")[::2] for item in args.context)
+        try:
+            print(mint_call_token(config.security.auth_token, args.ttl, context=context or None))
+        except ValueError as exc:
+            print(f"voicepeer: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     from .transport.app import create_app

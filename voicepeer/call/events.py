@@ -23,6 +23,12 @@ Server to client (every message has a ``type``):
 - ``{"type": "metrics", "turn": int, ...}``: milliseconds from the end of the user's speech to each stage.
 - ``{"type": "config", ...}``: the call's settings, after a ``config`` command changed them.
 - ``{"type": "reset"}``: the history was cleared.
+- ``{"type": "tool_call", "turn": int, "id": str, "name": str, "arguments": ...}``: the model called a
+  tool; ``{"type": "tool_result", ...}`` says how it went (``ok``, ``ms``, ``result`` or ``error``,
+  ``dropped`` if it finished after the reply was cut off).
+- ``{"type": "hook", "turn": int, "action": "say" | "context" | "none" | "failed", "ms": float}``: what
+  the application's per-turn hook did.
+- ``{"type": "bye", "reason": "hangup"}``: the application hung up; the call is being closed.
 - ``{"type": "error", "code": str, "message": str[, "field": str]}``: the call goes on unless the code
   says otherwise.
 - ``{"type": "draining", "limit_s": float}``: the server is shutting down; the call goes on until it
@@ -30,7 +36,7 @@ Server to client (every message has a ``type``):
   replica takes the new call).
 
 Client to server: the control commands of ``voicepeer.call.control`` (``ping``, ``interrupt``, ``mute``,
-``unmute``, ``say``, ``reset``, ``config``).
+``unmute``, ``say``, ``speak``, ``hangup``, ``reset``, ``config``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from .hook import TurnHook, webhook_hook
+from .services import Services
 from .tools import Tool, load_tools, merge
 from .webhook import Webhooks
 
@@ -67,6 +68,17 @@ class Logic:
             hook_timeout_s=app.hook_timeout_s,
             webhook_allow=allow,
         )
+
+    def unusable_with(self, services: Services) -> str | None:
+        """Why these tools cannot be served with ``services``, if they cannot: no backend of the LLM
+        chain calls tools (an embedded model whose chat template is not ChatML)."""
+        if not self.tools:
+            return None
+        backends = services.llm.chain.backends  # type: ignore[attr-defined]
+        if any(backend.capabilities.tools for backend in backends):
+            return None
+        names = ", ".join(backend.name for backend in backends)
+        return f"tools are configured, but no LLM backend ({names}) can call them"
 
     def allows(self, url: str) -> bool:
         return any(url == p or url.startswith(p.rstrip("/") + "/") for p in self.webhook_allow)

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..audio.vad import silero_session
 from ..backends.chain import Switch
 from ..call.hook import TurnHook
-from ..call.logic import Logic
+from ..call.logic import Logic, LogicError
 from ..call.services import Services, load_services
 from ..call.tools import Tool
 from ..config import Config
@@ -23,7 +23,7 @@ from ..runtime.workers import MEDIA_NICE, raise_priority, run_blocking
 from . import sessions, whip
 from .ice import client_ice_servers
 from .metrics import CONTENT_TYPE
-from .security import front_door
+from .security import call_claims, front_door
 from .state import (
     STATE,
     OfferError,
@@ -97,7 +97,12 @@ async def offer(request: web.Request) -> web.Response:
             )
         sdp, client_aec, unprocessed_mid = _parse_offer(await read_body(request, MAX_OFFER_BYTES))
         session, answer = await open_session(
-            state, sdp, voice=True, client_aec=client_aec, unprocessed_mid=unprocessed_mid
+            state,
+            sdp,
+            voice=True,
+            client_aec=client_aec,
+            unprocessed_mid=unprocessed_mid,
+            claims=call_claims(request),
         )
     except OfferError as exc:
         return refuse(state, exc)
@@ -150,6 +155,12 @@ async def _load(app: web.Application) -> None:
         log.error("model loading failed: %s", exc)
         state.load_error = str(exc)
         return
+    problem = state.logic.unusable_with(services)
+    if problem:  # /healthz says so, and every offer is refused with it
+        log.error("%s: calls are refused", problem)
+        state.load_error = problem
+        await services.aclose()
+        return
     state.owns_services = True
     _attach(state, services)
 
@@ -167,10 +178,6 @@ def _attach(state: ServerState, services: Services) -> None:
     state.detach_services = [chain.subscribe(on_switch) for chain in services.chains]
     services.start()
     state.services = services
-    takes_tools = any(b.capabilities.tools for b in services.llm.chain.backends)  # type: ignore[attr-defined]
-    if state.logic.tools and not takes_tools:
-        state.load_error = "tools are configured, but no LLM backend of the chain can call them"
-        log.error("%s: calls are refused", state.load_error)
 
 
 async def _on_startup(app: web.Application) -> None:
@@ -219,6 +226,8 @@ def create_app(
     hook the server cannot use."""
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[front_door])
     logic = Logic.from_config(config, tools, hook)
+    if services is not None and (problem := logic.unusable_with(services)):
+        raise LogicError(problem)
     app[STATE] = ServerState(config=config, services=services, logic=logic)
     index = web_root / "demo" / "index.html"
 

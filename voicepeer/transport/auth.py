@@ -6,7 +6,9 @@ the origin check.
 - **Per-call tokens**: the backend mints one per call from the secret (``mint_call_token``, or
   ``voicepeer token``) and hands it to the browser. It opens one call (``POST /offer`` or ``/whip``),
   once, before it expires; nothing else. Its form is ``v1.<expiry>.<nonce>.<signature>``, the signature
-  an HMAC-SHA256 of ``v1.<expiry>.<nonce>`` under the secret, so any backend language can mint it.
+  an HMAC-SHA256 of ``v1.<expiry>.<nonce>`` under the secret, so any backend language can mint it. It
+  may carry claims the call starts with (``v1.<expiry>.<nonce>.<claims>.<signature>``: its variables
+  and greeting, as base64url JSON, signed with the rest).
 - **Capabilities**: each call's own routes (its events stream, control endpoint and hang-up, and its
   WHIP resource) need the capability that the answer put in their URLs; knowing a session id is not
   enough. A capability is an HMAC of the session id under a key made afresh by each server process, so
@@ -21,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from urllib.parse import urlsplit
@@ -28,6 +31,9 @@ from urllib.parse import urlsplit
 TOKEN_VERSION = "v1"
 MAX_TOKEN_TTL_S = 3600
 """A per-call token living longer than this is refused: it is meant to be minted just before use."""
+
+MAX_CLAIMS_CHARS = 4096
+"""A token's claims, encoded: a few variables and a greeting, not a document (it travels in a header)."""
 
 MAX_USED_TOKENS = 100_000
 """Spent per-call tokens remembered (until they expire) so none opens a second call."""
@@ -47,13 +53,45 @@ def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
 
 
-def mint_call_token(secret: str, ttl_s: float = 300, now: float | None = None) -> str:
-    """A token that opens one call within ``ttl_s`` seconds: what a backend gives a browser."""
+def mint_call_token(
+    secret: str,
+    ttl_s: float = 300,
+    now: float | None = None,
+    *,
+    context: dict[str, str] | None = None,
+    greeting: str | None = None,
+) -> str:
+    """A token that opens one call within ``ttl_s`` seconds: what a backend gives a browser.
+
+    ``context`` (the call's variables: the system prompt's ``{name}``s, given to tools and the hook)
+    and ``greeting`` (said when the call connects, instead of the server's) are claims the call starts
+    with, signed with the rest: ``v1.<expiry>.<nonce>.<claims>.<signature>``, the claims base64url
+    JSON. The browser carries them but cannot change them."""
     if not 0 < ttl_s <= MAX_TOKEN_TTL_S:
         raise ValueError(f"a call token lives 1 to {MAX_TOKEN_TTL_S} s")
     expiry = int((time.time() if now is None else now) + ttl_s)
     payload = f"{TOKEN_VERSION}.{expiry}.{secrets.token_urlsafe(12)}"
+    claims: dict[str, object] = {}
+    if context:
+        claims["context"] = context
+    if greeting is not None:
+        claims["greeting"] = greeting
+    if claims:
+        encoded = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        if len(encoded) > MAX_CLAIMS_CHARS:
+            raise ValueError(f"a call token's claims are at most {MAX_CLAIMS_CHARS} characters encoded")
+        payload = f"{payload}.{encoded}"
     return f"{payload}.{_sign(secret, payload)}"
+
+
+def token_claims(token: str) -> dict[str, object]:
+    """The claims of a token ``CallTokens.check`` has accepted ({} if it has none)."""
+    parts = token.split(".")
+    if len(parts) != 5:
+        return {}
+    raw = base64.urlsafe_b64decode(parts[3] + "=" * (-len(parts[3]) % 4))
+    claims = json.loads(raw)
+    return claims if isinstance(claims, dict) else {}
 
 
 class CallTokens:
@@ -68,10 +106,12 @@ class CallTokens:
         client."""
         now = time.time() if now is None else now
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != TOKEN_VERSION or not parts[1].isdigit():
+        if len(parts) not in (4, 5) or parts[0] != TOKEN_VERSION or not parts[1].isdigit():
             return "not a valid token"
-        payload = ".".join(parts[:3])
-        if not same(parts[3], _sign(self._secret, payload)):
+        if len(parts) == 5 and len(parts[3]) > MAX_CLAIMS_CHARS:
+            return "not a valid token"
+        payload = ".".join(parts[:-1])
+        if not same(parts[-1], _sign(self._secret, payload)):
             return "not a valid token"
         expiry = int(parts[1])
         if expiry < now:
@@ -93,7 +133,7 @@ class CallTokens:
         """Unspends a token whose offer was refused (busy, loading, a bad SDP): the retry that the
         refusal invites must not meet "already used"."""
         parts = token.split(".")
-        if len(parts) == 4:
+        if len(parts) in (4, 5):
             self._used.pop(parts[2], None)
 
 

@@ -20,7 +20,7 @@ import logging
 
 from aiohttp import web
 
-from .auth import bearer, is_loopback, normalise_origin, origin_allowed, same
+from .auth import bearer, is_loopback, normalise_origin, origin_allowed, same, token_claims
 from .state import STATE, ServerState, error_response
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,11 @@ def _check_token(state: ServerState, request: web.Request, *, spend: bool) -> we
     if spend:
         request[SPENT] = token
     return None
+
+
+def call_claims(request: web.Request) -> dict[str, object]:
+    """The claims of the call token that opened this request's call ({} without one)."""
+    return token_claims(request[SPENT]) if SPENT in request else {}
 
 
 def _preflight(request: web.Request) -> web.Response:

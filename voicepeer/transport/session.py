@@ -71,6 +71,8 @@ class Session:
         voice: bool = True,
         unprocessed_mid: str | None = None,
         logic: Logic | None = None,
+        context: dict[str, str] | None = None,
+        greeting: str | None = None,
     ):
         """``voice``: the client receives audio (a ``sendrecv`` offer); a send-only client gets text.
         ``unprocessed_mid``: the m-line on which the client sends its microphone a second time, without
@@ -82,6 +84,8 @@ class Session:
             client_aec=client_aec,
             unprocessed=unprocessed_mid is not None,
             logic=logic,
+            context=context,
+            greeting=greeting,
         )
         self.unprocessed_mid = unprocessed_mid
         self.id = self.call.id

@@ -18,7 +18,7 @@ from aiortc import RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 
-from ..call.control import ControlError
+from ..call.control import MAX_SAY_CHARS, ControlError, parse_context
 from ..call.logic import Logic
 from ..call.services import Services
 from ..config import Config
@@ -187,6 +187,19 @@ def refuse(state: ServerState, exc: OfferError) -> web.Response:
     return error_response(exc.status, exc.code, exc.message, **exc.headers)
 
 
+def _claimed(claims: dict[str, object]) -> tuple[dict[str, str], str | None]:
+    """A call token's claims, checked as a ``config`` command's would be: they come from the
+    application's backend, and a bad one is its mistake, told as a 400."""
+    try:
+        context = parse_context(claims.get("context", {}), "context")
+        greeting = claims.get("greeting")
+        if greeting is not None and (not isinstance(greeting, str) or len(greeting) > MAX_SAY_CHARS):
+            raise ControlError("bad_value", f'"greeting" is text of at most {MAX_SAY_CHARS} characters')
+    except ControlError as exc:
+        raise OfferError(400, "bad_claims", f"the call token's claims: {exc.message}") from None
+    return {k: v for k, v in context.items() if v is not None}, greeting
+
+
 async def open_session(
     state: ServerState,
     sdp: str,
@@ -194,8 +207,12 @@ async def open_session(
     voice: bool,
     client_aec: bool = False,
     unprocessed_mid: str | None = None,
+    claims: dict[str, object] | None = None,
 ) -> tuple[Session, RTCSessionDescription]:
-    """Admits an offer and answers it; raises OfferError for anything refused (see ``refuse``)."""
+    """Admits an offer and answers it; raises OfferError for anything refused (see ``refuse``).
+    ``claims``: what the call token that opened it says the call starts with (its variables and
+    greeting, ``voicepeer.transport.auth.mint_call_token``)."""
+    context, greeting = _claimed(claims or {})
     if state.draining:
         raise OfferError(
             503,
@@ -223,6 +240,8 @@ async def open_session(
             voice=voice,
             unprocessed_mid=unprocessed_mid,
             logic=state.logic,
+            context=context,
+            greeting=greeting,
         )
     except Exception as exc:
         log.exception("could not create a session")

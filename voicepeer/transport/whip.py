@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 
 from ..call.control import ControlError
 from .ice import client_ice_servers
+from .security import call_claims
 from .sessions import end_session, find_session, no_session
 from .state import (
     STATE,
@@ -99,7 +100,9 @@ async def publish(request: web.Request) -> web.Response:
                 "bad_direction",
                 f"a WHIP client sends audio: the audio m-line must be sendonly or sendrecv, not {direction}",
             )
-        session, answer = await open_session(state, sdp, voice=direction == "sendrecv")
+        session, answer = await open_session(
+            state, sdp, voice=direction == "sendrecv", claims=call_claims(request)
+        )
     except OfferError as exc:
         return refuse(state, exc)
     prefix = state.config.server.route_prefix
