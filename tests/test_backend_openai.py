@@ -22,7 +22,7 @@ from tests.support.speech import read_wav, to_speech_rate
 from voicepeer.audio.formats import SPEECH_RATE, rms_dbfs
 from voicepeer.backends.asr import Transcript
 from voicepeer.backends.base import MAX_TEXT_CHARS, BackendError
-from voicepeer.backends.llm import History, LLMError
+from voicepeer.backends.llm import History, LLMError, ToolCall, assistant_message, tool_message
 from voicepeer.backends.openai import (
     OPENAI_PCM_RATE,
     OpenAIASR,
@@ -537,3 +537,116 @@ async def test_the_chat_request_carries_the_model_options_and_key():
     assert request.headers["authorization"] == "Bearer sk-1"
     sent = json.loads(request.body)
     assert sent["model"] == "smol" and sent["stream"] is True and sent["messages"][-1]["content"] == "Hi"
+
+
+# -- tool calls, as servers stream them (vLLM, Ollama, OpenAI) and as some answer them unstreamed ----------
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def tool_delta(index: int, *, id: str | None = None, name: str | None = None, args: str | None = None):
+    call: dict[str, object] = {"index": index}
+    if id is not None:
+        call |= {"id": id, "type": "function"}
+    function = {k: v for k, v in (("name", name), ("arguments", args)) if v is not None}
+    if function:
+        call["function"] = function
+    return {"choices": [{"delta": {"tool_calls": [call]}}]}
+
+
+async def test_streamed_tool_call_deltas_are_assembled_into_calls():
+    # OpenAI's shape: the id and name first, the arguments in pieces; two calls in parallel, interleaved;
+    # some text before them ("Let me check.").
+    stream = sse(
+        delta("Let me check."),
+        tool_delta(0, id="call_a", name="get_weather", args=""),
+        tool_delta(1, id="call_b", name="get_weather", args='{"ci'),
+        tool_delta(0, args='{"city": '),
+        tool_delta(0, args='"Paris"}'),
+        tool_delta(1, args='ty": "Oslo"}'),
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+        "[DONE]",
+    )
+    async with fault_server(send(response("200 OK", "text/event-stream", stream))) as server:
+        llm = OpenAICompatibleLLM(server.url)
+        items = [i async for i in llm.stream(History().messages("Weather?"), None, TOOLS)]
+        await llm.aclose()
+    assert items == [
+        "Let me check.",
+        ToolCall("call_a", "get_weather", '{"city": "Paris"}'),
+        ToolCall("call_b", "get_weather", '{"city": "Oslo"}'),
+    ]
+    sent = json.loads(server.requests[0].body)
+    assert sent["tools"] == TOOLS and sent["tool_choice"] == "auto" and sent["stream"] is True
+
+
+async def test_a_history_with_tool_calls_goes_out_in_openais_format_or_as_user_turns():
+    messages = [
+        *History().messages("Weather in Paris?"),
+        assistant_message("", [ToolCall("call_a", "get_weather", '{"city": "Paris"}')]),
+        tool_message("call_a", '{"forecast": "sunny"}'),
+    ]
+    answer = send(response("200 OK", "text/event-stream", sse(delta("Sunny."), "[DONE]")))
+    for url, kind in (("", "tool"), ("?tool_results=user", "user")):
+        async with fault_server(answer) as server:
+            llm = OpenAICompatibleLLM(server.url + url)
+            assert [i async for i in llm.stream(messages, None, TOOLS, "none")] == ["Sunny."]
+            await llm.aclose()
+        sent = json.loads(server.requests[0].body)
+        assert sent["tool_choice"] == "none"
+        assistant, result = sent["messages"][-2:]
+        assert assistant["content"] == "" and assistant["tool_calls"][0]["id"] == "call_a"  # not null
+        if kind == "tool":
+            assert result == {"role": "tool", "tool_call_id": "call_a", "content": '{"forecast": "sunny"}'}
+        else:
+            assert result["role"] == "user" and '{"forecast": "sunny"}' in result["content"]
+    with pytest.raises(BadBackendURL, match="tool_results"):
+        OpenAICompatibleLLM("http://127.0.0.1:1/v1?tool_results=system")
+
+
+TOOL_FAULTS = {
+    "not a list": sse({"choices": [{"delta": {"tool_calls": {"index": 0}}}]}, "[DONE]"),
+    "bad index": sse(tool_delta(99, id="x", name="get_weather"), "[DONE]"),
+    "no name": sse(tool_delta(0, id="x", args="{}"), "[DONE]"),
+    "a number for a name": sse(
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": 3}}]}}]}
+    ),
+    "endless arguments": sse(
+        tool_delta(0, id="x", name="f"), *[tool_delta(0, args="x" * 1000)] * 20, "[DONE]"
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", TOOL_FAULTS, ids=list(TOOL_FAULTS))
+async def test_a_malformed_tool_call_is_an_llm_error(fault):
+    async with fault_server(send(response("200 OK", "text/event-stream", TOOL_FAULTS[fault]))) as server:
+        llm = OpenAICompatibleLLM(server.url)
+        with pytest.raises(LLMError):
+            [i async for i in llm.stream(History().messages("Hi"), None, TOOLS)]
+        await llm.aclose()
+        await nothing_left_open(server)
+
+
+async def test_an_empty_stream_with_tools_is_asked_again_unstreamed():
+    # llama-cpp-python's server with tools: 200, an event stream with nothing in it; then, unstreamed,
+    # a legacy function_call whose name ends in a colon.
+    unstreamed = json.dumps(
+        {
+            "choices": [
+                {"message": {"content": None, "function_call": {"name": "get_weather:", "arguments": "{}"}}}
+            ]
+        }
+    ).encode()
+    answers = iter(
+        [response("200 OK", "text/event-stream", b""), response("200 OK", "application/json", unstreamed)]
+    )
+
+    async def answer(_reader, writer):
+        writer.write(next(answers))
+
+    async with fault_server(answer) as server:
+        llm = OpenAICompatibleLLM(server.url)
+        items = [i async for i in llm.stream(History().messages("Weather?"), None, TOOLS)]
+        await llm.aclose()
+    assert items == [ToolCall("call_0", "get_weather", "{}")]
+    assert [json.loads(r.body)["stream"] for r in server.requests] == [True, False]
