@@ -599,7 +599,8 @@ async def test_a_history_with_tool_calls_goes_out_in_openais_format_or_as_user_t
         if kind == "tool":
             assert result == {"role": "tool", "tool_call_id": "call_a", "content": '{"forecast": "sunny"}'}
         else:
-            assert result["role"] == "user" and '{"forecast": "sunny"}' in result["content"]
+            # Without quotes: llama-cpp-python's template would HTML-escape them.
+            assert result == {"role": "user", "content": "The result of get_weather: {forecast: sunny}"}
     with pytest.raises(BadBackendURL, match="tool_results"):
         OpenAICompatibleLLM("http://127.0.0.1:1/v1?tool_results=system")
 

@@ -68,6 +68,27 @@ async def _drain(response: aiohttp.ClientResponse, limit: int = MAX_LINE_BYTES) 
                 left -= len(data)
 
 
+def _plain(content: str) -> str:
+    """A tool's JSON result without quotes (``{forecast: sunny, temperature_celsius: 24}``), for a
+    server that gets it as a user's turn: llama-cpp-python's function-calling template HTML-escapes
+    every quote (``&#34;``), and a small model repeats the escapes. Told to answer after a weather tool,
+    SmolLM2-135M on that server put the result in its reply 4 times in 4 this way (greedy), 3 in 4 as
+    ``key: value; ...``."""
+    try:
+        value = json.loads(content)
+    except (ValueError, RecursionError):
+        return content
+
+    def words(v: object) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {words(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(words(x) for x in v) + "]"
+        return str(v)
+
+    return words(value)
+
+
 class _EmptyStream(Exception):
     """A 200 event stream that carried no reply at all."""
 
@@ -190,16 +211,17 @@ class OpenAICompatibleLLM(LLM):
         server whose chat template has no place for a ``tool`` message (llama-cpp-python's
         ``chatml-function-calling`` drops them, and the model calls the tool again and again)."""
         adapted: list[Message] = []
+        names: dict[str, str] = {}
         for message in messages:
+            for call in message.get("tool_calls") or ():
+                names[call["id"]] = call["function"]["name"]
             if message["role"] == "assistant" and message.get("content") is None:
                 # OpenAI's null content beside tool calls; llama-cpp-python's server takes only text.
                 adapted.append({**message, "content": ""})
             elif message["role"] == "tool" and self.tool_results == "user":
+                name = names.get(message["tool_call_id"], "the tool")
                 adapted.append(
-                    {
-                        "role": "user",
-                        "content": f"(result of the call {message['tool_call_id']}) {message['content']}",
-                    }
+                    {"role": "user", "content": f"The result of {name}: {_plain(message['content'])}"}
                 )
             else:
                 adapted.append(message)
@@ -214,27 +236,41 @@ class OpenAICompatibleLLM(LLM):
     ) -> AsyncIterator[str | ToolCall]:
         options = options or self.options
         try:
-            if tools and not self._streams_tools:
-                async for item in self._complete(self._body(messages, options, tools, tool_choice, False)):
+            if tools and tool_choice == "auto" and not self._streams_tools:
+                items = await self._complete(self._body(messages, options, tools, tool_choice, False))
+            else:
+                items = None
+                body = self._body(messages, options, tools, tool_choice, True)
+                said = False
+                try:
+                    async for item in self._stream(body):
+                        said = True
+                        yield item
+                    return
+                except _EmptyStream:
+                    if not tools or said:
+                        raise LLMError("the language model server ended its reply with no text") from None
+                    # llama-cpp-python's server answers a streamed request with tools 200 and no events
+                    # ("Automatic streaming tool choice is not supported"): its turns with tools go
+                    # unstreamed from now on. The answer after the tools (``none``) still streams.
+                    log.info(
+                        "%s: no stream for a request with tools; asking unstreamed from now on", self.name
+                    )
+                    self._streams_tools = False
+                    body["stream"] = False
+                    items = await self._complete(body)
+            if not items and tool_choice == "auto":
+                # Free to call a tool, the model chose to answer, and the server lost the answer
+                # (llama-cpp-python's function calling constrains that message to nothing): asked to
+                # answer, it streams.
+                log.info("%s: an empty answer with tools; asking for the answer alone", self.name)
+                async for item in self.stream(messages, options, tools, "none"):
                     yield item
                 return
-            body = self._body(messages, options, tools, tool_choice, True)
-            said = False
-            try:
-                async for item in self._stream(body):
-                    said = True
-                    yield item
-            except _EmptyStream:
-                if not tools or said:
-                    raise LLMError("the language model server ended its reply with no text") from None
-                # llama-cpp-python's server answers a streamed request with tools 200 and no events
-                # ("Automatic streaming tool choice is not supported"): this server's turns with tools
-                # go unstreamed from now on.
-                log.info("%s: no stream for a request with tools; asking unstreamed from now on", self.name)
-                self._streams_tools = False
-                body["stream"] = False
-                async for item in self._complete(body):
-                    yield item
+            if not items:
+                raise LLMError("the language model server answered with no text and no tool call")
+            for item in items:
+                yield item
         except LLMError:
             raise
         except BackendError as exc:  # a transport failure, named by the HTTP client
@@ -283,8 +319,9 @@ class OpenAICompatibleLLM(LLM):
                 raise _EmptyStream()
             raise LLMError("the language model server's stream ended without [DONE]")
 
-    async def _complete(self, body: dict[str, object]) -> AsyncIterator[str | ToolCall]:
-        """One unstreamed completion: its text in one piece, then its tool calls."""
+    async def _complete(self, body: dict[str, object]) -> list[str | ToolCall]:
+        """One unstreamed completion: its text in one piece, then its tool calls (nothing if it had
+        neither)."""
         timeout = self.http.timeout(read=self.read_timeout_s)
         async with self.http.request("POST", self.path, timeout, lambda: {"json": body}) as response:
             await self.http.check(response, json_body=True)
@@ -301,15 +338,9 @@ class OpenAICompatibleLLM(LLM):
                 raise TypeError("content is not text")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise LLMError(f"malformed answer from the language model server: {exc}") from None
-        found = calls.finish()
-        if not text and not found:
-            raise LLMError("the language model server answered with no text and no tool call")
         if len(text) > MAX_TEXT_CHARS:
             raise LLMError(f"the language model server sent over {MAX_TEXT_CHARS} characters")
-        if text:
-            yield text
-        for call in found:
-            yield call
+        return ([text] if text.strip() else []) + list(calls.finish())
 
     async def probe(self) -> None:
         """``GET /models``, a 200 with JSON. Enough for llama.cpp's and llama-cpp-python's servers and
