@@ -37,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     config = Config().with_options(
-        {"server.port": args.port, "app.greeting": "Hello! Ask me about the weather."}
+        {
+            "server.port": args.port,
+            "app.greeting": "Hello! Ask me about the weather.",
+            "app.tool_choice": "required",  # a weather line: what the hook leaves is about the weather
+        }
     )
     app = create_app(config, services=load_services(config), tools=[Tool.of(get_weather, WEATHER)], hook=hook)
     print(f"serving http://{config.server.host}:{config.server.port}/", flush=True)

@@ -580,6 +580,23 @@ async def test_streamed_tool_call_deltas_are_assembled_into_calls():
     assert sent["tools"] == TOOLS and sent["tool_choice"] == "auto" and sent["stream"] is True
 
 
+async def test_required_names_the_one_tool_and_stays_required_with_several():
+    answer = send(
+        response(
+            "200 OK", "text/event-stream", sse(tool_delta(0, id="c", name="get_weather", args="{}"), "[DONE]")
+        )
+    )
+    two = [*TOOLS, {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    sent = []
+    for tools in (TOOLS, two):
+        async with fault_server(answer) as server:
+            llm = OpenAICompatibleLLM(server.url)
+            [i async for i in llm.stream(History().messages("Weather?"), None, tools, "required")]
+            await llm.aclose()
+        sent.append(json.loads(server.requests[0].body)["tool_choice"])
+    assert sent == [{"type": "function", "function": {"name": "get_weather"}}, "required"]
+
+
 async def test_a_history_with_tool_calls_goes_out_in_openais_format_or_as_user_turns():
     messages = [
         *History().messages("Weather in Paris?"),
@@ -651,3 +668,14 @@ async def test_an_empty_stream_with_tools_is_asked_again_unstreamed():
         await llm.aclose()
     assert items == [ToolCall("call_0", "get_weather", "{}")]
     assert [json.loads(r.body)["stream"] for r in server.requests] == [True, False]
+
+
+async def test_a_name_repeated_in_every_delta_is_one_name():
+    # llama-cpp-python streams a named tool_choice with the id and the name in every chunk.
+    chunks = [tool_delta(0, id="c1", name="get_weather", args=part) for part in ('{"city": ', '"Paris"}')]
+    answer = send(response("200 OK", "text/event-stream", sse(*chunks, "[DONE]")))
+    async with fault_server(answer) as server:
+        llm = OpenAICompatibleLLM(server.url)
+        items = [i async for i in llm.stream(History().messages("Weather?"), None, TOOLS, "required")]
+        await llm.aclose()
+    assert items == [ToolCall("c1", "get_weather", '{"city": "Paris"}')]

@@ -27,7 +27,8 @@ def test_a_spoken_question_calls_the_applications_tool_and_the_app_steers_the_ca
     with (
         tool_server(tmp_path) as (_url, tools),
         ServerProcess(
-            "--tools", str(tools), "--webhook-secret", SECRET, "--greeting", GREETING,
+            "--tools", str(tools), "--webhook-secret", SECRET, "--tool-choice", "required",
+            "--greeting", GREETING,
             log_path=tmp_path / "server.log",
         ) as server,
         playwright_api.sync_playwright() as pw,

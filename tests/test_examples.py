@@ -186,7 +186,13 @@ async def test_a_spoken_question_is_answered_with_the_tool_servers_data(make_spe
     with (
         tool_server(tmp_path) as (_url, tools),
         ServerProcess(
-            "--tools", str(tools), "--webhook-secret", SECRET, log_path=tmp_path / "server.log"
+            "--tools",
+            str(tools),
+            "--webhook-secret",
+            SECRET,
+            "--tool-choice",
+            "required",
+            log_path=tmp_path / "server.log",
         ) as server,
     ):
         client = RtcClient(server.url)

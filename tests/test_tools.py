@@ -185,6 +185,17 @@ def result_json() -> str:
 
 
 @virtual_time
+async def test_required_makes_the_first_round_call_a_tool():
+    logic = Logic(
+        tools=(Tool.of(lambda a, c: {"t": 20}, WEATHER, name="get_weather"),), tool_choice="required"
+    )
+    async with CallLine(llm=weather_llm(), logic=logic) as line:
+        line.call.control({"type": "say", "text": QUESTION})
+        await line.first(lambda m: m["type"] == "reply" and m["final"])
+        assert line.llm.tool_choices == ["required", "auto"]
+
+
+@virtual_time
 async def test_a_slow_tool_is_covered_by_a_filler_and_a_failing_one_by_an_apology():
     async def slow(arguments, call):
         await asyncio.sleep(2.0)

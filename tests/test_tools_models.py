@@ -11,6 +11,8 @@ server it calls the tool for half the cities; each test says the margin it relie
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.support.llm_server import llama_cpp_server
@@ -44,19 +46,33 @@ CALLS: list[dict] = []
 LOGIC = Logic(tools=(Tool.of(get_weather, WEATHER, description="The weather now in a city"),))
 
 
-async def ask_weather(services: Services, question: str) -> tuple[list[dict], list[dict]]:
+REQUIRED = dataclasses.replace(LOGIC, tool_choice="required")
+
+
+async def ask_weather(
+    services: Services, question: str, logic: Logic = LOGIC
+) -> tuple[list[dict], list[dict]]:
     """The question typed into a call with the weather tool: (the events, the tool's calls)."""
     CALLS.clear()
-    seen = await ask(services, question, LOGIC)
+    seen = await ask(services, question, logic)
     return seen, list(CALLS)
 
 
 async def test_the_embedded_model_calls_a_tool_and_speaks_its_result(services):
-    seen, calls = await ask_weather(services, "What is the weather in Paris?")
-    assert calls and calls[0]["city"].lower() == "paris", seen
-    heard = set(words(final_reply(seen)))
-    assert {"sunny", "24"} & heard, seen
-    assert [e["name"] for e in seen if e["type"] == "tool_call"] == ["get_weather"]
+    # Greedy, SmolLM2-135M calls the tool for two of four such cities here (Paris, London); every
+    # reply after a call carried the result (8 in 8 with two seeds). One call of the four is asked for.
+    called = 0
+    for city in ("Paris", "London", "Rome", "Madrid"):
+        seen, calls = await ask_weather(services, f"What is the weather in {city}?")
+        reply = final_reply(seen)
+        assert reply and not [e for e in seen if e["type"] == "error"], seen
+        assert "message" not in reply.lower() and "function" not in reply.lower(), reply  # no recital
+        if calls:
+            called += 1
+            assert calls[0]["city"].lower() == city.lower(), seen
+            assert {"sunny", "24"} & set(words(reply)), seen
+            assert [e["name"] for e in seen if e["type"] == "tool_call"] == ["get_weather"]
+    assert called >= 1
 
 
 @pytest.fixture(scope="module")
@@ -85,26 +101,23 @@ async def test_llama_cpp_pythons_server_gives_tool_calls_unstreamed(function_ser
 
 
 async def test_a_call_on_llama_cpp_pythons_server_speaks_the_tools_result(services, function_server):
-    # Greedy, over six cities: through this server's grammar SmolLM2-135M calls the tool for three of
-    # them and answers the others from its own head; each reply after a call carried the result. The
-    # test asks for two calls, and the result in every reply that followed one. Its decoding may differ
-    # by CPU, hence the majority.
+    # Left to decide (greedy), SmolLM2-135M calls the tool through this server for three of six cities;
+    # with --tool-choice required it calls it for every one (a named tool_choice), and answers with the
+    # result as a user turn: "sunny" or "24" in every reply of three, and no HTML escapes.
     server = OpenAICompatibleLLM(f"{function_server}?tool_results=user", options=LLMOptions(temperature=0.0))
     over_http = Services(asr=services.asr, llm=server, tts=services.tts)
-    called = 0
+    carried = 0
     try:
-        for city in ("Paris", "London", "Rome", "Berlin", "Madrid", "Oslo"):
-            seen, calls = await ask_weather(over_http, f"What is the weather in {city}?")
+        for city in ("Paris", "London", "Rome"):
+            seen, calls = await ask_weather(over_http, f"What is the weather in {city}?", REQUIRED)
             reply = final_reply(seen)
-            assert reply and "&#" not in reply, seen  # no HTML escapes from the server's template
+            assert reply and "&#" not in reply, seen
             assert not [e for e in seen if e["type"] == "error"], seen
-            if calls:
-                called += 1
-                assert calls[0]["city"].lower() == city.lower(), seen
-                assert {"sunny", "24"} & set(words(reply)), seen
+            assert [c["city"].lower() for c in calls] == [city.lower()], seen
+            carried += bool({"sunny", "24"} & set(words(reply)))
     finally:
         await server.aclose()
-    assert called >= 2
+    assert carried >= 2
 
 
 async def test_with_several_tools_the_embedded_model_names_one_and_fills_its_schema(services):

@@ -106,7 +106,7 @@ class ScriptedLLM(LLM):
             self.tool_choices.append(tool_choice)
         last = messages[-1]
         calls = self.tool_calls.get(last["content"]) if last["role"] == "user" else None
-        if tools and tool_choice == "auto" and calls:
+        if tools and tool_choice in ("auto", "required") and calls:
             await asyncio.sleep(self.first_token_s)
             for call in calls:
                 yield call

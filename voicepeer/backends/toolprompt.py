@@ -3,7 +3,8 @@ between a message and a call.
 
 It follows llama-cpp-python's ``chatml-function-calling`` format (the tools listed in the system prompt
 as ``functions.NAME:`` with their JSON schema; a reply begins ``message:`` or ``functions.NAME:``), which
-any ChatML model (SmolLM2, Qwen) follows under a grammar. That handler itself is not used: it drops
+any ChatML model (SmolLM2, Qwen) follows under a grammar. Every round of a reply uses the same prompt,
+so its prefix stays in llama.cpp's cache. That handler itself is not used: it drops
 ``tool`` messages from the prompt (the model never sees a tool's result, so it calls the tool again), and
 under ``tool_choice: "auto"`` constrains the message that follows its decision to a function name or
 nothing. Here the decision is one constrained step, a message is then streamed token by token, a
@@ -23,13 +24,12 @@ if TYPE_CHECKING:
 START, END = "<|im_start|>", "<|im_end|>"
 
 INSTRUCTIONS = (
-    "\n\nYou can respond to users messages with either a single message or one or more function calls."
-    "\n\nTo respond with a message begin the message with 'message:', use the following format:"
-    "\n\nmessage:\n<message>"
-    "\n\nTo respond with one or more function calls begin the message with 'functions.<function_name>:', "
-    "use the following format:"
-    '\n\nfunctions.<function_name>:\n{ "arg1": "value1", "arg2": "value2" }'
+    "\n\nUse a function only when the user asks for what it gives. To use one, reply functions.NAME: then "
+    "its JSON arguments. Otherwise reply message: then your answer in one or two short sentences."
 )
+"""After the list of functions. Not llama-cpp-python's own wording: its ``<message>`` placeholders came
+back in 12 of 16 of SmolLM2-135M's answers ("<message> You can respond with..."); these in none, and
+the answers after a weather tool carried its result 8 times in 8 either way."""
 
 
 def is_chatml(chat_template: str) -> bool:

@@ -156,6 +156,7 @@ class Answerer:
                 rounds=self.logic.tool_rounds,
                 filler=self.logic.tool_filler,
                 filler_after_s=self.logic.tool_filler_after_s,
+                first_choice=self.logic.tool_choice,
             )
             turn.steps = loop.steps
             return loop.run()

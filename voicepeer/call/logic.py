@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..backends.llm import ToolChoice
 from ..config import Config
 from .hook import TurnHook, webhook_hook
 from .services import Services
@@ -25,6 +26,8 @@ class Logic:
     webhooks: Webhooks | None = None
     tool_timeout_s: float = 8.0
     tool_rounds: int = 3
+    tool_choice: ToolChoice = "auto"
+    """The first round's: ``required`` makes the model call a tool for every turn."""
     tool_filler: str = "One moment."
     tool_filler_after_s: float = 1.0
     hook_timeout_s: float = 1.5
@@ -63,6 +66,7 @@ class Logic:
             webhooks=webhooks,
             tool_timeout_s=app.tool_timeout_s,
             tool_rounds=app.tool_rounds,
+            tool_choice="required" if app.tool_choice == "required" else "auto",
             tool_filler=app.tool_filler.strip(),
             tool_filler_after_s=app.tool_filler_after_s,
             hook_timeout_s=app.hook_timeout_s,

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.llm import LLM, LLMOptions, Message, ToolCall, assistant_message, tool_message
+from ..backends.llm import LLM, LLMOptions, Message, ToolCall, ToolChoice, assistant_message, tool_message
 from . import events
 from .events import EventHub
 from .tools import Toolbox, ToolOutcome
@@ -68,10 +68,13 @@ class ToolLoop:
         rounds: int,
         filler: str,
         filler_after_s: float,
+        first_choice: ToolChoice = "auto",
     ) -> None:
+        """``first_choice``: ``required`` makes the model call a tool in the first round."""
         self.llm, self.messages, self.options, self.toolbox = llm, messages, options, toolbox
         self.turn, self.channel, self.spawn = turn, channel, spawn
         self.rounds, self.filler, self.filler_after_s = rounds, filler, filler_after_s
+        self.first_choice = first_choice
         self.steps: list[Message] = []
 
     async def run(self) -> AsyncIterator[str | Aside]:
@@ -79,7 +82,9 @@ class ToolLoop:
         forced = False
         said_any = False
         for done_rounds in range(self.rounds + 1):
-            choice = "none" if forced or done_rounds == self.rounds else "auto"
+            choice: ToolChoice = "none" if forced or done_rounds == self.rounds else "auto"
+            if done_rounds == 0 and choice == "auto":
+                choice = self.first_choice
             said: list[str] = []
             calls: list[ToolCall] = []
             stream = self.llm.stream(self.messages + self.steps, self.options, self.toolbox.specs, choice)

@@ -61,6 +61,14 @@ class AppConfig:
             "--tool-rounds", "rounds of tool calls one reply may make before it must answer", low=1, high=10
         ),
     )
+    tool_choice: str = field(
+        default="auto",
+        metadata=option(
+            "--tool-choice",
+            "auto = the model decides whether to call a tool; required = it calls one for every turn",
+            choices=("auto", "required"),
+        ),
+    )
     tool_filler: str = field(
         default="One moment.",
         metadata=option("--tool-filler", "said while a tool runs past --tool-filler-after; empty: nothing"),

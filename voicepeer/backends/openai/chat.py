@@ -123,7 +123,10 @@ class _ToolCallDeltas:
                     continue
                 if not isinstance(value, str):
                     raise TypeError(f"a tool call's {key} is not text")
-                call[key] = value if key == "id" else call[key] + value
+                if key == "arguments":
+                    call[key] += value
+                elif not call[key]:  # the id and name come whole, once (llama-cpp-python repeats them)
+                    call[key] = value
                 if len(call[key]) > MAX_TEXT_CHARS:
                     raise TypeError(f"a tool call's {key} is over {MAX_TEXT_CHARS} characters")
 
@@ -200,6 +203,10 @@ class OpenAICompatibleLLM(LLM):
         if tools:
             body["tools"] = list(tools)
             body["tool_choice"] = tool_choice
+            if tool_choice == "required" and len(tools) == 1:
+                # The same, named: every server that takes tools takes this form (llama-cpp-python's
+                # function calling has no "required").
+                body["tool_choice"] = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
         for name in ("presence_penalty", "frequency_penalty"):
             if value := getattr(options, name):
                 body[name] = value
