@@ -6,11 +6,13 @@ token of the answer's words (``llm_first_token_ms``) and to its first frame of v
 (``first_frame_sent_ms``). Rows:
 
 - ``embedded``: the bundled SmolLM2 in process, no tools;
-- ``embedded+callable``: the same with ``get_weather`` as a Python function (no I/O): the model's
-  decision, its arguments, the second round (SmolLM2 asks again, so a third, told to answer);
-- ``embedded+webhook``: ``get_weather`` served by ``examples/tool_server.py`` on loopback (signed POST);
+- ``embedded+callable``: the same with ``get_weather`` as a Python function (no I/O), the model left
+  to decide (``auto``): its decision, its arguments, the second round (SmolLM2 asks again, so a third,
+  told to answer);
+- ``embedded+webhook``: ``get_weather`` served by ``examples/tool_server.py`` on loopback (signed POST),
+  ``--tool-choice required``;
 - ``server`` and ``server+webhook``: llama-cpp-python's server (``chatml-function-calling``, the same
-  GGUF) over HTTP, without and with the webhook tool (``?tool_results=user``; unstreamed tool turns).
+  GGUF) over HTTP, without and with the webhook tool (``required``, ``?tool_results=user``).
 
 The filler is off, so the first frame is the answer's. Medians and p95 over ``--repeat`` passes of the
 questions; prints one JSON document, then a one-line summary.
@@ -101,6 +103,7 @@ async def main_async(rows: list[str], repeat: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-tools-"))
     callable_tool = Tool.of(get_weather, PARAMETERS)
     off = {"tool_filler": ""}
+    required: dict[str, Any] = {"tool_choice": "required"}
     with (
         tool_server(work) as (_url, tools_file),
         llama_cpp_server(work / "llm.log", chat_format="chatml-function-calling") as llm_url,
@@ -112,9 +115,9 @@ async def main_async(rows: list[str], repeat: int) -> dict[str, Any]:
         logics = {
             "embedded": (embedded, Logic(**off)),
             "embedded+callable": (embedded, Logic(tools=(callable_tool,), **off)),
-            "embedded+webhook": (embedded, Logic(tools=webhook_tools, webhooks=webhooks, **off)),
+            "embedded+webhook": (embedded, Logic(tools=webhook_tools, webhooks=webhooks, **required, **off)),
             "server": (over_http, Logic(**off)),
-            "server+webhook": (over_http, Logic(tools=webhook_tools, webhooks=webhooks, **off)),
+            "server+webhook": (over_http, Logic(tools=webhook_tools, webhooks=webhooks, **required, **off)),
         }
         try:
             for row in rows:

@@ -679,3 +679,38 @@ async def test_a_name_repeated_in_every_delta_is_one_name():
         items = [i async for i in llm.stream(History().messages("Weather?"), None, TOOLS, "required")]
         await llm.aclose()
     assert items == [ToolCall("c1", "get_weather", '{"city": "Paris"}')]
+
+
+async def test_with_results_as_user_turns_the_server_is_asked_to_answer():
+    # llama-cpp-python under "auto" with results: its "message" can only be a function's name.
+    messages = [
+        *History().messages("Weather?"),
+        assistant_message("", [ToolCall("c", "get_weather", "{}")]),
+        tool_message("c", '{"forecast": "sunny"}'),
+    ]
+    answer = send(response("200 OK", "text/event-stream", sse(delta("Sunny."), "[DONE]")))
+    async with fault_server(answer) as server:
+        llm = OpenAICompatibleLLM(server.url + "?tool_results=user")
+        assert [i async for i in llm.stream(messages, None, TOOLS)] == ["Sunny."]
+        await llm.aclose()
+    assert json.loads(server.requests[0].body)["tool_choice"] == "none"
+
+
+async def test_a_bare_function_name_for_a_message_is_no_answer():
+    bare = json.dumps({"choices": [{"message": {"content": "functions.get_weather:"}}]}).encode()
+    answers = iter(
+        [
+            response("200 OK", "application/json", bare),
+            response("200 OK", "text/event-stream", sse(delta("Sunny."), "[DONE]")),
+        ]
+    )
+
+    async def answer(_reader, writer):
+        writer.write(next(answers))
+
+    async with fault_server(answer) as server:
+        llm = OpenAICompatibleLLM(server.url)
+        llm._streams_tools = False  # a server known not to stream a choice
+        assert [i async for i in llm.stream(History().messages("Weather?"), None, TOOLS)] == ["Sunny."]
+        await llm.aclose()
+    assert [json.loads(r.body)["tool_choice"] for r in server.requests] == ["auto", "none"]

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -66,6 +67,9 @@ async def _drain(response: aiohttp.ClientResponse, limit: int = MAX_LINE_BYTES) 
         async with asyncio.timeout(DRAIN_S):
             while left > 0 and (data := await response.content.read(left)):
                 left -= len(data)
+
+
+_BARE_CALL = re.compile(r"^\s*functions\.[A-Za-z0-9_-]+:\s*$")
 
 
 def _plain(content: str) -> str:
@@ -242,6 +246,15 @@ class OpenAICompatibleLLM(LLM):
         tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[str | ToolCall]:
         options = options or self.options
+        if (
+            tool_choice == "auto"
+            and self.tool_results == "user"
+            and messages
+            and messages[-1]["role"] == "tool"
+        ):
+            # A server that needs this mode (llama-cpp-python's function calling) cannot answer under
+            # "auto" once it has results: its grammar lets the message be only another call's name.
+            tool_choice = "none"
         try:
             if tools and tool_choice == "auto" and not self._streams_tools:
                 items = await self._complete(self._body(messages, options, tools, tool_choice, False))
@@ -347,6 +360,8 @@ class OpenAICompatibleLLM(LLM):
             raise LLMError(f"malformed answer from the language model server: {exc}") from None
         if len(text) > MAX_TEXT_CHARS:
             raise LLMError(f"the language model server sent over {MAX_TEXT_CHARS} characters")
+        if _BARE_CALL.match(text):
+            text = ""  # llama-cpp-python's grammar let the "message" be only a function's name
         return ([text] if text.strip() else []) + list(calls.finish())
 
     async def probe(self) -> None:
