@@ -229,12 +229,20 @@ def live(server):
 
 
 command = st.fixed_dictionaries(
-    {"type": st.sampled_from(["ping", "interrupt", "mute", "unmute", "say", "reset", "config", "launch"])},
+    # Not "hangup": it ends the call, as it should, and the fuzzing goes on in this one.
+    {
+        "type": st.sampled_from(
+            ["ping", "interrupt", "mute", "unmute", "say", "speak", "reset", "config", "launch"]
+        )
+    },
     optional={
         "text": json_values,
+        "interrupt": json_values,
         "system_prompt": json_values,
         "max_tokens": json_values,
         "end_silence_ms": json_values,
+        "context": json_values,
+        "tools": json_values,
         "extra": json_values,
     },
 )

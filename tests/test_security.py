@@ -18,7 +18,7 @@ from tests.support.calls import serve, wait_until
 from tests.support.offers import local_offer
 from voicepeer.config import ASRConfig, Config, SecurityConfig, ServerConfig
 from voicepeer.transport.app import STATE, create_app
-from voicepeer.transport.auth import CallTokens, mint_call_token, token_claims
+from voicepeer.transport.auth import CallTokens, _sign, mint_call_token, token_claims
 
 SECRET = "s3cret-for-tests"
 
@@ -376,11 +376,13 @@ async def test_a_calls_token_claims_set_its_variables_and_greeting(services):
             assert r.status == 200, answer
         call = server.app[STATE].sessions[answer["session_id"]].call
         assert call.conversation.history.context == {"name": "Ada"} and call.greeting == "Hello Ada!"
-        bad = mint_call_token(SECRET, 60, context={"not a name": "x"})
-        async with http.post(
-            "/offer", json={"type": "offer", "sdp": await local_offer()}, headers=bearer(bad)
-        ) as r:
-            assert r.status == 400 and (await r.json())["error"] == "bad_claims"
+        payload = f"v1.{int(time.time()) + 60}.nonce.bm90IGpzb24"  # signed, but "not json"
+        garbled = f"{payload}.{_sign(SECRET, payload)}"
+        for bad in (mint_call_token(SECRET, 60, context={"not a name": "x"}), garbled):
+            async with http.post(
+                "/offer", json={"type": "offer", "sdp": await local_offer()}, headers=bearer(bad)
+            ) as r:
+                assert r.status == 400 and (await r.json())["error"] == "bad_claims"
         async with http.delete(answer["session_url"]) as r:
             assert r.status == 204
     finally:

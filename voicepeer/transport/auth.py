@@ -85,13 +85,18 @@ def mint_call_token(
 
 
 def token_claims(token: str) -> dict[str, object]:
-    """The claims of a token ``CallTokens.check`` has accepted ({} if it has none)."""
+    """The claims of a token ``CallTokens.check`` has accepted ({} if it has none). Raises ValueError
+    for claims that are not a base64url JSON object: signed, so minted that way by the backend."""
     parts = token.split(".")
     if len(parts) != 5:
         return {}
-    raw = base64.urlsafe_b64decode(parts[3] + "=" * (-len(parts[3]) % 4))
-    claims = json.loads(raw)
-    return claims if isinstance(claims, dict) else {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[3] + "=" * (-len(parts[3]) % 4)))
+    except (ValueError, RecursionError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise ValueError("the call token's claims are not base64url JSON") from None
+    if not isinstance(claims, dict):
+        raise ValueError("the call token's claims are not a JSON object")
+    return claims
 
 
 class CallTokens:

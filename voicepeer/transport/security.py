@@ -21,7 +21,7 @@ import logging
 from aiohttp import web
 
 from .auth import bearer, is_loopback, normalise_origin, origin_allowed, same, token_claims
-from .state import STATE, ServerState, error_response
+from .state import STATE, OfferError, ServerState, error_response
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,12 @@ def _check_token(state: ServerState, request: web.Request, *, spend: bool) -> we
 
 
 def call_claims(request: web.Request) -> dict[str, object]:
-    """The claims of the call token that opened this request's call ({} without one)."""
-    return token_claims(request[SPENT]) if SPENT in request else {}
+    """The claims of the call token that opened this request's call ({} without one). Raises
+    ``OfferError`` 400 for malformed ones."""
+    try:
+        return token_claims(request[SPENT]) if SPENT in request else {}
+    except ValueError as exc:
+        raise OfferError(400, "bad_claims", str(exc)) from None
 
 
 def _preflight(request: web.Request) -> web.Response:
