@@ -168,23 +168,24 @@ class Answerer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         request = HookRequest(self.call_id, turn.number, turn.text, dict(self.history.context))
+        failure = None
         try:
             async with asyncio.timeout(self.logic.hook_timeout_s):
                 answer = parse_answer(await self.logic.hook(request))
+        except TimeoutError:
+            failure = f"the hook did not answer within {self.logic.hook_timeout_s:g} s"
+        except (WebhookError, HookError) as exc:
+            failure = str(exc)
         except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                message = f"the hook did not answer within {self.logic.hook_timeout_s:g} s"
-            elif isinstance(exc, WebhookError | HookError):
-                message = str(exc)
-            else:
-                log.exception("the hook failed")
-                message = f"the hook failed: {type(exc).__name__}"
-            ms = round((loop.time() - started) * 1000, 1)
-            self.channel.send(events.hook(turn.number, "failed", ms, message))
-            self.channel.send(events.error("hook_failed", message))
+            log.exception("the hook failed")
+            failure = f"the hook failed: {type(exc).__name__}"
+        ms = round((loop.time() - started) * 1000, 1)
+        if failure is not None:
+            self.channel.send(events.hook(turn.number, "failed", ms, failure))
+            self.channel.send(events.error("hook_failed", failure))
             return HookAnswer()
         turn.metrics.mark("hook_ms")
-        self.channel.send(events.hook(turn.number, answer.action, round((loop.time() - started) * 1000, 1)))
+        self.channel.send(events.hook(turn.number, answer.action, ms))
         return answer
 
     async def _transcribe(self, turn: UserTurn, text: str | None, number: int) -> bool | None:

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -125,8 +125,6 @@ class Call:
             voice=voice,
         )
         self.conversation.history.context.update(context or {})
-        self.own_tools: tuple[Tool, ...] = ()
-        """Tools this call added with ``config`` (its webhooks within ``logic.webhook_allow``)."""
         self.ended = asyncio.Event()
         """Set once the call has hung up (``hangup``): the transport closes it."""
         self.frontend = FrontEnd(
@@ -278,9 +276,10 @@ class Call:
         elif kind == "speak":
             self.conversation.speak(say_text(message), now=speak_interrupts(message))
         elif kind == "hangup":
-            last_words = say_text(message, optional=True)
-            self.conversation.ending = True  # from this command on, nothing new is taken
-            self._tasks.spawn(self._hang_up(last_words), "hangup")
+            # From this command on, nothing new is taken; the rest plays out in a task.
+            self._tasks.spawn(
+                self._hang_up(self.conversation.hang_up(say_text(message, optional=True))), "hangup"
+            )
         elif kind == "reset":
             self.conversation.reset()
             self.events.send({"type": "reset"})
@@ -296,7 +295,6 @@ class Call:
                     else:
                         variables[name] = value
             if tools is not None:
-                self.own_tools = tools
                 self.conversation.answerer.tools = merge(self.logic.tools, tools)
             self.events.send(self._config_event())
         return None
@@ -328,8 +326,8 @@ class Call:
                 raise ControlError("bad_value", "this server has no webhook secret", "tools")
         return tools
 
-    async def _hang_up(self, last_words: str) -> None:
-        await self.conversation.hang_up(last_words or None)
+    async def _hang_up(self, played_out: Awaitable[None]) -> None:
+        await played_out
         if not self.closed:
             self.events.send(events.bye("hangup"))
         self.ended.set()

@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
 import numpy as np
 
@@ -200,11 +202,15 @@ class Conversation:
         is going on (a reply, a turn being answered); otherwise it waits until the floor is open."""
         self.machine.fire(Speak(text, now))
 
-    async def hang_up(self, last_words: str | None = None) -> None:
-        """Ends the conversation politely: no new turn is taken, a reply under way stops after the
-        sentence playing now, ``last_words`` (if any) are said, and this returns once all is played."""
+    def hang_up(self, last_words: str = "") -> Coroutine[Any, Any, None]:
+        """Ends the conversation politely: from now on no new turn is taken; the coroutine returned
+        stops a reply under way after the sentence playing, says ``last_words`` (if any), and returns
+        once all is played."""
         self.ending = True
         self._speeches.clear()
+        return self._play_out(last_words)
+
+    async def _play_out(self, last_words: str) -> None:
         turn = self._current
         if turn is not None and turn.committed.is_set() and turn.task is not None:
             turn.task.cancel()  # nothing more is written or synthesized

@@ -143,7 +143,7 @@ def tool_result(turn: int, outcome: Any, dropped: bool = False) -> Event:
         "dropped": dropped,
     }
     if outcome.ok:
-        event["result"] = json.loads(outcome.result) if len(outcome.result) <= MAX_SHOWN_RESULT else None
+        event["result"] = outcome.value if len(outcome.result) <= MAX_SHOWN_RESULT else None
     else:
         event["error"] = outcome.error
     return event

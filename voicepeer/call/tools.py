@@ -205,6 +205,8 @@ class ToolOutcome:
     result: str = ""
     error: str | None = None
     ms: float = 0.0
+    value: Any = None
+    """The result as the tool returned it (what ``result`` is the JSON text of)."""
 
     @property
     def ok(self) -> bool:
@@ -245,7 +247,7 @@ class Toolbox:
             text = json.dumps(result, ensure_ascii=False)
             if len(text) > MAX_RESULT_CHARS:
                 raise ToolError(f"{call.name} returned over {MAX_RESULT_CHARS} characters")
-            outcome.result = text
+            outcome.result, outcome.value = text, result
         except (ToolError, WebhookError) as exc:
             outcome.error = str(exc)
         except TimeoutError:

@@ -87,6 +87,9 @@ class Webhooks:
         }
         import aiohttp
 
+        from ..backends.base import BackendError
+        from ..backends.openai.http import read_bounded
+
         where = display_name(url)
         try:
             async with asyncio.timeout(timeout_s):
@@ -95,17 +98,13 @@ class Webhooks:
                 ) as answer:
                     if not 200 <= answer.status < 300:
                         raise WebhookError(f"{where} answered {answer.status}")
-                    data = b""
-                    while len(data) <= self.max_bytes and (
-                        more := await answer.content.read(self.max_bytes + 1 - len(data))
-                    ):
-                        data += more
+                    data = await read_bounded(answer, self.max_bytes, where)
         except TimeoutError:
             raise WebhookError(f"{where} did not answer within {timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
             raise WebhookError(f"{where} failed: {type(exc).__name__}") from None
-        if len(data) > self.max_bytes:
-            raise WebhookError(f"{where} answered over {self.max_bytes} bytes")
+        except BackendError as exc:  # the answer was over max_bytes
+            raise WebhookError(str(exc)) from None
         if not data.strip():
             return None
         try:
