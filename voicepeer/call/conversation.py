@@ -16,7 +16,11 @@ What happens is a matter of the floor and the event alone: ``TRANSITIONS`` at th
 read row by row, is the whole of turn-taking, and the state the client sees follows from the floor.
 The work is in modules of their own: the user turn (``turn``) and its answering (``answer``), the reply
 pipeline (``reply``, ``speaker``), speech over the reply (``bargein``) and the rule that judges it
-(``turntaking``); the machine that moves the floor is ``floor``.
+(``turntaking``), the words shown while the user speaks (``partials``); the machine that moves the
+floor is ``floor``.
+
+The module is longer than the package's ~400 lines on purpose: what is left is the table and its
+thirty handlers of a few lines each, which are read together, row and handler.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.formats import SPEECH_RATE
 from ..audio.vad import (
     SpeechDiscarded,
     SpeechEnded,
@@ -41,7 +44,6 @@ from ..audio.vad import (
     TurnEvent,
     Utterance,
 )
-from ..backends.base import BackendError
 from ..backends.llm import History
 from ..runtime.tasks import Tasks
 from . import events
@@ -62,7 +64,7 @@ from .floor import (
     Transition,
     Unanswered,
 )
-from .live import LiveTranscript
+from .partials import Partials
 from .playout import Playout
 from .services import Services
 from .turn import UserTurn
@@ -108,7 +110,15 @@ class Conversation:
             spawn=self._tasks.spawn,
         )
         self.asr = services.asr
-        self.partials = settings.partials
+        self.partials = Partials(
+            services.asr,
+            channel,
+            self._tasks,
+            mode=settings.partials,
+            min_ms=self.policy.min_partial_ms,
+            next_turn=lambda: self.turn + 1,
+            showing=lambda: not self.busy,
+        )
         self.turn = 0
         """Number of the last committed user turn."""
         self.interruptions = 0
@@ -119,9 +129,6 @@ class Conversation:
         self._current: UserTurn | None = None  # the PENDING turn, or the one the BOT answers
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
         self._unanswered_end = -1  # end sample of the last utterance that had nothing to answer
-        self._partial_task: asyncio.Task[None] | None = None
-        self._live: LiveTranscript | None = None  # the utterance's stream, with a streaming ASR
-        self._live_sent = ""
         self._speeches: deque[str] = deque(maxlen=MAX_QUEUED_SPEECHES)
         """What the application asked the bot to say once the floor is open."""
         self.ending = False
@@ -179,7 +186,7 @@ class Conversation:
             return
         if isinstance(event, SpeechStarted):
             self.channel.send(events.vad_start(self.state))
-            self._new_live()
+            self.partials.utterance_starts()
         row = self.machine.fire(event)
         if not isinstance(event, SpeechProgress):
             log.debug("%s on %s floor: %s", type(event).__name__, self.floor.value, row or "nothing")
@@ -232,37 +239,8 @@ class Conversation:
 
     # -- the handlers of TRANSITIONS ---------------------------------------------------------------
 
-    def _new_live(self) -> None:
-        """A new utterance: a streaming ASR gets a new stream for it (the old one, if no turn took it,
-        is abandoned)."""
-        old, self._live = self._live, None
-        if old is not None:
-            self._tasks.spawn(old.aclose(), "live-close")
-        if self.asr.capabilities.streaming_input:
-            self._live = LiveTranscript(self.asr)
-
     def _partial(self, event: SpeechProgress) -> None:
-        if self._live is not None and not self._live.done:
-            if self._partial_task is None or self._partial_task.done():
-                self._partial_task = self._tasks.spawn(
-                    self._live_partial(self._live, event.audio), "live-asr"
-                )
-            return
-        if not self._partials_wanted():
-            return
-        if self._partial_task is not None and not self._partial_task.done():
-            return  # one partial at a time; the next progress event brings newer audio anyway
-        audio = self._with_carry(event.audio)
-        if audio.size >= self.policy.min_partial_ms * SPEECH_RATE // 1000:
-            self._partial_task = self._tasks.spawn(self._partial_transcript(audio), "partial-asr")
-
-    def _partials_wanted(self) -> bool:
-        """A partial is one more transcription of the turn so far: free in process, a request (maybe
-        metered) to a remote ASR, which is asked only if it streams or the operator said so."""
-        if self.partials == "auto":
-            caps = self.asr.capabilities
-            return caps.cheap or (caps.partials and caps.streaming_input)
-        return self.partials == "on"
+        self.partials.progress(event.audio, self._carry)
 
     def _prepare(self, event: SpeechPaused | SpeechEnded) -> None:
         self._begin(event, ended=isinstance(event, SpeechEnded))
@@ -373,8 +351,7 @@ class Conversation:
         turn.number = self.turn
         turn.metrics.mark("endpoint_ms")
         self._carry = None
-        if self._partial_task is not None:
-            self._partial_task.cancel()
+        self.partials.turn_committed()
         if turn.spoken is None:
             self.channel.send(events.transcript(turn.number, turn.text, final=True))
 
@@ -403,28 +380,9 @@ class Conversation:
                 self._carry = held.audio  # the user went on from a held phrase: keep its words
             self._abandon()
         turn = UserTurn(utterance, self._with_carry(utterance.audio), ended)
-        if self._carry is None and self._live is not None and not self._live.done:
-            turn.live = self._live  # the stream has this very audio: it gives the transcript
+        turn.live = self.partials.stream_for(carried=self._carry is not None)
         self._current = turn
         turn.task = self._tasks.spawn(self.answerer.run(turn, text, self.turn + 1), "turn")
-
-    async def _live_partial(self, live: LiveTranscript, audio: np.ndarray) -> None:
-        committed = self.turn
-        text = await live.feed(audio)
-        if self.partials == "off" or not text or text == self._live_sent:
-            return
-        if self.turn == committed and not self.busy:
-            self._live_sent = text
-            self.channel.send(events.transcript(self.turn + 1, text, final=False))
-
-    async def _partial_transcript(self, audio: np.ndarray) -> None:
-        committed = self.turn
-        try:
-            result = await self.asr.transcribe(audio)
-        except BackendError:
-            return  # a partial is a nicety; the turn's own transcription reports a failing ASR
-        if result.text and self.turn == committed and not self.busy:
-            self.channel.send(events.transcript(self.turn + 1, result.text, final=False))
 
     def _cut_off(self, reason: str) -> None:
         """Cuts the committed reply off, if there is one; the row that called this moves the floor."""
@@ -450,8 +408,7 @@ class Conversation:
         self._closed = True
         self._barge.clear()
         await self._tasks.cancel_all()
-        if self._live is not None:
-            await self._live.aclose()
+        await self.partials.close()
         self._current = None
 
 
