@@ -29,6 +29,8 @@ from ..call.logic import Logic
 from ..call.services import Services
 from ..config import Config
 from ..runtime.tasks import Tasks
+from .candidates import end_of_candidates, without_end_of_candidates
+from .dtls import Certificate, failure_reason, use_certificate
 from .jitter import use_audio_jitter_buffer
 from .tracks import PlayoutTrack
 
@@ -94,6 +96,9 @@ class Session:
         ice = [RTCIceServer(url) for url in config.ice.servers]
         # iceServers=[] matters: None makes aiortc fall back to a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        self.certificate = Certificate.generate()
+        """Our DTLS certificate, which also tells how the handshake went."""
+        use_certificate(self.pc, self.certificate)
         self.output = PlayoutTrack(self.call.playout) if voice else None
         self._tasks = Tasks(f"session {self.id}")
         self._closed = asyncio.Event()
@@ -118,12 +123,17 @@ class Session:
         if self.output is not None:
             # Added before the offer is applied, so aiortc binds it to the offer's audio transceiver.
             self.pc.addTrack(self.output)
+        sdp, ended = without_end_of_candidates(offer.sdp)
         try:
-            await self.pc.setRemoteDescription(offer)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=offer.type))
         except Exception as exc:  # whatever aiortc trips on while applying it, the offer is to blame
             raise ValueError(f"aiortc could not apply the offer: {type(exc).__name__}: {exc}"[:300]) from exc
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
+        if "a=candidate:" not in self.pc.localDescription.sdp:
+            raise RuntimeError("ICE gathered no candidate of ours: the answer could never connect")
+        if ended:
+            await self._end_of_candidates()
         self.call.start()
         self._tasks.spawn(self._connect_watchdog(), "connect-watchdog")
         self._tasks.spawn(self._hang_up_when_asked(), "hangup-watch")
@@ -134,12 +144,22 @@ class Session:
         """A candidate the client trickled after its offer (WHIP ``PATCH``); None: it has no more.
         False if it was not taken: past ``MAX_TRICKLED`` candidates each is another address the server
         would send connectivity checks to at the client's word."""
-        if candidate is not None:
-            if self._trickled >= MAX_TRICKLED:
-                return False
-            self._trickled += 1
+        if candidate is None:
+            await self._end_of_candidates()
+            return True
+        if self._trickled >= MAX_TRICKLED:
+            return False
+        self._trickled += 1
         await self.pc.addIceCandidate(candidate)
         return True
+
+    async def _end_of_candidates(self) -> None:
+        if not await end_of_candidates(self.pc):
+            log.info(
+                "session %s: the client's candidates ended with none usable (unresolved mDNS names?):"
+                " waiting for its checks to reach ours",
+                self.id,
+            )
 
     async def _hang_up_when_asked(self) -> None:
         """The application hung up (``hangup``): once the last words are played, the call ends."""
@@ -264,7 +284,12 @@ class Session:
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
-        log.info("session %s: connection %s", self.id, state)
+        cipher = f" ({self.certificate.cipher})" if state == "connected" and self.certificate.cipher else ""
+        log.info("session %s: connection %s%s", self.id, state, cipher)
+        if state == "failed" and not self._closing:
+            reason = failure_reason(self.pc, self.certificate)
+            log.warning("session %s: %s", self.id, reason)
+            self.call.events.send(events.error("connection_failed", reason))
         if state in ("failed", "closed"):
             await self.close("failed" if state == "failed" else "hangup")
 
