@@ -47,6 +47,17 @@ class ServerConfig:
             shown="1 per core (measured: `TALKING_CALLS_PER_CORE`)",
         ),
     )
+    inference_budget_ms: float = field(
+        default=1500.0,
+        metadata=option(
+            "--inference-budget",
+            "refuse a new call (503 overloaded) when recent turns say one more would take the in-process "
+            "inference to a turn's first audio past this many ms (0: admit by --max-sessions alone)",
+            low=0,
+        ),
+    )
+    """Measured per turn (``voicepeer.runtime.load``): ~500 ms on two idle cores, so the default
+    admits about three talking calls there, and fewer when something else takes the cores."""
     max_call_s: float = field(
         default=3600.0,
         metadata=option(

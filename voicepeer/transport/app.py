@@ -122,7 +122,7 @@ async def ice_servers(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body: dict[str, Any] = {"sessions": len(state.sessions)}
+    body: dict[str, Any] = {"sessions": len(state.sessions), "load": state.load.status()}
     if state.warnings:
         body["warnings"] = state.warnings
     if state.draining:
