@@ -32,6 +32,14 @@ class Received:
         return None
 
 
+class Refused(AssertionError):
+    """The server answered the offer with an error (``status``, its JSON ``body``)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.status, self.body = status, body
+
+
 class RtcClient(EventLog):
     """Plays like a browser would: sends a mic track (paced PCM, then silence) and records replies."""
 
@@ -95,7 +103,8 @@ class RtcClient(EventLog):
         post = {"json": offer, "headers": headers, **({"ssl": self.ssl} if self.ssl is not None else {})}
         async with aiohttp.ClientSession() as http, http.post(f"{self.base_url}/offer", **post) as r:
             body = await r.json()
-            assert r.status == 200, body
+            if r.status != 200:
+                raise Refused(r.status, body)
         self.session_id = body["session_id"]
         self.answer = body
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
