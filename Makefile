@@ -71,6 +71,12 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,chromium,chromium)
 	$(call debian,espeak-ng,espeak-ng)
 	$(call debian,sox,sox)
+	@# GStreamer's webrtcbin for Debian's own Python: the third-party WHIP client of test_whip_gstreamer.py.
+	@/usr/bin/python3 -c 'import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find("webrtcbin") and Gst.ElementFactory.find("nicesrc")' 2>/dev/null || { \
+	  echo "==> installing Debian packages: GStreamer's webrtcbin, libnice and Python bindings"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gstreamer1.0-tools python3-gst-1.0 \
+	    gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base \
+	    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad >/dev/null; }
 	$(call debian,npm,npm)
 	$(call debian,turnserver,coturn)
 	$(call debian,docker-compose,docker-compose)
