@@ -110,6 +110,27 @@ def test_the_interrupt_rule():
     assert judge_overlap(POLICY, overlap, 11.5, discarded=True) == (Verdict.GO_ON, "too_short")
 
 
+def test_the_interrupt_rule_where_the_bots_echo_may_be():
+    said = "Once upon a time there was a dragon who lived by the sea"
+    overlap = Overlap(onset=10.0, echo=True, bot_said=said)
+    # The bot paused at the onset, but its echo still comes for the echo path's delay: lasting alone
+    # cuts in only after that grace.
+    assert judge_overlap(POLICY, overlap, 11.0) == (Verdict.WAIT, "")
+    assert judge_overlap(POLICY, overlap, 12.5) == (Verdict.INTERRUPT, "speech")
+    overlap.speaking = False
+    # Its own last words, as whisper hears an echo, are not a bid for the turn; the user's are.
+    for echo in ("There was a dragon.", "a dragon who lived by the", "Was a drag and who lived"):
+        assert judge_overlap(POLICY, overlap, 12.5, text=echo, bot_said=said) == (Verdict.GO_ON, "echo"), echo
+    for answer in ("Stop!", "What about the sea?", "Tell me about the dragon instead."):
+        verdict = judge_overlap(POLICY, overlap, 12.5, text=answer, bot_said=said)
+        assert verdict == (Verdict.INTERRUPT, "speech"), answer
+    # Without an echo (headphones) the same words are the user's.
+    assert judge_overlap(POLICY, Overlap(onset=10.0), 12.5, text="a dragon who lived", bot_said=said) == (
+        Verdict.INTERRUPT,
+        "speech",
+    )
+
+
 # -- one turn ---------------------------------------------------------------------------------------
 
 
@@ -273,6 +294,18 @@ async def test_an_acknowledgement_over_the_bot_is_ignored_and_said_to_be():
         assert reply["text"] == STORY and not d.messages("interrupted")
         # Paused from the onset until the verdict, then on from where it stopped.
         assert not [t for t in d.voiced if onset + 0.04 < t < judged] and d.voiced[-1] > judged
+        assert d.conversation.ignored == 1 and d.conversation.interruptions == 0
+
+
+@virtual_time
+async def test_the_bots_own_words_coming_back_over_a_loudspeaker_are_ignored_as_its_echo():
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("upon a time there", at=onset, seconds=1.2, echo=True)  # echo outlasting the 1 s rule
+        ignored = await d.first(lambda m: m["type"] == "ignored")
+        assert ignored["reason"] == "echo" and ignored["text"] == "upon a time there"
+        reply = await d.first(lambda m: m["type"] == "reply" and m["final"])
+        assert reply["text"] == STORY and not d.messages("interrupted")
         assert d.conversation.ignored == 1 and d.conversation.interruptions == 0
 
 

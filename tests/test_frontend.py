@@ -12,18 +12,87 @@ from voicepeer.audio.echopath import EchoCoupling
 from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
 from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, FarEndReference, FrontEnd
 
+TONE = (np.sin(2 * np.pi * 440 * np.arange(WEBRTC_FRAME_SAMPLES) / 48000) * 8000).astype(np.int16)
+SILENT = np.zeros(WEBRTC_FRAME_SAMPLES, dtype=np.int16)
+BLOCK = 320  # 20 ms at 16 kHz
 
-def test_the_reference_is_what_the_track_sent_at_16k_and_never_goes_stale():
+
+def send(ref: FarEndReference, pattern: str, start: float, step: float = 0.02) -> float:
+    """Frames as the track hands them out: ``1`` a tone, ``0`` silence, ``step`` seconds apart from
+    ``start``; returns the time of the next one."""
+    for i, mark in enumerate(pattern):
+        ref.on_frame(TONE if mark == "1" else SILENT, 0, start + i * step, mark == "1")
+    return start + len(pattern) * step
+
+
+def heard(ref: FarEndReference, frames: int) -> str:
+    """What the microphone's next ``frames`` 20 ms chunks are paired with, as ``send`` spells it."""
+    out = ""
+    for _ in range(frames):
+        block = ref.take(BLOCK).astype(np.float64)
+        out += "1" if np.sqrt(np.mean(block[40:-40] ** 2)) > 1000 else "0"
+    return out
+
+
+def test_the_reference_starts_at_the_newest_frame_sent_when_the_microphone_first_comes():
     ref = FarEndReference()
-    tone = (np.sin(2 * np.pi * 440 * np.arange(48000) / 48000) * 8000).astype(np.int16)
-    for i in range(0, tone.size, WEBRTC_FRAME_SAMPLES):  # one second of 20 ms frames, nobody taking
-        ref.on_frame(tone[i : i + WEBRTC_FRAME_SAMPLES], i, 0.0, True)
-    # Only the newest 200 ms are kept: the microphone is paired with what was sent just now.
-    held = ref.take(SPEECH_RATE)
-    assert np.count_nonzero(held) <= MAX_REFERENCE_MS * SPEECH_RATE // 1000
+    send(ref, "1111111110", 0.0)  # nobody taking yet: only "now" will matter
+    assert heard(ref, 3) == "000"  # the newest frame was silence; then nothing more was sent
+    send(ref, "1", 0.2)  # the next frame on time: it pairs with the next chunk
+    assert heard(ref, 1) == "1"
+
+
+def test_a_late_microphone_keeps_its_pairing_however_long_it_was_late():
+    ref = FarEndReference()
+    t = send(ref, "0", 0.0)
+    assert heard(ref, 1) == "0"
+    t = send(ref, "1101100111011110011101", t)  # 440 ms sent while the microphone's packets wait
+    assert heard(ref, 22) == "1101100111011110011101"  # the burst, each chunk with its own reference
+    assert ref.dropped == 0
+    send(ref, "10", t)
+    assert heard(ref, 2) == "10"
+
+
+def test_an_outbound_stall_is_silence_in_the_reference_as_the_client_played_it():
+    ref = FarEndReference()
+    t = send(ref, "1", 0.0)
+    assert heard(ref, 1) == "1"
+    t = send(ref, "11", t)
+    send(ref, "11", t + 0.3)  # the loop stalled: the next frame left 300 ms late
+    assert heard(ref, 2 + 15 + 2) == "11" + "0" * 15 + "11"
+    assert ref.stalled == 15 * BLOCK
+
+
+def test_silence_already_paired_during_a_stall_is_not_put_in_twice():
+    ref = FarEndReference()
+    t = send(ref, "1", 0.0)
+    assert heard(ref, 1) == "1"
+    t = send(ref, "1", t)
+    assert heard(ref, 1 + 10) == "1" + "0" * 10  # the microphone's chunks of the stall came first
+    send(ref, "11", t + 0.3)
+    assert heard(ref, 5 + 2) == "0" * 5 + "11"  # 15 frames of stall in all, then the voice on time
+
+
+def test_audio_missing_from_the_microphones_timeline_skips_its_reference():
+    ref = FarEndReference()
+    t = send(ref, "0", 0.0)
+    assert heard(ref, 1) == "0"
+    t = send(ref, "0011", t)
+    ref.skip(2 * BLOCK)  # two frames of the microphone were lost
+    assert heard(ref, 2) == "11"
+    ref.skip(3 * BLOCK)  # lost before their reference was sent: it goes when it comes
+    send(ref, "00011", t)
+    assert heard(ref, 2) == "11"
+    assert ref.skipped == 5 * BLOCK
+
+
+def test_a_microphone_gone_for_seconds_starts_again_at_now():
+    ref = FarEndReference()
+    t = send(ref, "0", 0.0)
+    heard(ref, 1)
+    t = send(ref, "1" * (MAX_REFERENCE_MS // 20 + 10) + "0", t)
     assert ref.dropped > 0
-    assert rms_dbfs(held[:3000]) == pytest.approx(rms_dbfs(tone), abs=1.0)
-    assert not ref.take(320).any()  # nothing more was sent: silence, not an error
+    assert heard(ref, 2) == "00"  # the newest frame, then nothing: the old voice is not replayed
 
 
 @pytest.mark.parametrize("aec", ["aec3", "speex", "off"])

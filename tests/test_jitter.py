@@ -1,10 +1,14 @@
-"""The inbound audio jitter buffer: no wait in order, the order restored, a bounded lag after it."""
+"""The inbound audio jitter buffer: no wait in order, the order restored, a bounded lag after it; and
+the microphone's timeline read from its frames' timestamps."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
 from aiortc.rtp import RtpPacket
 
-from voicepeer.transport.jitter import MAX_BACKLOG, AudioJitterBuffer
+from voicepeer.transport.jitter import MAX_BACKLOG, AudioJitterBuffer, Timeline
 
 
 def packet(seq: int) -> RtpPacket:
@@ -65,3 +69,20 @@ def test_a_lost_packet_is_given_up_when_the_buffer_overflows() -> None:
     later = [f for f in got if f is not None and f > 2]
     assert later and later == sorted(later)
     assert order[-1] - later[-1] <= MAX_BACKLOG + 1  # caught up
+
+
+def test_the_microphones_timeline_tells_how_much_audio_never_came():
+    def frame(pts: int | None) -> av.AudioFrame:
+        f = av.AudioFrame(format="s16", layout="mono", samples=960)
+        f.sample_rate = 48000
+        f.pts = pts
+        f.time_base = Fraction(1, 48000)
+        return f
+
+    timeline = Timeline()
+    assert timeline.missing_s(frame(1000)) == 0.0  # the first: nothing to compare with
+    assert timeline.missing_s(frame(1960)) == 0.0
+    assert timeline.missing_s(frame(2920 + 3 * 960)) == 0.06  # three frames lost after 2920
+    assert timeline.missing_s(frame(10)) == 0.0  # the sender started its timestamps again
+    assert timeline.missing_s(frame(970)) == 0.0
+    assert timeline.missing_s(frame(None)) == 0.0

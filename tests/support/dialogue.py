@@ -102,13 +102,20 @@ class Line(EventLog):
         )
 
     def speak(
-        self, text: str, at: float, seconds: float = 1.0, *, pause: bool = True, end: bool = True
+        self,
+        text: str,
+        at: float,
+        seconds: float = 1.0,
+        *,
+        pause: bool = True,
+        end: bool = True,
+        echo: bool = False,
     ) -> np.ndarray:
         """The detector's events for ``text`` spoken from ``at`` for ``seconds`` and silence after it:
         started at once, progress while it lasts, paused and ended after their silences. Returns its
-        audio."""
+        audio. ``echo``: the detector found it where the bot's echo may be (a loudspeaker call)."""
         audio = self.asr.speech(text, seconds)
-        self.at(at, SpeechStarted(round(at * SPEECH_RATE), self.t0 + at))
+        self.at(at, SpeechStarted(round(at * SPEECH_RATE), self.t0 + at, echo))
         k = 1
         while k * PROGRESS_S < seconds:
             heard = audio[: round(k * PROGRESS_S * SPEECH_RATE)]

@@ -5,9 +5,18 @@ exact audio the outbound track handed to aiortc (``FarEndReference`` listens to 
 can remove its own voice even when the browser's canceller is off or does not cover the output the user
 listens on.
 
-Pairing the two streams needs no timestamps arithmetic: the outbound track releases a 20 ms frame every
-20 ms and the client's microphone delivers one every 20 ms, so each inbound chunk is paired with the
-reference sent most recently. The echo path's delay (network round trip plus the client's buffers) is
+Pairing keeps the two streams on one timeline: the outbound track releases a 20 ms frame every 20 ms
+and the client's microphone carries 20 ms of audio per frame, so once the first microphone chunk has
+been paired with the reference sent just then, each later sample of the microphone pairs with the
+reference one sample later, however late the microphone's packets arrive (a loaded server, a burst
+from a starved client). What breaks a timeline is stated, not guessed: audio missing from the
+microphone's own timeline (its RTP timestamps jump: lost packets, DTX) skips as much reference, and a
+stall of the outbound track long enough to make the client's receiver run dry (it restarts its
+clock) puts as much silence into the reference, because the client played nothing then. Earlier,
+reference older than 200 ms was dropped as "stale": under load each late burst of the microphone
+shifted the pairing for good, by up to seconds a call, and the bot heard itself.
+
+The echo path's delay (network round trip plus the client's buffers) is
 found by the canceller's own delay estimation while it is short. AEC3 finds none beyond ~500 ms (an
 8 s test: 56-60 dB of echo removed at 150-450 ms, under 1 dB at 600 ms and more), and a loaded client
 or a slow network gives that: a Chromium on the same two busy cores sent the bot's voice back 600-900
@@ -36,9 +45,14 @@ from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
 
 log = logging.getLogger(__name__)
 
-MAX_REFERENCE_MS = 200
-"""Reference older than this when the microphone asks for it is stale (the inbound side paused) and is
-dropped, so the pairing stays at "now" and the canceller's delay estimate stays valid."""
+MAX_REFERENCE_MS = 3000
+"""Reference waiting for its microphone chunk longer than this means the microphone stopped (a client
+that stopped sending without a word): the oldest is dropped, and the pairing starts again at "now"
+when it comes back. Late microphone audio under load arrives well within it."""
+
+STALL_S = 0.22
+"""Frames handed to aiortc this far apart (nominally 20 ms) mean the outbound track restarted its clock
+(``MAX_LATE_S``): the client's receiver ran dry, and played silence for the missing time."""
 
 
 ECHO_REACH_MS = 700
@@ -69,33 +83,85 @@ still gets the words canceller's output: the gaps between a talker's syllables a
 
 
 class FarEndReference:
-    """What the bot sent, at 16 kHz, queued until the microphone chunk it pairs with arrives.
+    """What the bot sent, at 16 kHz, on the timeline the client played it, queued until the microphone
+    chunk it pairs with arrives.
 
-    Both methods run on the event loop: ``on_frame`` as a ``Playout`` listener, ``take`` from the
-    session's inbound task. No locking needed.
+    The queue's length is the pairing's offset. It starts at "now" (the newest frame when the first
+    microphone chunk comes) and grows only where a microphone chunk found no reference yet (the two
+    streams' jitter): that chunk is paired with silence and the reference pairs with the next one.
+
+    All methods run on the event loop: ``on_frame`` as a ``Playout`` listener, ``take`` and ``skip``
+    from the session's inbound task. No locking needed.
     """
 
     def __init__(self) -> None:
         self._resampler = Resampler(WEBRTC_RATE, SPEECH_RATE)
         self._buffer = SampleBuffer()
         self._max = MAX_REFERENCE_MS * SPEECH_RATE // 1000
+        self._anchored = False
+        self._last_sent_at: float | None = None
+        self._padded = 0  # silence handed to the microphone since the last frame came
+        self._owed = 0  # reference to drop as it comes: its microphone audio never came
         self.dropped = 0
+        """Samples dropped unpaired (the microphone stopped for over ``MAX_REFERENCE_MS``)."""
+        self.stalled = 0
+        """Samples of silence put in for outbound stalls."""
+        self.skipped = 0
+        """Samples dropped for audio missing from the microphone's timeline."""
 
-    def on_frame(self, pcm: np.ndarray, _pts: int, _sent_at: float, _voiced: bool) -> None:
-        self._buffer.push(self._resampler.push(pcm))
+    def on_frame(self, pcm: np.ndarray, _pts: int, sent_at: float, _voiced: bool) -> None:
+        if self._anchored and self._last_sent_at is not None and sent_at - self._last_sent_at > STALL_S:
+            # The client played silence for the stall. Microphone chunks handled during it, before
+            # this frame came, were paired with silence already: that much of it is not put in again.
+            gap = round((sent_at - self._last_sent_at - pcm.size / WEBRTC_RATE) * SPEECH_RATE)
+            gap = max(0, gap - self._padded)
+            self._push(np.zeros(gap, dtype=np.int16))
+            self.stalled += gap
+        self._last_sent_at = sent_at
+        self._padded = 0
+        self._push(self._resampler.push(pcm))
+        if not self._anchored:
+            # Until the microphone's first chunk, only the newest frame matters: that is "now".
+            self._buffer.pop(max(0, len(self._buffer) - pcm.size * SPEECH_RATE // WEBRTC_RATE))
+            return
         overflow = len(self._buffer) - self._max
         if overflow > 0:
             self._buffer.pop(overflow)
             self.dropped += overflow
+            self._anchored = False
+            self._owed = 0
+
+    def _push(self, pcm: np.ndarray) -> None:
+        if self._owed:
+            drop = min(self._owed, pcm.size)
+            self._owed -= drop
+            pcm = pcm[drop:]
+        self._buffer.push(pcm)
 
     def take(self, n: int) -> np.ndarray:
-        """The next ``n`` reference samples, padded with silence if the track has not sent them yet."""
+        """The next ``n`` reference samples (for the next ``n`` of the microphone), padded with silence
+        if the track has not sent them yet."""
+        self._anchored = True
         out = self._buffer.pop(n)
         if out is None:
             out = np.zeros(n, dtype=np.int16)
             have = self._buffer.pop_all()
             out[: have.size] = have
+            self._padded += n - have.size
         return out
+
+    def skip(self, n: int) -> None:
+        """``n`` samples of the microphone's timeline never came: as much reference goes unpaired
+        (what is not sent yet is dropped when it comes)."""
+        self.skipped += n
+        if n > self._max:  # the microphone was gone a long while: start again at "now"
+            self._buffer.clear()
+            self._owed = 0
+            self._anchored = False
+            return
+        have = min(n, len(self._buffer))
+        self._buffer.pop(have)
+        self._owed += n - have
 
 
 class FramePairs:

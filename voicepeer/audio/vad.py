@@ -106,6 +106,8 @@ class SpeechStarted:
     sample: int
     arrival: float
     """Loop time at which the audio containing the onset arrived."""
+    echo: bool = False
+    """The bot's voice may be in this audio (``FrontEnd.echo_possible``): a loudspeaker call."""
 
 
 @dataclass
@@ -136,6 +138,8 @@ class SpeechResumed:
     """Speech came back after a ``SpeechPaused`` in the same turn: the pause was not its end."""
 
     arrival: float
+    echo: bool = False
+    """As ``SpeechStarted.echo``."""
 
 
 @dataclass
@@ -253,7 +257,7 @@ class TurnDetector:
                     self._last_voiced_arrival = arrival
                     self._paused = False
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
-                    events.append(SpeechStarted(self._position - WINDOW * run, arrival))
+                    events.append(SpeechStarted(self._position - WINDOW * run, arrival, echo_possible))
                 longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(
                     p.start_ms, p.echo_start_ms, p.over_echo_start_ms
                 )
@@ -270,7 +274,7 @@ class TurnDetector:
                 self._last_voiced_arrival = arrival
                 if self._paused:
                     self._paused = False
-                    events.append(SpeechResumed(arrival))
+                    events.append(SpeechResumed(arrival, echo_possible))
             else:
                 self._silence += 1
             too_long = (self._position - self._turn_start) >= p.max_turn_s * SPEECH_RATE

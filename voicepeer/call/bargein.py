@@ -25,16 +25,20 @@ and, for speech that has ended, its utterance."""
 
 
 class BargeIn:
-    def __init__(self, policy: TurnPolicy, asr: ASR, tasks: Tasks, decide: Decide) -> None:
+    def __init__(
+        self, policy: TurnPolicy, asr: ASR, tasks: Tasks, decide: Decide, bot_said: Callable[[], str]
+    ) -> None:
+        """``bot_said``: what the bot has said of the reply under way, to tell its echo by."""
         self.policy = policy
         self.asr = asr
         self._tasks = tasks
         self._decide = decide
+        self._bot_said = bot_said
         self.overlap: Overlap | None = None
         """The speech being judged, if any."""
 
-    def starts(self, onset: float) -> None:
-        overlap = Overlap(onset=onset)
+    def starts(self, onset: float, echo: bool = False) -> None:
+        overlap = Overlap(onset=onset, echo=echo, bot_said=self._bot_said() if echo else "")
         self.overlap = overlap
         self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
 
@@ -80,7 +84,8 @@ class BargeIn:
             text = ""
         if self.overlap is not overlap:
             return
-        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
+        now = asyncio.get_running_loop().time()
+        verdict, reason = judge_overlap(self.policy, overlap, now, text=text, bot_said=overlap.bot_said)
         self._apply(overlap, verdict, reason, text, utterance)
 
     def _apply(

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from ..audio.capture import UnprocessedCapture
-from ..audio.formats import WEBRTC_RATE, InboundConverter
+from ..audio.formats import SPEECH_RATE, WEBRTC_RATE, InboundConverter
 from ..audio.frontend import FarEndReference, FrontEnd
 from ..audio.recorder import CallRecorder
 from ..audio.vad import TurnDetector, TurnEvent
@@ -207,12 +207,16 @@ class Call:
         arrival: float | None = None,
         *,
         unprocessed: bool = False,
+        missing_s: float = 0.0,
     ) -> None:
         """Feeds microphone audio: interleaved int16 samples at ``sample_rate`` Hz, arrived at loop time
         ``arrival`` (now, if not given). Awaits the front-end and turn detection of this chunk, so a
         transport that awaits it also never feeds two chunks at once. ``unprocessed``: a chunk of the
         client's second capture, without its canceller (ignored unless the call was told of one);
-        only one of the two captures goes on to the front-end, the other is measured or dropped."""
+        only one of the two captures goes on to the front-end, the other is measured or dropped.
+        ``missing_s``: audio of this capture's own timeline that never came before this chunk (lost
+        packets, DTX: its RTP timestamps jumped), so the bot's reference stays paired with the right
+        moment of the microphone."""
         if self.closed:
             return
         if arrival is None:
@@ -222,6 +226,8 @@ class Call:
             if capture is None:
                 return
             speech = capture.converter.convert(pcm, sample_rate, channels)
+            if missing_s > 0:
+                capture.reference.skip(round(missing_s * SPEECH_RATE))
             reference = capture.reference.take(speech.size)
             if capture.choice == "measuring":
                 choice = await run_frontend(capture.measure, speech, reference)
@@ -232,7 +238,9 @@ class Call:
                 return
         else:
             speech = self._converter.convert(pcm, sample_rate, channels)
-            reference = self.reference.take(speech.size)  # even while muted: the pairing stays at "now"
+            if missing_s > 0:
+                self.reference.skip(round(missing_s * SPEECH_RATE))
+            reference = self.reference.take(speech.size)  # even while muted: the pairing stays on time
             if capture is not None and capture.choice == "taken":
                 return
         if self.muted or speech.size == 0:

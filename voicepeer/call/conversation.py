@@ -124,7 +124,7 @@ class Conversation:
         self.interruptions = 0
         self.ignored = 0
         """Speech over the bot that did not cut it off (each one was reported in an ``ignored`` event)."""
-        self._barge = BargeIn(self.policy, self.asr, self._tasks, self._decide)
+        self._barge = BargeIn(self.policy, self.asr, self._tasks, self._decide, self._bot_said)
         self._published: State = "listening"
         self._current: UserTurn | None = None  # the PENDING turn, or the one the BOT answers
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
@@ -272,7 +272,11 @@ class Conversation:
 
     def _overlap_starts(self, event: SpeechStarted | SpeechResumed) -> None:
         self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
-        self._barge.starts(event.arrival)
+        self._barge.starts(event.arrival, event.echo)
+
+    def _bot_said(self) -> str:
+        turn = self._current
+        return turn.heard(self.output.played_total) if turn is not None else ""
 
     def _overlap_pauses(self, _event: SpeechPaused) -> None:
         self._barge.pauses()

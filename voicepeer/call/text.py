@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+)")
@@ -191,6 +192,30 @@ def is_backchannel(text: str) -> bool:
     """True for "mm-hm", "yeah, okay" and the like, and for nothing at all: not a bid for the turn."""
     found = words(text)
     return len(found) <= 3 and all(w in BACKCHANNELS or _HUM.fullmatch(w) for w in found)
+
+
+ECHO_WORDS = 30
+"""The bot's last words an echo is looked for in: ~10 s of speech, more than any echo path holds."""
+
+ECHO_SHARE = 0.6
+"""Share of a transcript's words that must be the bot's own, in order, for it to be its echo. Whisper
+hears an echo imperfectly ("the word in" for "the world is"), and a user's own words seldom follow
+the bot's in order: a question about the bot's answer repeats a word or two of it, not most of it."""
+
+
+def is_echo_of(text: str, said: str) -> bool:
+    """True if ``text`` (heard by the microphone) is mostly the bot's own last words ``said``: its
+    voice from a loudspeaker, transcribed."""
+    heard, spoken = words(text), words(said)[-ECHO_WORDS:]
+    if not heard or not spoken:
+        return False
+    # The longest run of the heard words found in order among the spoken ones.
+    common = [0] * (len(spoken) + 1)
+    for w in heard:
+        previous = 0
+        for j, s in enumerate(spoken, 1):
+            previous, common[j] = common[j], (previous + 1 if w == s else max(common[j], common[j - 1]))
+    return common[-1] >= max(1, math.ceil(ECHO_SHARE * len(heard)))
 
 
 def looks_unfinished(text: str) -> bool:

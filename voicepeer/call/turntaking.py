@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .text import is_backchannel, words
+from .text import is_backchannel, is_echo_of, words
 
 
 class Floor(enum.Enum):
@@ -61,6 +61,11 @@ class TurnPolicy:
     """Speech over the reply that lasts this long cuts the bot off before its words are known. The
     bot's voice pauses at the speech's onset whatever happens; this bounds how long a backchannel
     ("mm-hm", ~0.6 s) may be, not how soon the bot goes quiet."""
+    echo_grace_ms: int = 1500
+    """Added to ``interrupt_after_ms`` for speech that began where the bot's echo may be (a
+    loudspeaker): the bot's voice pauses at the onset, but what it sent before still comes back for
+    the echo path's delay (up to ~1.2 s from a loaded client), and that alone must not cut it off.
+    Speech that stops sooner is judged by its words, and the bot's own words are not a bid."""
     min_partial_ms: int = 800
     """Turn audio below this gets no partial transcript: whisper guesses wildly on a word and a half."""
 
@@ -80,6 +85,10 @@ class Overlap:
 
     onset: float
     """Loop time the audio holding the speech's onset arrived."""
+    echo: bool = False
+    """The bot's echo may be in it (``SpeechStarted.echo``)."""
+    bot_said: str = ""
+    """With ``echo``: what the bot had said of its reply at the onset, the words its echo would be."""
     speaking: bool = True
 
 
@@ -89,23 +98,30 @@ def judge_overlap(
     now: float,
     *,
     text: str | None = None,
+    bot_said: str = "",
     discarded: bool = False,
 ) -> tuple[Verdict, str]:
     """The interrupt rule, and the only place it is written. Returns the verdict and its reason.
 
-    ``text``: the speech's transcript once it has ended (None before). ``discarded``: the detector
-    dropped it as too short to be speech (a click, a cough).
+    ``text``: the speech's transcript once it has ended (None before). ``bot_said``: what the bot had
+    said of its reply when the speech began. ``discarded``: the detector dropped it as too short to be
+    speech (a click, a cough).
 
     Only hums and acknowledgements ("mm-hm", "okay", "I see") let the bot go on: a short answer ("yes",
-    "no", "five five") is a turn, because the bot may just have asked for it."""
+    "no", "five five") is a turn, because the bot may just have asked for it. Speech where the bot's
+    echo may be is given the echo's time before it cuts in by lasting, and if its words are the bot's
+    own last words it is the echo, not the user."""
     if discarded:
         return Verdict.GO_ON, "too_short"
     if text is None:
-        if overlap.speaking and now - overlap.onset >= policy.interrupt_after_ms / 1000:
+        after_ms = policy.interrupt_after_ms + (policy.echo_grace_ms if overlap.echo else 0)
+        if overlap.speaking and now - overlap.onset >= after_ms / 1000:
             return Verdict.INTERRUPT, "speech"
         return Verdict.WAIT, ""
     if not words(text):
         return Verdict.GO_ON, "no_words"
+    if overlap.echo and is_echo_of(text, bot_said):
+        return Verdict.GO_ON, "echo"
     if is_backchannel(text):
         return Verdict.GO_ON, "backchannel"
     return Verdict.INTERRUPT, "speech"

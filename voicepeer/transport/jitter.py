@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from av import AudioFrame
 
 CAPACITY = 16
 """Packets held while one is missing (as aiortc's): 320 ms, then the gap is given up."""
@@ -52,3 +53,25 @@ def use_audio_jitter_buffer(receiver: RTCRtpReceiver) -> None:
     if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
         raise RuntimeError("this aiortc keeps no audio jitter buffer where voicepeer expects it")
     receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()  # type: ignore[attr-defined]
+
+
+class Timeline:
+    """The microphone's own timeline, from its frames' RTP timestamps: how much audio never came
+    between one decoded frame and the next (packets lost for good, frames dropped above, a sender's
+    DTX), which the call needs to keep the bot's reference paired with the right moment."""
+
+    MAX_GAP_S = 60.0
+    """A jump further than this is a new stream (the sender restarted its timestamps), not a gap."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+
+    def missing_s(self, frame: AudioFrame) -> float:
+        """Seconds missing before ``frame``; 0 for the first one, or for timestamps it cannot read."""
+        if frame.pts is None or frame.time_base is None:
+            return 0.0
+        expected, self._next = self._next, frame.pts + frame.samples
+        if expected is None:
+            return 0.0
+        gap = float((frame.pts - expected) * frame.time_base)
+        return gap if 0 < gap <= self.MAX_GAP_S else 0.0

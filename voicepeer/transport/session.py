@@ -31,7 +31,7 @@ from ..config import Config
 from ..runtime.tasks import Tasks
 from .candidates import end_of_candidates, without_end_of_candidates
 from .dtls import Certificate, failure_reason, use_certificate
-from .jitter import use_audio_jitter_buffer
+from .jitter import Timeline, use_audio_jitter_buffer
 from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ class Session:
         # The track is announced with the offer, before ICE (trickled, for a WHIP client) is up: the
         # first frame may take as long as connecting may.
         timeout = self.config.server.connect_timeout_s + self.config.server.media_timeout_s
+        timeline = Timeline()
         while True:
             try:
                 async with asyncio.timeout(timeout):
@@ -250,12 +251,13 @@ class Session:
                 return
             arrival = loop.time()
             timeout = self.config.server.media_timeout_s
+            missing_s = timeline.missing_s(frame)
             pcm, rate, channels = frame_pcm(frame)
             if unprocessed:
-                await self.call.hear(pcm, rate, channels, arrival, unprocessed=True)
+                await self.call.hear(pcm, rate, channels, arrival, unprocessed=True, missing_s=missing_s)
                 continue
             self.frames_in += 1
-            await self.call.hear(pcm, rate, channels, arrival)
+            await self.call.hear(pcm, rate, channels, arrival, missing_s=missing_s)
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "events":
@@ -309,6 +311,14 @@ class Session:
             await self.pc.close()
         finally:
             self._closed.set()
-            log.info("session %s: closed", self.id)
+            ref = self.call.reference
+            log.info(
+                "session %s: closed (the bot's reference: %d ms of outbound stalls, %d ms of microphone"
+                " lost, %d ms unpaired)",
+                self.id,
+                ref.stalled // 16,
+                ref.skipped // 16,
+                ref.dropped // 16,
+            )
             if self._on_closed is not None:
                 self._on_closed(self)
