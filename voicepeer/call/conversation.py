@@ -275,8 +275,10 @@ class Conversation:
         self._barge.starts(event.arrival, event.echo)
 
     def _bot_said(self) -> str:
+        """The reply's words handed to the client, and a second more: ``heard`` places words within a
+        piece pro rata, and what the client had buffered when the bot paused still plays and echoes."""
         turn = self._current
-        return turn.heard(self.output.played_total) if turn is not None else ""
+        return turn.heard(self.output.played_total + self.output.sample_rate) if turn is not None else ""
 
     def _overlap_pauses(self, _event: SpeechPaused) -> None:
         self._barge.pauses()
@@ -306,9 +308,11 @@ class Conversation:
         self.channel.send(events.ignored(self.turn, event.reason, event.text))
 
     def _cut_in(self, event: CutIn) -> None:
+        log.info("speech over the reply lasted: it cuts in")
         self._cut_off(event.reason)
 
     def _take_over(self, event: TakeOver) -> None:
+        log.info("speech over the reply is a bid for the turn: %r", event.text)
         self._cut_off(event.reason)
         self._begin(event.utterance, ended=True, text=event.text)
 
