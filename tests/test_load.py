@@ -34,35 +34,34 @@ class Clock:
 
 def test_a_call_is_refused_when_one_more_would_take_a_turn_past_the_budget():
     clock = Clock()
-    load = InferenceLoad(1500, clock=clock)
+    load = InferenceLoad(clock=clock)
     for ms in (500, 700, 650):
         load.observe(ms)
     assert load.typical_ms() == 650
-    assert load.refusal(1) is None  # 650 ms -> ~1300 ms with a second call
-    assert load.refusal(2) is None  # ~975 ms with a third
-    for ms in (1200, 1300, 1250, 1400):
+    assert load.refusal(1, 1500) is None  # 650 ms -> ~1300 ms with a second call
+    assert load.refusal(2, 1500) is None  # ~975 ms with a third
+    for ms in (1200, 1300, 1100, 1150):
         load.observe(ms)
-    assert load.typical_ms() == 1200
-    reason = load.refusal(3)  # ~1600 ms with a fourth
-    assert reason is not None and "1200 ms" in reason and "1600 ms" in reason
+    assert load.typical_ms() == 1175  # the newest four: the load as it is now
+    reason = load.refusal(3, 1500)  # ~1600 ms with a fourth
+    assert reason is not None and "1175 ms" in reason and "1567 ms" in reason
     assert load.refused == 1
-    assert load.refusal(0) is None  # an empty server always takes a call
+    assert load.refusal(0, 1500) is None  # an empty server always takes a call
 
 
 def test_too_few_or_too_old_turns_say_nothing_and_a_budget_of_zero_is_off():
     clock = Clock()
-    load = InferenceLoad(1500, clock=clock)
+    load = InferenceLoad(clock=clock)
     load.observe(5000)
+    assert load.typical_ms() is None and load.refusal(1, 1500) is None  # one turn could be a fluke
     load.observe(5000)
-    assert load.typical_ms() is None and load.refusal(1) is None
-    load.observe(5000)
-    assert load.refusal(1) is not None
-    clock.now += 61  # the load has gone: the turns that measured it are a minute old
-    assert load.typical_ms() is None and load.refusal(1) is None
-    off = InferenceLoad(0, clock=clock)
+    assert load.refusal(1, 1500) is not None
+    clock.now += 21  # the load has gone: the turns that measured it are 20 s old
+    assert load.typical_ms() is None and load.refusal(1, 1500) is None
+    off = InferenceLoad(clock=clock)
     for _ in range(5):
         off.observe(9000)
-    assert off.refusal(4) is None
+    assert off.refusal(4, 0) is None
 
 
 @pytest.mark.slow
@@ -75,14 +74,14 @@ async def test_an_offer_is_answered_503_overloaded_when_the_turns_say_so(service
             async with http.post("/offer", json=offer) as r:
                 assert r.status == 200  # the first call is always taken
             for _ in range(3):
-                state.load.observe(900)  # one call's turns at 900 ms: a second would take ~1800
+                services.load.observe(900)  # one call's turns at 900 ms: a second would take ~1800
             async with http.post("/offer", json={"sdp": await local_offer(), "type": "offer"}) as r:
                 body = await r.json()
                 assert r.status == 503 and r.headers["Retry-After"] == "15", body
                 assert body["error"] == "overloaded" and "900 ms" in body["message"]
             async with http.get("/healthz") as r:
                 load = (await r.json())["load"]
-                assert load == {"turn_compute_ms": 900, "budget_ms": 1500.0, "refused": 1}
+                assert load == {"turn_compute_ms": 900, "budget_ms": 1000.0, "refused": 1}
             assert len(state.sessions) == 1
     finally:
         for session in list(state.sessions.values()):

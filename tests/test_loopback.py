@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(services, make_speech):
     question = make_speech("Tell me about the weather in London.", lead_s=0.5, tail_s=1.5)
-    async with call(services) as (server, client):
+    async with call(services) as (_server, client):
         sent_at = client.say(read_wav(question.path)[0])
         speech_end = sent_at + question.speech_end_s
         _, final = await client.wait_for(lambda m: m["type"] == "transcript" and m["final"], 30)
@@ -35,7 +35,7 @@ async def test_a_spoken_question_gets_a_transcript_a_streamed_reply_and_audio(se
         states = [m["state"] for m in client.messages("state")]
         assert states[:4] == ["listening", "thinking", "speaking", "listening"]
         assert 0 < metrics["transcript_ms"] < metrics["llm_first_token_ms"] < metrics["first_frame_sent_ms"]
-        assert server.app[STATE].load.observed == 1  # the turn told admission what it cost
+        assert services.load.observed == 1  # the turn told admission what it cost
         onset = client.received.voiced_after(speech_end)
         assert onset is not None, "no reply audio reached the client"
         voiced = [p for t, p in zip(client.received.times, client.received.pcm, strict=True) if t >= onset]

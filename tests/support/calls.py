@@ -11,10 +11,14 @@ from aiohttp.test_utils import TestServer
 from tests.support.rtc_client import RtcClient
 from voicepeer.call.services import Services
 from voicepeer.config import Config
+from voicepeer.runtime.load import InferenceLoad
 from voicepeer.transport.app import STATE, create_app
 
 
 async def serve(services: Services, **config) -> TestServer:
+    """The app on loopback with the suite's shared models. Each server starts with a fresh record of
+    the turns' load, as a new process would: the slow turns of earlier tests are not its own."""
+    services.load = InferenceLoad()
     server = TestServer(create_app(Config(**config), services=services), host="127.0.0.1")
     await server.start_server()
     return server

@@ -109,6 +109,7 @@ class Conversation:
             audible=self._audible,
             spawn=self._tasks.spawn,
         )
+        self._services = services
         self.asr = services.asr
         self.partials = Partials(
             services.asr,
@@ -176,6 +177,7 @@ class Conversation:
             self.machine.fire(Speak(self._speeches.popleft(), now=True))
 
     def _audible(self, turn: UserTurn) -> None:
+        self._services.turn_audible(turn.metrics.marks)
         self._publish()
 
     # -- events in ---------------------------------------------------------------------------------

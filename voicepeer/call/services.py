@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..audio.endofturn import EndOfTurn, SmartTurn
 from ..audio.vad import silero_session
@@ -16,6 +16,7 @@ from ..backends.registry import BackendContext, Stage, create
 from ..backends.stages import ASRChain, LLMChain, TTSChain
 from ..backends.tts import TTS
 from ..config import Config
+from ..runtime.load import InferenceLoad, turn_compute_ms
 from ..runtime.memory import freeze_loaded_heap
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class Services:
     tts: TTS
     end_of_turn: EndOfTurn | None = None
     """None: turns end on silence and their last words alone."""
+    load: InferenceLoad = field(default_factory=InferenceLoad)
+    """How long the process's turns take on its own cores: shared by its calls, as the models are."""
 
     def __post_init__(self) -> None:
         defaults = Config()
@@ -41,6 +44,13 @@ class Services:
             self.tts = TTSChain(Chain("tts", [self.tts], timeout_s=defaults.tts.timeout_s))
         if not isinstance(self.llm, LLMChain):
             self.llm = LLMChain(Chain("llm", [self.llm], timeout_s=defaults.llm.timeout_s))
+
+    def turn_audible(self, marks: dict[str, float]) -> None:
+        """A turn's first audio went out (its stage ``marks``): its in-process compute is the load."""
+        stages = {"asr": self.asr, "llm": self.llm, "tts": self.tts}
+        compute = turn_compute_ms(marks, lambda stage: not stages[stage].capabilities.remote)
+        if compute is not None:
+            self.load.observe(compute)
 
     @property
     def chains(self) -> tuple[Chain, ...]:

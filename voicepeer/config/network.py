@@ -48,7 +48,7 @@ class ServerConfig:
         ),
     )
     inference_budget_ms: float = field(
-        default=1500.0,
+        default=1000.0,
         metadata=option(
             "--inference-budget",
             "refuse a new call (503 overloaded) when recent turns say one more would take the in-process "
@@ -56,8 +56,10 @@ class ServerConfig:
             low=0,
         ),
     )
-    """Measured per turn (``voicepeer.runtime.load``): ~500 ms on two idle cores, so the default
-    admits about three talking calls there, and fewer when something else takes the cores."""
+    """Measured per turn (``voicepeer.runtime.load``): ~500 ms on two idle cores, so the default keeps a
+    turn within about twice that and admits two or three talking calls there, fewer when something
+    else takes the cores (``bench.overload``: with it, three of six callers admitted at 2.7 s
+    voice-to-voice p50; without, all six at 16 s)."""
     max_call_s: float = field(
         default=3600.0,
         metadata=option(

@@ -2,10 +2,11 @@
 
 ``--max-sessions`` counts calls, and what a call costs depends on how much its user talks, how long the
 replies are, and what else runs on the cores. Past what the cores can do nothing fails: every reply
-just comes later, for every caller. So each turn reports how long the in-process stages took to bring
-its first audio (the ASR from the pause that started the answer, the LLM to its first token, the TTS
-to its first audio: ``turn_compute_ms``), and a new call is refused (503, and a front door tries
-another replica) when the recent turns say that one more would put a typical turn over the budget.
+just comes later, for every caller. So each turn reports, as its first audio goes out, how long the
+in-process stages took to bring it (the ASR from the pause that started the answer, the LLM to its
+first token, the TTS to its first audio: ``turn_compute_ms``), and a new call is refused (503, and a
+front door tries another replica) when the recent turns say that one more would put a typical turn
+over the budget.
 
 The prediction is deliberately simple: with ``n`` calls talking, a turn's compute is shared about
 ``n`` ways at its busiest, so one more call makes it about ``(n + 1) / n`` times as long. It needs a
@@ -22,10 +23,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-WINDOW_S = 60.0
-"""Turns older than this say nothing about now."""
+WINDOW_S = 20.0
+"""Turns older than this say nothing about now: calls come and go within a minute, and an average
+over one lagged the load by the length of a turn or two (six callers arriving 8 s apart were all
+admitted on turns measured while two of them talked)."""
 
-MIN_TURNS = 3
+RECENT_TURNS = 4
+"""The newest turns the typical one is taken from."""
+
+MIN_TURNS = 2
 """Fewer recent turns than this and the load is unknown (so not a reason to refuse)."""
 
 MAX_TURNS = 32
@@ -54,14 +60,11 @@ class InferenceLoad:
 
     def __init__(
         self,
-        budget_ms: float,
         *,
         window_s: float = WINDOW_S,
         min_turns: int = MIN_TURNS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.budget_ms = budget_ms
-        """0: admission by calls alone."""
         self.window_s = window_s
         self.min_turns = min_turns
         self._clock = clock
@@ -74,32 +77,29 @@ class InferenceLoad:
         self._turns.append((self._clock(), compute_ms))
 
     def typical_ms(self) -> float | None:
-        """The median compute of the turns of the last ``window_s``; None with too few of them."""
+        """The median compute of the newest turns of the last ``window_s``; None with too few."""
         horizon = self._clock() - self.window_s
-        recent = [ms for at, ms in self._turns if at >= horizon]
+        recent = [ms for at, ms in self._turns if at >= horizon][-RECENT_TURNS:]
         return statistics.median(recent) if len(recent) >= self.min_turns else None
 
-    def refusal(self, calls: int) -> str | None:
-        """Why a new call should wait, with ``calls`` up already; None to admit it."""
-        if self.budget_ms <= 0 or calls == 0:
+    def refusal(self, calls: int, budget_ms: float) -> str | None:
+        """Why a new call should wait, with ``calls`` up already and ``budget_ms`` for a turn's
+        compute (0: no limit); None to admit it."""
+        if budget_ms <= 0 or calls == 0:
             return None
         typical = self.typical_ms()
         if typical is None:
             return None
         predicted = typical * (calls + 1) / calls
-        if predicted <= self.budget_ms:
+        if predicted <= budget_ms:
             return None
         self.refused += 1
         return (
             f"the server's inference would not keep up: turns take {typical:.0f} ms to their first audio"
-            f" with {calls} call(s), about {predicted:.0f} ms with one more (budget {self.budget_ms:.0f} ms)"
+            f" with {calls} call(s), about {predicted:.0f} ms with one more (budget {budget_ms:.0f} ms)"
         )
 
     def status(self) -> dict[str, object]:
         """For /healthz."""
         typical = self.typical_ms()
-        return {
-            "turn_compute_ms": None if typical is None else round(typical),
-            "budget_ms": self.budget_ms,
-            "refused": self.refused,
-        }
+        return {"turn_compute_ms": None if typical is None else round(typical), "refused": self.refused}

@@ -122,7 +122,7 @@ async def ice_servers(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body: dict[str, Any] = {"sessions": len(state.sessions), "load": state.load.status()}
+    body: dict[str, Any] = {"sessions": len(state.sessions)}
     if state.warnings:
         body["warnings"] = state.warnings
     if state.draining:
@@ -131,6 +131,7 @@ async def healthz(request: web.Request) -> web.Response:
     if state.services is not None:
         # Ready even on a fallback or with a stage down: calls are answered (or apologised to), and
         # pulling every replica when a shared inference server dies would make it worse.
+        body["load"] = state.services.load.status() | {"budget_ms": state.config.server.inference_budget_ms}
         backends = state.services.status()
         degraded = any(stage["active"] != stage["backends"][0]["name"] for stage in backends.values())
         return web.json_response({"status": "ready", "degraded": degraded, "backends": backends, **body})

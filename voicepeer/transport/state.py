@@ -19,13 +19,11 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 
 from ..call.control import MAX_SAY_CHARS, ControlError, parse_context
-from ..call.events import Event
 from ..call.logic import Logic
 from ..call.services import Services
 from ..config import Config
 from ..runtime.health import LoopMonitor
 from ..runtime.limits import KeyedBuckets
-from ..runtime.load import InferenceLoad, turn_compute_ms
 from .auth import CallTokens, Capabilities, is_loopback, normalise_origin
 from .metrics import Metrics
 from .session import Session
@@ -73,12 +71,9 @@ class ServerState:
     owns_services: bool = False
     """The server loaded ``services`` itself (and closes them); given ones belong to the caller."""
     detach_services: list[Callable[[], None]] = field(default_factory=list)
-    load: InferenceLoad = field(init=False)
-    """What the turns say of the inference's pace, for admission."""
 
     def __post_init__(self) -> None:
         self.metrics.attach(self)
-        self.load = InferenceLoad(self.config.server.inference_budget_ms)
         self.allowed_origins = frozenset(normalise_origin(o) for o in self.config.security.allow_origins)
         if not self.config.security.auth_token and not is_loopback(self.config.server.host):
             self.warnings.append(
@@ -90,15 +85,6 @@ class ServerState:
         if self.config.security.offers_per_minute > 0:
             per_minute = self.config.security.offers_per_minute
             self.offer_limits = KeyedBuckets(rate=per_minute / 60, burst=max(1, per_minute // 4))
-
-    def observe_turn(self, event: Event) -> None:
-        """A call's event sink: a turn's ``metrics`` event tells how long the in-process stages took."""
-        if event.get("type") != "metrics" or self.services is None:
-            return
-        stages = {"asr": self.services.asr, "llm": self.services.llm, "tts": self.services.tts}
-        compute = turn_compute_ms(event, lambda stage: not stages[stage].capabilities.remote)
-        if compute is not None:
-            self.load.observe(compute)
 
     def count_rejection(self, code: str) -> None:
         self.counters["offers_rejected_total"] += 1
@@ -245,7 +231,7 @@ async def open_session(
             f"the server holds its maximum of {state.config.server.max_sessions} sessions",
             **{"Retry-After": "10"},
         )
-    overloaded = state.load.refusal(len(state.sessions))
+    overloaded = state.services.load.refusal(len(state.sessions), state.config.server.inference_budget_ms)
     if overloaded is not None:
         log.warning("refusing a call: %s", overloaded)
         raise OfferError(503, "overloaded", overloaded, **{"Retry-After": "15"})
@@ -266,7 +252,6 @@ async def open_session(
         raise OfferError(500, "internal", f"the server could not create a session: {exc}") from None
     state.sessions[session.id] = session
     session.call.events.subscribe(state.metrics.on_event)
-    session.call.events.subscribe(state.observe_turn)
     try:
         answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
     except asyncio.CancelledError:
