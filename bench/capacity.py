@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(max(levels) + 1),
                 "--offers-per-minute",
                 "0",
+                "--inference-budget",
+                "0",  # the levels past what admission by load would take are the point
                 *(inference.flags() if inference else []),
                 log_path=work / "server.log",
             )

@@ -183,7 +183,15 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-soak-"))
     question = speak("What is the capital of France?", work / "q.wav", lead_s=0.3, tail_s=1.0)
-    args_ = ["--max-sessions", str(args.parallel * 2 + 4), "--offers-per-minute", "0"]
+    # What the server keeps is measured, not whether it would admit a third talking call.
+    args_ = [
+        "--max-sessions",
+        str(args.parallel * 2 + 4),
+        "--offers-per-minute",
+        "0",
+        "--inference-budget",
+        "0",
+    ]
     env = dict(item.split("=", 1) for item in args.server_env)
     with ServerProcess(*args_, log_path=work / "server.log", env=env) as server:
         result = asyncio.run(soak(server, args.cycles, args.parallel, question.path, question.speech_end_s))
