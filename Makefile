@@ -145,6 +145,7 @@ bench: install-test
 	$(BIN)/python -m bench.frontend
 	$(BIN)/python -m bench.whip
 	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.replies
 	$(BIN)/python -m bench.soak
 
