@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.support.calls import serve, wait_until
 from voicepeer.config import ServerConfig
 from voicepeer.transport.app import STATE
+from voicepeer.transport.candidates import usable_remote_candidates
 from voicepeer.transport.dtls import Certificate, use_certificate
 
 pytestmark = pytest.mark.slow
@@ -188,5 +189,27 @@ async def test_a_whip_client_trickling_only_unusable_candidates_still_connects(s
             assert await connected(pc) == "connected"
             async with http.delete(location) as r:
                 assert r.status == 200
+    finally:
+        await pc.close()
+
+
+async def test_every_candidate_of_a_bundle_reaches_its_transport(server):
+    """Firefox's shape: the candidates on the first audio and the data sections, none on the
+    bundled second audio (the client's unprocessed capture). aiortc kept one section's candidates,
+    sometimes the empty one's; the server must know all of them."""
+    pc = client()
+    pc.addTransceiver("audio", direction="sendonly")
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        sections = pc.localDescription.sdp.split("\r\nm=")
+        audio2 = next(i for i, s in enumerate(sections) if s.startswith("audio") and i > 1)
+        sections[audio2] = re.sub(r"a=candidate:.*\r\n", "", sections[audio2] + "\r\n").rstrip("\r\n")
+        offer = "\r\nm=".join(sections)
+        status, body = await post_offer(server, offer)
+        assert status == 200, body
+        session = server.app[STATE].sessions[body["session_id"]]
+        assert usable_remote_candidates(session.pc) >= offer.count("a=candidate:") // 2
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
+        assert await connected(pc) == "connected"
     finally:
         await pc.close()

@@ -10,14 +10,21 @@ candidate). So the offer is applied without its end-of-candidates; once our cand
 the end is passed on if the client gave at least one usable candidate, and otherwise never: the
 client's checks, or the connect timeout, decide. The same holds for an end trickled later (WHIP
 ``PATCH``).
+
+aiortc also keeps, of a BUNDLE group, the candidates of one m-section only, and not always the first:
+Firefox puts its candidates on the audio and data sections and none on a ``bundle-only`` one (the
+client's second capture), and the call was left with no remote candidate at all (it connected only
+through the client's checks). Every candidate of the group is given to the bundle's transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.sdp import SessionDescription
 
 _END = re.compile(r"^a=end-of-candidates\r?\n", re.MULTILINE)
 
@@ -26,6 +33,22 @@ def without_end_of_candidates(sdp: str) -> tuple[str, bool]:
     """``sdp`` without its ``a=end-of-candidates`` lines, and whether it had any."""
     stripped, count = _END.subn("", sdp)
     return stripped, count > 0
+
+
+async def add_bundled_candidates(pc: RTCPeerConnection, offer: str) -> None:
+    """Gives the transport of the offer's BUNDLE group the candidates of all its m-sections (aioice
+    ignores one it already has). Call after the offer is applied."""
+    parsed = SessionDescription.parse(offer)
+    group = next((g for g in parsed.group if g.semantic == "BUNDLE" and g.items), None)
+    if group is None:
+        return
+    mids = {str(mid) for mid in group.items}
+    primary = str(group.items[0])
+    candidates = [c for media in parsed.media if media.rtp.muxId in mids for c in media.ice_candidates]
+    for candidate in candidates:
+        candidate.sdpMid, candidate.sdpMLineIndex = primary, None
+    # At once: an mDNS name takes aioice up to a second to resolve, or not.
+    await asyncio.gather(*(pc.addIceCandidate(c) for c in candidates))
 
 
 def _ice_transports(pc: RTCPeerConnection) -> set[RTCIceTransport]:

@@ -29,7 +29,7 @@ from ..call.logic import Logic
 from ..call.services import Services
 from ..config import Config
 from ..runtime.tasks import Tasks
-from .candidates import end_of_candidates, without_end_of_candidates
+from .candidates import add_bundled_candidates, end_of_candidates, without_end_of_candidates
 from .dtls import Certificate, failure_reason, use_certificate
 from .jitter import Timeline, use_audio_jitter_buffer
 from .tracks import PlayoutTrack
@@ -128,6 +128,7 @@ class Session:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=offer.type))
         except Exception as exc:  # whatever aiortc trips on while applying it, the offer is to blame
             raise ValueError(f"aiortc could not apply the offer: {type(exc).__name__}: {exc}"[:300]) from exc
+        await add_bundled_candidates(self.pc, sdp)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         if "a=candidate:" not in self.pc.localDescription.sdp:
