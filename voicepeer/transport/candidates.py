@@ -20,11 +20,14 @@ through the client's checks). Every candidate of the group is given to the bundl
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.sdp import SessionDescription
+
+log = logging.getLogger(__name__)
 
 _END = re.compile(r"^a=end-of-candidates\r?\n", re.MULTILINE)
 
@@ -47,8 +50,12 @@ async def add_bundled_candidates(pc: RTCPeerConnection, offer: str) -> None:
     candidates = [c for media in parsed.media if media.rtp.muxId in mids for c in media.ice_candidates]
     for candidate in candidates:
         candidate.sdpMid, candidate.sdpMLineIndex = primary, None
-    # At once: an mDNS name takes aioice up to a second to resolve, or not.
-    await asyncio.gather(*(pc.addIceCandidate(c) for c in candidates))
+    # At once: an mDNS name takes aioice up to a second to resolve, or not. A candidate aioice will
+    # not take is one address less to try, not a reason to refuse the offer.
+    results = await asyncio.gather(*(pc.addIceCandidate(c) for c in candidates), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.info("a bundled candidate was not taken: %s", result)
 
 
 def _ice_transports(pc: RTCPeerConnection) -> set[RTCIceTransport]:
