@@ -120,12 +120,13 @@ def test_the_interrupt_rule_where_the_bots_echo_may_be():
     overlap.speaking = False
     # Its own last words, as whisper hears an echo, are not a bid for the turn; the user's are.
     for echo in ("There was a dragon.", "a dragon who lived by the", "Was a drag and who lived"):
-        assert judge_overlap(POLICY, overlap, 12.5, text=echo, bot_said=said) == (Verdict.GO_ON, "echo"), echo
+        assert judge_overlap(POLICY, overlap, 12.5, text=echo) == (Verdict.GO_ON, "echo"), echo
     for answer in ("Stop!", "What about the sea?", "Tell me about the dragon instead."):
-        verdict = judge_overlap(POLICY, overlap, 12.5, text=answer, bot_said=said)
+        verdict = judge_overlap(POLICY, overlap, 12.5, text=answer)
         assert verdict == (Verdict.INTERRUPT, "speech"), answer
     # Without an echo (headphones) the same words are the user's.
-    assert judge_overlap(POLICY, Overlap(onset=10.0), 12.5, text="a dragon who lived", bot_said=said) == (
+    headphones = Overlap(onset=10.0, bot_said=said)
+    assert judge_overlap(POLICY, headphones, 12.5, text="a dragon who lived") == (
         Verdict.INTERRUPT,
         "speech",
     )

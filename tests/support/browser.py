@@ -318,6 +318,17 @@ def hang_up(page: Any) -> None:
         pass
 
 
+def reply_onset(call: CallRecord) -> float:
+    """When the bot's voice first came back after the user stopped (the page's clock); asserts the
+    user's speech reached the page's microphone track and that a reply was heard after it."""
+    spoken = call.local.segments(threshold=0.01)
+    assert spoken, "the microphone's speech never reached the page's audio graph"
+    user_end = spoken[0][1]
+    onsets = [a for a, _ in call.remote.segments(threshold=0.005) if a > user_end]
+    assert onsets, f"no bot audio after the user stopped at {user_end:.2f} s"
+    return onsets[0]
+
+
 def expect_spoken_answer(
     page: Any, expected_words: set[str], transcript_ms: int, reply_ms: int
 ) -> CallRecord:
@@ -330,6 +341,5 @@ def expect_spoken_answer(
     call = record(page)
     final = call.messages("transcript")[-1]
     assert expected_words <= set(words(final["text"])), final
-    user_end = call.local.segments(threshold=0.01)[0][1]
-    assert [a for a, _ in call.remote.segments(threshold=0.005) if a > user_end], "no audible reply"
+    reply_onset(call)
     return call

@@ -84,8 +84,7 @@ class BargeIn:
             text = ""
         if self.overlap is not overlap:
             return
-        now = asyncio.get_running_loop().time()
-        verdict, reason = judge_overlap(self.policy, overlap, now, text=text, bot_said=overlap.bot_said)
+        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
         self._apply(overlap, verdict, reason, text, utterance)
 
     def _apply(

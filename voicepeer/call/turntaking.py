@@ -98,14 +98,12 @@ def judge_overlap(
     now: float,
     *,
     text: str | None = None,
-    bot_said: str = "",
     discarded: bool = False,
 ) -> tuple[Verdict, str]:
     """The interrupt rule, and the only place it is written. Returns the verdict and its reason.
 
-    ``text``: the speech's transcript once it has ended (None before). ``bot_said``: what the bot had
-    said of its reply when the speech began. ``discarded``: the detector dropped it as too short to be
-    speech (a click, a cough).
+    ``text``: the speech's transcript once it has ended (None before). ``discarded``: the detector
+    dropped it as too short to be speech (a click, a cough).
 
     Only hums and acknowledgements ("mm-hm", "okay", "I see") let the bot go on: a short answer ("yes",
     "no", "five five") is a turn, because the bot may just have asked for it. Speech where the bot's
@@ -120,7 +118,7 @@ def judge_overlap(
         return Verdict.WAIT, ""
     if not words(text):
         return Verdict.GO_ON, "no_words"
-    if overlap.echo and is_echo_of(text, bot_said):
+    if overlap.echo and is_echo_of(text, overlap.bot_said):
         return Verdict.GO_ON, "echo"
     if is_backchannel(text):
         return Verdict.GO_ON, "backchannel"

@@ -36,9 +36,12 @@ MIN_TURNS = 2
 
 MAX_TURNS = 32
 
-SEGMENTS = (("asr", "pause_ms", "transcript_ms"), ("llm", "transcript_ms", "llm_first_token_ms"))
+SEGMENTS = (
+    ("asr", "pause_ms", "transcript_ms"),
+    ("llm", "transcript_ms", "llm_first_token_ms"),
+    ("tts", "llm_first_token_ms", "tts_first_audio_ms"),
+)
 """(stage, from mark, to mark) of a turn's ``metrics`` event, each timed from the end of speech."""
-TTS_SEGMENT = ("tts", "llm_first_token_ms", "tts_first_audio_ms")
 
 
 def turn_compute_ms(marks: Mapping[str, object], local: Callable[[str], bool]) -> float | None:
@@ -46,7 +49,7 @@ def turn_compute_ms(marks: Mapping[str, object], local: Callable[[str], bool]) -
     turn has none to tell (typed, cut off before audio, or every stage remote). ``local(stage)``: the
     stage ran in this process."""
     total, counted = 0.0, False
-    for stage, start, end in (*SEGMENTS, TTS_SEGMENT):
+    for stage, start, end in SEGMENTS:
         a, b = marks.get(start), marks.get(end)
         if not local(stage) or not isinstance(a, int | float) or not isinstance(b, int | float):
             continue
