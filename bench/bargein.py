@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         f"barge-in at the client{' (median of ' + str(len(runs)) + ' runs)' if len(runs) > 1 else ''}: "
         + "; ".join(parts)
         + f"; loop lag p99 {media.get('loop_lag_p99_ms')} ms, "
-        f"outbound gaps {media.get('outbound_gaps_total')}"
+        f"outbound gaps {media.get('outbound_gaps_total')} (own {media.get('outbound_gaps_own')})"
     )
     questions = [c for c in all_calls if c["kind"] == "question"]
     return 0 if all("stop_ms" in c and c.get("interrupted") for c in questions) else 1

@@ -42,6 +42,7 @@ from typing import Any
 from tests.support import browser
 from tests.support.server import ServerProcess, metric_values
 from tests.support.speech import SpeechFile, speak
+from voicepeer.runtime.stalls import CAUSES, OWN_CAUSES
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -125,6 +126,10 @@ def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
     frames = values.get("voicepeer_outbound_frames_total", 0.0)
     gaps = values.get("voicepeer_outbound_gaps_total", 0.0)
     minutes = frames * 0.02 / 60
+    causes = {
+        cause: int(values.get(f'voicepeer_outbound_gaps_by_cause_total{{cause="{cause}"}}', 0))
+        for cause in CAUSES
+    }
     return {
         "loop_lag_p50_ms": round(values.get('voicepeer_loop_lag_seconds{quantile="0.5"}', 0) * 1000, 2),
         "loop_lag_p99_ms": round(values.get('voicepeer_loop_lag_seconds{quantile="0.99"}', 0) * 1000, 2),
@@ -133,6 +138,8 @@ def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
         "outbound_frames_total": int(frames),
         "outbound_gaps_total": int(gaps),
         "outbound_gaps_per_minute": round(gaps / minutes, 2) if minutes else None,
+        "outbound_gaps_own": sum(causes[c] for c in OWN_CAUSES),
+        "outbound_gaps_by_cause": causes,
     }
 
 
@@ -434,7 +441,7 @@ def checkpoint(out: Path, benchmark: str, **parts: Any) -> None:
     tmp.replace(out)
 
 
-BENCH_SERVER_ARGS = ["--max-sessions", "4", "--offers-per-minute", "0"]
+BENCH_SERVER_ARGS = ["--max-sessions", "4", "--offers-per-minute", "0", "--inference-budget", "0"]
 """For the server a benchmark starts: one call at a time, back to back, from one address (a call the
 browser left without hanging up would hold a slot until the media timeout)."""
 
@@ -564,7 +571,8 @@ def one_line(client: str, s: dict[str, Any], runs: int, media: dict[str, Any]) -
         f"{s['repetition']['repeated']}/{s['repetition']['replies']}; WER {s['wer']}; "
         f"split turns {t['split']}, "
         f"bot spoke mid-question {t['bot_spoke_during_user']}, heard itself {t['self_heard']}; "
-        f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, outbound gaps {media.get('outbound_gaps_total')}"
+        f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, "
+        f"outbound gaps {media.get('outbound_gaps_total')} (own {media.get('outbound_gaps_own')})"
     )
 
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.support.offers import local_offer
 from tests.support.server import metric_values
 from voicepeer.config import ASRConfig, Config
+from voicepeer.runtime.stalls import CAUSES
 from voicepeer.transport.app import create_app
 
 
@@ -104,6 +105,8 @@ async def test_metrics_report_how_late_the_event_loop_runs(client: TestClient):
     assert values['voicepeer_loop_lag_seconds{quantile="1"}'] >= 0.04
     assert values["voicepeer_loop_lag_seconds_count"] > 0
     assert values["voicepeer_outbound_gaps_total"] == 0
+    for cause in CAUSES:  # every cause is reported, at zero until a frame leaves late
+        assert values[f'voicepeer_outbound_gaps_by_cause_total{{cause="{cause}"}}'] == 0
 
 
 async def test_demo_page_and_client_module_are_served(client: TestClient):

@@ -3,7 +3,9 @@
 Every outbound frame, every inbound packet and every data-channel message is handled on the one event
 loop, so anything that holds it (a CPU-bound call made in the loop's thread, a GIL-hungry worker)
 delays the bot's voice. ``LoopMonitor`` asks the loop to wake it every 10 ms and records how late it
-was woken; the outbound tracks count the frames they released late (``PlayoutTrack.gaps``).
+was woken, and samples the loop thread's scheduling so that a late frame can be explained
+(``stalls.StallClock``); the outbound tracks count the frames they released late (``PlayoutTrack.gaps``)
+by cause.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections import deque
 
 import numpy as np
 
+from .stalls import StallClock, stall_clock
+
 INTERVAL_S = 0.01
 
 WINDOW = 30_000
@@ -21,8 +25,11 @@ WINDOW = 30_000
 
 
 class LoopMonitor:
-    def __init__(self, interval_s: float = INTERVAL_S, window: int = WINDOW) -> None:
+    def __init__(
+        self, interval_s: float = INTERVAL_S, window: int = WINDOW, clock: StallClock | None = None
+    ) -> None:
         self.interval_s = interval_s
+        self.clock = clock if clock is not None else stall_clock()
         self._lags: deque[float] = deque(maxlen=window)
         self._task: asyncio.Task[None] | None = None
         self.samples = 0
@@ -31,6 +38,7 @@ class LoopMonitor:
 
     def start(self) -> None:
         if self._task is None:
+            self.clock.attach()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-monitor")
 
     async def stop(self) -> None:
@@ -39,12 +47,14 @@ class LoopMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self.clock.detach()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             before = loop.time()
             await asyncio.sleep(self.interval_s)
+            self.clock.sample()
             self.record(loop.time() - before - self.interval_s)
 
     def record(self, lag_s: float) -> None:

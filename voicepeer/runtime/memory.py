@@ -16,6 +16,8 @@ import functools
 import gc
 import logging
 
+from .stalls import stall_clock
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,8 @@ def release_free_memory() -> None:
     thread that just finished an inference, not from the event loop."""
     fn = _malloc_trim()
     if fn is not None:
-        fn(0)
+        with stall_clock().pause("trim"):
+            fn(0)
 
 
 def freeze_loaded_heap() -> int:

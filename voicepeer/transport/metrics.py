@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..call.events import Event
+from ..runtime.stalls import CAUSES
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -116,7 +117,18 @@ class _Live:
         for session in state.sessions.values():
             for name, value in session_counts(session).items():
                 live[name] = live.get(name, 0) + value
+        causes = CounterMetricFamily(
+            "voicepeer_outbound_gaps_by_cause",
+            "Outbound gaps by why the loop was late: machine is other processes or steal; the rest are ours",
+            labels=["cause"],
+        )
+        for cause in CAUSES:
+            name = f"outbound_gaps_{cause}_total"
+            causes.add_metric([cause], state.counters[name] + live.get(name, 0))
+        yield causes
         for name, value in state.counters.items():
+            if name.startswith("outbound_gaps_") and name != "outbound_gaps_total":
+                continue
             yield CounterMetricFamily(
                 f"voicepeer_{name.removesuffix('_total')}",
                 name.replace("_", " "),

@@ -24,6 +24,7 @@ from ..call.services import Services
 from ..config import Config
 from ..runtime.health import LoopMonitor
 from ..runtime.limits import KeyedBuckets
+from ..runtime.stalls import CAUSES
 from .auth import CallTokens, Capabilities, is_loopback, normalise_origin
 from .metrics import Metrics
 from .session import Session
@@ -55,6 +56,7 @@ class ServerState:
                 "interruptions_total",
                 "outbound_frames_total",
                 "outbound_gaps_total",
+                *(f"outbound_gaps_{cause}_total" for cause in CAUSES),
                 "rate_limited_messages_total",
             ),
             0,
@@ -278,6 +280,10 @@ def session_counts(session: Session) -> dict[str, int]:
         "interruptions_total": session.call.interruptions,
         "outbound_frames_total": output.frames_sent if output is not None else 0,
         "outbound_gaps_total": output.gaps if output is not None else 0,
+        **{
+            f"outbound_gaps_{cause}_total": output.gap_causes[cause] if output is not None else 0
+            for cause in CAUSES
+        },
         "rate_limited_messages_total": session.call.rate_limited,
     }
 

@@ -18,6 +18,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..call.playout import Playout
+from ..runtime.stalls import CAUSES, OWN_CAUSES, stall_clock
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,19 @@ class PlayoutTrack(MediaStreamTrack):
         self.restarts = 0
         self.gaps = 0
         """Frames sent more than ``GAP_S`` after the one before: a stalled loop or a starved sender."""
+        self.gap_causes = dict.fromkeys(CAUSES, 0)
+        """The gaps by why the loop was late (``runtime.stalls``)."""
         self.max_interval_s = 0.0
+        self._due: float | None = None
+        self._returned_at: float | None = None
+        self._held_s = 0.0  # how long the sender took to come back for this frame after the last one
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._returned_at is not None:
+            self._held_s = loop.time() - self._returned_at
         try:
             await self._wait_for_slot()
         except asyncio.CancelledError:
@@ -74,9 +83,40 @@ class PlayoutTrack(MediaStreamTrack):
             interval = sent_at - self._last_sent_at
             self.max_interval_s = max(self.max_interval_s, interval)
             if interval > GAP_S:
-                self.gaps += 1
+                self._count_gap(sent_at)
         self._last_sent_at = sent_at
-        return self._frame(pcm)
+        frame = self._frame(pcm)
+        self._returned_at = loop.time()
+        return frame
+
+    def _count_gap(self, sent_at: float) -> None:
+        self.gaps += 1
+        assert self._last_sent_at is not None
+        # A frame is due at its slot, or 20 ms after the last one left if the sender itself was slow.
+        due = min(self._due or sent_at, self._last_sent_at + self.frame_samples / self.sample_rate)
+        stall = stall_clock().explain(due, sent_at)
+        self.gap_causes[stall.cause] += 1
+        level = logging.INFO if stall.cause in OWN_CAUSES else logging.DEBUG
+        log.log(
+            level,
+            "outbound frame %.0f ms late (%s): loop ran %.0f, waited for a core %.0f, slept %.0f, "
+            "paused %.0f ms; our other threads %.0f ms of core time; steal %.0f ms; the sender held the "
+            "last frame %.0f ms",
+            stall.late_s * 1000,
+            stall.cause,
+            stall.ran_s * 1000,
+            stall.waited_s * 1000,
+            stall.slept_s * 1000,
+            stall.paused_s * 1000,
+            stall.own_threads_s * 1000,
+            stall.steal_s * 1000,
+            self._held_s * 1000,
+        )
+
+    @property
+    def own_gaps(self) -> int:
+        """Gaps of this process's own making: everything but the machine's (``runtime.stalls``)."""
+        return sum(self.gap_causes[c] for c in OWN_CAUSES)
 
     async def _wait_for_slot(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,6 +125,7 @@ class PlayoutTrack(MediaStreamTrack):
             self._start = now
             return
         target = self._start + (self._pts + self.frame_samples) / self.sample_rate
+        self._due = target
         delay = target - now
         if delay > 0:
             await asyncio.sleep(delay)

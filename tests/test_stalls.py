@@ -1,0 +1,69 @@
+"""Why an outbound frame left late (``voicepeer.runtime.stalls``): each cause made to happen for real
+in a process of its own (a callback holding the loop, a blocking call, another thread holding the
+interpreter lock, a garbage-collector pass, a malloc trim, our own threads or other processes on the
+loop's one core), and a late frame of a real outbound track counted by its cause."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from voicepeer.call.playout import Playout
+from voicepeer.runtime.health import LoopMonitor
+from voicepeer.runtime.stalls import OWN_CAUSES
+from voicepeer.transport.tracks import PlayoutTrack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_scenario(name: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.stall_scenarios", name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "cause"),
+    [
+        ("loop", "loop"),
+        ("blocked", "blocked"),
+        ("blocked-by-thread", "blocked"),
+        ("gc", "gc"),
+        ("trim", "trim"),
+        ("cpu", "cpu"),
+        ("machine", "machine"),
+    ],
+)
+def test_a_late_frame_is_explained_by_what_held_the_loop(scenario: str, cause: str):
+    stall = run_scenario(scenario)
+    assert stall["late_s"] > 0.001, stall
+    assert stall["cause"] == cause, stall
+    assert (cause in OWN_CAUSES) == (cause != "machine")
+
+
+async def test_a_late_frame_of_a_real_track_is_counted_by_its_cause():
+    monitor = LoopMonitor()  # samples the process's one clock, as the server's does
+    monitor.start()
+    try:
+        track = PlayoutTrack(Playout())
+        await asyncio.sleep(0.05)  # the monitor has samples
+        await track.recv()
+        await track.recv()
+        time.sleep(0.08)  # noqa: ASYNC251 - the point: a blocking call made on the loop
+        await track.recv()
+        assert track.gaps == 1
+        assert track.gap_causes["blocked"] == 1 and track.own_gaps == 1, track.gap_causes
+    finally:
+        await monitor.stop()

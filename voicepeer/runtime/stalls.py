@@ -1,0 +1,242 @@
+"""Why an outbound frame left late: the process's own doing, or the machine's.
+
+The event loop releases every outbound audio frame, so a frame that leaves late means the loop's thread
+did not get back to it in time. From the outside all stalls look alike; what a user can fix differs:
+
+- ``gc``: a garbage-collector pass was running (it holds the interpreter, in whichever thread);
+- ``trim``: ``malloc_trim`` was returning memory (it holds the allocator's locks the loop also needs);
+- ``loop``: the loop's thread was running Python the whole time: some callback held it;
+- ``blocked``: the loop's thread slept although its frame was due: it waited for the interpreter lock
+  (another of our threads holding it, maybe one the kernel had taken off its core), for another lock
+  of ours, or in a blocking call made on the loop. A wake-up the machine delayed looks the same from
+  inside, so this is counted as ours unless the hypervisor's steal time covers it;
+- ``cpu``: the loop's thread was ready but waited for a core, and our own threads kept one busy;
+- ``machine``: it waited for a core that other processes had, or slept while the hypervisor had
+  our cores (steal);
+- ``unexplained``: no scheduler statistics here (not Linux).
+
+Only ``machine`` (and what cannot be told) is not ours. The kernel tells a thread's time on a core and
+its time waiting for one (``/proc/<tid>/schedstat``, nanoseconds); what is left of the stall it slept.
+``LoopMonitor`` takes a sample every 10 ms, so when a track finds a frame late, ``StallClock.explain``
+compares a fresh sample with the one from just before the frame was due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+CAUSES = ("gc", "trim", "loop", "blocked", "cpu", "machine", "unexplained")
+OWN_CAUSES = frozenset({"gc", "trim", "loop", "blocked", "cpu"})
+
+SAMPLES = 64
+"""Samples kept: at one per 10 ms, the last ~0.6 s, more than any frame's wait for its slot."""
+
+MACHINE_EVERY = 10
+"""Every this many samples (100 ms) the machine's own counters are read too: its steal time (the
+hypervisor running another guest on our cores) comes in clock ticks and costs a larger read."""
+
+PAUSES = 32
+"""Process-wide pauses (GC passes, trims) remembered."""
+
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+_Raw = tuple[float, bytes, float]
+"""A sample as read: monotonic time, the loop thread's schedstat, the process's CPU time."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    """``time.monotonic()``, the clock asyncio's loop runs on."""
+    ran_s: float
+    """The loop thread's time on a core, ever."""
+    waited_s: float
+    """The loop thread's time ready but waiting for a core, ever."""
+    process_s: float
+    """CPU time of every thread of this process, ever."""
+
+
+@dataclass(frozen=True)
+class Stall:
+    cause: str
+    late_s: float
+    ran_s: float
+    waited_s: float
+    slept_s: float
+    paused_s: float
+    own_threads_s: float
+    """Core time our other threads took over the window."""
+    steal_s: float = 0.0
+    """Time the hypervisor gave our cores to someone else, around the stall (to 100 ms)."""
+
+
+class StallClock:
+    """Samples of the loop thread's scheduling, and the process's pauses, to explain late frames."""
+
+    def __init__(self) -> None:
+        self._samples: deque[_Raw] = deque(maxlen=SAMPLES)
+        self._steal: deque[tuple[float, float]] = deque(maxlen=SAMPLES // MACHINE_EVERY + 2)
+        self._stat: int | None = None
+        self._count = 0
+        self._pauses: deque[tuple[str, float, float]] = deque(maxlen=PAUSES)
+        self._gc_started: dict[int, float] = {}
+        self._fd: int | None = None
+        self._thread: int | None = None
+        self._users = 0
+        self._cores = 1
+
+    # -- the loop thread -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Called from the loop's thread: its schedstat is the one sampled from now on."""
+        self._users += 1
+        if self._thread == threading.get_native_id() and self._fd is not None:
+            return
+        self._thread = threading.get_native_id()
+        self._cores = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
+        self.close()
+        try:
+            self._fd = os.open(f"/proc/self/task/{self._thread}/schedstat", os.O_RDONLY)
+            self._stat = os.open("/proc/stat", os.O_RDONLY)
+        except OSError:
+            pass  # not Linux, or no schedstat: every late frame is "unexplained"
+        if self.explain_gc not in gc.callbacks:
+            gc.callbacks.append(self.explain_gc)
+
+    def close(self) -> None:
+        for fd in (self._fd, self._stat):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._stat = None
+
+    def detach(self) -> None:
+        self._users = max(0, self._users - 1)
+        if self._users:
+            return  # another server in this process still runs on the loop
+        self.close()
+        self._thread = None
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self.explain_gc)
+
+    def sample(self) -> _Raw | None:
+        """Takes a sample: one ``pread`` and two clock reads, parsed only if a frame is late (~2 us every
+        10 ms)."""
+        if self._fd is None:
+            return None
+        try:
+            raw = (time.monotonic(), os.pread(self._fd, 128, 0), time.process_time())
+        except OSError:
+            return None
+        self._samples.append(raw)
+        self._count += 1
+        if self._count % MACHINE_EVERY == 0:
+            self._sample_steal()
+        return raw
+
+    def _sample_steal(self) -> float | None:
+        if self._stat is None:
+            return None
+        try:
+            line = os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()
+            steal = int(line[8]) / _TICKS_PER_S  # cpu user nice system idle iowait irq softirq steal
+        except (OSError, ValueError, IndexError):
+            return None
+        self._steal.append((time.monotonic(), steal))
+        return steal
+
+    @staticmethod
+    def _parse(raw: _Raw) -> Sample | None:
+        at, schedstat, process_s = raw
+        try:
+            ran_ns, waited_ns = schedstat.split()[:2]
+            return Sample(at=at, ran_s=int(ran_ns) / 1e9, waited_s=int(waited_ns) / 1e9, process_s=process_s)
+        except ValueError:
+            return None
+
+    # -- pauses of the whole process -----------------------------------------------------------
+
+    def explain_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` hook: remembers when each collection ran."""
+        ident = threading.get_ident()
+        if phase == "start":
+            self._gc_started[ident] = time.monotonic()
+        elif (start := self._gc_started.pop(ident, None)) is not None:
+            self._pauses.append(("gc", start, time.monotonic()))
+
+    @contextlib.contextmanager
+    def pause(self, kind: str) -> Iterator[None]:
+        """Marks a stretch in which this process holds something the loop may need (``trim``)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._pauses.append((kind, start, time.monotonic()))
+
+    # -- a late frame ------------------------------------------------------------------------
+
+    def explain(self, due: float, now: float | None = None) -> Stall:
+        """Why the loop came back only now to a frame due at ``due`` (``time.monotonic()``)."""
+        raw_end = self.sample()
+        end = self._parse(raw_end) if raw_end is not None else None
+        now = end.at if end is not None else (now if now is not None else time.monotonic())
+        late = max(0.0, now - due)
+        paused = {"gc": 0.0, "trim": 0.0}
+        for kind, start, stop in self._pauses:
+            overlap = min(stop, now) - max(start, due)
+            if overlap > 0:
+                paused[kind] = paused.get(kind, 0.0) + overlap
+        raw_begin = next((s for s in reversed(self._samples) if s[0] <= due), None)
+        begin = self._parse(raw_begin) if raw_begin is not None else None
+        if end is None or begin is None or raw_begin is raw_end:
+            cause = self._by_pause(paused, late) or "unexplained"
+            return Stall(cause, late, 0, 0, 0, sum(paused.values()), 0)
+        window = end.at - begin.at
+        ran = end.ran_s - begin.ran_s
+        waited = end.waited_s - begin.waited_s
+        # Before ``due`` the loop was meant to be asleep, waiting for the frame's slot.
+        slept = max(0.0, window - ran - waited - (due - begin.at))
+        own_threads = max(0.0, (end.process_s - begin.process_s) - ran)
+        steal_begin = next((v for t, v in reversed(self._steal) if t <= due), None)
+        steal_end = self._sample_steal()
+        steal = steal_end - steal_begin if steal_begin is not None and steal_end is not None else 0.0
+        cause = self._by_pause(paused, late)
+        if cause is None:
+            share = {"loop": ran, "blocked": slept, "waited": waited}
+            cause = max(share, key=share.__getitem__)
+            if cause == "blocked" and own_threads < slept / 2 and steal >= slept / 2:
+                # Asleep past its time while no thread of ours ran, and the hypervisor had our cores
+                # for as long: the timer that should have woken it fired late.
+                cause = "machine"
+            if cause == "waited":
+                # Who had the cores the loop may run on? Ours if our other threads took at least half
+                # of the core time the loop did not; otherwise other processes or the hypervisor.
+                taken = self._cores * window - ran
+                cause = "cpu" if own_threads >= taken / 2 else "machine"
+        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, steal)
+
+    @staticmethod
+    def _by_pause(paused: dict[str, float], late: float) -> str | None:
+        kind = max(paused, key=paused.__getitem__)
+        return kind if paused[kind] >= max(0.005, late / 3) else None
+
+
+_clock = StallClock()
+
+
+def stall_clock() -> StallClock:
+    """The process's one clock: there is one event loop whose stalls it explains."""
+    return _clock
