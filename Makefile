@@ -19,8 +19,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # $(call debian,command,package...): installs the Debian packages if the command is missing.
-SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
-
 define debian
 	@command -v $(1) >/dev/null 2>&1 || { \
 	  echo "==> installing Debian packages: $(2)"; \
@@ -72,10 +70,6 @@ electron: install
 $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.json
 	$(call debian,chromium,chromium)
 	$(call debian,espeak-ng,espeak-ng)
-	@# Three synthetic voices for the tests' speech, as for the benchmarks': espeak-ng, flite, festival's HTS slt.
-	$(call debian,flite,flite)
-	@test -d $(SLT_HTS) || { echo "==> installing Debian packages: festival festvox-us-slt-hts"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq festival festvox-us-slt-hts >/dev/null; }
 	$(call debian,sox,sox)
 	@# GStreamer's webrtcbin for Debian's own Python: the third-party WHIP client of test_whip_gstreamer.py.
 	@/usr/bin/python3 -c 'import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find("webrtcbin") and Gst.ElementFactory.find("nicesrc")' 2>/dev/null || { \
@@ -137,8 +131,13 @@ lint: install-test
 docs: install
 	$(BIN)/python -m voicepeer.config --markdown > docs/configuration.md
 
-# The benchmarks' voices (espeak-ng, flite, festival's HTS slt) come with make install-test.
+# The benchmarks' voices: espeak-ng (make install-test), flite, and festival's HTS voice of slt.
+SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
+
 bench: install-test
+	$(call debian,flite,flite)
+	@test -d $(SLT_HTS) || { echo "==> installing Debian packages: festival festvox-us-slt-hts"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq festival festvox-us-slt-hts >/dev/null; }
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.latency --clients chromium --room speaker --questions 5 --long 5 --out bench/results/latency-speaker.json
 	$(BIN)/python -m bench.bargein

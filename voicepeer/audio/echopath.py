@@ -19,8 +19,6 @@ from .formats import SPEECH_RATE, rms_dbfs
 log = logging.getLogger(__name__)
 
 
-_FRAME = SPEECH_RATE // 100
-
 FAR_ACTIVE_PEAK = 300
 """A reference frame with a peak above this (-40 dBFS) carries the bot's voice, not silence."""
 
@@ -143,43 +141,25 @@ class EchoCoupling:
 
     def _measure(self) -> tuple[float, int]:
         """The peak normalised correlation between microphone and reference, and its echo delay (ms)."""
-        return correlate(np.concatenate(self._mic), np.concatenate(self._ref))
-
-    def explains(self, residual: np.ndarray) -> tuple[float, int]:
-        """How much of ``residual`` (the canceller's output for the newest microphone frames) is the
-        bot's voice: its peak normalised correlation with the reference at any echo delay. What a
-        canceller leaves of the echo still correlates with what the bot said; the user's voice does not."""
-        frames = min(len(self._ref), -(-residual.size // _FRAME) + COUPLING_MAX_LAG_FRAMES)
-        ref = np.concatenate(list(self._ref)[-frames:]) if frames else np.zeros(0, np.int16)
-        if ref.size < residual.size:
+        m = np.diff(np.concatenate(self._mic).astype(np.float64))  # pre-emphasis: flatter spectra,
+        r = np.diff(np.concatenate(self._ref).astype(np.float64))  # fewer chance correlations
+        n = 1 << (r.size + m.size).bit_length()
+        c = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
+        # c[k] = sum_t r[t + k] m[t]: k = len(r) - len(m) is no delay, k = 0 the longest one.
+        energy = np.concatenate([[0.0], np.cumsum(r * r)])
+        r_norm = np.sqrt(energy[m.size :] - energy[: r.size - m.size + 1])
+        m_norm = np.sqrt(np.sum(m * m))
+        if m_norm < MIC_FLOOR * np.sqrt(m.size):
+            return 0.0, 0  # a silent microphone holds no echo (and its codec noise correlates by chance)
+        # Only lags where the reference carried the bot's voice over most of the window count: a
+        # window holding just the first syllable of a reply normalises anything into a "match".
+        loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
+        if not loud.any():
             return 0.0, 0
-        # The reference ends with the newest frame, as the residual does (early in a call, the echo
-        # delays looked at are only those the reference goes back).
-        return correlate(residual, ref)
-
-
-def correlate(mic: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
-    """The peak normalised correlation between ``mic`` and the longer ``ref`` that ends with it, and the
-    delay (ms) at which ``mic`` hears ``ref`` there."""
-    m = np.diff(mic.astype(np.float64))  # pre-emphasis: flatter spectra,
-    r = np.diff(ref.astype(np.float64))  # fewer chance correlations
-    n = 1 << (r.size + m.size).bit_length()
-    c = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
-    # c[k] = sum_t r[t + k] m[t]: k = len(r) - len(m) is no delay, k = 0 the longest one.
-    energy = np.concatenate([[0.0], np.cumsum(r * r)])
-    r_norm = np.sqrt(energy[m.size :] - energy[: r.size - m.size + 1])
-    m_norm = np.sqrt(np.sum(m * m))
-    if m_norm < MIC_FLOOR * np.sqrt(m.size):
-        return 0.0, 0  # a silent microphone holds no echo (and its codec noise correlates by chance)
-    # Only lags where the reference carried the bot's voice over most of the window count: a
-    # window holding just the first syllable of a reply normalises anything into a "match".
-    loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
-    if not loud.any():
-        return 0.0, 0
-    score = np.where(loud, np.abs(c) / np.maximum(r_norm * m_norm, 1e-9), 0.0)
-    k = int(np.argmax(score))
-    lag_samples = r.size - m.size - k  # k = len(r) - len(m) is no delay
-    return float(score[k]), round(lag_samples * 1000 / SPEECH_RATE)
+        score = np.where(loud, np.abs(c) / np.maximum(r_norm * m_norm, 1e-9), 0.0)
+        k = int(np.argmax(score))
+        lag_samples = r.size - m.size - k  # k = len(r) - len(m) is no delay
+        return float(score[k]), round(lag_samples * 1000 / SPEECH_RATE)
 
 
 class DoubleTalk:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -76,22 +75,6 @@ canceller a few hundred milliseconds of re-convergence, so small drifts are left
 UNKNOWN_REACH_MS = 1200
 """``ECHO_REACH_MS`` while no echo delay has been measured yet in a call that expects an echo: the
 bot's first words may come back late, and a missed echo makes the bot interrupt itself."""
-
-
-LEAK_WINDOW_FRAMES = 30
-"""10 ms frames of the canceller's output checked for the bot's voice when it seems to hold the user's
-(shorter windows let chance correlations of one voice with another pass for a leak)."""
-
-LEAK_CHECK_EVERY = (3, 10)
-"""While the canceller's output seems to hold the user, it is checked for a leak every this many frames:
-often at first (a leak must be caught before the turn detector's ``over_echo_start_ms``), then, once
-two checks found the user, seldom (a check costs a few milliseconds of FFT)."""
-
-LEAK_COUPLED = 0.35
-"""Correlation of the canceller's output with the reference above which what it left is the bot's voice
-(its echo leaking past a canceller that lost it), not the user's. Replayed through the front-end, a
-leak after the echo's delay jumped scored 0.40-0.68 from its second check on; the user talking over
-the bot in the bot's own voice (the worst case: one synthetic voice for both) at most 0.28."""
 
 
 WORDS_HANGOVER_FRAMES = 30
@@ -251,12 +234,6 @@ class FrontEnd:
         self.coupling = EchoCoupling(expected=echo_expected)
         self.double_talk = DoubleTalk()
         self._over_frames_ago = 10**9  # 10 ms frames since ``double_talk`` last found the user's voice
-        self._residual: deque[np.ndarray] = deque(maxlen=LEAK_WINDOW_FRAMES)
-        self._leak_check_in = 0
-        self._leak_checks = 0
-        self._leaking = False
-        self.leaks = 0
-        """Times the canceller was found to let the bot's echo through and double talk was held off."""
         # A session closing cancels the task awaiting process(), not the worker thread running it; the
         # lock keeps close() from freeing a native canceller under a frame still being processed.
         self._lock = threading.Lock()
@@ -293,9 +270,7 @@ class FrontEnd:
             over = False
             if self.canceller is not None:
                 cancelled = self.canceller.process(mic, aligned)
-                self._residual.append(cancelled)
                 over = self.double_talk.push(mic, cancelled, self._aligned_frames_ago == 0)
-                over = over and not self._leak()
                 self._over_frames_ago = 0 if over else self._over_frames_ago + 1
                 if heard is not None and self._echo_only():
                     heard = cancelled
@@ -313,33 +288,6 @@ class FrontEnd:
             empty = np.zeros(0, dtype=np.int16)
             return Cleaned(empty, empty, np.zeros(0, dtype=bool))
         return Cleaned(np.concatenate(out), np.concatenate(words), np.repeat(np.array(talk), FRAME))
-
-    def _leak(self) -> bool:
-        """What the canceller left, taken for the user's voice, is the bot's own: the echo's delay moved
-        (a client's jitter buffer growing after a late burst of our audio moved it 315 -> 808 ms within
-        a call) and the canceller lost the echo. Double talk is then held off until the canceller has
-        re-converged on it (``DoubleTalk.reset``), so that what leaks does not open a turn."""
-        if self._over_frames_ago > 0:  # the first frame of a stretch that seems to hold the user
-            self._leak_check_in = 0
-            self._leak_checks = 0
-        if self._leak_check_in > 0:
-            self._leak_check_in -= 1
-            return self._leaking
-        self._leak_checks += 1
-        self._leak_check_in = LEAK_CHECK_EVERY[self._leak_checks > 2] - 1
-        score, lag = self.coupling.explains(np.concatenate(self._residual))
-        self._leaking = score >= LEAK_COUPLED
-        if self._leaking:
-            self.leaks += 1
-            log.info(
-                "the canceller lets the bot's echo through (%.2f at %d ms, the echo was at %s ms): "
-                "double talk held off until it re-converges",
-                score,
-                lag,
-                self.coupling.lag_ms,
-            )
-            self.double_talk.reset()
-        return self._leaking
 
     def _echo_only(self) -> bool:
         """This frame may hold the bot's echo and, as far as a converged canceller can tell, nothing
