@@ -16,7 +16,7 @@ import pytest
 
 from voicepeer.call.playout import Playout
 from voicepeer.runtime.health import LoopMonitor
-from voicepeer.runtime.stalls import OWN_CAUSES
+from voicepeer.runtime.stalls import OWN_CAUSES, stall_clock
 from voicepeer.transport.tracks import PlayoutTrack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,7 @@ async def test_a_late_frame_of_a_real_track_is_counted_by_its_cause():
         time.sleep(0.08)  # noqa: ASYNC251 - the point: a blocking call made on the loop
         await track.recv()
         assert track.gaps == 1
-        assert track.gap_causes["blocked"] == 1 and track.own_gaps == 1, track.gap_causes
+        clock = vars(stall_clock())
+        assert track.gap_causes["blocked"] == 1 and track.own_gaps == 1, (track.gap_causes, clock)
     finally:
         await monitor.stop()

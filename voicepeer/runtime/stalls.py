@@ -5,14 +5,14 @@ did not get back to it in time. From the outside all stalls look alike; what a u
 
 - ``gc``: a garbage-collector pass was running (it holds the interpreter, in whichever thread);
 - ``trim``: ``malloc_trim`` was returning memory (it holds the allocator's locks the loop also needs);
-- ``loop``: the loop's thread was running Python the whole time: some callback held it;
+- ``loop``: the loop's thread ran our callbacks long enough to make the frame late by itself (10 ms,
+  or half the stall), whatever else waited meanwhile;
 - ``blocked``: the loop's thread slept although its frame was due: it waited for the interpreter lock
   (another of our threads holding it, maybe one the kernel had taken off its core), for another lock
   of ours, or in a blocking call made on the loop. A wake-up the machine delayed looks the same from
-  inside, so this is counted as ours unless the hypervisor's steal time covers it;
+  inside, so this is counted as ours (the log line gives the host's steal time around it);
 - ``cpu``: the loop's thread was ready but waited for a core, and our own threads kept one busy;
-- ``machine``: it waited for a core that other processes had, or slept while the hypervisor had
-  our cores (steal);
+- ``machine``: it waited for a core that other processes had;
 - ``unexplained``: no scheduler statistics here (not Linux).
 
 Only ``machine`` (and what cannot be told) is not ours. The kernel tells a thread's time on a core and
@@ -44,6 +44,10 @@ SAMPLES = 64
 MACHINE_EVERY = 10
 """Every this many samples (100 ms) the machine's own counters are read too: its steal time (the
 hypervisor running another guest on our cores) comes in clock ticks and costs a larger read."""
+
+OWN_RUN_S = 0.010
+"""The loop's thread running this long within a stall is enough, by itself, to make a frame late (a
+gap is a frame 10 ms past its slot): the stall is the loop's, whatever else waited meanwhile."""
 
 PAUSES = 32
 """Process-wide pauses (GC passes, trims) remembered."""
@@ -78,7 +82,8 @@ class Stall:
     own_threads_s: float
     """Core time our other threads took over the window."""
     steal_s: float = 0.0
-    """Time the hypervisor gave our cores to someone else, around the stall (to 100 ms)."""
+    """Time the hypervisor gave the machine's cores to someone else, around the stall (to 100 ms; all
+    cores summed, so it only says whether the host was busy then)."""
 
 
 class StallClock:
@@ -91,6 +96,7 @@ class StallClock:
         self._count = 0
         self._pauses: deque[tuple[str, float, float]] = deque(maxlen=PAUSES)
         self._gc_started: dict[int, float] = {}
+        self._open: dict[int, float] = {}  # trims under way, by thread
         self._fd: int | None = None
         self._thread: int | None = None
         self._users = 0
@@ -180,10 +186,12 @@ class StallClock:
     @contextlib.contextmanager
     def pause(self, kind: str) -> Iterator[None]:
         """Marks a stretch in which this process holds something the loop may need (``trim``)."""
-        start = time.monotonic()
+        ident = threading.get_ident()
+        start = self._open[ident] = time.monotonic()
         try:
             yield
         finally:
+            self._open.pop(ident, None)
             self._pauses.append((kind, start, time.monotonic()))
 
     # -- a late frame ------------------------------------------------------------------------
@@ -195,7 +203,11 @@ class StallClock:
         now = end.at if end is not None else (now if now is not None else time.monotonic())
         late = max(0.0, now - due)
         paused = {"gc": 0.0, "trim": 0.0}
-        for kind, start, stop in self._pauses:
+        # Pauses still under way count up to now: the thread that holds one may not have run since
+        # the loop got going again.
+        ongoing = [("gc", t, now) for t in list(self._gc_started.values())]
+        ongoing += [("trim", t, now) for t in list(self._open.values())]
+        for kind, start, stop in [*self._pauses, *ongoing]:
             overlap = min(stop, now) - max(start, due)
             if overlap > 0:
                 paused[kind] = paused.get(kind, 0.0) + overlap
@@ -214,13 +226,11 @@ class StallClock:
         steal_end = self._sample_steal()
         steal = steal_end - steal_begin if steal_begin is not None and steal_end is not None else 0.0
         cause = self._by_pause(paused, late)
+        if cause is None and ran >= min(late / 2, OWN_RUN_S):
+            cause = "loop"  # our callbacks alone held the loop long enough to make the frame late
         if cause is None:
             share = {"loop": ran, "blocked": slept, "waited": waited}
             cause = max(share, key=share.__getitem__)
-            if cause == "blocked" and own_threads < slept / 2 and steal >= slept / 2:
-                # Asleep past its time while no thread of ours ran, and the hypervisor had our cores
-                # for as long: the timer that should have woken it fired late.
-                cause = "machine"
             if cause == "waited":
                 # Who had the cores the loop may run on? Ours if our other threads took at least half
                 # of the core time the loop did not; otherwise other processes or the hypervisor.
