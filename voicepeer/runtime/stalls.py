@@ -10,7 +10,7 @@ did not get back to it in time. From the outside all stalls look alike; what a u
 - ``blocked``: the loop's thread slept although its frame was due: it waited for the interpreter lock
   (another of our threads holding it, maybe one the kernel had taken off its core), for another lock
   of ours, or in a blocking call made on the loop. A wake-up the machine delayed looks the same from
-  inside, so this is counted as ours (the log line gives the host's steal time around it);
+  inside, so this is counted as ours;
 - ``cpu``: the loop's thread was ready but waited for a core, and our own threads kept one busy;
 - ``machine``: it waited for a core that other processes had;
 - ``unexplained``: no scheduler statistics here (not Linux).
@@ -41,10 +41,6 @@ OWN_CAUSES = frozenset({"gc", "trim", "loop", "blocked", "cpu"})
 SAMPLES = 64
 """Samples kept: at one per 10 ms, the last ~0.6 s, more than any frame's wait for its slot."""
 
-MACHINE_EVERY = 10
-"""Every this many samples (100 ms) the machine's own counters are read too: its steal time (the
-hypervisor running another guest on our cores) comes in clock ticks and costs a larger read."""
-
 OWN_RUN_S = 0.010
 """The loop's thread running this long within a stall is enough, by itself, to make a frame late (a
 gap is a frame 10 ms past its slot): the stall is the loop's, whatever else waited meanwhile."""
@@ -52,8 +48,6 @@ gap is a frame 10 ms past its slot): the stall is the loop's, whatever else wait
 PAUSES = 32
 """Process-wide pauses (GC passes, trims) remembered."""
 
-
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 _Raw = tuple[float, bytes, float]
 """A sample as read: monotonic time, the loop thread's schedstat, the process's CPU time."""
@@ -81,9 +75,6 @@ class Stall:
     paused_s: float
     own_threads_s: float
     """Core time our other threads took over the window."""
-    steal_s: float = 0.0
-    """Time the hypervisor gave the machine's cores to someone else, around the stall (to 100 ms; all
-    cores summed, so it only says whether the host was busy then)."""
 
 
 class StallClock:
@@ -91,9 +82,6 @@ class StallClock:
 
     def __init__(self) -> None:
         self._samples: deque[_Raw] = deque(maxlen=SAMPLES)
-        self._steal: deque[tuple[float, float]] = deque(maxlen=SAMPLES // MACHINE_EVERY + 2)
-        self._stat: int | None = None
-        self._count = 0
         self._pauses: deque[tuple[str, float, float]] = deque(maxlen=PAUSES)
         self._gc_started: dict[int, float] = {}
         self._open: dict[int, float] = {}  # trims under way, by thread
@@ -116,18 +104,16 @@ class StallClock:
         self.close()
         try:
             self._fd = os.open(f"/proc/self/task/{self._thread}/schedstat", os.O_RDONLY)
-            self._stat = os.open("/proc/stat", os.O_RDONLY)
         except OSError:
             pass  # not Linux, or no schedstat: every late frame is "unexplained"
         if self.explain_gc not in gc.callbacks:
             gc.callbacks.append(self.explain_gc)
 
     def close(self) -> None:
-        for fd in (self._fd, self._stat):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._fd = self._stat = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def detach(self) -> None:
         self._users = max(0, self._users - 1)
@@ -148,21 +134,7 @@ class StallClock:
         except OSError:
             return None
         self._samples.append(raw)
-        self._count += 1
-        if self._count % MACHINE_EVERY == 0:
-            self._sample_steal()
         return raw
-
-    def _sample_steal(self) -> float | None:
-        if self._stat is None:
-            return None
-        try:
-            line = os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()
-            steal = int(line[8]) / _TICKS_PER_S  # cpu user nice system idle iowait irq softirq steal
-        except (OSError, ValueError, IndexError):
-            return None
-        self._steal.append((time.monotonic(), steal))
-        return steal
 
     @staticmethod
     def _parse(raw: _Raw) -> Sample | None:
@@ -222,9 +194,6 @@ class StallClock:
         # Before ``due`` the loop was meant to be asleep, waiting for the frame's slot.
         slept = max(0.0, window - ran - waited - (due - begin.at))
         own_threads = max(0.0, (end.process_s - begin.process_s) - ran)
-        steal_begin = next((v for t, v in reversed(self._steal) if t <= due), None)
-        steal_end = self._sample_steal()
-        steal = steal_end - steal_begin if steal_begin is not None and steal_end is not None else 0.0
         cause = self._by_pause(paused, late)
         if cause is None and ran >= min(late / 2, OWN_RUN_S):
             cause = "loop"  # our callbacks alone held the loop long enough to make the frame late
@@ -236,7 +205,7 @@ class StallClock:
                 # of the core time the loop did not; otherwise other processes or the hypervisor.
                 taken = self._cores * window - ran
                 cause = "cpu" if own_threads >= taken / 2 else "machine"
-        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, steal)
+        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads)
 
     @staticmethod
     def _by_pause(paused: dict[str, float], late: float) -> str | None:
