@@ -18,7 +18,6 @@ import pytest
 from tests.support import browser
 from tests.support.browser import wait_until
 from tests.support.server import ROOT, STORY_PROMPT, ServerProcess, free_port
-from voicepeer.call.text import words
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -79,7 +78,7 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
     allowing_server, app_origin_port, pw, make_speech, tmp_path
 ):
     server = allowing_server
-    question = make_speech("What is the weather like today?", lead_s=2.0, tail_s=25.0)
+    question = make_speech(browser.QUESTION, lead_s=2.0, tail_s=25.0)
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "level-recorder.js").write_text(browser.RECORDER_WORKLET)
@@ -103,7 +102,7 @@ def test_the_window_holds_a_spoken_conversation_with_desktop_controls(
 
             # The conversation view: the user's words, the reply, the turn's waterfall.
             final = call.messages("transcript")[-1]
-            assert {"weather", "today"} <= set(words(final["text"])), final
+            assert browser.heard(final["text"]), final
             turn = final["turn"]
             assert page.text_content(f"#log li.user[data-turn='{turn}']").strip() == final["text"]
             page.wait_for_selector(f"#log li.bot[data-turn='{turn}'] .waterfall .stage", timeout=5_000)

@@ -329,17 +329,27 @@ def reply_onset(call: CallRecord) -> float:
     return onsets[0]
 
 
-def expect_spoken_answer(
-    page: Any, expected_words: set[str], transcript_ms: int, reply_ms: int
-) -> CallRecord:
-    """Waits for the final transcript and the turn's metrics, then checks the transcript holds
-    ``expected_words`` and that the bot's voice was audible after the user stopped."""
+QUESTION = "What is the weather like today?"
+"""What the browser tests ask."""
+
+
+def heard(text: str, said: str = QUESTION) -> bool:
+    """The transcript ``text`` is ``said``, give or take two words. Chromium's capture (its own
+    processing, Opus, the front-end) costs tiny.en a word now and then: "What is not when they're like
+    today?" in one CI run. Noise or another phrase shares a word or two, not all but two."""
     from voicepeer.call.text import words
 
+    spoken = set(words(said))
+    return len(spoken & set(words(text))) >= max(1, len(spoken) - 2)
+
+
+def expect_spoken_answer(page: Any, said: str, transcript_ms: int, reply_ms: int) -> CallRecord:
+    """Waits for the final transcript and the turn's metrics, then checks the transcript is ``said``
+    (``heard``) and that the bot's voice was audible after the user stopped."""
     wait_for_event(page, "m.type === 'transcript' && m.final", transcript_ms)
     wait_for_event(page, "m.type === 'metrics'", reply_ms)
     call = record(page)
     final = call.messages("transcript")[-1]
-    assert expected_words <= set(words(final["text"])), final
+    assert heard(final["text"], said), final
     reply_onset(call)
     return call
