@@ -139,6 +139,16 @@ class EchoCoupling:
                 log.info("echo coupling %.2f: no echo of the bot's voice", self.last)
                 self.present = False
 
+    def moved(self, ms: int) -> None:
+        """The echo's delay moved by ``ms``, as the client said (``FrontEnd.playout_moved``): the lag is
+        that much longer, and the window, which still holds the echo from before, starts again, or its
+        next measurement would move the reference back."""
+        if self.lag_ms is not None:
+            self.lag_ms += ms
+        self._mic.clear()
+        self._ref.clear()
+        self._since = 0
+
     def _measure(self) -> tuple[float, int]:
         """The peak normalised correlation between microphone and reference, and its echo delay (ms)."""
         m = np.diff(np.concatenate(self._mic).astype(np.float64))  # pre-emphasis: flatter spectra,

@@ -77,6 +77,11 @@ UNKNOWN_REACH_MS = 1200
 bot's first words may come back late, and a missed echo makes the bot interrupt itself."""
 
 
+PLAYOUT_STEP_MS = 40
+"""A move of the client's playout (``FrontEnd.playout_moved``) is applied to the reference once this
+much has gathered: the receiver's time stretching comes in steps of 2.5 ms."""
+
+
 WORDS_HANGOVER_FRAMES = 30
 """10 ms frames after the last one found to hold the user's voice over the echo during which the ASR
 still gets the words canceller's output: the gaps between a talker's syllables are part of the words."""
@@ -233,6 +238,8 @@ class FrontEnd:
         self._aligned_frames_ago = 10**9  # the same as ``_far_frames_ago``, for the held-back reference
         self.coupling = EchoCoupling(expected=echo_expected)
         self.double_talk = DoubleTalk()
+        self._moved = 0.0  # the client's playout moves reported and not yet applied, in ms
+        self._moved_lock = threading.Lock()
         self._over_frames_ago = 10**9  # 10 ms frames since ``double_talk`` last found the user's voice
         # A session closing cancels the task awaiting process(), not the worker thread running it; the
         # lock keeps close() from freeing a native canceller under a frame still being processed.
@@ -300,23 +307,48 @@ class FrontEnd:
             and self._over_frames_ago > WORDS_HANGOVER_FRAMES
         )
 
+    def playout_moved(self, ms: float) -> None:
+        """The client's receiver moved its playout of the bot's voice ``ms`` later (earlier if negative):
+        it played that much concealment when our audio reached it late, or stretched or squeezed what
+        it played (``voicepeer.call.playout_report``). The echo's delay moves by as much, at once; the
+        cross-correlation would find it only a second later, while the canceller lets the echo through
+        and the double-talk rule takes it for the user. Any thread."""
+        with self._moved_lock:
+            self._moved += ms
+
     def _hold_back(self, ref: np.ndarray) -> np.ndarray:
         """The reference frame that pairs with this microphone frame once the echo delay measured so far
-        is taken out; the delay moves only when the measurement has moved by ``REALIGN_MS``."""
+        is taken out; the delay moves when the measurement has moved by ``REALIGN_MS``, and with the
+        client's playout as it reports it."""
+        with self._moved_lock:
+            moved = round(self._moved)
+            if abs(moved) >= PLAYOUT_STEP_MS:
+                self._moved -= moved
+        if abs(moved) >= PLAYOUT_STEP_MS:
+            target = max(0, self.delay_ms + moved)
+            self.coupling.moved(moved)
+            self._move_reference(target, reset=abs(moved) >= REALIGN_MS)
+            log.info("the client's playout moved %+d ms: the reference is held back %d ms", moved, target)
         lag = self.coupling.lag_ms
         if lag is not None:
             target = max(0, lag - ALIGN_SLACK_MS)
             if abs(target - self.delay_ms) >= REALIGN_MS:
-                change = (target - self.delay_ms) * SPEECH_RATE // 1000
-                if change > 0:
-                    self._held.push(np.zeros(change, dtype=np.int16))
-                else:
-                    self._held.pop(min(-change, len(self._held)))
                 log.info("echo delay %d ms: the canceller's reference is held back %d ms", lag, target)
-                self.delay_ms = target
-                self.double_talk.reset()
+                self._move_reference(target, reset=True)
         self._held.push(ref)
         return self._held.pop(FRAME)
+
+    def _move_reference(self, target_ms: int, reset: bool) -> None:
+        """Holds the reference back ``target_ms`` from now on. ``reset``: the canceller will lose the
+        echo for a while (a move it cannot follow exactly), so double talk is judged afresh."""
+        change = (target_ms - self.delay_ms) * SPEECH_RATE // 1000
+        if change > 0:
+            self._held.push(np.zeros(change, dtype=np.int16))
+        else:
+            self._held.pop(min(-change, len(self._held)))
+        self.delay_ms = target_ms
+        if reset:
+            self.double_talk.reset()
 
     @property
     def echo_reach_ms(self) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 from ..audio.capture import UnprocessedCapture
 from ..audio.formats import SPEECH_RATE, WEBRTC_RATE, InboundConverter
 from ..audio.frontend import FarEndReference, FrontEnd
+from ..audio.receiver import PlayoutMoves, ReceiverStats
 from ..audio.recorder import CallRecorder
 from ..audio.vad import TurnDetector, TurnEvent
 from ..config import Config
@@ -135,6 +136,9 @@ class Call:
             words_aec=None if config.audio.asr_aec == "same" else config.audio.asr_aec,
         )
         self.reference = FarEndReference()
+        self.playout_moves = PlayoutMoves()
+        """The client's receiver reports (``playout``), as moves of the echo's delay."""
+        self._stalled_reported = 0  # ``reference.stalled`` at the last report
         self.playout.add_listener(self.reference.on_frame)
         self.unprocessed = UnprocessedCapture() if unprocessed and voice else None
         if self.unprocessed is not None:
@@ -273,6 +277,9 @@ class Call:
         kind = message["type"]
         if kind == "ping":
             return {"type": "pong"}
+        if kind == "playout":
+            self._playout_report(message)
+            return None
         if self.conversation.ending and kind not in ("mute", "unmute"):
             raise ControlError("ending", "the call is hanging up")
         if kind == "interrupt":
@@ -306,6 +313,19 @@ class Call:
                 self.conversation.answerer.tools = merge(self.logic.tools, tools)
             self.events.send(self._config_event())
         return None
+
+    def _playout_report(self, message: Event) -> None:
+        """The client's receiver statistics: a concealment burst moves the echo's delay at once."""
+        try:
+            stats = ReceiverStats.parse(message)
+        except ValueError as exc:
+            raise ControlError("bad_value", f'"{exc}" must be a counter of the receiver', str(exc)) from None
+        stalled = self.reference.stalled
+        ours_ms = (stalled - self._stalled_reported) * 1000 / SPEECH_RATE
+        self._stalled_reported = stalled
+        move = self.playout_moves.update(stats, ours_ms)
+        if move:
+            self.frontend.playout_moved(move)
 
     def _config_event(self) -> Event:
         return {

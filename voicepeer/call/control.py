@@ -14,6 +14,8 @@ as a whole, with the field it concerns named, and nothing else changes.
 | ``hangup`` | ``text`` | the call ends after the sentence playing now (and ``text``, if given) |
 | ``reset`` | | the reply in progress stops and the history is cleared |
 | ``config`` | ``SETTINGS``, ``context``, ``tools`` | changes this call's settings within their bounds |
+| ``playout`` | ``concealedSamples``, ``packetsLost``, ``clockRate`` | the receiver's counters for the bot's |
+| | | voice: the echo canceller follows the client's playout when it ran dry (``audio.receiver``) |
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import re
 from typing import Any
 
+from ..audio.receiver import FIELDS as RECEIVER_FIELDS
 from ..config import OPTIONS, Config, Declared
 
 MAX_SAY_CHARS = 2000
@@ -76,6 +79,7 @@ ALLOWED_FIELDS: dict[str, frozenset[str]] = {
     "speak": frozenset({"text", "interrupt"}),
     "hangup": frozenset({"text"}),
     "config": frozenset(SETTINGS) | {"context", "tools"},
+    "playout": frozenset(RECEIVER_FIELDS),
 }
 
 MAX_CONTEXT_KEYS = 32

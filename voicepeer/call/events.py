@@ -313,7 +313,7 @@ class EventQueue:
 
 
 CLIENT_MESSAGES = frozenset(
-    {"ping", "interrupt", "mute", "unmute", "say", "speak", "hangup", "reset", "config"}
+    {"ping", "interrupt", "mute", "unmute", "say", "speak", "hangup", "reset", "config", "playout"}
 )
 
 MAX_MESSAGE_BYTES = 16 * 1024

@@ -25,6 +25,9 @@
 // code ("busy", "loading", "unauthorized", "forbidden_origin", ...), or "unreachable" / "cors" when the
 // browser hid the answer.
 
+/** How often the receiver's counters are looked at (``_reportPlayout``). */
+const PLAYOUT_REPORT_MS = 100;
+
 export const DEFAULT_AUDIO_PROCESSING = Object.freeze({
   echoCancellation: true,
   noiseSuppression: true,
@@ -207,6 +210,7 @@ export class VoicePeerClient extends EventTarget {
       // adaptive target starts around 100-200 ms). 0 asks for the least delay the browser can keep
       // without underruns; it still grows on a bad network.
       setJitterBufferTarget(event.receiver, this.jitterBufferTargetMs);
+      this._reportPlayout(pc, event.receiver);
       this.remoteStream = event.streams[0] || new MediaStream([event.track]);
       if (this.audioElement) {
         this.audioElement.srcObject = this.remoteStream;
@@ -392,6 +396,40 @@ export class VoicePeerClient extends EventTarget {
   /** Changes this call's settings: any of {system_prompt, max_tokens, end_silence_ms, context, tools}. */
   configure(settings) {
     return this.send({ type: "config", ...settings });
+  }
+
+  /**
+   * Tells the server when the receiver ran dry and played concealment: its playout of the bot's voice
+   * moved later, and so did the bot's echo in a loudspeaker room, which the server's echo canceller
+   * must follow at once (a loaded laptop's receiver concealed 460 ms in one go). Sends the receiver's
+   * own counters (W3C webrtc-stats), only when concealment grew: a few messages a minute.
+   */
+  async _reportPlayout(pc, receiver) {
+    let sent = null;
+    while (this.pc === pc && pc.connectionState !== "closed") {
+      await new Promise((resolve) => setTimeout(resolve, PLAYOUT_REPORT_MS));
+      let stats;
+      try {
+        stats = await receiver.getStats();
+      } catch {
+        continue; // the receiver is going away
+      }
+      let inbound = null;
+      stats.forEach((r) => {
+        if (r.type === "inbound-rtp" && r.kind === "audio") inbound = r;
+      });
+      if (!inbound || typeof inbound.concealedSamples !== "number") continue;
+      const codec = inbound.codecId ? stats.get(inbound.codecId) : null;
+      const report = {
+        type: "playout",
+        concealedSamples: inbound.concealedSamples,
+        packetsLost: inbound.packetsLost || 0,
+        clockRate: (codec && codec.clockRate) || 48000,
+      };
+      if (sent === null || report.concealedSamples !== sent.concealedSamples) {
+        if (this.send(report)) sent = report;
+      }
+    }
   }
 
   /** Hangs up. Safe to call at any time, more than once, and while connect() is still running. */
