@@ -50,7 +50,6 @@ from bench.latency import (
     parse_list,
     percentile,
     scrape_media_health,
-    spoken_words,
     spread,
     user_spans,
     wer,
@@ -58,6 +57,7 @@ from bench.latency import (
 from tests.support import browser
 from tests.support.server import STORY, ServerProcess
 from tests.support.speech import SpeechFile, join, read_wav, speak
+from voicepeer.call.text import spoken_words
 
 FIRST = ["Please tell me a story about a dragon.", "Tell me a story about the sea."]
 QUESTIONS = [

@@ -29,7 +29,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from typing import Any
 from tests.support import browser
 from tests.support.server import ServerProcess, metric_values
 from tests.support.speech import SpeechFile, speak
+from voicepeer.call.text import spoken_words
 from voicepeer.runtime.stalls import CAUSES, OWN_CAUSES
 
 QUESTIONS = [
@@ -144,55 +144,6 @@ def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
 
 
 # --- words: word error rate and repetition -------------------------------------------------------------
-
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
-sixteen seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_CONTRACTIONS = {
-    "what's": "what is",
-    "it's": "it is",
-    "that's": "that is",
-    "there's": "there is",
-    "i'm": "i am",
-    "i've": "i have",
-    "i'll": "i will",
-    "you're": "you are",
-    "we're": "we are",
-    "don't": "do not",
-    "doesn't": "does not",
-    "didn't": "did not",
-    "can't": "cannot",
-    "can not": "cannot",
-    "won't": "will not",
-    "isn't": "is not",
-    "ok": "okay",
-}
-_TOKEN = re.compile(r"[a-z0-9']+")
-
-
-def _number_words(token: str) -> str:
-    n = int(token)
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    return " ".join(_ONES[int(d)] for d in token)  # longer numbers: digit by digit
-
-
-def spoken_words(text: str) -> list[str]:
-    """``text`` as the words a listener heard: lower case, no punctuation, hyphenated words split,
-    numerals spelled out (``5`` -> five, ``42`` -> forty two), common contractions expanded."""
-    text = text.lower().replace("-", " ").replace("’", "'")
-    out: list[str] = []
-    for token in _TOKEN.findall(text):
-        token = token.strip("'")
-        if not token:
-            continue
-        if token.isdigit():
-            out.extend(_number_words(token).split())
-        else:
-            out.extend(_CONTRACTIONS.get(token, token).split())
-    return out
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:

@@ -5,8 +5,10 @@ from voicepeer.call.text import (
     SpeechChunker,
     clean_for_speech,
     is_backchannel,
+    is_echo_of,
     looks_unfinished,
     split_to_fit,
+    spoken_words,
 )
 
 
@@ -77,6 +79,17 @@ def test_backchannels_are_told_from_bids_for_the_turn():
     turns = ["Yes.", "No.", "Yeah.", "Sure.", "Five five.", "Stop!", "Okay, but why?", "What is the weather?"]
     for text in turns:
         assert not is_backchannel(text), text
+
+
+def test_the_bots_own_words_are_its_echo_however_numbers_and_contractions_are_written():
+    said = "It's a common question, but the answer is: 8 hours. Adults need to sleep for 8 hours"
+    # A loaded loudspeaker room: whisper heard the reply's "8 hours" as "eight hours." and the bot
+    # took its own echo for a bid for the turn.
+    assert spoken_words("It's 42-ish") == ["it", "is", "forty", "two", "ish"]
+    for heard in ["eight hours.", "Adults need to sleep for eight hours.", "it is a common question"]:
+        assert is_echo_of(heard, said), heard
+    for heard in ["Nine hours?", "What about children?", "Stop."]:
+        assert not is_echo_of(heard, said), heard
 
 
 def test_unfinished_phrases_are_recognised():

@@ -184,6 +184,56 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
+sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_CONTRACTIONS = {
+    "what's": "what is",
+    "it's": "it is",
+    "that's": "that is",
+    "there's": "there is",
+    "i'm": "i am",
+    "i've": "i have",
+    "i'll": "i will",
+    "you're": "you are",
+    "we're": "we are",
+    "don't": "do not",
+    "doesn't": "does not",
+    "didn't": "did not",
+    "can't": "cannot",
+    "can not": "cannot",
+    "won't": "will not",
+    "isn't": "is not",
+    "ok": "okay",
+}
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def _number_words(token: str) -> str:
+    n = int(token)
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    return " ".join(_ONES[int(d)] for d in token)  # longer numbers: digit by digit
+
+
+def spoken_words(text: str) -> list[str]:
+    """``text`` as the words a listener heard: lower case, no punctuation, hyphenated words split,
+    numerals spelled out (``5`` -> five, ``42`` -> forty two), common contractions expanded."""
+    text = text.lower().replace("-", " ").replace("’", "'")
+    out: list[str] = []
+    for token in _TOKEN.findall(text):
+        token = token.strip("'")
+        if not token:
+            continue
+        if token.isdigit():
+            out.extend(_number_words(token).split())
+        else:
+            out.extend(_CONTRACTIONS.get(token, token).split())
+    return out
+
+
 _HUM = re.compile(r"(?:[mh]+|uh|ah)(?:-(?:[mh]+|uh|huh))*")
 """Hums as whisper spells them: "Mm-mm", "Hmm", "mhm", "uh-huh"."""
 
@@ -206,7 +256,7 @@ the bot's in order: a question about the bot's answer repeats a word or two of i
 def is_echo_of(text: str, said: str) -> bool:
     """True if ``text`` (heard by the microphone) is mostly the bot's own last words ``said``: its
     voice from a loudspeaker, transcribed."""
-    heard, spoken = words(text), words(said)[-ECHO_WORDS:]
+    heard, spoken = spoken_words(text), spoken_words(said)[-ECHO_WORDS:]
     if not heard or not spoken:
         return False
     # The longest run of the heard words found in order among the spoken ones.
