@@ -18,9 +18,13 @@ from voicepeer.audio.frontend import FrontEnd
 from voicepeer.audio.receiver import BURST_MS, PlayoutMoves, ReceiverStats
 from voicepeer.transport.app import STATE
 
+REPORT = {"concealedSamples": 480, "packetsLost": 0, "packetsDiscarded": 0, "clockRate": 48000}
 
-def stats(concealed_ms: float, lost: int = 0) -> ReceiverStats:
-    return ReceiverStats(concealed_samples=concealed_ms * 48, packets_lost=lost, clock_rate=48_000)
+
+def stats(concealed_ms: float, lost: int = 0, discarded: int = 0) -> ReceiverStats:
+    return ReceiverStats(
+        concealed_samples=concealed_ms * 48, packets_lost=lost, packets_discarded=discarded, clock_rate=48_000
+    )
 
 
 def test_a_concealment_burst_moves_the_playout_once_it_counts_and_then_as_it_grows():
@@ -40,6 +44,7 @@ def test_lost_packets_and_our_own_stalls_are_concealed_without_a_move_for_the_re
     assert moves.update(stats(200, lost=10)) == 0.0  # ten lost packets: concealed in place
     assert moves.update(stats(500, lost=10), ours_ms=300) == 0.0  # our stall: the reference has it
     assert moves.update(stats(800, lost=10), ours_ms=200) == pytest.approx(100)
+    assert moves.update(stats(1200, lost=10, discarded=15)) == pytest.approx(100)  # played late: 100
     assert BURST_MS <= 100
 
 
@@ -64,7 +69,7 @@ def test_a_new_receiver_starts_its_counters_again_without_a_move():
     ],
 )
 def test_a_report_that_no_receiver_could_make_is_refused_by_field(field, value):
-    message = {"concealedSamples": 480, "packetsLost": 0, "clockRate": 48000, field: value}
+    message = {**REPORT, field: value}
     with pytest.raises(ValueError, match=field):
         ReceiverStats.parse(message)
 
@@ -117,7 +122,7 @@ def test_the_echo_follows_a_receiver_that_ran_dry_as_soon_as_it_says_so(make_spe
 async def test_a_call_takes_the_clients_reports_and_refuses_bad_ones_with_an_error_event(services):
     async with call(services) as (server, client):
         session = server.app[STATE].sessions[client.session_id]
-        report = {"type": "playout", "concealedSamples": 0, "packetsLost": 0, "clockRate": 48000}
+        report = {"type": "playout", **REPORT, "concealedSamples": 0}
         client.channel.send(json.dumps(report))
         client.channel.send(json.dumps({**report, "concealedSamples": 0.4 * 48000}))  # dry for 400 ms
         await wait_until(lambda: session.call.playout_moves.reports == 2, 10)

@@ -14,8 +14,8 @@ as a whole, with the field it concerns named, and nothing else changes.
 | ``hangup`` | ``text`` | the call ends after the sentence playing now (and ``text``, if given) |
 | ``reset`` | | the reply in progress stops and the history is cleared |
 | ``config`` | ``SETTINGS``, ``context``, ``tools`` | changes this call's settings within their bounds |
-| ``playout`` | ``concealedSamples``, ``packetsLost``, ``clockRate`` | the receiver's counters for the bot's |
-| | | voice: the echo canceller follows the client's playout when it ran dry (``audio.receiver``) |
+| ``playout`` | the receiver's counters (``receiver.FIELDS``) | the echo canceller follows the client's |
+| | | playout of the bot's voice when its receiver ran dry (``voicepeer.audio.receiver``) |
 """
 
 from __future__ import annotations

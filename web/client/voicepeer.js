@@ -424,6 +424,7 @@ export class VoicePeerClient extends EventTarget {
         type: "playout",
         concealedSamples: inbound.concealedSamples,
         packetsLost: inbound.packetsLost || 0,
+        packetsDiscarded: inbound.packetsDiscarded || 0,
         clockRate: (codec && codec.clockRate) || 48000,
       };
       if (sent === null || report.concealedSamples !== sent.concealedSamples) {
