@@ -58,6 +58,25 @@ def test_a_second_page_gets_its_own_session_and_everything_is_released(server, p
     assert "voicepeer_sessions 0" in metrics
 
 
+def test_a_command_given_before_the_events_channel_opens_is_sent_when_it_does(server, pw, make_speech):
+    # The connection reports "connected" before the data channel opens (later still on a busy
+    # machine): a mute clicked in between was lost, and the page never heard back.
+    question = make_speech("Hello there.", lead_s=30.0, tail_s=1.0)
+    server.wait_sessions(0, timeout=40)
+    with browser.chromium_page(pw, Path(question.path)) as page:
+        page.goto(server.url)
+        page.click("#connect")
+        page.wait_for_function(
+            "window.voicepeerClient && window.voicepeerClient.channel"
+            " && window.voicepeerClient.channel.readyState === 'connecting'",
+            timeout=20_000,
+        )
+        assert page.evaluate("window.voicepeerClient.mute()") is True
+        page.wait_for_function("window.voicepeerClient.muted === true", timeout=20_000)  # the server said
+        page.click("#connect")
+        server.wait_sessions(0)
+
+
 def test_the_demo_page_mutes_and_answers_a_typed_message(server, pw, make_speech):
     question = make_speech("Hello there.", lead_s=30.0, tail_s=1.0)  # the microphone stays quiet
     server.wait_sessions(0, timeout=40)

@@ -25,6 +25,9 @@
 // code ("busy", "loading", "unauthorized", "forbidden_origin", ...), or "unreachable" / "cors" when the
 // browser hid the answer.
 
+/** Commands kept while the events channel opens (``send``). */
+const MAX_UNSENT = 32;
+
 /** How often the receiver's counters are looked at (``_reportPlayout``). */
 const PLAYOUT_REPORT_MS = 100;
 
@@ -109,6 +112,7 @@ export class VoicePeerClient extends EventTarget {
     this._recovering = false;
     this.pc = null;
     this.channel = null;
+    this._unsent = []; // commands given before the events channel opened
     this.localStream = null;
     this.remoteStream = null;
     this.sessionId = null;
@@ -226,8 +230,14 @@ export class VoicePeerClient extends EventTarget {
         })
       : null;
 
-    this.channel = pc.createDataChannel("events");
-    this.channel.addEventListener("message", (event) => this._onMessage(event.data));
+    const channel = pc.createDataChannel("events");
+    this.channel = channel;
+    this._unsent = [];
+    channel.addEventListener("message", (event) => this._onMessage(event.data));
+    channel.addEventListener("open", () => {
+      if (this.channel !== channel) return;
+      for (const text of this._unsent.splice(0)) channel.send(text);
+    });
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc); // the server takes one complete offer: aiortc does not trickle
@@ -352,10 +362,19 @@ export class VoicePeerClient extends EventTarget {
     this._emit("connection", { state: "closed" });
   }
 
-  /** Sends a JSON message on the events channel. */
+  /**
+   * Sends a JSON message on the events channel. The peer connection reports "connected" before the
+   * channel has opened (its SCTP association comes after DTLS, later still on a busy machine), so a
+   * command given in between (a mute clicked at once) waits for it rather than being lost. Returns
+   * false when there is no channel to send on.
+   */
   send(message) {
-    if (!this.channel || this.channel.readyState !== "open") return false;
-    this.channel.send(JSON.stringify(message));
+    const channel = this.channel;
+    if (!channel || channel.readyState === "closing" || channel.readyState === "closed") return false;
+    const text = JSON.stringify(message);
+    if (channel.readyState === "open") channel.send(text);
+    else if (this._unsent.length < MAX_UNSENT) this._unsent.push(text);
+    else return false;
     return true;
   }
 
@@ -427,7 +446,8 @@ export class VoicePeerClient extends EventTarget {
         packetsDiscarded: inbound.packetsDiscarded || 0,
         clockRate: (codec && codec.clockRate) || 48000,
       };
-      if (sent === null || report.concealedSamples !== sent.concealedSamples) {
+      const open = this.channel && this.channel.readyState === "open"; // stale once queued
+      if (open && (sent === null || report.concealedSamples !== sent.concealedSamples)) {
         if (this.send(report)) sent = report;
       }
     }
@@ -447,6 +467,7 @@ export class VoicePeerClient extends EventTarget {
     if (!pc) return;
     this.pc = null;
     this.channel = null;
+    this._unsent = [];
     this.sessionId = null;
     this.eventsUrl = null;
     this.controlUrl = null;
