@@ -79,7 +79,7 @@ bot's first words may come back late, and a missed echo makes the bot interrupt 
 
 PLAYOUT_STEP_MS = 40
 """A move of the client's playout (``FrontEnd.playout_moved``) is applied to the reference once this
-much has gathered: the receiver's time stretching comes in steps of 2.5 ms."""
+much has gathered: a burst's later reports bring it in pieces, and the canceller follows a few ms."""
 
 
 WORDS_HANGOVER_FRAMES = 30
@@ -308,11 +308,10 @@ class FrontEnd:
         )
 
     def playout_moved(self, ms: float) -> None:
-        """The client's receiver moved its playout of the bot's voice ``ms`` later (earlier if negative):
-        it played that much concealment when our audio reached it late, or stretched or squeezed what
-        it played (``voicepeer.call.playout_report``). The echo's delay moves by as much, at once; the
-        cross-correlation would find it only a second later, while the canceller lets the echo through
-        and the double-talk rule takes it for the user. Any thread."""
+        """The client's receiver moved its playout of the bot's voice ``ms`` later: it played that much
+        concealment when our audio reached it late (``voicepeer.audio.receiver``). The echo's delay
+        moves by as much, at once; the cross-correlation would find it only a second later, while the
+        canceller lets the echo through and the double-talk rule takes it for the user. Any thread."""
         with self._moved_lock:
             self._moved += ms
 
@@ -320,10 +319,12 @@ class FrontEnd:
         """The reference frame that pairs with this microphone frame once the echo delay measured so far
         is taken out; the delay moves when the measurement has moved by ``REALIGN_MS``, and with the
         client's playout as it reports it."""
-        with self._moved_lock:
-            moved = round(self._moved)
-            if abs(moved) >= PLAYOUT_STEP_MS:
-                self._moved -= moved
+        moved = 0
+        if self._moved:  # every 10 ms frame: the lock only when a move was reported
+            with self._moved_lock:
+                moved = round(self._moved)
+                if abs(moved) >= PLAYOUT_STEP_MS:
+                    self._moved -= moved
         if abs(moved) >= PLAYOUT_STEP_MS:
             target = max(0, self.delay_ms + moved)
             self.coupling.moved(moved)
