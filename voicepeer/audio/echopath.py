@@ -35,6 +35,12 @@ COUPLING_EVERY_FRAMES = 25
 """A coupling measurement every 250 ms while the bot speaks."""
 
 
+MOVED_WINDOW_MS = 40
+"""Moves of the echo's delay (``EchoCoupling.moved``) that, added up, make the window start again: it
+holds the echo from before them, and would measure a lag that moves the reference back. Fewer
+leave its measurement within ``frontend.REALIGN_MS`` of the truth."""
+
+
 ECHO_COUPLED = 0.3
 """Peak normalised cross-correlation between the (pre-emphasised) reference and the microphone above
 which the bot's voice is taken to come back. Unrelated speech stays below 0.1; a loudspeaker echo
@@ -108,6 +114,7 @@ class EchoCoupling:
         self._mic: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES)
         self._ref: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES + COUPLING_MAX_LAG_FRAMES)
         self._since = 0
+        self._moved = 0  # ms the echo's delay moved since the window started, either way
         self._quiet = 0
         self.seen = False
         """An echo was measured at some point in this call."""
@@ -139,15 +146,19 @@ class EchoCoupling:
                 log.info("echo coupling %.2f: no echo of the bot's voice", self.last)
                 self.present = False
 
-    def moved(self, ms: int) -> None:
+    def moved(self, ms: float) -> None:
         """The echo's delay moved by ``ms``, as the client said (``FrontEnd.playout_moved``): the lag is
-        that much longer, and the window, which still holds the echo from before, starts again, or its
-        next measurement would move the reference back."""
+        that much longer, and once the moves add up to ``MOVED_WINDOW_MS`` the window, which still
+        holds the echo from before, starts again, or its next measurement would move the reference
+        back."""
         if self.lag_ms is not None:
-            self.lag_ms += ms
-        self._mic.clear()
-        self._ref.clear()
-        self._since = 0
+            self.lag_ms += round(ms)
+        self._moved += abs(ms)
+        if self._moved >= MOVED_WINDOW_MS:
+            self._mic.clear()
+            self._ref.clear()
+            self._since = 0
+            self._moved = 0
 
     def _measure(self) -> tuple[float, int]:
         """The peak normalised correlation between microphone and reference, and its echo delay (ms)."""

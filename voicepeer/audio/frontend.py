@@ -39,9 +39,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .delayline import DelayLine
 from .echo import FRAME, EchoCanceller, make_canceller
 from .echopath import DoubleTalk, EchoCoupling, far_active
 from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
+from .receiver import PlayoutEdit
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +77,6 @@ canceller a few hundred milliseconds of re-convergence, so small drifts are left
 UNKNOWN_REACH_MS = 1200
 """``ECHO_REACH_MS`` while no echo delay has been measured yet in a call that expects an echo: the
 bot's first words may come back late, and a missed echo makes the bot interrupt itself."""
-
-
-PLAYOUT_STEP_MS = 40
-"""A move of the client's playout (``FrontEnd.playout_moved``) is applied to the reference once this
-much has gathered: a burst's later reports bring it in pieces, and the canceller follows a few ms."""
 
 
 WORDS_HANGOVER_FRAMES = 30
@@ -232,14 +229,12 @@ class FrontEnd:
             self._processor = AudioProcessor(auto_gain_dbfs, noise_suppression)
         self._pairs = FramePairs()
         self._far_frames_ago = 10**9  # 10 ms frames since the reference last carried sound
-        self._held = SampleBuffer()  # the reference held back by ``delay_ms`` for the canceller
-        self.delay_ms = 0
-        """How long the reference is held back before the canceller sees it (see the module's notes)."""
+        self._line = DelayLine(SPEECH_RATE)  # the reference on its way to the canceller
         self._aligned_frames_ago = 10**9  # the same as ``_far_frames_ago``, for the held-back reference
         self.coupling = EchoCoupling(expected=echo_expected)
         self.double_talk = DoubleTalk()
-        self._moved = 0.0  # the client's playout moves reported and not yet applied, in ms
-        self._moved_lock = threading.Lock()
+        self._edits: list[PlayoutEdit] = []  # the client's playout edits reported, not yet applied
+        self._edits_lock = threading.Lock()
         self._over_frames_ago = 10**9  # 10 ms frames since ``double_talk`` last found the user's voice
         # A session closing cancels the task awaiting process(), not the worker thread running it; the
         # lock keeps close() from freeing a native canceller under a frame still being processed.
@@ -307,49 +302,52 @@ class FrontEnd:
             and self._over_frames_ago > WORDS_HANGOVER_FRAMES
         )
 
-    def playout_moved(self, ms: float) -> None:
-        """The client's receiver moved its playout of the bot's voice ``ms`` later: it played that much
-        concealment when our audio reached it late (``voicepeer.audio.receiver``). The echo's delay
-        moves by as much, at once; the cross-correlation would find it only a second later, while the
+    def playout_moved(self, edit: PlayoutEdit) -> None:
+        """The client's receiver moved its playout of the bot's voice (``voicepeer.audio.receiver``):
+        it played concealment when our audio reached it late, or squeezed the voice. The echo moves
+        with it, at once; the cross-correlation would find it only a second later, while the
         canceller lets the echo through and the double-talk rule takes it for the user. Any thread."""
-        with self._moved_lock:
-            self._moved += ms
+        with self._edits_lock:
+            self._edits.append(edit)
+
+    @property
+    def delay_ms(self) -> int:
+        """How long the reference is held back before the canceller sees it (see the module's notes)."""
+        return round(self._line.delay * 1000 / SPEECH_RATE)
 
     def _hold_back(self, ref: np.ndarray) -> np.ndarray:
         """The reference frame that pairs with this microphone frame once the echo delay measured so far
         is taken out; the delay moves when the measurement has moved by ``REALIGN_MS``, and with the
         client's playout as it reports it."""
-        moved = 0
-        if self._moved:  # every 10 ms frame: the lock only when a move was reported
-            with self._moved_lock:
-                moved = round(self._moved)
-                if abs(moved) >= PLAYOUT_STEP_MS:
-                    self._moved -= moved
-        if abs(moved) >= PLAYOUT_STEP_MS:
-            target = max(0, self.delay_ms + moved)
-            self.coupling.moved(moved)
-            self._move_reference(target, reset=abs(moved) >= REALIGN_MS)
-            log.info("the client's playout moved %+d ms: the reference is held back %d ms", moved, target)
+        if self._edits:  # every 10 ms frame: the lock only when an edit was reported
+            with self._edits_lock:
+                edits, self._edits = self._edits, []
+            for edit in edits:
+                self._apply(edit)
         lag = self.coupling.lag_ms
         if lag is not None:
             target = max(0, lag - ALIGN_SLACK_MS)
             if abs(target - self.delay_ms) >= REALIGN_MS:
                 log.info("echo delay %d ms: the canceller's reference is held back %d ms", lag, target)
-                self._move_reference(target, reset=True)
-        self._held.push(ref)
-        return self._held.pop(FRAME)
+                self._line.set_delay(target * SPEECH_RATE // 1000)
+                self.double_talk.reset()
+        return self._line.push_pop(ref, FRAME)
 
-    def _move_reference(self, target_ms: int, reset: bool) -> None:
-        """Holds the reference back ``target_ms`` from now on. ``reset``: the canceller will lose the
-        echo for a while (a move it cannot follow exactly), so double talk is judged afresh."""
-        change = (target_ms - self.delay_ms) * SPEECH_RATE // 1000
-        if change > 0:
-            self._held.push(np.zeros(change, dtype=np.int16))
-        else:
-            self._held.pop(min(-change, len(self._held)))
-        self.delay_ms = target_ms
-        if reset:
+    def _apply(self, edit: PlayoutEdit) -> None:
+        """One edit of the client's playout, where it happened (``DelayLine.edit``)."""
+        samples = round(edit.ms * SPEECH_RATE / 1000)
+        self._line.edit(samples, round(edit.back_ms * SPEECH_RATE / 1000))
+        self.coupling.moved(edit.ms)
+        big = abs(edit.ms) >= REALIGN_MS
+        if big:  # the canceller loses the echo for a while: double talk is judged afresh
             self.double_talk.reset()
+        log.log(
+            logging.INFO if big else logging.DEBUG,
+            "the client's playout moved %+d ms %d ms back: the reference is held back %d ms",
+            edit.ms,
+            edit.back_ms,
+            self.delay_ms,
+        )
 
     @property
     def echo_reach_ms(self) -> int:

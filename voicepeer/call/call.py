@@ -315,7 +315,7 @@ class Call:
         return None
 
     def _playout_report(self, message: Event) -> None:
-        """The client's receiver statistics: a concealment burst moves the echo's delay at once."""
+        """The client's receiver statistics: its concealment and squeezing move the echo at once."""
         try:
             stats = ReceiverStats.parse(message)
         except ValueError as exc:
@@ -323,9 +323,8 @@ class Call:
         stalled = self.reference.stalled
         ours_ms = (stalled - self._stalled_reported) * 1000 / SPEECH_RATE
         self._stalled_reported = stalled
-        move = self.playout_moves.update(stats, ours_ms)
-        if move:
-            self.frontend.playout_moved(move)
+        for edit in self.playout_moves.update(stats, ours_ms):
+            self.frontend.playout_moved(edit)
 
     def _config_event(self) -> Event:
         return {

@@ -14,8 +14,9 @@ as a whole, with the field it concerns named, and nothing else changes.
 | ``hangup`` | ``text`` | the call ends after the sentence playing now (and ``text``, if given) |
 | ``reset`` | | the reply in progress stops and the history is cleared |
 | ``config`` | ``SETTINGS``, ``context``, ``tools`` | changes this call's settings within their bounds |
-| ``playout`` | the receiver's counters (``receiver.FIELDS``) | the echo canceller follows the client's |
-| | | playout of the bot's voice when its receiver ran dry (``voicepeer.audio.receiver``) |
+| ``playout`` | the receiver's counters (``receiver.FIELDS``, | the echo canceller follows the client's |
+| | ``receiver.OPTIONAL_FIELDS``) | playout of the bot's voice where its receiver ran dry or |
+| | | squeezed it (``voicepeer.audio.receiver``) |
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 from typing import Any
 
 from ..audio.receiver import FIELDS as RECEIVER_FIELDS
+from ..audio.receiver import OPTIONAL_FIELDS as RECEIVER_OPTIONAL_FIELDS
 from ..config import OPTIONS, Config, Declared
 
 MAX_SAY_CHARS = 2000
@@ -79,7 +81,7 @@ ALLOWED_FIELDS: dict[str, frozenset[str]] = {
     "speak": frozenset({"text", "interrupt"}),
     "hangup": frozenset({"text"}),
     "config": frozenset(SETTINGS) | {"context", "tools"},
-    "playout": frozenset(RECEIVER_FIELDS),
+    "playout": frozenset(RECEIVER_FIELDS) | frozenset(RECEIVER_OPTIONAL_FIELDS),
 }
 
 MAX_CONTEXT_KEYS = 32

@@ -424,7 +424,7 @@ export class VoicePeerClient extends EventTarget {
    * receiver's own counters (W3C webrtc-stats), only when concealment grew.
    */
   async _reportPlayout(pc, receiver) {
-    let lastConcealed = null; // concealedSamples in the last report sent
+    let lastSent = null; // the counters that move the playout, as last sent
     while (this.pc === pc && pc.connectionState !== "closed") {
       await new Promise((resolve) => setTimeout(resolve, PLAYOUT_REPORT_MS));
       let stats;
@@ -446,10 +446,22 @@ export class VoicePeerClient extends EventTarget {
         packetsDiscarded: inbound.packetsDiscarded || 0,
         clockRate: (codec && codec.clockRate) || 48000,
       };
-      const open = this.channel && this.channel.readyState === "open"; // stale once queued
-      if (open && report.concealedSamples !== lastConcealed && this.send(report)) {
-        lastConcealed = report.concealedSamples;
+      // Optional: the time stretching, and how long the buffer holds the voice (where it happened).
+      for (const name of [
+        "insertedSamplesForDeceleration",
+        "removedSamplesForAcceleration",
+        "jitterBufferDelay",
+        "jitterBufferEmittedCount",
+      ]) {
+        if (typeof inbound[name] === "number") report[name] = inbound[name];
       }
+      const moving = [
+        report.concealedSamples,
+        report.insertedSamplesForDeceleration,
+        report.removedSamplesForAcceleration,
+      ].join();
+      const open = this.channel && this.channel.readyState === "open"; // stale once queued
+      if (open && moving !== lastSent && this.send(report)) lastSent = moving;
     }
   }
 
