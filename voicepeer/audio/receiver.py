@@ -129,6 +129,12 @@ class PlayoutMoves:
         self.reports = 0
         self.moved_ms = 0.0
         """The moves returned so far, in all."""
+        self.concealed_ms = 0.0
+        """Of which concealment bursts."""
+        self.squeezed_ms = 0.0
+        """Time stretching that moved the playout earlier, in all (a positive figure)."""
+        self.stretched_ms = 0.0
+        """Time stretching that moved it later, in all."""
 
     def update(self, stats: ReceiverStats, ours_ms: float = 0.0) -> list[PlayoutEdit]:
         """The edits this report shows (none, one or both of a concealment and a squeeze)."""
@@ -145,6 +151,9 @@ class PlayoutMoves:
         if stretched:
             edits.append(PlayoutEdit(stretched, _buffer_ms(last, stats) + TRIP_MS + REPORT_EVERY_MS / 2))
         self.moved_ms += concealed + stretched
+        self.concealed_ms += concealed
+        self.squeezed_ms += max(0.0, -stretched)
+        self.stretched_ms += max(0.0, stretched)
         return edits
 
     def _concealment(self, last: ReceiverStats, stats: ReceiverStats, ours_ms: float) -> float:

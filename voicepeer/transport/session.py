@@ -312,14 +312,19 @@ class Session:
             await self.pc.close()
         finally:
             self._closed.set()
-            ref = self.call.reference
+            ref, moves = self.call.reference, self.call.playout_moves
             log.info(
                 "session %s: closed (the bot's reference: %d ms of outbound stalls, %d ms of microphone"
-                " lost, %d ms unpaired)",
+                " lost, %d ms unpaired; the client's playout: %d reports, %d ms concealed in bursts,"
+                " %d ms squeezed, %d ms stretched)",
                 self.id,
                 ref.stalled // 16,
                 ref.skipped // 16,
                 ref.dropped // 16,
+                moves.reports,
+                moves.concealed_ms,
+                moves.squeezed_ms,
+                moves.stretched_ms,
             )
             if self._on_closed is not None:
                 self._on_closed(self)
