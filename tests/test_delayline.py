@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voicepeer.audio.delayline import HISTORY_S, DelayLine
+from voicepeer.audio.delayline import HISTORY_S, MAX_DELAY_S, DelayLine
 
 RATE = 16_000
 
@@ -79,3 +79,15 @@ def test_the_line_keeps_only_its_history():
     run(line, 0, 10 * RATE, step=1600)
     kept = sum(chunk.size for chunk in line._history)
     assert HISTORY_S * RATE <= kept < HISTORY_S * RATE + 1600
+
+
+def test_an_edit_cannot_hold_the_reference_back_past_the_longest_delay():
+    # The edits come from the client's counters: one claiming an hour of silence is bounded.
+    line = DelayLine(RATE)
+    run(line, 0, 1600)
+    line.edit(3600 * RATE, 0)
+    assert line.delay == MAX_DELAY_S * RATE
+    line.set_delay(10**12)
+    assert line.delay == MAX_DELAY_S * RATE
+    line.edit(-(10**12), 10**12)
+    assert line.delay == 0

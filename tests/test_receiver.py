@@ -12,6 +12,7 @@ import pytest
 from tests.support.calls import call, wait_until
 from tests.support.speech import read_wav
 from tests.test_echo import through_room
+from voicepeer.audio.delayline import MAX_DELAY_S
 from voicepeer.audio.echo import FRAME
 from voicepeer.audio.formats import SPEECH_RATE
 from voicepeer.audio.frontend import FrontEnd
@@ -260,3 +261,10 @@ async def test_a_call_takes_the_clients_reports_and_refuses_bad_ones_with_an_err
         assert bad_field["code"] == "bad_field" and bad_field["field"] == "jitter", bad_field
         await asyncio.sleep(0.2)
         assert session.call.playout_moves.reports == 2
+        # A receiver "dry" for a year: the reference is held back no longer than any echo comes.
+        client.channel.send(json.dumps({**report, "concealedSamples": 1e15}))
+        await wait_until(lambda: session.call.playout_moves.reports == 3, 10)
+        await asyncio.sleep(0.2)
+        assert 400 <= session.call.frontend.delay_ms <= MAX_DELAY_S * 1000
+        client.channel.send(json.dumps({"type": "ping"}))
+        await client.wait_for(lambda m: m["type"] == "pong", 10)

@@ -25,6 +25,11 @@ HISTORY_S = 2.0
 """Reference kept after it was handed out, for edits that happened before it was: the report's own
 delay plus the slack left to the canceller, with room to spare."""
 
+MAX_DELAY_S = 3.0
+"""The longest the line holds the reference back, whatever the edits say: past the echo's longest
+delay looked for (1.5 s) and the reference's own queue (``frontend.MAX_REFERENCE_MS``), a longer hold
+is of no use, and an edit comes from the client, so its size is bounded here."""
+
 
 class DelayLine:
     """A FIFO of int16 samples handed out ``delay`` samples after they came in, whose content can be
@@ -56,7 +61,7 @@ class DelayLine:
         """Holds the reference back ``samples`` from now on: silence added at the newest end, or the
         oldest held samples dropped (a new measurement of the echo's delay, not an edit: where the
         delay changed is not known)."""
-        samples = max(0, samples)
+        samples = max(0, min(round(MAX_DELAY_S * self._rate), samples))
         if samples > self._held.size:
             self._held = np.concatenate([self._held, np.zeros(samples - self._held.size, dtype=np.int16)])
         else:
@@ -66,6 +71,8 @@ class DelayLine:
         """The client's playout of the samples ``back`` from the newest was edited: ``samples`` > 0 of
         silence were played before them, or ``-samples`` of them were cut. Returns how much the delay
         changed: the edit itself, less what was cut from samples not yet taken in (not undoable)."""
+        limit = round(MAX_DELAY_S * self._rate)
+        samples = max(-limit, min(limit, samples))
         if not samples:
             return 0
         line = np.concatenate([*self._history, self._held])
@@ -80,7 +87,7 @@ class DelayLine:
         before = self.delay
         self._history = deque([line[:handed]]) if handed else deque()
         self._history_size = min(handed, line.size)
-        self._held = line[handed:]
+        self._held = line[handed:][-limit:]
         self._trim()
         return self.delay - before
 

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .delayline import DelayLine
+from .delayline import MAX_DELAY_S, DelayLine
 from .echo import FRAME, EchoCanceller, make_canceller
 from .echopath import DoubleTalk, EchoCoupling, far_active
 from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
@@ -334,7 +334,10 @@ class FrontEnd:
         return self._line.push_pop(ref, FRAME)
 
     def _apply(self, edit: PlayoutEdit) -> None:
-        """One edit of the client's playout, where it happened (``DelayLine.edit``)."""
+        """One edit of the client's playout, where it happened (``DelayLine.edit``). The client's
+        figures are bounded as the line's delay is: no real edit is longer."""
+        limit = MAX_DELAY_S * 1000
+        edit = PlayoutEdit(max(-limit, min(limit, edit.ms)), max(0.0, min(limit, edit.back_ms)))
         samples = round(edit.ms * SPEECH_RATE / 1000)
         self._line.edit(samples, round(edit.back_ms * SPEECH_RATE / 1000))
         self.coupling.moved(edit.ms)
