@@ -74,11 +74,15 @@ def test_a_cut_of_audio_not_come_yet_cannot_be_made():
     assert line.delay == 0
 
 
-def test_the_line_keeps_only_its_history():
+def test_the_line_keeps_only_its_history_however_often_it_is_edited():
     line = DelayLine(RATE)
-    run(line, 0, 10 * RATE, step=1600)
-    kept = sum(chunk.size for chunk in line._history)
-    assert HISTORY_S * RATE <= kept < HISTORY_S * RATE + 1600
+    at = 0
+    for _ in range(100):  # ten seconds, an edit every 100 ms (a receiver squeezing all along)
+        _, at = run(line, at, 1600)
+        line.edit(-8, 800)
+        line.edit(8, 800)
+    assert HISTORY_S * RATE - 16 <= len(line._history) <= HISTORY_S * RATE
+    assert line.delay == 0
 
 
 def test_an_edit_cannot_hold_the_reference_back_past_the_longest_delay():

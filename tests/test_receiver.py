@@ -15,7 +15,7 @@ from tests.test_echo import through_room
 from voicepeer.audio.delayline import MAX_DELAY_S
 from voicepeer.audio.echo import FRAME
 from voicepeer.audio.formats import SPEECH_RATE
-from voicepeer.audio.frontend import FrontEnd
+from voicepeer.audio.frontend import MAX_PENDING_EDITS, FrontEnd
 from voicepeer.audio.receiver import (
     BURST_MS,
     DEFAULT_BUFFER_MS,
@@ -90,6 +90,24 @@ def test_stretching_moves_the_playout_where_the_receivers_buffer_had_it():
     assert edit.ms == pytest.approx(10)
     assert edit.back_ms == pytest.approx(DEFAULT_BUFFER_MS + TRIP_MS + REPORT_EVERY_MS / 2)
     assert moves.update(stats(0)) == []  # counters gone: a receiver that does not stretch
+
+
+def test_the_squeeze_that_undoes_a_small_concealment_is_not_followed_either():
+    moves = PlayoutMoves()
+    moves.update(stats(0, removed=0))
+    assert moves.update(stats(40, removed=0)) == []  # a late packet: concealed, not followed
+    assert moves.update(stats(40, removed=0)) == []  # (it ended)
+    assert moves.update(stats(40, removed=30)) == []  # squeezed back: nothing moved in all
+    (edit,) = moves.update(stats(40, removed=50))  # 10 ms undone still, then 10 ms more
+    assert edit.ms == pytest.approx(-10)
+
+
+def test_edits_wait_for_the_microphone_in_bounded_numbers():
+    frontend = FrontEnd("aec3", echo_expected=True)
+    for _ in range(1000):  # a muted call: reports come, no microphone audio is processed
+        frontend.playout_moved(PlayoutEdit(-3, 100))
+    assert len(frontend._edits) == MAX_PENDING_EDITS
+    frontend.close()
 
 
 def test_lost_packets_and_our_own_stalls_are_concealed_without_a_move_for_the_receiver():

@@ -17,9 +17,9 @@ or the squeezed-out samples cut there.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
+
+from .formats import SampleBuffer
 
 HISTORY_S = 2.0
 """Reference kept after it was handed out, for edits that happened before it was: the report's own
@@ -33,75 +33,84 @@ is of no use, and an edit comes from the client, so its size is bounded here."""
 
 class DelayLine:
     """A FIFO of int16 samples handed out ``delay`` samples after they came in, whose content can be
-    edited at any point of the last ``HISTORY_S`` seconds, handed out or not. All sample counts."""
+    edited at any point of the last ``HISTORY_S`` seconds, handed out or not. All sample counts.
+
+    ``back`` counts samples of the line, silence included: the silence of an edit goes in before the
+    voice it delayed, so a later edit of that voice still finds it; a realignment (``set_delay``)
+    is a rare exception that an edit reaching across it misses by its size."""
 
     def __init__(self, rate: int) -> None:
         self._rate = rate
-        self._history: deque[np.ndarray] = deque()  # handed out, oldest first
-        self._history_size = 0
-        self._held = np.zeros(0, dtype=np.int16)  # not handed out yet, oldest first
+        self._history = SampleBuffer()  # handed out, oldest first
+        self._held = SampleBuffer()  # not handed out yet, oldest first
+        self._history_limit = round(HISTORY_S * rate)
+        self._limit = round(MAX_DELAY_S * rate)
+        self._owed = 0  # samples cut that could not be (no delay left to take them from)
 
     @property
     def delay(self) -> int:
         """Samples between the newest that came in and the next handed out."""
-        return self._held.size
+        return len(self._held)
 
     def push_pop(self, pcm: np.ndarray, n: int) -> np.ndarray:
         """Takes ``pcm`` in and hands out the next ``n`` samples (``n`` = ``pcm.size`` keeps the delay;
         silence if too few are held)."""
-        held = np.concatenate([self._held, np.asarray(pcm, dtype=np.int16)])
-        out = held[:n]
-        if out.size < n:
-            out = np.concatenate([out, np.zeros(n - out.size, dtype=np.int16)])
-        self._held = held[n:]
-        self._remember(out)
+        self._held.push(pcm)
+        out = self._held.pop(n)
+        if out is None:
+            out = np.zeros(n, dtype=np.int16)
+            have = self._held.pop_all()
+            out[: have.size] = have
+        self._history.push(out)
+        self._trim()
         return out
 
     def set_delay(self, samples: int) -> None:
         """Holds the reference back ``samples`` from now on: silence added at the newest end, or the
         oldest held samples dropped (a new measurement of the echo's delay, not an edit: where the
         delay changed is not known)."""
-        samples = max(0, min(round(MAX_DELAY_S * self._rate), samples))
-        if samples > self._held.size:
-            self._held = np.concatenate([self._held, np.zeros(samples - self._held.size, dtype=np.int16)])
+        samples = max(0, min(self._limit, samples))
+        self._owed = 0  # a measurement supersedes what the edits could not do
+        if samples > len(self._held):
+            self._held.push(np.zeros(samples - len(self._held), dtype=np.int16))
         else:
-            self._held = self._held[self._held.size - samples :]
+            self._held.pop(len(self._held) - samples)
 
     def edit(self, samples: int, back: int) -> int:
         """The client's playout of the samples ``back`` from the newest was edited: ``samples`` > 0 of
-        silence were played before them, or ``-samples`` of them were cut. Returns how much the delay
-        changed: the edit itself, less what was cut from samples not yet taken in (not undoable)."""
-        limit = round(MAX_DELAY_S * self._rate)
-        samples = max(-limit, min(limit, samples))
+        silence were played before them, or ``-samples`` of them were cut. The next sample handed
+        out stays where it is in the line, so the delay changes by the edit, except where a cut
+        reaches samples not taken in yet (it cannot be made, and the next silence inserted is that
+        much shorter, or a receiver squeezing back what it stretched would drift the delay up) or
+        the delay would pass ``MAX_DELAY_S`` (the oldest held are dropped). Returns the change."""
+        samples = max(-self._limit, min(self._limit, samples))
+        if samples > 0 and self._owed:
+            paid = min(self._owed, samples)
+            self._owed -= paid
+            samples -= paid
         if not samples:
             return 0
-        line = np.concatenate([*self._history, self._held])
-        handed = self._history_size
+        handed = len(self._history)
+        before = len(self._held)
+        line = np.concatenate([self._history.pop_all(), self._held.pop_all()])
         at = max(0, line.size - max(0, back))
         if samples > 0:
             line = np.concatenate([line[:at], np.zeros(samples, dtype=np.int16), line[at:]])
         else:
             line = np.concatenate([line[:at], line[at - samples :]])
-        # The next sample handed out stays at the same place in the line: what was inserted or cut
-        # before it shifts the voice after it, and the delay changes by the edit.
-        before = self.delay
-        self._history = deque([line[:handed]]) if handed else deque()
-        self._history_size = min(handed, line.size)
-        self._held = line[handed:][-limit:]
-        self._trim()
-        return self.delay - before
-
-    def _remember(self, out: np.ndarray) -> None:
-        self._history.append(out)
-        self._history_size += out.size
-        self._trim()
+        handed = min(handed, line.size)
+        self._history.push(line[max(0, handed - self._history_limit) : handed])
+        self._held.push(line[handed:][-self._limit :])
+        change = len(self._held) - before
+        if samples < 0:
+            self._owed = min(self._limit, self._owed + change - samples)
+        return change
 
     def _trim(self) -> None:
-        limit = round(HISTORY_S * self._rate)
-        while self._history and self._history_size - self._history[0].size >= limit:
-            self._history_size -= self._history.popleft().size
+        excess = len(self._history) - self._history_limit
+        if excess > 0:
+            self._history.pop(excess)
 
     def clear(self) -> None:
         self._history.clear()
-        self._history_size = 0
-        self._held = np.zeros(0, dtype=np.int16)
+        self._held.clear()

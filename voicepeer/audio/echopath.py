@@ -114,7 +114,8 @@ class EchoCoupling:
         self._mic: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES)
         self._ref: deque[np.ndarray] = deque(maxlen=COUPLING_WINDOW_FRAMES + COUPLING_MAX_LAG_FRAMES)
         self._since = 0
-        self._moved = 0  # ms the echo's delay moved since the window started, either way
+        self._moved = 0.0  # ms the echo's delay moved since the window started, either way
+        self._moved_fraction = 0.0
         self._quiet = 0
         self.seen = False
         """An echo was measured at some point in this call."""
@@ -152,7 +153,9 @@ class EchoCoupling:
         holds the echo from before, starts again, or its next measurement would move the reference
         back."""
         if self.lag_ms is not None:
-            self.lag_ms += round(ms)
+            total = ms + self._moved_fraction  # whole ms on the lag, the rest kept for the next
+            self.lag_ms += round(total)
+            self._moved_fraction = total - round(total)
         self._moved += abs(ms)
         if self._moved >= MOVED_WINDOW_MS:
             self._mic.clear()

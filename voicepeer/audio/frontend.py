@@ -79,6 +79,12 @@ UNKNOWN_REACH_MS = 1200
 bot's first words may come back late, and a missed echo makes the bot interrupt itself."""
 
 
+MAX_PENDING_EDITS = 32
+"""The client's playout edits kept for the next microphone frame: reports come every 100 ms, and the
+microphone's audio at least as often unless the call is muted or the microphone stopped, when old
+edits point at reference long gone."""
+
+
 WORDS_HANGOVER_FRAMES = 30
 """10 ms frames after the last one found to hold the user's voice over the echo during which the ASR
 still gets the words canceller's output: the gaps between a talker's syllables are part of the words."""
@@ -308,6 +314,8 @@ class FrontEnd:
         with it, at once; the cross-correlation would find it only a second later, while the
         canceller lets the echo through and the double-talk rule takes it for the user. Any thread."""
         with self._edits_lock:
+            if len(self._edits) >= MAX_PENDING_EDITS:  # no microphone audio for a while (muted)
+                del self._edits[0]  # its point has left the line's history anyway
             self._edits.append(edit)
 
     @property

@@ -39,7 +39,8 @@ after 402 ms of concealment)."""
 
 BURST_MS = 60.0
 """Concealment gathered over consecutive reports that moves the echo: less is a late packet or two,
-which the receiver makes up for by squeezing and the canceller follows."""
+which the receiver makes up for by squeezing at once. So such concealment is not followed, and the
+squeeze that undoes it is not either (``PlayoutMoves``: its credit)."""
 
 TRIP_MS = 20.0
 """Our audio's way to the client's receiver plus its report's way back, outside its buffer: a
@@ -51,6 +52,10 @@ of it before the report."""
 
 DEFAULT_BUFFER_MS = 60.0
 """The receiver's buffer when its report does not say (an idle Chromium holds 30-80 ms)."""
+
+MAX_CREDIT_MS = 200.0
+"""Small concealment kept to be undone by the squeezes that follow: more than a few bursts' worth is
+not waiting to be squeezed back any longer."""
 
 MAX_COUNTER = 2**53
 """Counters above this are not from a real receiver (a JSON number keeps integers exact below it)."""
@@ -126,6 +131,7 @@ class PlayoutMoves:
         self._last: ReceiverStats | None = None
         self._burst = 0.0  # concealment in the reports since the last one without any
         self._moving = False  # the burst reached BURST_MS: the rest of it moves the echo as it comes
+        self._credit = 0.0  # small concealment not followed, which the next squeezes undo
         self.reports = 0
         self.moved_ms = 0.0
         """The moves returned so far, in all."""
@@ -148,6 +154,10 @@ class PlayoutMoves:
         if concealed:
             edits.append(PlayoutEdit(concealed, self._burst + TRIP_MS))
         stretched = _stretch(last, stats)
+        if stretched < 0 and self._credit:
+            undone = min(self._credit, -stretched)
+            self._credit -= undone
+            stretched += undone
         if stretched:
             edits.append(PlayoutEdit(stretched, _buffer_ms(last, stats) + TRIP_MS + REPORT_EVERY_MS / 2))
         self.moved_ms += concealed + stretched
@@ -164,6 +174,8 @@ class PlayoutMoves:
         lost = max(0.0, dropped) * PACKET_MS
         new = max(0.0, concealed - lost - ours_ms)
         if new <= 0:
+            if not self._moving:
+                self._credit = min(MAX_CREDIT_MS, self._credit + self._burst)
             self._burst, self._moving = 0.0, False
             return 0.0
         self._burst += new

@@ -137,7 +137,7 @@ class Call:
         )
         self.reference = FarEndReference()
         self.playout_moves = PlayoutMoves()
-        """The client's receiver reports (``playout``), as moves of the echo's delay."""
+        """The client's receiver reports (``playout``), as edits of the reference."""
         self._stalled_reported = 0  # ``reference.stalled`` at the last report
         self.playout.add_listener(self.reference.on_frame)
         self.unprocessed = UnprocessedCapture() if unprocessed and voice else None

@@ -418,10 +418,11 @@ export class VoicePeerClient extends EventTarget {
   }
 
   /**
-   * Tells the server when the receiver ran dry and played concealment: its playout of the bot's voice
-   * moved later, and so did the bot's echo in a loudspeaker room, which the server's echo canceller
-   * must follow at once (a Chromium on two busy cores concealed 460 ms in one go). Sends the
-   * receiver's own counters (W3C webrtc-stats), only when concealment grew.
+   * Tells the server when the receiver ran dry and played concealment, or stretched or squeezed the
+   * bot's voice: its playout moved, and so did the bot's echo in a loudspeaker room, which the server's
+   * echo canceller must follow at once (a Chromium on two busy cores concealed 460 ms in one go, then
+   * squeezed 500 ms back out over ten seconds). Sends the receiver's own counters (W3C webrtc-stats),
+   * with how long its buffer holds the voice, only when one of those grew.
    */
   async _reportPlayout(pc, receiver) {
     let lastSent = null; // the counters that move the playout, as last sent
