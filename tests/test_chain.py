@@ -43,7 +43,7 @@ class Faulty(ASR):
         if self.down:
             raise BackendError(f"{self.name} refused the connection")
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         await self._serve()
         return Transcript(self.text, audio.size / SPEECH_RATE)
 

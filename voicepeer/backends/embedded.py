@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from ..runtime.models import ModelNotFound
 from .asr import WhisperASR
 from .llm import LlamaCppLLM
 from .registry import BackendContext
 from .tts import PiperTTS
 
+log = logging.getLogger(__name__)
+
 
 def asr(_url: str, context: BackendContext) -> WhisperASR:
-    return WhisperASR(context.asr_model, cpu_threads=context.asr_threads, language=context.language)
+    """Whisper for English, and a multilingual Whisper for the rest. Without the multilingual model
+    installed an English server still runs (calls that ask for another language get an error); a
+    server whose own ``--language`` is another needs it."""
+    multilingual = context.asr_multilingual
+    try:
+        return WhisperASR(
+            context.asr_model,
+            cpu_threads=context.asr_threads,
+            language=context.language,
+            multilingual=multilingual,
+        )
+    except ModelNotFound as exc:
+        if multilingual is None or context.language != "en":
+            raise
+        log.warning("ASR: English only (%s)", exc)
+        return WhisperASR(context.asr_model, cpu_threads=context.asr_threads, language="en")
 
 
 def tts(_url: str, context: BackendContext) -> PiperTTS:

@@ -170,11 +170,17 @@ class History:
     after it, so it happens only after a repeat (docs/decisions/history.md)."""
     context: dict[str, str] = field(default_factory=dict)
     """The call's variables for ``{name}`` in the system prompt (``render_prompt``)."""
+    instruction: str = ""
+    """Said after the system prompt, in the same message: the language to answer in, when it is not
+    the prompt's own (``voicepeer.call.language.Language.reply_instruction``)."""
 
     def messages(self, user_text: str | None, extra: Sequence[Message] = ()) -> list[Message]:
         """The prompt for a reply to ``user_text`` (None: the history alone), with ``extra`` messages
         for this reply only (an application's context) just before it."""
-        msgs: list[Message] = [{"role": "system", "content": render_prompt(self.system_prompt, self.context)}]
+        system = render_prompt(self.system_prompt, self.context)
+        if self.instruction:
+            system = f"{system}\n\n{self.instruction}"
+        msgs: list[Message] = [{"role": "system", "content": system}]
         for turn in self.turns:
             if turn.user is not None:
                 msgs.append({"role": "user", "content": turn.user})

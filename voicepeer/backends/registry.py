@@ -1,15 +1,19 @@
-"""Backends by URL: ``embedded``, ``wyoming://host:port``, ``http(s)://host:port/v1``, ``ws(s)://host:port/asr``.
+"""Backends by URL: ``embedded``, ``wyoming://host:port``, ``http(s)://host:port/v1``, ``ws(s)://host:port/asr``;
+for speech also ``espeak-ng`` (Debian's program, ``espeak-ng?voice=cmn-latn-pinyin``).
 
 A stage (``asr``, ``tts``, ``llm``) is configured as a comma-separated chain of these; each scheme maps
-to a factory here. A package adds its own scheme without a fork through the ``voicepeer.backends``
-entry-point group: an entry point named ``<stage>.<scheme>`` (``tts.kokoro``) whose object is a
-factory ``(url, BackendContext) -> Backend`` (docs/extending.md shows one whole).
+to a factory here. TTS chains may be per language: ``zh=wyoming://host:10200,espeak-ng`` names the
+chain that speaks Mandarin (``split_languages``). A package adds its own scheme without a fork
+through the ``voicepeer.backends`` entry-point group: an entry point named ``<stage>.<scheme>``
+(``tts.kokoro``) whose object is a factory ``(url, BackendContext) -> Backend`` (docs/extending.md
+shows one whole).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -32,10 +36,14 @@ class BackendContext:
     never read the configuration themselves)."""
 
     language: str = "en"
+    """The server's ``--language``; a request may ask for another (``ASR.transcribe``), and a TTS
+    backend is made for the language of its chain."""
     timeout_s: float = 10.0
     """A request's own bound, for the socket timeouts of a remote backend; the chain bounds it too."""
     asr_model: str = "tiny.en"
     asr_threads: int = 0
+    asr_multilingual: str | None = None
+    """The embedded ASR's model for other languages (``--asr-multilingual-model``)."""
     tts_voice: str | None = None
     tts_threads: int = 0
     llm_model: str | None = None
@@ -60,6 +68,7 @@ _BUILT_IN: dict[tuple[Stage, str], str] = {
     ("llm", "https"): "voicepeer.backends.openai:llm",
     ("asr", "ws"): "voicepeer.backends.whisperlivekit:asr",
     ("asr", "wss"): "voicepeer.backends.whisperlivekit:asr",
+    ("tts", "espeak-ng"): "voicepeer.backends.espeak:tts",
 }
 """Resolved on use, so a peer that never talks Wyoming never imports it."""
 
@@ -76,7 +85,10 @@ def register(stage: Stage, scheme: str, factory: Factory) -> None:
 
 
 def scheme_of(url: str) -> str:
-    return "embedded" if url == "embedded" else urlsplit(url).scheme.lower()
+    """A URL's scheme, or a named backend's name (``embedded``, ``espeak-ng?voice=...``)."""
+    if "://" not in url:
+        return url.split("?", 1)[0].lower()
+    return urlsplit(url).scheme.lower()
 
 
 def display_name(url: str) -> str:
@@ -96,14 +108,37 @@ def parse_chain(stage: Stage, text: str) -> list[str]:
     urls = [part.strip() for part in text.split(",") if part.strip()]
     if not urls:
         raise BadBackendURL(f"--{stage} names no backend")
-    for url in urls:
+    language = ""
+    for index, url in enumerate(urls):
+        prefix, _, rest = url.partition("=")
+        if rest and _LANGUAGE_PREFIX.match(prefix) and "://" not in prefix and "?" not in prefix:
+            if stage != "tts":
+                raise BadBackendURL(f"--{stage}: only --tts has a chain per language ({url!r})")
+            language, url = prefix.lower(), rest.strip()
+        urls[index] = f"{language}={url}" if language else url
         scheme = scheme_of(url)
-        if scheme != "embedded" and not urlsplit(url).hostname:
+        if "://" in url and not urlsplit(url).hostname:
             raise BadBackendURL(f"--{stage}: {url!r} has no host (expected e.g. wyoming://127.0.0.1:10300)")
         if _factory(stage, scheme) is None:
             known = ", ".join(sorted(s for st, s in available() if st == stage))
             raise BadBackendURL(f"--{stage}: no {stage} backend for {scheme!r} URLs (known: {known})")
     return urls
+
+
+_LANGUAGE_PREFIX = re.compile(r"^[A-Za-z]{2,3}$")
+
+
+def split_languages(urls: tuple[str, ...] | list[str]) -> dict[str, tuple[str, ...]]:
+    """A parsed chain's URLs by language: ``""`` for the first chain (every language it speaks), and
+    one entry per ``LANG=`` prefix, in order."""
+    chains: dict[str, list[str]] = {}
+    for url in urls:
+        prefix, _, rest = url.partition("=")
+        if rest and _LANGUAGE_PREFIX.match(prefix):
+            chains.setdefault(prefix.lower(), []).append(rest)
+        else:
+            chains.setdefault("", []).append(url)
+    return {language: tuple(chain) for language, chain in chains.items()}
 
 
 def available() -> set[tuple[Stage, str]]:

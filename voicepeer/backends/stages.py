@@ -28,10 +28,10 @@ class ASRChain(ASR):
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         return (self.chain.active or self.chain.first).capabilities
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        return await self.chain.call(lambda backend: backend.transcribe(audio))
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        return await self.chain.call(lambda backend: backend.transcribe(audio, language))
 
-    async def open_stream(self) -> ASRStream:
+    async def open_stream(self, language: str | None = None) -> ASRStream:
         """A stream on the active backend, if it takes one; its failures count against that backend
         (the next turns go to the next one), and each step has the chain's timeout."""
         index = self.chain.active_index
@@ -40,7 +40,7 @@ class ASRChain(ASR):
             raise BackendError("the active ASR does not stream")
         try:
             async with asyncio.timeout(self.chain.timeout_s):
-                stream = await backend.open_stream()
+                stream = await backend.open_stream(language)
         except Exception as exc:
             self.chain.failed(index, describe(exc, self.chain.timeout_s))
             raise BackendError(f"asr: {describe(exc)}") from exc

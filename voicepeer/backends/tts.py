@@ -100,7 +100,8 @@ class PiperTTS(TTS):
         # listener's ears.
         self._config = SynthesisConfig(volume=volume)
         self._lock = threading.Lock()
-        self.capabilities = Capabilities(sample_rate=self.sample_rate)
+        code = str(self._voice.config.espeak_voice or "").split("-")[0].split("_")[0].lower()
+        self.capabilities = Capabilities(sample_rate=self.sample_rate, languages=(code,) if code else ())
 
     def warmup(self) -> None:
         self.synthesize_blocking("Hello.")

@@ -79,14 +79,13 @@ class WhisperLiveKitASR(ASR):
             raise BadBackendURL(f"{display_name(url)!r}: expected ws://HOST:PORT/asr")
         self.name = display_name(url)
         self.timeout_s = timeout_s
-        query = dict(parse_qsl(parts.query))
-        if language and "language" not in query:
-            query["language"] = language
+        self._query = dict(parse_qsl(parts.query))
+        self.language = self._query.get("language", language)
         netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         if parts.port:
             netloc = f"{netloc}:{parts.port}"
         path = parts.path or "/asr"
-        self.ws_url = urlunsplit((parts.scheme, netloc, path, urlencode(query), ""))
+        self._base = (parts.scheme, netloc, path)
         http = "https" if parts.scheme == "wss" else "http"
         self.health_url = urlunsplit((http, netloc, path.rsplit("/", 1)[0] + "/health", "", ""))
         # A password in the URL (ws://:TOKEN@host/asr) is the server's --api-token, sent as a Bearer
@@ -110,12 +109,21 @@ class WhisperLiveKitASR(ASR):
             self._session_loop = loop
         return self._session
 
-    async def open_stream(self) -> WhisperLiveKitStream:
+    def ws_url(self, language: str | None = None) -> str:
+        """The socket's URL for a turn in ``language`` (None: the backend's; ``auto`` is WhisperLiveKit's
+        own word for detection)."""
+        query = dict(self._query)
+        language = language or self.language
+        if language:
+            query["language"] = language
+        return urlunsplit((*self._base, urlencode(query), ""))
+
+    async def open_stream(self, language: str | None = None) -> WhisperLiveKitStream:
         """Connects and waits for the server's ``config``; the turn's audio can be fed at once after."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 ws = await self._http().ws_connect(
-                    self.ws_url,
+                    self.ws_url(language),
                     max_msg_size=MAX_MSG_BYTES,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
                     autoping=True,
@@ -126,7 +134,7 @@ class WhisperLiveKitASR(ASR):
             raise BackendError(f"{self.name}: WebSocket refused (HTTP {exc.status})") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendError(f"{self.name}: cannot connect ({_short(exc)})") from None
-        stream = WhisperLiveKitStream(self.name, ws, self.timeout_s)
+        stream = WhisperLiveKitStream(self.name, ws, self.timeout_s, language or self.language)
         try:
             await stream.start()
         except BaseException:
@@ -134,12 +142,12 @@ class WhisperLiveKitASR(ASR):
             raise
         return stream
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         """The whole turn as one stream, sent as fast as the socket takes it (the server works faster
         than real time), then ``finish``."""
         if audio.size == 0:
             return Transcript(text="", audio_s=0.0)
-        stream = await self.open_stream()
+        stream = await self.open_stream(language)
         try:
             await stream.feed(audio)
             return await stream.finish()
@@ -178,7 +186,10 @@ class WhisperLiveKitStream(ASRStream):
     """One turn on one WebSocket: ``feed`` sends frames, a reader task keeps the latest state, and
     ``finish`` ends the audio and waits for ``ready_to_stop``."""
 
-    def __init__(self, name: str, ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> None:
+    def __init__(
+        self, name: str, ws: aiohttp.ClientWebSocketResponse, timeout_s: float, language: str | None = None
+    ) -> None:
+        self._language = language if language and language != "auto" else None
         self.name = name
         self.timeout_s = timeout_s
         self._ws = ws
@@ -248,7 +259,7 @@ class WhisperLiveKitStream(ASRStream):
         self._raise_if_failed()
         text = self.partial
         await self.aclose()
-        return Transcript(text=text, audio_s=audio_s)
+        return Transcript(text=text, audio_s=audio_s, language=self._language)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..audio.recorder import TurnRecorder
+from ..backends.asr import ASR
 from ..backends.base import BackendError
 from ..backends.llm import DEFAULT_SYSTEM_PROMPT, History, LLMOptions, Message
 from . import events
 from .events import EventHub
 from .floor import Committed, ReplyOver, Unanswered
 from .hook import HookAnswer, HookError, HookRequest, parse_answer
+from .language import CallLanguage
 from .logic import Logic
 from .playout import Playout
 from .reply import Reply
@@ -50,6 +52,8 @@ class ConversationSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     llm: LLMOptions | None = None
     """How replies are generated; None: the LLM backend's own options."""
+    language: str = "en"
+    """The call's language at its start: an ISO 639-1 code or ``auto`` (``voicepeer.call.language``)."""
     partials: str = "auto"
     """Partial transcripts while the user speaks: ``auto`` asks only an ASR that is cheap or
     streams (a remote one is not asked every 640 ms), ``on`` any, ``off`` none."""
@@ -77,10 +81,14 @@ class Answerer:
         fire: Callable[[object], object],
         audible: Callable[[UserTurn], None],
         spawn: Spawn,
+        language: CallLanguage,
+        asr: ASR,
     ) -> None:
         """``fire``: moves the floor (``FloorMachine.fire``). ``audible``: a reply's voice started.
-        ``spawn``: starts a task the conversation owns (a tool left to finish after a cut-off)."""
-        self.asr = services.asr
+        ``spawn``: starts a task the conversation owns (a tool left to finish after a cut-off).
+        ``language``: the call's; ``asr``: the stage's, in that language (``CallASR``)."""
+        self.asr = asr
+        self.language = language
         self.llm = services.llm
         self.end_of_turn = services.end_of_turn
         self.output = output
@@ -89,7 +97,7 @@ class Answerer:
         self.history = History(system_prompt=settings.system_prompt, drop_repeats=True)
         """Its ``context`` holds the call's variables, which the tools and the hook are also given."""
         self.llm_options = settings.llm or self.llm.options
-        self.speaker = Speaker(services.tts, output, audible) if voice else None
+        self.speaker = Speaker(services.tts_for, language, output, audible) if voice else None
         self.recorder = TurnRecorder(settings.record_dir, f"{id(self):x}") if settings.record_dir else None
         self.logic = settings.logic or Logic()
         self.call_id = settings.call_id
@@ -123,7 +131,7 @@ class Answerer:
                 verdict = await complete
             finally:
                 complete.cancel()
-            await hold_if_unfinished(turn, self.policy, verdict)
+            await hold_if_unfinished(turn, self.policy, verdict, self.language.current)
             await self._reply(turn, verdict, apology=None if heard else ASR_APOLOGY)
             replied = True  # _reply fired ReplyOver itself, before the turn's metrics
         finally:
@@ -140,6 +148,7 @@ class Answerer:
             if answer.say is not None:
                 return _said(answer.say)
             extra = answer.messages
+        self.history.instruction = self.language.current.reply_instruction
         messages = self.history.messages(turn.text, extra)
         if self.tools and self.llm.capabilities.tools:
             toolbox = Toolbox(
@@ -195,7 +204,9 @@ class Answerer:
         if text is None:
             try:
                 heard = await turn.live.finish(turn.audio) if turn.live is not None else None
-                text = (heard or await self.asr.transcribe(turn.audio)).text
+                heard = heard or await self.asr.transcribe(turn.audio)
+                text = heard.text
+                self.language.heard(heard.language, text)
             except Exception as exc:
                 if not isinstance(exc, BackendError):
                     log.exception("ASR failed")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..audio.vad import Utterance
 from ..backends.asr import ASR
 from ..runtime.tasks import Tasks
+from .language import ENGLISH, Language
 from .turntaking import Overlap, TurnPolicy, Verdict, judge_overlap
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,18 @@ and, for speech that has ended, its utterance."""
 
 class BargeIn:
     def __init__(
-        self, policy: TurnPolicy, asr: ASR, tasks: Tasks, decide: Decide, bot_said: Callable[[], str]
+        self,
+        policy: TurnPolicy,
+        asr: ASR,
+        tasks: Tasks,
+        decide: Decide,
+        bot_said: Callable[[], str],
+        language: Callable[[], Language] = lambda: ENGLISH,
     ) -> None:
-        """``bot_said``: what the bot has said of the reply under way, to tell its echo by."""
+        """``bot_said``: what the bot has said of the reply under way, to tell its echo by;
+        ``language``: the call's, whose hums and acknowledgements let the bot go on."""
         self.policy = policy
+        self._language = language
         self.asr = asr
         self._tasks = tasks
         self._decide = decide
@@ -38,7 +47,9 @@ class BargeIn:
         """The speech being judged, if any."""
 
     def starts(self, onset: float, echo: bool = False) -> None:
-        overlap = Overlap(onset=onset, echo=echo, bot_said=self._bot_said() if echo else "")
+        overlap = Overlap(
+            onset=onset, echo=echo, bot_said=self._bot_said() if echo else "", language=self._language()
+        )
         self.overlap = overlap
         self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
 

@@ -118,6 +118,7 @@ class Call:
                     max_sentences=config.llm.max_sentences,
                 ),
                 partials=config.asr.partials,
+                language=config.asr.language,
                 policy=config.turns.policy,
                 record_dir=config.server.record_turns_dir,
                 logic=self.logic,
@@ -394,7 +395,9 @@ class Call:
 
     def _configure(self, settings: CallSettings) -> None:
         self.settings = settings
-        self.conversation.update(system_prompt=settings.system_prompt, max_tokens=settings.max_tokens)
+        self.conversation.update(
+            system_prompt=settings.system_prompt, max_tokens=settings.max_tokens, language=settings.language
+        )
         self.detector.update(end_silence_ms=settings.end_silence_ms)
 
     # -- lifetime ----------------------------------------------------------------------------------

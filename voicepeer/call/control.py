@@ -160,6 +160,11 @@ def _check(name: str, value: Any) -> None:
     if not live.low <= size <= live.high:
         what = " long" if declared.kind is str else ""
         raise ControlError("bad_value", f'"{name}" must be {live.low} to {live.high} {live.unit}{what}', name)
+    if declared.option.convert is not None:
+        try:
+            declared.option.convert(value)
+        except ValueError as exc:
+            raise ControlError("bad_value", f'"{name}": {exc}', name) from None
 
 
 def apply_config(settings: Any, message: dict[str, Any]) -> Any:
@@ -174,6 +179,9 @@ def apply_config(settings: Any, message: dict[str, Any]) -> Any:
     for name, value in changes.items():
         _check(name, value)
     for name, value in changes.items():
-        if isinstance(value, str):
+        convert = SETTINGS[name].option.convert
+        if convert is not None:
+            changes[name] = convert(value)
+        elif isinstance(value, str):
             changes[name] = value.strip()
     return dataclasses.replace(settings, **changes)

@@ -64,6 +64,7 @@ from .floor import (
     Transition,
     Unanswered,
 )
+from .language import CallASR, CallLanguage, Language
 from .partials import Partials
 from .playout import Playout
 from .services import Services
@@ -99,6 +100,9 @@ class Conversation:
         self.policy = settings.policy
         self.machine = FloorMachine(TRANSITIONS, self, changed=self._publish)
         self._tasks = Tasks("conversation")
+        self.language = CallLanguage(settings.language, changed=self._language_changed)
+        """The language the call speaks now (``config``, or detected with ``auto``)."""
+        self.asr = CallASR(services.asr, self.language)
         self.answerer = Answerer(
             services,
             output,
@@ -108,11 +112,12 @@ class Conversation:
             fire=self.machine.fire,
             audible=self._audible,
             spawn=self._tasks.spawn,
+            language=self.language,
+            asr=self.asr,
         )
         self._services = services
-        self.asr = services.asr
         self.partials = Partials(
-            services.asr,
+            self.asr,
             channel,
             self._tasks,
             mode=settings.partials,
@@ -125,7 +130,9 @@ class Conversation:
         self.interruptions = 0
         self.ignored = 0
         """Speech over the bot that did not cut it off (each one was reported in an ``ignored`` event)."""
-        self._barge = BargeIn(self.policy, self.asr, self._tasks, self._decide, self._bot_said)
+        self._barge = BargeIn(
+            self.policy, self.asr, self._tasks, self._decide, self._bot_said, lambda: self.language.current
+        )
         self._published: State = "listening"
         self._current: UserTurn | None = None  # the PENDING turn, or the one the BOT answers
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
@@ -139,9 +146,18 @@ class Conversation:
     def start(self) -> None:
         self.channel.send(events.state(self.state))
 
-    def update(self, *, system_prompt: str | None = None, max_tokens: int | None = None) -> None:
-        """Changes how the next replies are written; a reply under way keeps what it started with."""
+    def update(
+        self, *, system_prompt: str | None = None, max_tokens: int | None = None, language: str | None = None
+    ) -> None:
+        """Changes how the next replies are written (and, with ``language``, heard and spoken); a reply
+        under way keeps what it started with."""
         self.answerer.update(system_prompt=system_prompt, max_tokens=max_tokens)
+        if language is not None:
+            self.language.ask(language)
+
+    def _language_changed(self, new: Language, detected: bool) -> None:
+        log.info("the call's language is now %s (%s)", new.code, "detected" if detected else "asked")
+        self.channel.send(events.language(new.code, self.language.asked, detected))
 
     @property
     def history(self) -> History:

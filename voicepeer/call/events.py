@@ -94,6 +94,12 @@ def reply(turn: int, text: str, final: bool) -> Event:
     return {"type": "reply", "turn": turn, "final": final, "text": text}
 
 
+def language(code: str, asked: str, detected: bool) -> Event:
+    """The call's language changed: ``detected`` in the user's speech (``asked`` is ``auto``), or as
+    the ``config`` command asked."""
+    return {"type": "language", "language": code, "asked": asked, "detected": detected}
+
+
 def error(code: str, message: str, field: str | None = None) -> Event:
     event: Event = {"type": "error", "code": code, "message": message}
     if field is not None:

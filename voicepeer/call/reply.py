@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from ..backends.base import BackendError
 from . import events
 from .events import EventHub
-from .text import SpeechChunker
+from .text import SpeechChunker, join_pieces
 from .toolloop import TOOL_APOLOGY, Aside
 from .turn import UserTurn
 
@@ -48,7 +48,7 @@ class Reply:
         def put(piece: str) -> None:
             self.sentences.put_nowait(piece)
             written.append(piece)
-            so_far = " ".join(written)
+            so_far = join_pieces(written)
             turn.send(self.channel, lambda t=so_far: events.reply(turn.number, t, final=False))
 
         try:
@@ -98,7 +98,7 @@ class Reply:
             log.error("reply failed", exc_info=failure)
             message = f"the reply failed: {failure.exceptions[0]}"
             self.turn.send(self.channel, lambda: events.error("reply_failed", message))
-        text = " ".join(self.spoken)
+        text = join_pieces(self.spoken)
         if text and text not in (APOLOGY, TOOL_APOLOGY):
             self.channel.send(events.reply(self.turn.number, text, final=True))
             return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,10 +10,10 @@ from dataclasses import dataclass, field
 from ..audio.endofturn import EndOfTurn, SmartTurn
 from ..audio.vad import silero_session
 from ..backends.asr import ASR
-from ..backends.base import Backend
+from ..backends.base import Backend, BackendError
 from ..backends.chain import Chain
 from ..backends.llm import LLM
-from ..backends.registry import BackendContext, Stage, create
+from ..backends.registry import BackendContext, BadBackendURL, Stage, create
 from ..backends.stages import ASRChain, LLMChain, TTSChain
 from ..backends.tts import TTS
 from ..config import Config
@@ -33,6 +34,11 @@ class Services:
     tts: TTS
     end_of_turn: EndOfTurn | None = None
     """None: turns end on silence and their last words alone."""
+    tts_languages: dict[str, TTS] = field(default_factory=dict)
+    """The TTS chain of each language ``--tts`` names (``zh=...``); ``tts`` speaks the rest, if it can
+    (``tts_for``)."""
+    espeak_fallback: bool = True
+    """A language no chain speaks is spoken by espeak-ng, if it has a voice for it."""
     load: InferenceLoad = field(default_factory=InferenceLoad)
     """How long the process's turns take on its own cores: shared by its calls, as the models are."""
 
@@ -44,6 +50,39 @@ class Services:
             self.tts = TTSChain(Chain("tts", [self.tts], timeout_s=defaults.tts.timeout_s))
         if not isinstance(self.llm, LLMChain):
             self.llm = LLMChain(Chain("llm", [self.llm], timeout_s=defaults.llm.timeout_s))
+        for language, tts in self.tts_languages.items():
+            if not isinstance(tts, TTSChain):
+                self.tts_languages[language] = TTSChain(
+                    Chain(f"tts.{language}", [tts], timeout_s=defaults.tts.timeout_s)
+                )
+        self._fallbacks: dict[str, TTS] = {}
+
+    def tts_for(self, language: str) -> TTS:
+        """The voice of ``language``: its own chain; else the first chain if its voice speaks it (or
+        does not say what it speaks); else espeak-ng's voice for it, made on first use; else the
+        first chain, which will mispronounce it rather than stay silent."""
+        own = self.tts_languages.get(language)
+        if own is not None:
+            return own
+        spoken = self.tts.capabilities.languages
+        if not spoken or language in spoken or not self.espeak_fallback:
+            return self.tts
+        if language not in self._fallbacks:
+            self._fallbacks[language] = self._espeak(language)
+        return self._fallbacks[language]
+
+    def _espeak(self, language: str) -> TTS:
+        from ..backends.espeak import EspeakTTS, voice_for
+
+        timeout_s = Config().tts.timeout_s
+        try:
+            voice = EspeakTTS(voice_for(language), language=language, timeout_s=timeout_s)
+        except BackendError as exc:
+            log.warning("no voice for %s: %s; the first TTS chain speaks it", language, exc)
+            return self.tts
+        voice.name = f"espeak-ng?voice={voice.voice}"
+        log.info("TTS for %s: %s (no chain of its own)", language, voice.path)
+        return TTSChain(Chain(f"tts.{language}", [voice], timeout_s=timeout_s))
 
     def turn_audible(self, marks: dict[str, float]) -> None:
         """A turn's first audio went out (its stage ``marks``): its in-process compute is the load."""
@@ -54,7 +93,8 @@ class Services:
 
     @property
     def chains(self) -> tuple[Chain, ...]:
-        return (self.asr.chain, self.tts.chain, self.llm.chain)  # type: ignore[attr-defined]
+        languages = tuple(tts.chain for tts in self.tts_languages.values())  # type: ignore[attr-defined]
+        return (self.asr.chain, self.tts.chain, *languages, self.llm.chain)  # type: ignore[attr-defined]
 
     def start(self) -> None:
         """Starts the chains' background probes (in the server's event loop)."""
@@ -77,9 +117,11 @@ class Services:
 def context(config: Config, timeout_s: float) -> BackendContext:
     """What a factory of a stage with this timeout needs from the configuration."""
     return BackendContext(
+        language=config.asr.language,
         timeout_s=timeout_s,
         asr_model=config.asr.model,
         asr_threads=config.asr.threads,
+        asr_multilingual=config.asr.multilingual_model,
         tts_voice=config.tts.voice,
         tts_threads=config.tts.threads,
         llm_model=config.llm.model,
@@ -89,15 +131,25 @@ def context(config: Config, timeout_s: float) -> BackendContext:
     )
 
 
-def build_chain(stage: Stage, urls: tuple[str, ...], config: Config, timeout_s: float) -> Chain:
-    """Creates each backend of a stage's chain (loading the embedded models: blocking)."""
+def build_chain(
+    stage: Stage, urls: tuple[str, ...], config: Config, timeout_s: float, language: str | None = None
+) -> Chain:
+    """Creates each backend of a stage's chain (loading the embedded models: blocking); ``language``:
+    the TTS chain of that language (``tts.zh``)."""
     ctx = context(config, timeout_s)
+    label: str = stage
+    if language is not None:
+        ctx = dataclasses.replace(ctx, language=language)
+        label = f"{stage}.{language}"
     backends = []
     for url in urls:
-        backend = create(stage, url, ctx)
-        log.info("%s: %s (%s)", stage.upper(), backend.name, describe_backend(backend))
+        try:
+            backend = create(stage, url, ctx)
+        except BackendError as exc:
+            raise BadBackendURL(f"--{stage}: {url}: {exc}") from None
+        log.info("%s: %s (%s)", label.upper(), backend.name, describe_backend(backend))
         backends.append(backend)
-    return Chain(stage, backends, timeout_s=timeout_s, probe_interval_s=config.server.probe_interval_s)
+    return Chain(label, backends, timeout_s=timeout_s, probe_interval_s=config.server.probe_interval_s)
 
 
 def describe_backend(backend: Backend) -> str:
@@ -114,7 +166,13 @@ def load_services(config: Config, llm: LLM | None = None) -> Services:
     t0 = time.perf_counter()
     silero_session()
     asr = build_chain("asr", config.asr.backends, config, config.asr.timeout_s)
-    tts = build_chain("tts", config.tts.backends, config, config.tts.timeout_s)
+    chains = config.tts.chains
+    tts = build_chain("tts", chains.get("", ("embedded",)), config, config.tts.timeout_s)
+    tts_languages: dict[str, TTS] = {
+        language: TTSChain(build_chain("tts", urls, config, config.tts.timeout_s, language))
+        for language, urls in chains.items()
+        if language
+    }
     if llm is not None:
         log.info("LLM: %s, given by the application", type(llm).__name__)
         llm_chain = Chain(
@@ -129,11 +187,17 @@ def load_services(config: Config, llm: LLM | None = None) -> Services:
         log.info("end of turn: Smart Turn from %s", end_of_turn.path)
     log.info("models loaded in %.1f s", time.perf_counter() - t0)
     services = Services(
-        asr=ASRChain(asr), llm=LLMChain(llm_chain), tts=TTSChain(tts), end_of_turn=end_of_turn
+        asr=ASRChain(asr),
+        llm=LLMChain(llm_chain),
+        tts=TTSChain(tts),
+        end_of_turn=end_of_turn,
+        tts_languages=tts_languages,
     )
     t1 = time.perf_counter()
     services.asr.warmup()
     services.tts.warmup()
+    for voice in services.tts_languages.values():
+        voice.warmup()
     services.llm.warmup(config.llm.system_prompt)
     if end_of_turn is not None:
         end_of_turn.warmup()

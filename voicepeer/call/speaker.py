@@ -19,9 +19,10 @@ from ..backends.base import BackendError
 from ..backends.tts import TTS
 from ..runtime.workers import run_blocking
 from . import events
+from .language import CallLanguage, Language
 from .playout import Playout
 from .reply import Reply
-from .text import split_to_fit
+from .text import speakable, split_to_fit
 from .turn import UserTurn
 
 SYNTHESIS_MARGIN_S = 0.25
@@ -30,17 +31,25 @@ estimate of its synthesis time is an average, and the loop takes a few frames to
 
 
 class Speaker:
-    """Speaks replies with ``tts`` on ``output``; ``audible`` is called once per reply, when its first
-    voiced frame is handed to the transport."""
+    """Speaks replies on ``output`` with the voice of the call's language (``voice``: the TTS of a
+    language, ``Services.tts_for``), chosen as each reply starts; ``audible`` is called once per reply,
+    when its first voiced frame is handed to the transport."""
 
-    def __init__(self, tts: TTS, output: Playout, audible: Callable[[UserTurn], None]) -> None:
-        self.tts = tts
+    def __init__(
+        self,
+        voice: Callable[[str], TTS],
+        language: CallLanguage,
+        output: Playout,
+        audible: Callable[[UserTurn], None],
+    ) -> None:
+        self._voice = voice
+        self.language = language
         self.output = output
         self._audible = audible
 
-    def _cut(self, sentence: str) -> tuple[str, str | None]:
+    def _cut(self, tts: TTS, sentence: str) -> tuple[str, str | None]:
         """What is left to play is the time this piece has: cut it if it would not be ready by then."""
-        output, pace = self.output, self.tts.pace
+        output, pace = self.output, tts.pace
         budget_s = output.buffered_samples / output.sample_rate - SYNTHESIS_MARGIN_S
         if pace.estimate(sentence) > budget_s:
             cut = split_to_fit(sentence, pace.chars_within(budget_s))
@@ -50,7 +59,8 @@ class Speaker:
 
     async def speak(self, reply: Reply) -> None:
         """Sentences -> TTS -> the track, until the reply's last sentence has been played out."""
-        turn, output, tts = reply.turn, self.output, self.tts
+        turn, output, lang = reply.turn, self.output, self.language.current
+        tts = self._voice(lang.code)
         resampler = Resampler(tts.sample_rate, output.sample_rate)
 
         def on_frame(_pcm: np.ndarray, _pts: int, sent_at: float, voiced: bool) -> None:
@@ -67,11 +77,11 @@ class Speaker:
             while (sentence := rest or await reply.sentences.get()) is not None:
                 rest = None
                 if voiced and not first and turn.committed.is_set():
-                    sentence, rest = self._cut(sentence)
+                    sentence, rest = self._cut(tts, sentence)
                 first = False
                 if voiced:
                     try:
-                        await self._say(turn, sentence, resampler)
+                        await self._say(tts, lang, turn, sentence, resampler)
                     except BackendError as exc:
                         # No voice left (every TTS backend down): the rest of the reply is written.
                         voiced = False
@@ -84,14 +94,16 @@ class Speaker:
         finally:
             output.remove_listener(on_frame)
 
-    async def _say(self, turn: UserTurn, sentence: str, resampler: Resampler) -> None:
+    async def _say(
+        self, tts: TTS, lang: Language, turn: UserTurn, sentence: str, resampler: Resampler
+    ) -> None:
         """One piece through the TTS onto the track, each chunk queued as it comes (a streaming TTS's
         first audio plays before the piece is synthesized whole), once the turn is committed."""
-        loop, output, tts = asyncio.get_running_loop(), self.output, self.tts
+        loop, output = asyncio.get_running_loop(), self.output
         started = loop.time()
         waited = 0.0  # for the commit, not for the TTS: left out of its pace
         start: int | None = None
-        async for chunk in tts.synthesize(sentence):
+        async for chunk in tts.synthesize(speakable(sentence, lang)):
             # Resampled off the loop, which paces every frame.
             pcm = await run_blocking(resampler.push, chunk)
             if start is None:

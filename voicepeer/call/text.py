@@ -1,22 +1,60 @@
-"""Cutting a token stream into pieces that can be spoken as soon as they are complete."""
+"""Text as the call speaks and hears it: a token stream cut into pieces that can be spoken as soon as
+they are complete, and transcripts read for hums, unfinished phrases and the bot's own echo.
+
+Scripts are told apart by their characters: Chinese and Japanese (``WIDE``) are written without
+spaces, so they are cut at their own punctuation (``。！？；`` ends a sentence, ``，、：`` a clause, with no
+space after either) and on a character budget, and each of their characters counts as a word. The
+words of a language's lexicon come from ``voicepeer.call.language``.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 
+from .language import ENGLISH, ENGLISH_LEXICON, MANDARIN_LEXICON, Language
+
+WIDE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+"""Kana and the CJK ideographs: scripts written without spaces, a character a word."""
+_WIDE_CHAR = re.compile(f"[{WIDE}]")
+
 _SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+)")
+_WIDE_SENTENCE_END = re.compile(f"([。！？；]+[”’」』）)\\]]*|[.!?]+(?=[{WIDE}]))(\\s*)")
 _CLAUSE_END = re.compile(r"([,;:—–])(\s+)")
+_WIDE_CLAUSE_END = re.compile(f"([，、：]|[,:](?=[{WIDE}]))(\\s*)")
+_WIDE_CLAUSE_MARKS = "，、：；,;:"
 _MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)")
 _SPACE = re.compile(r"\s+")
 _WORD_GAP = re.compile(r"\s")
+_WIDE_PUNCTUATION = "。，、！？；：“”‘’（）《》「」『』…—–"
+
+
+def is_wide(text: str) -> bool:
+    """Mostly written in a script without spaces (more such characters than Latin letters)."""
+    wide = len(_WIDE_CHAR.findall(text))
+    return wide > 0 and wide >= sum(ch.isascii() and ch.isalpha() for ch in text)
 
 
 def clean_for_speech(text: str) -> str:
     """Removes markdown and emoji that a TTS voice would read out or stumble over."""
     text = _MARKUP.sub(lambda m: m.group(1) or " ", text)
-    text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”…—–")
+    text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”…—–" + _WIDE_PUNCTUATION)
     return _SPACE.sub(" ", text).strip()
+
+
+def join_pieces(pieces: list[str]) -> str:
+    """Pieces of one reply as one text: a space between them, except where both sides are wide
+    characters or punctuation ("你好，" + "我是" is "你好，我是")."""
+    out = ""
+    for piece in pieces:
+        if out and not (_wide_edge(out[-1]) and _wide_edge(piece[:1])):
+            out += " "
+        out += piece
+    return out
+
+
+def _wide_edge(ch: str) -> bool:
+    return bool(ch) and (bool(_WIDE_CHAR.match(ch)) or ch in _WIDE_PUNCTUATION)
 
 
 class SpeechChunker:
@@ -33,6 +71,11 @@ class SpeechChunker:
     more natural, and are synthesized while the previous one plays; one too long to be ready in time
     is cut then, by the conversation, which knows how much is left to play (``split_to_fit``).
 
+    Wide text (Chinese, Japanese: no spaces) is cut the same way with its own marks, and where the
+    English rules count words it counts characters: the first piece at a clause once it has
+    ``first_min_wide`` characters, else at ``first_max_wide``; later ones at ``max_wide``. A character
+    of such a script carries about what three Latin letters do.
+
     A reply ends after ``max_sentences`` complete sentences (None: no cap): ``done`` turns True, the rest
     of the text is dropped, and the caller stops the LLM's stream, so no more tokens are generated. A
     small model asked for "one or two sentences" often goes on for five (``bench/replies.py``).
@@ -45,11 +88,17 @@ class SpeechChunker:
         first_max_chars: int = 48,
         max_chars: int = 240,
         max_sentences: int | None = 2,
+        first_min_wide: int = 4,
+        first_max_wide: int = 12,
+        max_wide: int = 80,
     ) -> None:
         self.first_min_chars = first_min_chars
         self.first_max_words = first_max_words
         self.first_max_chars = first_max_chars
         self.max_chars = max_chars
+        self.first_min_wide = first_min_wide
+        self.first_max_wide = first_max_wide
+        self.max_wide = max_wide
         self.max_sentences = max_sentences
         self.sentences = 0
         """Complete sentences handed out so far (a piece cut at a clause or a space is not one)."""
@@ -87,10 +136,16 @@ class SpeechChunker:
     def _cut(self) -> str | None:
         buf = self._buffer
         self._sentence_end = False
-        for match in _SENTENCE_END.finditer(buf):
-            if not _is_abbreviation(buf[: match.end(1)]):
-                self._sentence_end = True
-                return self._take(match.end(1), match.end())
+        ends = [m for m in _SENTENCE_END.finditer(buf) if not _is_abbreviation(buf[: m.end(1)])]
+        wide_end = _WIDE_SENTENCE_END.search(buf)
+        if wide_end is not None:
+            ends.append(wide_end)
+        if ends:
+            match = min(ends, key=lambda m: m.end(1))
+            self._sentence_end = True
+            return self._take(match.end(1), match.end())
+        if is_wide(buf):
+            return self._cut_wide(buf)
         if self._emitted == 0:
             for m in _CLAUSE_END.finditer(buf):
                 if m.end(1) >= self.first_min_chars:
@@ -101,7 +156,9 @@ class SpeechChunker:
             if len(spaces) >= self.first_max_words:
                 n = self.first_max_words
                 # Not on a word that leads into the next ("The sky is a | ..."): one word fewer.
-                while n > 2 and buf[spaces[n - 2] + 1 : spaces[n - 1]].lower().strip(",") in _UNFINISHED:
+                while (
+                    n > 2 and buf[spaces[n - 2] + 1 : spaces[n - 1]].lower().strip(",") in _ENGLISH_UNFINISHED
+                ):
                     n -= 1
                 return self._take(spaces[n - 1], spaces[n - 1] + 1)
         limit = self.first_max_chars if self._emitted == 0 else self.max_chars
@@ -109,6 +166,21 @@ class SpeechChunker:
             space = buf.rfind(" ", 0, limit)
             return self._take(space, space + 1) if space > 0 else self._take(limit, limit)
         return None
+
+    def _cut_wide(self, buf: str) -> str | None:
+        first = self._emitted == 0
+        if first:
+            for m in _WIDE_CLAUSE_END.finditer(buf):
+                if len(_WIDE_CHAR.findall(buf[: m.end(1)])) >= self.first_min_wide:
+                    return self._take(m.end(1), m.end())
+        limit = self.first_max_wide if first else self.max_wide
+        if len(buf) <= limit:
+            return None
+        if not first:
+            marks = [i + 1 for i, ch in enumerate(buf[:limit]) if ch in _WIDE_CLAUSE_MARKS]
+            if marks and marks[-1] >= self.first_min_wide:
+                return self._take(marks[-1], marks[-1])
+        return self._take(limit, limit)
 
     def _take(self, end: int, resume: int) -> str:
         piece, self._buffer = self._buffer[:end], self._buffer[resume:]
@@ -129,7 +201,11 @@ def split_to_fit(text: str, max_chars: int, min_words: int = 4) -> tuple[str, st
 
     The cut is at the last clause mark that fits, else before the last joining word ("and", "which",
     ...), else at the last space: the head is spoken on its own, and a head that ends on a clause
-    sounds like a pause rather than a stumble. ``head + " " + tail == text``."""
+    sounds like a pause rather than a stumble. ``head + " " + tail == text``; for wide text (no
+    spaces) ``head + tail == text``, cut at the last clause mark that fits, else at ``max_chars``, each
+    side keeping ``min_words`` characters."""
+    if is_wide(text):
+        return _split_wide(text, max_chars, min_words)
     spaces = [m.start() for m in _WORD_GAP.finditer(text)]
     # Cut points between words, as indices of the space: the head keeps min_words, the tail too.
     count = len(spaces) + 1
@@ -152,6 +228,16 @@ def split_to_fit(text: str, max_chars: int, min_words: int = 4) -> tuple[str, st
     return text[: fitting[-1]], text[fitting[-1] + 1 :]
 
 
+def _split_wide(text: str, max_chars: int, min_chars: int) -> tuple[str, str] | None:
+    allowed = range(min_chars, len(text) - min_chars + 1)
+    if not allowed:
+        return None
+    marks = [i + 1 for i, ch in enumerate(text) if ch in _WIDE_CLAUSE_MARKS and i + 1 in allowed]
+    fitting = [i for i in marks if i <= max_chars]
+    cut = fitting[-1] if fitting else max(min_chars, min(max_chars, allowed[-1]))
+    return text[:cut], text[cut:]
+
+
 _ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs.", "etc.", "no."}
 
 
@@ -164,23 +250,13 @@ def _is_abbreviation(text: str) -> bool:
     return len(raw) == 2 and raw[0].isupper() and raw[1] == "."
 
 
-_WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
+_WORD = re.compile(f"[a-z0-9']+(?:-[a-z0-9']+)*|[{WIDE}]")
 
-BACKCHANNELS = frozenset(
-    "mm mmm hm hmm mhm mm-hmm mm-hm uh-huh uh huh um ah oh aha ok okay alright right i see got it".split()
-)
-"""Words a listener says to show they are following, not to take the turn. Not "yes", "no", "yeah" or
-"sure": over a reply that may have just asked something, those are answers, and a dropped answer is
-worse than a reply cut short."""
-
-_UNFINISHED = frozenset(
-    "and but or so because cause if that which who the a an to of for with in on at from my your his "
-    "her their our um uh er like is are was were then when than as into about".split()
-)
-"""Words a finished question or statement does not end on."""
+_ENGLISH_UNFINISHED = ENGLISH_LEXICON.unfinished
 
 
 def words(text: str) -> list[str]:
+    """Lower-case words, and each character of a wide script as a word of its own."""
     return _WORD.findall(text.lower())
 
 
@@ -206,7 +282,7 @@ _CONTRACTIONS = {
     "isn't": "is not",
     "ok": "okay",
 }
-_TOKEN = re.compile(r"[a-z0-9']+")
+_TOKEN = re.compile(f"[a-z0-9']+|[{WIDE}]")
 
 
 def _number_words(token: str) -> str:
@@ -218,16 +294,93 @@ def _number_words(token: str) -> str:
     return " ".join(_ONES[int(d)] for d in token)  # longer numbers: digit by digit
 
 
-def spoken_words(text: str) -> list[str]:
+_DIGITS_ZH = "零一二三四五六七八九"
+_UNITS_ZH = ("", "十", "百", "千")
+_GROUPS_ZH = ("", "万", "亿", "万亿")
+
+
+def _section_zh(n: int) -> str:
+    """0 < n < 10000 in Chinese numerals, with 零 for the gaps (1005: 一千零五)."""
+    out, gap = "", False
+    for power in (3, 2, 1, 0):
+        digit = n // 10**power % 10
+        if digit == 0:
+            gap = bool(out)
+            continue
+        if gap:
+            out += "零"
+            gap = False
+        out += _DIGITS_ZH[digit] + _UNITS_ZH[power]
+    return out
+
+
+def chinese_number(token: str) -> list[str]:
+    """A string of digits as a Mandarin speaker reads it, one character each: 25 -> 二十五, 10 -> 十,
+    20000 -> 两万, 2008 -> 两千零八; from nine digits on (a phone number; a written reply says 14亿, not
+    1400000000) and with a leading zero (a code), digit by digit."""
+    if len(token) > 8 or (len(token) > 1 and token.startswith("0")):
+        return [_DIGITS_ZH[int(d)] for d in token]
+    n = int(token)
+    if n == 0:
+        return ["零"]
+    groups, text, gap = [], "", False
+    while n:
+        groups.append(n % 10000)
+        n //= 10000
+    for index in range(len(groups) - 1, -1, -1):
+        group = groups[index]
+        if group == 0:
+            gap = bool(text)
+            continue
+        if text and (gap or group < 1000):
+            text += "零"
+        gap = False
+        text += _section_zh(group) + _GROUPS_ZH[index]
+    if text.startswith("一十"):
+        text = text[1:]
+    if text[0] == "二" and len(text) > 1 and text[1] in "百千万亿":
+        text = "两" + text[1:]
+    return list(text)
+
+
+_NUMBER = re.compile(r"(-?)(\d+)(?:\.(\d+))?(%?)")
+_YEAR = re.compile(r"(\d{4})(?=年)")
+
+
+def speakable(text: str, lang: Language = ENGLISH) -> str:
+    """``text`` as the TTS should be given it. Mandarin: numerals in Chinese characters (2024年 digit
+    by digit, 3.5 三点五, 50% 百分之五十, -3 负三), half-width marks as full-width ones, so any voice
+    reads them the same way. Other languages: as it is (Piper's phonemizer reads numerals itself)."""
+    if lang.code != "zh":
+        return text
+    text = _YEAR.sub(lambda m: "".join(_DIGITS_ZH[int(d)] for d in m.group(1)), text)
+
+    def number(m: re.Match[str]) -> str:
+        sign, whole, fraction, percent = m.groups()
+        said = "".join(chinese_number(whole))
+        if fraction:
+            said += "点" + "".join(_DIGITS_ZH[int(d)] for d in fraction)
+        if percent:
+            said = "百分之" + said
+        return ("负" if sign else "") + said
+
+    text = _NUMBER.sub(number, text)
+    return text.translate(str.maketrans({",": "，", "?": "？", "!": "！", ";": "；", ":": "："}))
+
+
+def spoken_words(text: str, lang: Language = ENGLISH) -> list[str]:
     """``text`` as the words a listener heard: lower case, no punctuation, hyphenated words split,
-    numerals spelled out (``5`` -> five, ``42`` -> forty two), common contractions expanded."""
+    numerals spelled out (``5`` -> five, ``42`` -> forty two; in Mandarin 五, 四十二, a character
+    each), common contractions expanded, each character of a wide script a word."""
     text = text.lower().replace("-", " ").replace("’", "'")
     out: list[str] = []
     for token in _TOKEN.findall(text):
         token = token.strip("'")
         if not token:
             continue
-        if token.isdigit():
+        if token.isdigit() and lang.code == "zh":
+            out.extend(chinese_number(token))
+        elif token.isdigit():
             out.extend(_number_words(token).split())
         else:
             out.extend(_CONTRACTIONS.get(token, token).split())
@@ -238,10 +391,38 @@ _HUM = re.compile(r"(?:[mh]+|uh|ah)(?:-(?:[mh]+|uh|huh))*")
 """Hums as whisper spells them: "Mm-mm", "Hmm", "mhm", "uh-huh"."""
 
 
-def is_backchannel(text: str) -> bool:
-    """True for "mm-hm", "yeah, okay" and the like, and for nothing at all: not a bid for the turn."""
-    found = words(text)
-    return len(found) <= 3 and all(w in BACKCHANNELS or _HUM.fullmatch(w) for w in found)
+MAX_WIDE_BACKCHANNEL = 6
+"""The longest acknowledgement in a wide script, in characters ("对对对，好的")."""
+
+
+def is_backchannel(text: str, lang: Language = ENGLISH) -> bool:
+    """True for "mm-hm", "yeah, okay", "嗯，对对" and the like, and for nothing at all: not a bid for
+    the turn. The call's language's lexicon is read and English's too."""
+    lowered = text.lower()
+    latin = _WORD.findall(_WIDE_CHAR.sub(" ", lowered))
+    listening = lang.lexicon.backchannels | ENGLISH_LEXICON.backchannels
+    if len(latin) > 3 or not all(w in listening or _HUM.fullmatch(w) for w in latin):
+        return False
+    wide = "".join(_WIDE_CHAR.findall(lowered))
+    if not wide:
+        return True
+    if len(wide) > MAX_WIDE_BACKCHANNEL:
+        return False
+    lexicon = lang.lexicon if not lang.spaced else MANDARIN_LEXICON
+    return _phrases(lexicon.backchannels).fullmatch(wide) is not None
+
+
+_PHRASES: dict[frozenset[str], re.Pattern[str]] = {}
+
+
+def _phrases(entries: frozenset[str]) -> re.Pattern[str]:
+    """A pattern for a run of a wide lexicon's phrases (longest first, so 对对对 is one)."""
+    pattern = _PHRASES.get(entries)
+    if pattern is None:
+        wide = sorted((e for e in entries if _WIDE_CHAR.search(e)), key=len, reverse=True)
+        pattern = re.compile("(?:" + "|".join(map(re.escape, wide)) + ")+") if wide else re.compile("(?!)")
+        _PHRASES[entries] = pattern
+    return pattern
 
 
 ECHO_WORDS = 30
@@ -253,10 +434,15 @@ hears an echo imperfectly ("the word in" for "the world is"), and a user's own w
 the bot's in order: a question about the bot's answer repeats a word or two of it, not most of it."""
 
 
-def is_echo_of(text: str, said: str) -> bool:
+ECHO_WIDE_CHARS = 60
+"""The same ~10 s for a wide script, whose characters are its words."""
+
+
+def is_echo_of(text: str, said: str, lang: Language = ENGLISH) -> bool:
     """True if ``text`` (heard by the microphone) is mostly the bot's own last words ``said``: its
     voice from a loudspeaker, transcribed."""
-    heard, spoken = spoken_words(text), spoken_words(said)[-ECHO_WORDS:]
+    heard = spoken_words(text, lang)
+    spoken = spoken_words(said, lang)[-(ECHO_WIDE_CHARS if is_wide(said) else ECHO_WORDS) :]
     if not heard or not spoken:
         return False
     # The longest run of the heard words found in order among the spoken ones.
@@ -268,11 +454,15 @@ def is_echo_of(text: str, said: str) -> bool:
     return common[-1] >= max(1, math.ceil(ECHO_SHARE * len(heard)))
 
 
-def looks_unfinished(text: str) -> bool:
-    """True when a transcript stops mid-phrase ("I'd like to book a table for, um"), so the user is
-    probably still thinking. Whisper often ends such a phrase with a comma or an ellipsis."""
+def looks_unfinished(text: str, lang: Language = ENGLISH) -> bool:
+    """True when a transcript stops mid-phrase ("I'd like to book a table for, um"; "我想订一张, 那个"),
+    so the user is probably still thinking. Whisper often ends such a phrase with a comma or an
+    ellipsis."""
     stripped = text.rstrip()
-    if stripped.endswith((",", "...", "…", "-", "—")):
+    if stripped.endswith((",", "...", "…", "-", "—", "，", "、")):
         return True
+    if _wide_edge(stripped[-1:]):
+        tail = "".join(_WIDE_CHAR.findall(stripped))[-4:]
+        return any(tail.endswith(entry) for entry in lang.lexicon.unfinished | MANDARIN_LEXICON.unfinished)
     found = words(stripped)
-    return bool(found) and found[-1] in _UNFINISHED
+    return bool(found) and found[-1] in lang.lexicon.unfinished | _ENGLISH_UNFINISHED

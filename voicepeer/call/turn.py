@@ -23,8 +23,9 @@ from ..audio.formats import SPEECH_RATE
 from ..audio.vad import Utterance
 from ..runtime.workers import run_blocking
 from .events import Event, EventHub
+from .language import ENGLISH, Language
 from .live import LiveTranscript
-from .text import looks_unfinished
+from .text import is_wide, join_pieces, looks_unfinished
 from .turntaking import TurnPolicy
 
 log = logging.getLogger(__name__)
@@ -102,18 +103,22 @@ class UserTurn:
         self._held.clear()
 
     def heard(self, played_total: int) -> str:
-        """The part of the reply that was handed to the client, to the word (pro rata within a piece)."""
+        """The part of the reply that was handed to the client, to the word (pro rata within a piece;
+        to the character in a script without spaces)."""
         parts: list[str] = []
         for text, start, end in self.spans:
             if played_total >= end:
                 parts.append(text)
                 continue
             if played_total > start:
-                words = text.split()
-                n = int(len(words) * (played_total - start) / max(1, end - start))
-                parts.extend(words[:n])
+                share = (played_total - start) / max(1, end - start)
+                if is_wide(text):
+                    parts.append(text[: int(len(text) * share)])
+                else:
+                    words = text.split()
+                    parts.append(" ".join(words[: int(len(words) * share)]))
             break
-        return " ".join(parts)
+        return join_pieces([part for part in parts if part])
 
 
 async def judge_end(turn: UserTurn, model: EndOfTurn | None, policy: TurnPolicy) -> bool | None:
@@ -132,12 +137,14 @@ async def judge_end(turn: UserTurn, model: EndOfTurn | None, policy: TurnPolicy)
     return p >= policy.end_of_turn_threshold
 
 
-async def hold_if_unfinished(turn: UserTurn, policy: TurnPolicy, complete: bool | None) -> None:
+async def hold_if_unfinished(
+    turn: UserTurn, policy: TurnPolicy, complete: bool | None, lang: Language = ENGLISH
+) -> None:
     """Returns when the turn may be answered: at once, unless it sounds unfinished ("I'd like a table
     for, um") and the model did not judge it complete; then after ``hold_silence_ms`` of silence, so no
     CPU goes to an answer that will probably be thrown away. Either way not while the user speaks again
     after it (``free``)."""
-    if not complete and turn.audio.size and looks_unfinished(turn.text):
+    if not complete and turn.audio.size and looks_unfinished(turn.text, lang):
         log.info("holding an unfinished phrase: %r", turn.text)
         await turn.ended.wait()
         await _until(turn.metrics.speech_end + policy.hold_silence_ms / 1000)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .language import ENGLISH, Language
 from .text import is_backchannel, is_echo_of, words
 
 
@@ -90,6 +91,8 @@ class Overlap:
     bot_said: str = ""
     """With ``echo``: what the bot had said of its reply at the onset, the words its echo would be."""
     speaking: bool = True
+    language: Language = ENGLISH
+    """The call's language when the speech began: its lexicon says what a hum is."""
 
 
 def judge_overlap(
@@ -118,8 +121,8 @@ def judge_overlap(
         return Verdict.WAIT, ""
     if not words(text):
         return Verdict.GO_ON, "no_words"
-    if overlap.echo and is_echo_of(text, overlap.bot_said):
+    if overlap.echo and is_echo_of(text, overlap.bot_said, overlap.language):
         return Verdict.GO_ON, "echo"
-    if is_backchannel(text):
+    if is_backchannel(text, overlap.language):
         return Verdict.GO_ON, "backchannel"
     return Verdict.INTERRUPT, "speech"

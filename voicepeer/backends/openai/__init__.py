@@ -27,11 +27,11 @@ The registry's factories, ``asr``, ``tts`` and ``llm``, are re-exported here; th
 named after them, so that ``openai.asr`` stays the factory.
 """
 
+from ..wav import PCMDecoder, PCMFormat, parse_wav_header, wav_bytes
 from .chat import OpenAICompatibleLLM, llm
 from .http import Endpoint, HTTPClient
 from .synthesis import OPENAI_PCM_RATE, OpenAITTS, max_speech_s, tts, tts_format
 from .transcription import OpenAIASR, asr
-from .wav import PCMDecoder, PCMFormat, parse_wav_header, wav_bytes
 
 __all__ = [
     "OPENAI_PCM_RATE",

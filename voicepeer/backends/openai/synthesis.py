@@ -20,8 +20,8 @@ from ...audio.formats import Resampler
 from ..base import BackendError, Capabilities
 from ..registry import BackendContext, BadBackendURL
 from ..tts import TTS
+from ..wav import MAX_HEADER_BYTES, PCMDecoder, PCMFormat, parse_wav_header
 from .http import CONNECT_TIMEOUT_S, Endpoint, HTTPClient, error_excerpt, short_reason
-from .wav import MAX_HEADER_BYTES, PCMDecoder, PCMFormat, parse_wav_header
 
 log = logging.getLogger(__name__)
 

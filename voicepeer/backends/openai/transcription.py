@@ -13,11 +13,11 @@ import aiohttp
 import numpy as np
 
 from ...audio.formats import SPEECH_RATE
-from ..asr import ASR, Transcript
+from ..asr import ASR, AUTO, Transcript
 from ..base import MAX_TEXT_CHARS, BackendError, Capabilities
 from ..registry import BackendContext
+from ..wav import wav_bytes
 from .http import CONNECT_TIMEOUT_S, MAX_JSON_BYTES, Endpoint, HTTPClient, looks_like_name, read_bounded
-from .wav import wav_bytes
 
 PROBE_SILENCE_S = 0.5
 
@@ -56,24 +56,29 @@ class OpenAIASR(ASR):
         )
         self.url = f"{endpoint.base}/audio/transcriptions"
 
-    def _form(self, wav: bytes) -> dict[str, object]:
+    def _form(self, wav: bytes, language: str | None) -> dict[str, object]:
         form = aiohttp.FormData()
         form.add_field("file", wav, filename="turn.wav", content_type="audio/wav")
         # OpenAI's field is ``model``; faster-whisper-server 0.0.3 reads ``model_name`` (and needs it to
         # name a model of its config file when it serves several).
         form.add_field("model", self.model)
         form.add_field("model_name", self.model)
-        if self.language:
-            form.add_field("language", self.language)
+        if language and language != AUTO:
+            form.add_field("language", language)
         form.add_field("response_format", "json")
         return {"data": form}
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """``AUTO`` sends no ``language``: the server detects it (and says which only in its
+        ``verbose_json`` format, which not every server has, so the transcript does not say)."""
+        language = language or self.language
         if audio.size == 0:
             return Transcript(text="", audio_s=0.0)
         wav = wav_bytes(audio)
         timeout = self.http.timeout(total=self.timeout_s)
-        async with self.http.request("POST", self.url, timeout, lambda: self._form(wav)) as response:
+        async with self.http.request(
+            "POST", self.url, timeout, lambda: self._form(wav, language)
+        ) as response:
             await self.http.check(response, json_body=True)
             body = await read_bounded(response, MAX_JSON_BYTES, self.http.what)
         try:
@@ -84,7 +89,8 @@ class OpenAIASR(ASR):
             raise BackendError(f"{self.http.what} answered a {type(text).__name__} as the text")
         if len(text) > MAX_TEXT_CHARS:
             raise BackendError(f"{self.http.what} answered {len(text)} characters for one turn")
-        return Transcript(text=text.strip(), audio_s=audio.size / SPEECH_RATE)
+        heard = language if language and language != AUTO else None
+        return Transcript(text=text.strip(), audio_s=audio.size / SPEECH_RATE, language=heard)
 
     async def probe(self) -> None:
         """Its health route, then half a second of silence transcribed: faster-whisper-server answers

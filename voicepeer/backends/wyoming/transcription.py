@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from ...audio.formats import SPEECH_RATE
-from ..asr import ASR, Transcript
+from ..asr import ASR, AUTO, Transcript
 from ..base import MAX_TEXT_CHARS, BackendError, Capabilities
 from ..registry import BackendContext
 from .protocol import (
@@ -45,12 +45,14 @@ class WyomingASR(ASR):
         self.timeout_s = timeout_s
         self.capabilities = Capabilities(sample_rate=SPEECH_RATE, cheap=False, remote=True)
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """``AUTO`` sends no language: wyoming-faster-whisper then detects it."""
+        language = language or self.language
         pcm = np.ascontiguousarray(audio, dtype="<i2").reshape(-1)
         step = SPEECH_RATE * CHUNK_MS // 1000
         fmt = {"rate": SPEECH_RATE, "width": 2, "channels": 1}
         requests = [
-            Event("transcribe", {"language": self.language} if self.language else {}),
+            Event("transcribe", {"language": language} if language and language != AUTO else {}),
             Event("audio-start", {**fmt, "timestamp": 0}),
             *(
                 Event(
@@ -65,7 +67,11 @@ class WyomingASR(ASR):
             for _ in range(MAX_OTHER_EVENTS):
                 event = await conn.receive()
                 if event.type == "transcript":
-                    return Transcript(text=_transcript_text(event), audio_s=pcm.size / SPEECH_RATE)
+                    return Transcript(
+                        text=_transcript_text(event),
+                        audio_s=pcm.size / SPEECH_RATE,
+                        language=_transcript_language(event, language),
+                    )
                 if event.type == "error":
                     raise server_error(event)
             raise BackendError(f"no transcript after {MAX_OTHER_EVENTS} events")
@@ -80,6 +86,14 @@ class WyomingASR(ASR):
         models = [m for p in programs if isinstance(p.get("models"), list) for m in p["models"]]
         self.capabilities = replace(self.capabilities, languages=language_codes(models))
         await self.transcribe(np.zeros(int(PROBE_SILENCE_S * SPEECH_RATE), dtype=np.int16))
+
+
+def _transcript_language(event: Event, asked: str | None) -> str | None:
+    """The language the server says it heard (newer servers send one), else the one asked for."""
+    said = event.data.get("language")
+    if isinstance(said, str) and 2 <= len(said) <= 16:
+        return said.split("_")[0].split("-")[0].lower()
+    return asked if asked and asked != AUTO else None
 
 
 def _transcript_text(event: Event) -> str:

@@ -1,5 +1,5 @@
-"""WAV in and out for the OpenAI-compatible speech routes: a turn as a WAV file for a transcription,
-and a speech answer's WAV header and PCM decoded as the bytes stream in.
+"""WAV in and out: a turn as a WAV file for a transcription server, and a speech answer's WAV header
+and PCM (a speech server's, or espeak-ng's) decoded as the bytes stream in.
 
 Only 16-bit PCM is accepted (an 8-bit, float or compressed WAV would play as noise), and the header is
 looked for within a bound, so garbage fails fast with a short ``BackendError``.
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...audio.formats import SPEECH_RATE
-from ..base import BackendError
+from ..audio.formats import SPEECH_RATE
+from .base import BackendError
 
 MAX_HEADER_BYTES = 64 * 1024
 """How far into a WAV answer its ``data`` chunk must start."""
