@@ -364,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["on", "off"],
         help="old spelling: on = --room headphones, off = --room headphones-aec-off",
     )
-    parser.add_argument("--voices", default=DEFAULT_VOICES, help=f"of {', '.join(VOICES)} (%(default)s)")
+    parser.add_argument(
+        "--voices", default=DEFAULT_VOICES["en"], help=f"of {', '.join(VOICES)} (%(default)s)"
+    )
     parser.add_argument(
         "--gap",
         type=gap_list,

@@ -8,12 +8,16 @@ person in front of the page waits. Beside it: the server's own breakdown (each t
 how long the spoken reply was, replies that repeat an earlier one, turns that went wrong (split, the bot
 speaking before the user finished, the bot hearing itself) and the server's media health.
 
+Languages (``--language``): ``en``, the questions below in English voices; ``zh``, Mandarin questions
+in espeak-ng's Mandarin voice (two of its variants: Debian has no other), the server started with
+``--language zh``, and the transcripts scored by character error rate instead of word error rate.
+
 Rooms (``--room``, comma-separated for several): ``headphones``, the page's defaults (the browser's echo
 canceller on, no echo); ``speaker``, a loudspeaker next to the microphone (the browser's processing off,
 the bot's voice mixed back into what the page sends, for the server's canceller to remove).
 
-    python -m bench.latency [--voices espeak,flite,slt] [--room headphones] [--rounds 1] [--repeat 1]
-                            [--questions 10] [--long 10] [--url http://127.0.0.1:8080] [--remote]
+    python -m bench.latency [--language en] [--voices espeak,flite,slt] [--room headphones] [--rounds 1]
+                            [--repeat 1] [--questions 10] [--long 10] [--url http://127.0.0.1:8080] [--remote]
 
 ``--remote``: the started server's models in server processes of their own (Wyoming ASR and TTS,
 llama-cpp-python's server; ``bench.media.remote_inference``), the peer doing media only.
@@ -41,7 +45,8 @@ from typing import Any
 from tests.support import browser
 from tests.support.server import ServerProcess, metric_values
 from tests.support.speech import SpeechFile, speak
-from voicepeer.call.text import spoken_words
+from voicepeer.call.language import ENGLISH, language
+from voicepeer.call.text import is_wide, spoken_words
 from voicepeer.runtime.stalls import CAUSES, OWN_CAUSES
 
 QUESTIONS = [
@@ -73,18 +78,50 @@ LONG_QUESTIONS = [
 """Long questions as people ask them, with a clause or sentence before the question: 4.3-5.9 s of speech
 in each voice, with the pauses of commas and full stops inside."""
 
+ZH_QUESTIONS = [
+    "今天北京的天气怎么样？",
+    "请帮我订一张明天去上海的火车票。",
+    "你好，我想问一下，附近有没有好吃的餐厅？",
+    "现在几点了？",
+    "我们下午三点在公司门口见面吧。",
+    "给我讲一个关于猫的故事。",
+    "一年有多少天？",
+    "中国的首都是哪里？",
+    "你会说英语吗？",
+    "推荐一本好看的书吧。",
+]
+"""Short Mandarin questions: 1.2-3.5 s in espeak-ng's voice."""
+
+ZH_LONG_QUESTIONS = [
+    "我最近睡得不太好，每天晚上都很晚才睡着，你有什么好的建议吗？",
+    "我下个月要去日本旅游，想问一下应该带些什么东西比较好？",
+    "我的孩子问我为什么天空是蓝色的，我不知道怎么回答，你能解释一下吗？",
+    "周末我们要请朋友来家里吃饭，有没有简单又好吃的菜可以推荐？",
+    "我想开始学习弹钢琴，但是没有基础，应该从哪里开始呢？",
+    "我家的猫最近不太爱吃东西，我应该什么时候带它去看兽医？",
+]
+"""Long Mandarin questions, a clause before the question: 4-6 s."""
+
+QUESTION_SETS = {"en": (QUESTIONS, LONG_QUESTIONS), "zh": (ZH_QUESTIONS, ZH_LONG_QUESTIONS)}
+
 VOICES = {
     "espeak": ("espeak-ng", "en-us"),
     "flite": ("flite", "slt"),
     "slt": ("festival", "cmu_us_slt_arctic_hts"),
     "rms": ("flite", "rms"),
     "awb": ("flite", "awb"),
+    "cmn-f3": ("espeak-ng", "cmn-latn-pinyin+f3"),
+    "cmn-f4": ("espeak-ng", "cmn-latn-pinyin+f4"),
 }
 """Voice name -> (speak() engine, voice). espeak-ng's formant voice; flite's slt (a US woman, clustergen);
 festival's HTS voice of the same speaker (festvox-us-slt-hts, the most natural); flite's rms (a US man)
-and awb (a Scottish man)."""
+and awb (a Scottish man); espeak-ng's Mandarin in two variants (``voicepeer.backends.espeak``)."""
 
-DEFAULT_VOICES = "espeak,flite,slt"
+WPM = {"cmn-f3": 175, "cmn-f4": 175}
+"""espeak-ng's speed where it is not the 150 words a minute of ``speak``: its Mandarin was heard
+better at its own default (175)."""
+
+DEFAULT_VOICES = {"en": "espeak,flite,slt", "zh": "cmn-f3,cmn-f4"}
 
 CLIENTS = ("aiortc", "chromium")
 
@@ -147,8 +184,10 @@ def scrape_media_health(server: ServerProcess) -> dict[str, Any]:
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(word-level edit distance, reference length): the numerator and denominator of a WER."""
-    ref, hyp = spoken_words(reference), spoken_words(hypothesis)
+    """(word-level edit distance, reference length): the numerator and denominator of a WER. In a
+    script without spaces each character is a word (``spoken_words``): a character error rate."""
+    lang = language("zh") if is_wide(reference) else ENGLISH
+    ref, hyp = spoken_words(reference, lang), spoken_words(hypothesis, lang)
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         prev, row[0] = row[0], i
@@ -496,8 +535,8 @@ def summarize_run(calls: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def one_line(client: str, s: dict[str, Any], runs: int, media: dict[str, Any]) -> str:
-    """The summary of one client's row, on one line."""
+def one_line(client: str, s: dict[str, Any], runs: int, media: dict[str, Any], errors: str = "WER") -> str:
+    """The summary of one client's row, on one line (``errors``: WER, or CER for Mandarin)."""
     v = s["voice_to_voice_ms"]
     per_voice = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_voice"].items())
     per_length = ", ".join(f"{k} {b['p50']}/{b['p95']}" for k, b in s["by_length"].items())
@@ -519,7 +558,7 @@ def one_line(client: str, s: dict[str, Any], runs: int, media: dict[str, Any]) -
         f"{per_voice}; by length: {per_length}; by room: {per_room}; "
         f"server p50/p95 from end of speech: {stages}; client's share p50/p95: {shares}; "
         f"reply audio p50 {s['reply_audio_s']['client']['p50']} s; repeated replies "
-        f"{s['repetition']['repeated']}/{s['repetition']['replies']}; WER {s['wer']}; "
+        f"{s['repetition']['repeated']}/{s['repetition']['replies']}; {errors} {s['wer']}; "
         f"split turns {t['split']}, "
         f"bot spoke mid-question {t['bot_spoke_during_user']}, heard itself {t['self_heard']}; "
         f"loop lag p99 {media.get('loop_lag_p99_ms')} ms, "
@@ -556,7 +595,13 @@ def make_speech(
         engine, name = VOICES[v]
         for i, (kind, text) in enumerate(texts):
             sf = speak(
-                text, work / f"{v}_{kind}{i}.wav", lead_s=lead_s, tail_s=tail_s, engine=engine, voice=name
+                text,
+                work / f"{v}_{kind}{i}.wav",
+                lead_s=lead_s,
+                tail_s=tail_s,
+                engine=engine,
+                voice=name,
+                wpm=WPM.get(v, 150),
             )
             out.append((v, kind, sf))
     return out
@@ -570,9 +615,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs; the summary holds their medians (%(default)s)"
     )
-    parser.add_argument("--questions", type=int, default=len(QUESTIONS), help="short questions (%(default)s)")
-    parser.add_argument("--long", type=int, default=len(LONG_QUESTIONS), help="long questions (%(default)s)")
-    parser.add_argument("--voices", default=DEFAULT_VOICES, help=f"of {', '.join(VOICES)} (%(default)s)")
+    parser.add_argument(
+        "--language", choices=sorted(QUESTION_SETS), default="en", help="of the questions (%(default)s)"
+    )
+    parser.add_argument("--questions", type=int, default=10, help="short questions, at most (%(default)s)")
+    parser.add_argument("--long", type=int, default=10, help="long questions, at most (%(default)s)")
+    parser.add_argument(
+        "--voices", help=f"of {', '.join(VOICES)} (en: {DEFAULT_VOICES['en']}; zh: {DEFAULT_VOICES['zh']})"
+    )
     parser.add_argument(
         "--room", default="headphones", help=f"comma-separated, of {', '.join(browser.ROOMS)} (%(default)s)"
     )
@@ -596,16 +646,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     parser.add_argument("server_args", nargs="*", help="extra `voicepeer serve` flags for the started server")
     args = parser.parse_args(argv)
-    voices = parse_list(args.voices, VOICES, "voice")
+    voices = parse_list(args.voices or DEFAULT_VOICES[args.language], VOICES, "voice")
+    short_set, long_set = QUESTION_SETS[args.language]
     rooms = parse_list(args.room, browser.ROOMS, "room")
     clients = parse_list(args.clients, CLIENTS, "client")
 
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="voicepeer-bench-"))
-    texts = [("short", q) for q in QUESTIONS[: args.questions]] + [
-        ("long", q) for q in LONG_QUESTIONS[: args.long]
-    ]
+    texts = [("short", q) for q in short_set[: args.questions]] + [("long", q) for q in long_set[: args.long]]
     speech = make_speech(work, voices, texts, lead_s=2.0, tail_s=12.0)
     # Voices and lengths interleaved, so that a slow spell of the machine does not land on one of them;
     # and never the same question twice in a row, which would find its whole prompt in the LLM's cache
@@ -664,12 +713,14 @@ def main(argv: list[str] | None = None) -> int:
 
         with ExitStack() as stack:
             remote = stack.enter_context(remote_inference(work)).flags() if args.remote else []
-            flags = (*BENCH_SERVER_ARGS, *remote, *args.server_args)
+            language = ("--language", args.language) if args.language != "en" else ()
+            flags = (*BENCH_SERVER_ARGS, *language, *remote, *args.server_args)
             server = stack.enter_context(ServerProcess(*flags, log_path=work / "server.log"))
             run_all(server.url, server)
 
     summary = median_tree([r["summary"] for r in runs]) if len(runs) > 1 else runs[0]["summary"]
     summary["runs"] = len(runs)
+    summary["language"] = args.language
     summary["rooms"] = rooms
     summary["voices"] = {v: list(VOICES[v]) for v in voices}
     summary["media"] = media  # the server's counters over all runs
@@ -686,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     for client in clients:
         s = summary[client]
         ok = ok and s["answered"] == s["calls"]
-        print(one_line(client, s, len(runs), media))
+        print(one_line(client, s, len(runs), media, "CER" if args.language == "zh" else "WER"))
     return 0 if ok else 1
 
 

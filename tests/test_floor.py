@@ -10,6 +10,7 @@ The scripted ASR takes 0.1 s, the LLM 0.2 s to its first word. The real models h
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -562,6 +563,18 @@ async def test_config_changes_the_next_reply_through_the_components_own_update()
         assert "Mandarin Chinese" in messages[0]["content"]
         call.control({"type": "reset"})
         assert line.kinds()[-1] == "reset" and call.conversation.history.turns == []
+
+
+@virtual_time
+async def test_a_language_the_asr_cannot_hear_is_refused_and_nothing_changes():
+    async with CallLine() as line:
+        line.asr.capabilities = dataclasses.replace(line.asr.capabilities, languages=("en",))  # tiny.en alone
+        for language in ("zh", "auto"):
+            with pytest.raises(ControlError) as refused:
+                line.call.control({"type": "config", "language": language})
+            assert refused.value.code == "unsupported" and refused.value.field == "language"
+        assert line.call.settings.language == "en" and line.call.conversation.language.current.code == "en"
+        assert line.messages("language") == []
 
 
 # -- the application speaks ---------------------------------------------------------------------------

@@ -17,11 +17,14 @@ import pytest
 from tests.support.calls import call, wait_until
 from tests.support.scripted import ScriptedLLM
 from tests.support.speech import read_wav, to_speech_rate
+from tests.support.wyoming_servers import wyoming_tts_server
 from voicepeer.backends.asr import WhisperASR
+from voicepeer.backends.chain import Switch
 from voicepeer.backends.espeak import EspeakTTS, voice_for
 from voicepeer.backends.registry import BadBackendURL, parse_chain, split_languages
+from voicepeer.backends.stages import TTSChain
 from voicepeer.call.language import CallLanguage, language
-from voicepeer.call.services import Services
+from voicepeer.call.services import Services, build_chain
 from voicepeer.call.text import (
     SpeechChunker,
     chinese_number,
@@ -32,7 +35,7 @@ from voicepeer.call.text import (
     speakable,
     split_to_fit,
 )
-from voicepeer.config import ASRConfig, LLMConfig
+from voicepeer.config import ASRConfig, Config, LLMConfig, TTSConfig
 from voicepeer.transport.app import STATE
 
 ZH = language("zh")
@@ -236,6 +239,37 @@ async def test_the_voice_of_a_language_is_its_chain_else_the_first_else_espeak(s
         .chain.first
         is own
     )
+
+
+@pytest.mark.slow
+async def test_a_mandarin_chain_speaks_through_its_server_and_falls_back_to_espeak(services, tmp_path):
+    """``--tts embedded,zh=wyoming://...,espeak-ng``: Mandarin goes to its own chain, a real Wyoming
+    server (wyoming-piper on the bundled voice: the test has no Mandarin voice to give it, and the
+    chain does not ask what its server speaks), then espeak-ng once the server is gone."""
+    server = wyoming_tts_server(tmp_path)
+    chain = None
+    try:
+        urls = parse_chain("tts", f"embedded,zh=wyoming://127.0.0.1:{server.port},espeak-ng")
+        config = Config(tts=TTSConfig(backends=tuple(urls)))
+        chain = build_chain("tts", config.tts.chains["zh"], config, 10.0, "zh")
+        assert chain.stage == "tts.zh"
+        assert [b.name for b in chain.backends] == [f"wyoming://127.0.0.1:{server.port}", "espeak-ng"]
+        voice = TTSChain(chain)
+        mixed = Services(asr=services.asr, llm=services.llm, tts=services.tts, tts_languages={"zh": voice})
+        assert mixed.tts_for("zh") is voice and mixed.tts_for("en") is services.tts
+        assert "tts.zh" in {c.stage for c in mixed.chains}  # probed, and shown on /healthz
+        switches: list[Switch] = []
+        chain.subscribe(switches.append)
+        pcm = np.concatenate([c async for c in voice.synthesize("你好，我是你的助手。")])
+        assert pcm.size / voice.sample_rate > 0.5 and switches == []
+        server.kill()
+        pcm = np.concatenate([c async for c in voice.synthesize("你好，我是你的助手。")])
+        assert pcm.size / voice.sample_rate > 0.5
+        assert [s.to for s in switches] == ["espeak-ng"]
+    finally:
+        server.stop()
+        if chain is not None:
+            await chain.aclose()
 
 
 # -- a call -----------------------------------------------------------------------------------------

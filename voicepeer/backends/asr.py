@@ -164,7 +164,7 @@ class WhisperASR(ASR):
             partials=True,
             sample_rate=SPEECH_RATE,
             cheap=True,
-            languages=() if self.multilingual else ("en",),
+            languages=tuple(sorted(whisper_languages())) if self.multilingual else ("en",),
         )
         # CTranslate2 can run concurrent calls, but on a small CPU they only slow each other down, and a
         # lock gives the turn that asked first its answer first.

@@ -302,7 +302,10 @@ class Call:
         elif kind == "config":
             context = parse_context(message["context"]) if "context" in message else None
             tools = self._call_tools(message["tools"]) if "tools" in message else None
-            self._configure(apply_config(self.settings, message))
+            settings = apply_config(self.settings, message)
+            if settings.language != self.settings.language:
+                self.conversation.check_language(settings.language)
+            self._configure(settings)
             if context is not None:
                 variables = self.conversation.history.context
                 for name, value in context.items():

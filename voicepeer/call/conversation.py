@@ -49,6 +49,7 @@ from ..runtime.tasks import Tasks
 from . import events
 from .answer import Answerer, ConversationSettings
 from .bargein import BargeIn
+from .control import ControlError
 from .events import EventHub, State
 from .floor import (
     Committed,
@@ -64,7 +65,7 @@ from .floor import (
     Transition,
     Unanswered,
 )
-from .language import CallASR, CallLanguage, Language
+from .language import AUTO, CallASR, CallLanguage, Language
 from .partials import Partials
 from .playout import Playout
 from .services import Services
@@ -154,6 +155,17 @@ class Conversation:
         self.answerer.update(system_prompt=system_prompt, max_tokens=max_tokens)
         if language is not None:
             self.language.ask(language)
+
+    def check_language(self, code: str) -> None:
+        """Raises ``ControlError`` unless the ASR can hear ``code`` (``auto``: tell languages apart),
+        by what it declares: asking an English-only model for Mandarin would fail every turn."""
+        known = self.asr.capabilities.languages
+        if not known or (code in known if code != AUTO else len(known) > 1):
+            return
+        what = "tell languages apart" if code == AUTO else f"hear {code!r}"
+        raise ControlError(
+            "unsupported", f"the ASR cannot {what} (it knows {', '.join(known[:8])})", "language"
+        )
 
     def _language_changed(self, new: Language, detected: bool) -> None:
         log.info("the call's language is now %s (%s)", new.code, "detected" if detected else "asked")

@@ -8,6 +8,8 @@
 //   "metrics"    {turn, ...ms}              server-side timings of a turn
 //   "muted"      {muted}                    the server stopped (or resumed) listening
 //   "config"     {system_prompt, ...}       the call's settings, after configure()
+//   "language"   {language, asked, detected} the call's language changed (configure({language}) or,
+//                                           with "auto", the server heard another)
 //   "tool_call"  {turn, id, name, arguments} the model called one of the application's tools
 //   "tool_result" {turn, id, name, ok, ms, result?, error?, dropped}
 //   "hook"       {turn, action, ms}         what the application's per-turn hook did

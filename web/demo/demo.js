@@ -34,7 +34,26 @@ function createClient({ audioElement }) {
   return client;
 }
 
-const panel = new CallPanel({ createClient, callControls: ["say", "say-text"] });
+// The call's language (?language=zh preselects it): sent once the call is up, and whenever it changes.
+const chosen = new URLSearchParams(location.search).get("language");
+if (chosen && [...$("language").options].some((o) => o.value === chosen)) $("language").value = chosen;
+function sendLanguage(client) {
+  if (client && $("language").value) client.configure({ language: $("language").value });
+}
+$("language").addEventListener("change", () => sendLanguage(panel.client));
+
+const panel = new CallPanel({
+  createClient,
+  callControls: ["say", "say-text"],
+  onConnected: async (client) => {
+    client.addEventListener("language", (e) => {
+      // With "detect it", the language the server heard; otherwise the one it was asked for.
+      $("heard-language").textContent = e.detail.detected ? `heard: ${e.detail.language}` : "";
+    });
+    sendLanguage(client);
+  },
+  onReset: () => ($("heard-language").textContent = ""),
+});
 
 $("say-form").addEventListener("submit", (event) => {
   event.preventDefault();
