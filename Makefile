@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# festival's HTS voice of slt: one of the voices of the tests' and the benchmarks' speech.
+SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
 
 # llama-cpp-python compiles llama.cpp from source; without this the wheel is tuned to (and may only run
 # on) the CPU that built it.
@@ -73,6 +75,10 @@ $(TEST_STAMP): $(STAMP) tests/js/package-lock.json web/electron/package-lock.jso
 	$(call debian,chromium,chromium)
 	$(call debian,espeak-ng,espeak-ng)
 	$(call debian,sox,sox)
+	@# The other voices of the tests' speech (tests/support/speech.py): flite, and festival's HTS voice of slt.
+	$(call debian,flite,flite)
+	@test -d $(SLT_HTS) || { echo "==> installing Debian packages: festival festvox-us-slt-hts"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq festival festvox-us-slt-hts >/dev/null; }
 	@# GStreamer's webrtcbin for Debian's own Python: the third-party WHIP client of test_whip_gstreamer.py.
 	@/usr/bin/python3 -c 'import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find("webrtcbin") and Gst.ElementFactory.find("nicesrc")' 2>/dev/null || { \
 	  echo "==> installing Debian packages: GStreamer's webrtcbin, libnice and Python bindings"; \
@@ -133,13 +139,8 @@ lint: install-test
 docs: install
 	$(BIN)/python -m voicepeer.config --markdown > docs/configuration.md
 
-# The benchmarks' voices: espeak-ng (make install-test), flite, and festival's HTS voice of slt.
-SLT_HTS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
-
+# The benchmarks' voices (espeak-ng, flite and festival's HTS voice of slt) come with make install-test.
 bench: install-test
-	$(call debian,flite,flite)
-	@test -d $(SLT_HTS) || { echo "==> installing Debian packages: festival festvox-us-slt-hts"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq festival festvox-us-slt-hts >/dev/null; }
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.latency --clients chromium --room speaker --questions 5 --long 5 --out bench/results/latency-speaker.json
 	$(BIN)/python -m bench.bargein

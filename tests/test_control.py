@@ -199,6 +199,7 @@ async def test_config_changes_the_next_reply_and_bad_values_change_nothing(servi
             {"type": "config", "system_prompt": prompt, "max_tokens": 40, "end_silence_ms": 600},
         )
         assert status == 200 and body["settings"] == {
+            "language": "en",
             "system_prompt": prompt,
             "max_tokens": 40,
             "end_silence_ms": 600,

@@ -133,7 +133,7 @@ def test_loaded_models_are_out_of_the_collectors_full_passes(services):
     assert gc.get_freeze_count() > 20_000
     tracked = {id(o) for o in gc.get_objects()}
     voice, whisper = services.tts.chain.first, services.asr.chain.first  # the embedded backends
-    assert id(voice._voice) not in tracked and id(whisper._model) not in tracked
+    assert id(voice._voice) not in tracked and id(whisper._english.model) not in tracked
     # Reference counting still frees what calls create, frozen heap or not.
     before = len(gc.get_objects())
     for _ in range(3):

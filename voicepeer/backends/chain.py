@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .base import Backend, BackendError
+from .base import Backend, BackendError, UnsupportedLanguage
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,8 @@ class Chain(Generic[B]):
             try:
                 async with asyncio.timeout(timeout_s):
                     result = await request(self.states[index].backend)  # type: ignore[arg-type]
+            except UnsupportedLanguage:
+                raise  # the request's fault, not the backend's
             except Exception as exc:
                 reason = describe(exc, timeout_s)
                 self._log_failure(index, exc, reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..runtime.models import ModelNotFound
+from ..runtime.models import ModelNotFound, whisper_model_dir
 from .asr import WhisperASR
 from .llm import LlamaCppLLM
 from .registry import BackendContext
@@ -19,18 +19,20 @@ def asr(_url: str, context: BackendContext) -> WhisperASR:
     installed an English server still runs (calls that ask for another language get an error); a
     server whose own ``--language`` is another needs it."""
     multilingual = context.asr_multilingual
-    try:
-        return WhisperASR(
-            context.asr_model,
-            cpu_threads=context.asr_threads,
-            language=context.language,
-            multilingual=multilingual,
-        )
-    except ModelNotFound as exc:
-        if multilingual is None or context.language != "en":
-            raise
-        log.warning("ASR: English only (%s)", exc)
-        return WhisperASR(context.asr_model, cpu_threads=context.asr_threads, language="en")
+    if multilingual is not None:
+        try:
+            whisper_model_dir(multilingual)
+        except ModelNotFound as exc:
+            if context.language != "en":
+                raise
+            log.warning("ASR: English only (%s)", exc)
+            multilingual = None
+    return WhisperASR(
+        context.asr_model,
+        cpu_threads=context.asr_threads,
+        language=context.language,
+        multilingual=multilingual,
+    )
 
 
 def tts(_url: str, context: BackendContext) -> PiperTTS:

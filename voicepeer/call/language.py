@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.asr import ASR, ASRStream, Transcript
+from ..backends.asr import ASR, WHISPER_LANGUAGES, ASRStream, Transcript
 from ..backends.base import Capabilities
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,6 @@ _KNOWN = {
     ),
 }
 
-_CODE = re.compile(r"^[a-z]{2,3}$")
-
 
 def language(code: str) -> Language:
     """The rules of ``code`` (``zh-CN`` and ``zh_TW`` are ``zh``): a known language's, else a spaced
@@ -142,19 +140,22 @@ def language(code: str) -> Language:
 
 
 def normalize(code: str) -> str:
-    """``zh-CN`` -> ``zh``; ``auto`` stays; ValueError for anything that is not a language code."""
-    text = code.strip().lower()
+    """``zh-CN`` -> ``zh``; ``auto`` stays; ValueError for anything that is not a language Whisper has
+    a code for (the ASR could not be asked for it)."""
+    text = str(code).strip().lower()
     if text == AUTO:
         return AUTO
     base = re.split(r"[-_]", text, maxsplit=1)[0]
-    if not _CODE.match(base):
-        raise ValueError(f"expected a language code such as en or zh, or auto, got {code!r}")
+    if base not in WHISPER_LANGUAGES:
+        raise ValueError(f"expected a language code as Whisper has them (en, zh, ...) or auto, got {code!r}")
     return base
 
 
 MIN_WORDS_TO_SWITCH = 3
-"""Words (or wide characters) a detected turn needs before the call's language follows it: whisper
-guesses the language of a lone "okay" or a cough poorly, and one wrong guess would answer in it."""
+MIN_WIDE_TO_SWITCH = 6
+"""Words (characters, in a script without spaces) a detected turn needs before the call's language
+follows it: whisper guesses the language of a lone "okay" or a cough poorly ("嗯嗯嗯" too), and one
+wrong guess would answer in it."""
 
 
 class CallLanguage:
@@ -163,13 +164,26 @@ class CallLanguage:
     change, and whether it was detected."""
 
     def __init__(self, asked: str = "en", changed: Callable[[Language, bool], None] | None = None) -> None:
+        """``asked``: the server's ``--language``, which the call starts with."""
         self.asked = normalize(asked)
         self.current = language("en" if self.asked == AUTO else self.asked)
+        self.changes = 0
+        """Times the language changed during the call."""
         self._changed = changed
 
     @property
+    def instruction(self) -> str:
+        """What the LLM is told of the language: ``Language.reply_instruction``, and for English too
+        once the call has been in another, whose turns in the history a model would go on in."""
+        said = self.current.reply_instruction
+        if not said and self.changes:
+            return "Reply only in English, whatever language earlier turns were in."
+        return said
+
+    @property
     def for_asr(self) -> str:
-        """What the ASR is asked for: the language, or ``auto``."""
+        """What the ASR is asked for: the language, or ``auto``. A backend whose URL names a language
+        (``--asr http://...?language=de``) keeps that one, as the operator set it up."""
         return self.asked
 
     def ask(self, asked: str) -> None:
@@ -181,24 +195,33 @@ class CallLanguage:
             self._set(language(asked), detected=False)
 
     def heard(self, code: str | None, text: str) -> None:
-        """A turn's transcript, in the language the ASR says it was in."""
-        if self.asked != AUTO or not code or code == self.current.code:
+        """A turn's transcript, in the language the ASR says it was in (a server may say anything)."""
+        if self.asked != AUTO or not code:
             return
-        from .text import words
+        try:
+            code = normalize(code)
+        except ValueError:
+            return
+        if code in (AUTO, self.current.code):
+            return
+        from .text import is_wide, words
 
-        if len(words(text)) >= MIN_WORDS_TO_SWITCH:
+        found = len(words(text))
+        if found >= (MIN_WIDE_TO_SWITCH if is_wide(text) else MIN_WORDS_TO_SWITCH):
             self._set(language(code), detected=True)
 
     def _set(self, new: Language, detected: bool) -> None:
         self.current = new
+        self.changes += 1
         if self._changed is not None:
             self._changed(new, detected)
 
-    def tidy(self, text: str) -> str:
-        """A transcript in the script the language is written in here: whisper writes Mandarin in
-        traditional or simplified characters as it pleases, and ``zh`` is simplified (OpenCC's
-        ``t2s``, from voicepeer[multilingual]; without it, as whisper wrote it)."""
-        if self.current.code != "zh" or not text:
+    def tidy(self, text: str, heard_in: str | None = None) -> str:
+        """A transcript (``heard_in`` a language, else the call's) in the script the language is
+        written in here: whisper writes Mandarin in traditional or simplified characters as it pleases,
+        and ``zh`` is simplified (OpenCC's ``t2s``, from voicepeer[multilingual]; without it, as
+        whisper wrote it)."""
+        if (heard_in or self.current.code) != "zh" or not text:
             return text
         convert = _simplifier()
         return convert(text) if convert is not None else text
@@ -229,7 +252,7 @@ class CallASR(ASR):
 
     async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         heard = await self._asr.transcribe(audio, language or self.language.for_asr)
-        return dataclasses.replace(heard, text=self.language.tidy(heard.text))
+        return dataclasses.replace(heard, text=self.language.tidy(heard.text, heard.language))
 
     async def open_stream(self, language: str | None = None) -> ASRStream:
         return _TidyStream(await self._asr.open_stream(language or self.language.for_asr), self.language)
@@ -249,7 +272,7 @@ class _TidyStream(ASRStream):
 
     async def finish(self) -> Transcript:
         heard = await self._stream.finish()
-        return dataclasses.replace(heard, text=self._language.tidy(heard.text))
+        return dataclasses.replace(heard, text=self._language.tidy(heard.text, heard.language))
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -39,6 +39,11 @@ class Services:
     (``tts_for``)."""
     espeak_fallback: bool = True
     """A language no chain speaks is spoken by espeak-ng, if it has a voice for it."""
+    language: str = "en"
+    """The server's own language (``--language``): the first chain speaks it, whatever its voice
+    declares, as the operator set it up."""
+    tts_timeout_s: float = field(default_factory=lambda: Config().tts.timeout_s)
+    """For the espeak-ng chains made on first use."""
     load: InferenceLoad = field(default_factory=InferenceLoad)
     """How long the process's turns take on its own cores: shared by its calls, as the models are."""
 
@@ -65,19 +70,21 @@ class Services:
         if own is not None:
             return own
         spoken = self.tts.capabilities.languages
-        if not spoken or language in spoken or not self.espeak_fallback:
+        if language == self.language or not spoken or language in spoken or not self.espeak_fallback:
             return self.tts
         if language not in self._fallbacks:
             self._fallbacks[language] = self._espeak(language)
         return self._fallbacks[language]
 
     def _espeak(self, language: str) -> TTS:
+        """espeak-ng's voice for ``language`` (on the event loop: the list of its voices was read at
+        load, ``installed_voices``), or the first chain if it has none."""
         from ..backends.espeak import EspeakTTS, voice_for
 
-        timeout_s = Config().tts.timeout_s
+        timeout_s = self.tts_timeout_s
         try:
             voice = EspeakTTS(voice_for(language), language=language, timeout_s=timeout_s)
-        except BackendError as exc:
+        except Exception as exc:
             log.warning("no voice for %s: %s; the first TTS chain speaks it", language, exc)
             return self.tts
         voice.name = f"espeak-ng?voice={voice.voice}"
@@ -192,7 +199,12 @@ def load_services(config: Config, llm: LLM | None = None) -> Services:
         tts=TTSChain(tts),
         end_of_turn=end_of_turn,
         tts_languages=tts_languages,
+        language=config.asr.language if config.asr.language != "auto" else "en",
+        tts_timeout_s=config.tts.timeout_s,
     )
+    from ..backends.espeak import installed_voices
+
+    installed_voices()  # read once, here: a language's voice is made on first use, on the event loop
     t1 = time.perf_counter()
     services.asr.warmup()
     services.tts.warmup()

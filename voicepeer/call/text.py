@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 from .language import ENGLISH, ENGLISH_LEXICON, MANDARIN_LEXICON, Language
 
@@ -19,14 +20,20 @@ WIDE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WIDE_CHAR = re.compile(f"[{WIDE}]")
 
 _SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+)")
-_WIDE_SENTENCE_END = re.compile(f"([。！？；]+[”’」』）)\\]]*|[.!?]+(?=[{WIDE}]))(\\s*)")
+_CLOSERS = "”’」』）)\\]"
+# A closing quote may come in the next token: the end is known once a character that is none follows.
+_WIDE_SENTENCE_END = re.compile(f"([。！？；]+[{_CLOSERS}]*|[.!?]+(?=[{WIDE}]))(\\s*)(?=[^{_CLOSERS}])")
+_WIDE_END_PENDING = re.compile(f"[。！？；][{_CLOSERS}]*\\s*$")
 _CLAUSE_END = re.compile(r"([,;:—–])(\s+)")
-_WIDE_CLAUSE_END = re.compile(f"([，、：]|[,:](?=[{WIDE}]))(\\s*)")
+_WIDE_CLAUSE_END = re.compile(f"([，、：]|[,:](?=\\s*[{WIDE}]))(\\s*)")
 _WIDE_CLAUSE_MARKS = "，、：；,;:"
+_UNBREAKABLE = re.compile(r"[0-9A-Za-z.,%:]")
+"""A character a cut on the budget must not fall next to: it would split a number or a word."""
 _MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)")
 _SPACE = re.compile(r"\s+")
 _WORD_GAP = re.compile(r"\s")
-_WIDE_PUNCTUATION = "。，、！？；：“”‘’（）《》「」『』…—–"
+_WIDE_PUNCTUATION = "。，、！？；：（）《》「」『』"
+"""Marks only Chinese and Japanese text uses (not the quotes and dashes English shares)."""
 
 
 def is_wide(text: str) -> bool:
@@ -38,8 +45,16 @@ def is_wide(text: str) -> bool:
 def clean_for_speech(text: str) -> str:
     """Removes markdown and emoji that a TTS voice would read out or stumble over."""
     text = _MARKUP.sub(lambda m: m.group(1) or " ", text)
-    text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in "’‘“”…—–" + _WIDE_PUNCTUATION)
+    text = "".join(ch for ch in text if ch.isascii() or ch.isalpha() or ch in _KEPT or _is_mark(ch))
     return _SPACE.sub(" ", text).strip()
+
+
+_KEPT = "’‘“”…—–" + _WIDE_PUNCTUATION
+
+
+def _is_mark(ch: str) -> bool:
+    """A combining mark (Devanagari's vowel signs, Thai's tones): part of the letter before it."""
+    return unicodedata.category(ch).startswith("M")
 
 
 def join_pieces(pieces: list[str]) -> str:
@@ -145,6 +160,8 @@ class SpeechChunker:
             self._sentence_end = True
             return self._take(match.end(1), match.end())
         if is_wide(buf):
+            if _WIDE_END_PENDING.search(buf):
+                return None  # a sentence ends here, once the next token shows no closing quote follows
             return self._cut_wide(buf)
         if self._emitted == 0:
             for m in _CLAUSE_END.finditer(buf):
@@ -177,10 +194,11 @@ class SpeechChunker:
         if len(buf) <= limit:
             return None
         if not first:
-            marks = [i + 1 for i, ch in enumerate(buf[:limit]) if ch in _WIDE_CLAUSE_MARKS]
+            marks = _clause_marks(buf[:limit])
             if marks and marks[-1] >= self.first_min_wide:
                 return self._take(marks[-1], marks[-1])
-        return self._take(limit, limit)
+        cut = _safe_cut(buf, limit, 1)
+        return self._take(cut, cut)
 
     def _take(self, end: int, resume: int) -> str:
         piece, self._buffer = self._buffer[:end], self._buffer[resume:]
@@ -232,10 +250,39 @@ def _split_wide(text: str, max_chars: int, min_chars: int) -> tuple[str, str] | 
     allowed = range(min_chars, len(text) - min_chars + 1)
     if not allowed:
         return None
-    marks = [i + 1 for i, ch in enumerate(text) if ch in _WIDE_CLAUSE_MARKS and i + 1 in allowed]
-    fitting = [i for i in marks if i <= max_chars]
+    fitting = [i for i in _clause_marks(text) if i in allowed and i <= max_chars]
     cut = fitting[-1] if fitting else max(min_chars, min(max_chars, allowed[-1]))
+    if not fitting:
+        cut = _safe_cut(text, cut, min_chars, allowed[-1])
     return text[:cut], text[cut:]
+
+
+def _clause_marks(text: str) -> list[int]:
+    """Where wide text may be cut after a clause mark (indices after it); not inside 1,000 or 3:30."""
+    return [
+        i + 1
+        for i, ch in enumerate(text)
+        if ch in _WIDE_CLAUSE_MARKS
+        and not (ch.isascii() and text[i - 1 : i].isdigit() and text[i + 1 : i + 2].isdigit())
+    ]
+
+
+def _safe_cut(text: str, cut: int, low: int, high: int | None = None) -> int:
+    """``cut``, or the nearest index at or before it (not below ``low``), else after it (up to
+    ``high``), that splits no number and no Latin word ("1234|567", "Pyth|on")."""
+
+    def splits(i: int) -> bool:
+        return (
+            0 < i < len(text) and bool(_UNBREAKABLE.match(text[i - 1])) and bool(_UNBREAKABLE.match(text[i]))
+        )
+
+    for i in range(cut, low - 1, -1):
+        if not splits(i):
+            return i
+    for i in range(cut + 1, (len(text) if high is None else high) + 1):
+        if not splits(i):
+            return i
+    return cut
 
 
 _ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "e.g.", "i.e.", "vs.", "etc.", "no."}
@@ -250,7 +297,11 @@ def _is_abbreviation(text: str) -> bool:
     return len(raw) == 2 and raw[0].isupper() and raw[1] == "."
 
 
-_WORD = re.compile(f"[a-z0-9']+(?:-[a-z0-9']+)*|[{WIDE}]")
+_MARKS = "\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u0900-\u0dff\u0e00-\u0eff"
+"""Combining marks, and the Indic and Thai blocks whole (their vowel signs are marks, not letters)."""
+_LETTER = f"(?:(?![{WIDE}])[^\\W_]|[{_MARKS}'])"
+"""A letter or digit of any script but the wide ones, or an apostrophe: ``[a-z0-9']`` in English."""
+_WORD = re.compile(f"{_LETTER}+(?:-{_LETTER}+)*|[{WIDE}]")
 
 _ENGLISH_UNFINISHED = ENGLISH_LEXICON.unfinished
 
@@ -282,7 +333,7 @@ _CONTRACTIONS = {
     "isn't": "is not",
     "ok": "okay",
 }
-_TOKEN = re.compile(f"[a-z0-9']+|[{WIDE}]")
+_TOKEN = re.compile(f"{_LETTER}+|[{WIDE}]")
 
 
 def _number_words(token: str) -> str:
@@ -343,29 +394,60 @@ def chinese_number(token: str) -> list[str]:
     return list(text)
 
 
-_NUMBER = re.compile(r"(-?)(\d+)(?:\.(\d+))?(%?)")
-_YEAR = re.compile(r"(\d{4})(?=年)")
+_KEEP_AS_WRITTEN = re.compile(r"[A-Za-z][\w.:/?&=#%+@-]*|\d+(?:\.\d+){2,}")
+"""Latin words, URLs, addresses, versions (COVID-19, https://x.cn/a?b=1, 1.2.3): the voice reads them."""
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_DATE = re.compile(r"(?<!\d)(\d{4})-(\d{1,2})-(\d{1,2})(?!\d)")
+_TIME = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])")
+_RANGE = re.compile(r"(?<![\d.])(\d+)[-~～](\d+)(?![\d.])")
+_YEAR = re.compile(r"(?<!\d)(1\d{3}|2[01]\d{2})(?=年)")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])(-?)(\d+)(?:\.(\d+))?(%?)")
+_MEASURES = "个位次天年种件条只本张台岁周辆家杯碗瓶块"
+"""Measure words before which two is 两, not 二 (两个, 两年; the hour is 两点 too)."""
+_HALF_WIDTH = {",": "，", "?": "？", "!": "！", ";": "；", ":": "："}
+
+
+def _digits_zh(digits: str) -> str:
+    return "".join(_DIGITS_ZH[int(d)] for d in digits)
+
+
+def _number_zh(m: re.Match[str]) -> str:
+    sign, whole, fraction, percent = m.groups()
+    after = m.string[m.end() : m.end() + 1]
+    said = "两" if whole == "2" and not fraction and not percent and after in _MEASURES + "点" else ""
+    said = said or "".join(chinese_number(whole))
+    if fraction:
+        said += "点" + _digits_zh(fraction)
+    if percent:
+        said = "百分之" + said
+    return ("负" if sign else "") + said
+
+
+def _mandarin_numbers(text: str) -> str:
+    text = _THOUSANDS.sub("", text)
+    text = _DATE.sub(lambda m: f"{m.group(1)}年{int(m.group(2))}月{int(m.group(3))}日", text)
+    text = _TIME.sub(
+        lambda m: f"{int(m.group(1))}点" + (f"{int(m.group(2))}分" if int(m.group(2)) else ""), text
+    )
+    text = _RANGE.sub(r"\1到\2", text)
+    text = _YEAR.sub(lambda m: _digits_zh(m.group(1)), text)
+    return _NUMBER.sub(_number_zh, text)
 
 
 def speakable(text: str, lang: Language = ENGLISH) -> str:
-    """``text`` as the TTS should be given it. Mandarin: numerals in Chinese characters (2024年 digit
-    by digit, 3.5 三点五, 50% 百分之五十, -3 负三), half-width marks as full-width ones, so any voice
-    reads them the same way. Other languages: as it is (Piper's phonemizer reads numerals itself)."""
+    """``text`` as the TTS should be given it. Mandarin: numerals in Chinese characters (3.5 三点五,
+    50% 百分之五十, -3 负三, 2个 两个, 1,000 一千, 2024年 digit by digit, 3:30 三点三十分, 3-5 三到五,
+    2024-01-05 as a date), half-width marks after a Chinese character as full-width ones; Latin words,
+    URLs and versions as written. Other languages: as it is (Piper's phonemizer reads numerals)."""
     if lang.code != "zh":
         return text
-    text = _YEAR.sub(lambda m: "".join(_DIGITS_ZH[int(d)] for d in m.group(1)), text)
-
-    def number(m: re.Match[str]) -> str:
-        sign, whole, fraction, percent = m.groups()
-        said = "".join(chinese_number(whole))
-        if fraction:
-            said += "点" + "".join(_DIGITS_ZH[int(d)] for d in fraction)
-        if percent:
-            said = "百分之" + said
-        return ("负" if sign else "") + said
-
-    text = _NUMBER.sub(number, text)
-    return text.translate(str.maketrans({",": "，", "?": "？", "!": "！", ";": "；", ":": "："}))
+    out, at = [], 0
+    for kept in _KEEP_AS_WRITTEN.finditer(text):
+        out += [_mandarin_numbers(text[at : kept.start()]), kept.group()]
+        at = kept.end()
+    out.append(_mandarin_numbers(text[at:]))
+    text = "".join(out)
+    return re.sub(f"(?<=[{WIDE}])[,?!;:]", lambda m: _HALF_WIDTH[m.group()], text)
 
 
 def spoken_words(text: str, lang: Language = ENGLISH) -> list[str]:

@@ -46,6 +46,7 @@ class OpenAIASR(ASR):
         self.name = endpoint.name
         self.model = endpoint.query.get("model", model)
         self.language = endpoint.query.get("language", language)
+        self._fixed = "language" in endpoint.query
         self.timeout_s = timeout_s
         self.http = HTTPClient(
             endpoint,
@@ -71,7 +72,7 @@ class OpenAIASR(ASR):
     async def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         """``AUTO`` sends no ``language``: the server detects it (and says which only in its
         ``verbose_json`` format, which not every server has, so the transcript does not say)."""
-        language = language or self.language
+        language = self.language_for(language)
         if audio.size == 0:
             return Transcript(text="", audio_s=0.0)
         wav = wav_bytes(audio)
@@ -91,6 +92,11 @@ class OpenAIASR(ASR):
             raise BackendError(f"{self.http.what} answered {len(text)} characters for one turn")
         heard = language if language and language != AUTO else None
         return Transcript(text=text.strip(), audio_s=audio.size / SPEECH_RATE, language=heard)
+
+    def language_for(self, asked: str | None) -> str | None:
+        """The language a request is sent in: the URL's, if it names one (the operator's choice for
+        this server), else the one asked for, else the backend's own."""
+        return self.language if self._fixed else (asked or self.language)
 
     async def probe(self) -> None:
         """Its health route, then half a second of silence transcribed: faster-whisper-server answers
