@@ -84,7 +84,8 @@ def test_chinese_is_cut_at_its_own_marks_without_spaces():
         "好的，我来帮你查一下天气。北京今天晴，最高气温十五度！明天会下雨吗？会的。",
     )
     assert pieces == [
-        "好的，我来帮你查一下天气。",
+        "好的，",
+        "我来帮你查一下天气。",
         "北京今天晴，最高气温十五度！",
         "明天会下雨吗？",
         "会的。",
@@ -92,10 +93,11 @@ def test_chinese_is_cut_at_its_own_marks_without_spaces():
 
 
 def test_the_first_chinese_piece_comes_at_a_clause_or_a_character_budget():
-    assert feed(SpeechChunker(), "北京今天天气很好，适合出门散步。")[0] == "北京今天天气很好，"
+    assert feed(SpeechChunker(), "北京今天，天气很好，适合出门散步。")[0] == "北京今天，"
+    assert feed(SpeechChunker(), "好的，我来帮你查一下天气。")[0] == "好的，"  # short, as the budget runs out
     # No mark at all: cut on the budget, so the voice starts before the sentence is written.
     first = feed(SpeechChunker(), "北京今天天气很好适合出门散步我们可以去公园走走")[0]
-    assert first == "北京今天天气很好适合出门"
+    assert first == "北京今天天气"
     # The English rules are unchanged.
     english = feed(SpeechChunker(), "The sky is blue because of the way air scatters light.")
     assert english[0] == "The sky is blue"
@@ -184,8 +186,8 @@ def test_what_mandarin_text_is_given_to_the_voice(written, said):
 
 
 def test_a_cut_on_the_budget_splits_no_number_and_no_latin_word():
-    first = feed(SpeechChunker(), "价格是一共123456789元，谢谢")[0]
-    assert first == "价格是一共"
+    first = feed(SpeechChunker(), "价格一共是123456789元，谢谢")[0]
+    assert first == "价格一共是"
     assert feed(SpeechChunker(), "我用Python写代码，很方便")[0] == "我用Python写代码，"
     head, tail = split_to_fit("价格一共是12345678元，不包括运费和税", 7)
     assert head == "价格一共是" and tail.startswith("12345678元")
