@@ -109,7 +109,7 @@ class _Whisper:
         self.suppress = list(get_suppressed_tokens(self.tokenizer("en"), [-1]))
         vocabulary = self.model.hf_tokenizer
         self.languages: frozenset[str] = (
-            frozenset(c for c in whisper_languages() if vocabulary.token_to_id(f"<|{c}|>") is not None)
+            frozenset(c for c in WHISPER_LANGUAGES if vocabulary.token_to_id(f"<|{c}|>") is not None)
             if self.multilingual
             else frozenset({"en"})
         )
@@ -144,11 +144,6 @@ WHISPER_LANGUAGES = frozenset(
 )
 """Every language Whisper's tokenizer has a code for (faster-whisper's list, checked against it by the
 tests), kept here so that a configuration is checked without importing the model runtime."""
-
-
-def whisper_languages() -> frozenset[str]:
-    """The codes a multilingual Whisper model may know (``zh``, ``yue``, ...)."""
-    return WHISPER_LANGUAGES
 
 
 class WhisperASR(ASR):

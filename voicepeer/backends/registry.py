@@ -111,7 +111,7 @@ def parse_chain(stage: Stage, text: str) -> list[str]:
     language = ""
     for index, url in enumerate(urls):
         prefix, _, rest = url.partition("=")
-        if rest and _LANGUAGE_PREFIX.match(prefix) and "://" not in prefix and "?" not in prefix:
+        if rest and _LANGUAGE_PREFIX.match(prefix):
             if stage != "tts":
                 raise BadBackendURL(f"--{stage}: only --tts has a chain per language ({url!r})")
             language, url = prefix.lower(), rest.strip()

@@ -105,10 +105,6 @@ class Language:
         return NAMES.get(self.code, self.code)
 
     @property
-    def is_english(self) -> bool:
-        return self.code == "en"
-
-    @property
     def reply_instruction(self) -> str:
         """What the LLM's system prompt is given besides the application's instructions: nothing for
         English (the prompts are written in it), else the language its reply must be in."""

@@ -368,12 +368,16 @@ def _section_zh(n: int) -> str:
     return out
 
 
+def _digits_zh(digits: str) -> str:
+    return "".join(_DIGITS_ZH[int(d)] for d in digits)
+
+
 def chinese_number(token: str) -> list[str]:
     """A string of digits as a Mandarin speaker reads it, one character each: 25 -> 二十五, 10 -> 十,
     20000 -> 两万, 2008 -> 两千零八; from nine digits on (a phone number; a written reply says 14亿, not
     1400000000) and with a leading zero (a code), digit by digit."""
     if len(token) > 8 or (len(token) > 1 and token.startswith("0")):
-        return [_DIGITS_ZH[int(d)] for d in token]
+        return list(_digits_zh(token))
     n = int(token)
     if n == 0:
         return ["零"]
@@ -408,10 +412,6 @@ _NUMBER = re.compile(r"(?<![A-Za-z0-9_.])(-?)(\d+)(?:\.(\d+))?(%?)")
 _MEASURES = "个位次天年种件条只本张台岁周辆家杯碗瓶块"
 """Measure words before which two is 两, not 二 (两个, 两年; the hour is 两点 too)."""
 _HALF_WIDTH = {",": "，", "?": "？", "!": "！", ";": "；", ":": "："}
-
-
-def _digits_zh(digits: str) -> str:
-    return "".join(_DIGITS_ZH[int(d)] for d in digits)
 
 
 def _number_zh(m: re.Match[str]) -> str:

@@ -202,12 +202,17 @@ def installed_programs(info: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [p for p in programs if isinstance(p, dict) and p.get("installed", True)]
 
 
+def language_code(name: object) -> str:
+    """A language as Wyoming names it, as an ISO 639-1 code (``en_US`` -> ``en``)."""
+    return str(name).split("_")[0].split("-")[0].lower()
+
+
 def language_codes(items: Iterable[Any]) -> tuple[str, ...]:
-    """ISO 639-1 codes of the models' or voices' languages (``en_US`` -> ``en``)."""
+    """ISO 639-1 codes of the models' or voices' languages."""
     found: set[str] = set()
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("languages"), list):
-            found.update(str(lang).split("_")[0].split("-")[0].lower() for lang in item["languages"])
+            found.update(language_code(lang) for lang in item["languages"])
     return tuple(sorted(found))
 
 

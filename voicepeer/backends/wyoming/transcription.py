@@ -20,6 +20,7 @@ from .protocol import (
     Event,
     describe,
     installed_programs,
+    language_code,
     language_codes,
     parse_address,
     server_error,
@@ -92,7 +93,7 @@ def _transcript_language(event: Event, asked: str | None) -> str | None:
     """The language the server says it heard (newer servers send one), else the one asked for."""
     said = event.data.get("language")
     if isinstance(said, str) and 2 <= len(said) <= 16:
-        return said.split("_")[0].split("-")[0].lower()
+        return language_code(said)
     return asked if asked and asked != AUTO else None
 
 
