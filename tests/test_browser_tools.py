@@ -38,6 +38,11 @@ def test_a_spoken_question_calls_the_applications_tool_and_the_app_steers_the_ca
         browser.wait_for_event(page, "m.type === 'tool_result'", 60_000)
         browser.wait_for_event(page, "m.type === 'metrics' && m.turn === 2", 60_000)
         shown = page.inner_text("#log .tools")  # the page shows the call under the reply
+        # A speak sent while the bot answers is queued and follows the answer with no pause, so the
+        # test waits for the answer to end (and a second of silence) to hear the two apart.
+        last_state = "window.__vp.events.filter(({msg: m}) => m.type === 'state').at(-1)?.msg.state"
+        browser.wait_until(page, f"{last_state} === 'listening'", 30_000)
+        page.wait_for_timeout(1000)
         # The application speaks on the data channel...
         page.evaluate("window.voicepeerClient.speak('By the way, it will rain tomorrow.')")
         browser.wait_for_event(page, "m.type === 'reply' && m.final && m.text.includes('rain')", 30_000)
