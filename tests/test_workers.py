@@ -67,6 +67,40 @@ async def test_trim_waits_until_the_pool_is_idle() -> None:
     assert loop.time() - idle == pytest.approx(trim.delay_s, abs=0.002)
 
 
+class Sound:
+    sounding = True
+
+
+@virtual_time
+async def test_trim_waits_for_every_voice_to_go_quiet_but_not_for_ever() -> None:
+    loop = asyncio.get_running_loop()
+    trim = workers.IdleTrim(delay_s=0.2, max_wait_s=5.0)
+    voice = Sound()
+    trim.watch(voice)
+    trim.begin()
+    trim.end()
+    idle = loop.time()
+    await asyncio.sleep(2.0)  # the reply is synthesized, but still being sent
+    assert trim.trims == 0 and trim.deferred > 0
+    voice.sounding = False
+    await until(lambda: trim.trims == 1)
+    assert 2.0 <= loop.time() - idle <= 2.0 + trim.delay_s + 0.002
+    # A server whose calls never all go quiet still trims, after max_wait_s.
+    voice.sounding = True
+    trim.begin()
+    trim.end()
+    idle = loop.time()
+    await until(lambda: trim.trims == 2)
+    assert trim.max_wait_s <= loop.time() - idle <= trim.max_wait_s + 2 * trim.delay_s + 0.002
+    # A voice that is gone holds nothing up.
+    del voice
+    trim.begin()
+    trim.end()
+    idle = loop.time()
+    await until(lambda: trim.trims == 3)
+    assert loop.time() - idle == pytest.approx(trim.delay_s, abs=0.002)
+
+
 @virtual_time
 async def test_run_blocking_trims_once_after_a_burst() -> None:
     loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..audio.formats import WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, SampleBuffer
+from ..runtime.workers import idle_trim
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Playout:
         self._idle.set()
         self._listeners: list[FrameListener] = []
         self._paused = False
+        idle_trim.watch(self)  # no memory trim stalls the loop while this voice is being sent
 
     # -- producer side -------------------------------------------------------------------------
 
@@ -85,6 +87,11 @@ class Playout:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def sounding(self) -> bool:
+        """Audio is queued to be handed out (paused or not: a pause is a moment's judgement)."""
+        return len(self._buffer) > 0
 
     @property
     def buffered_samples(self) -> int:

@@ -13,9 +13,10 @@ import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from .memory import release_free_memory
 
@@ -75,22 +76,47 @@ async def _run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object,
     return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 
 
+class SoundSource(Protocol):
+    """Something that sends a voice in real time (a call's playout)."""
+
+    @property
+    def sounding(self) -> bool:
+        """It has audio queued to send."""
+        ...
+
+
 class IdleTrim:
-    """Returns freed native memory to the system once the inference pool has been idle a moment.
+    """Returns freed native memory to the system once the inference pool has been idle a moment, and
+    no call's voice is being sent.
 
     Trimming takes ~11 ms with the models loaded and makes the next inference fault its pages in
     again, so it waits until no ASR or TTS has run for ``delay_s``: between turns, not between the
-    sentences of one reply. Lives on the event loop; the trim itself runs in the pool.
+    sentences of one reply. And it holds glibc's arena locks: the event loop, which allocates for every
+    outbound frame, waited 11-24 ms behind it, and a frame of the bot's voice left late. A reply is
+    synthesized well ahead of its playout, so the pool went idle while the bot still spoke, and most
+    replies had a trim under them. So it also waits until no ``watch``-ed voice is sounding, for at most
+    ``max_wait_s`` (on a server whose calls never all go quiet, memory must still go back). Lives on
+    the event loop; the trim itself runs in the pool.
     """
 
-    def __init__(self, delay_s: float = 0.5) -> None:
+    def __init__(self, delay_s: float = 0.5, max_wait_s: float = 20.0) -> None:
         self.delay_s = delay_s
+        self.max_wait_s = max_wait_s
         self.trims = 0
+        self.deferred = 0
+        """Times a due trim waited for a voice to go quiet."""
         self._inflight = 0
         self._handle: asyncio.TimerHandle | None = None
+        self._due: float | None = None
+        self._voices: weakref.WeakSet[SoundSource] = weakref.WeakSet()
+
+    def watch(self, voice: SoundSource) -> None:
+        """Trims wait while ``voice`` sounds (held weakly: a call's playout goes with the call)."""
+        self._voices.add(voice)
 
     def begin(self) -> None:
         self._inflight += 1
+        self._due = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -98,13 +124,22 @@ class IdleTrim:
     def end(self) -> None:
         self._inflight -= 1
         if self._inflight == 0:
-            self._handle = asyncio.get_running_loop().call_later(self.delay_s, self._fire)
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + self.delay_s
+            self._handle = loop.call_later(self.delay_s, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
-        if self._inflight == 0:
-            self.trims += 1
-            executor().submit(release_free_memory)
+        if self._inflight or self._due is None:
+            return
+        loop = asyncio.get_running_loop()
+        if any(v.sounding for v in list(self._voices)) and loop.time() - self._due < self.max_wait_s:
+            self.deferred += 1
+            self._handle = loop.call_later(self.delay_s, self._fire)
+            return
+        self._due = None
+        self.trims += 1
+        executor().submit(release_free_memory)
 
 
 idle_trim = IdleTrim()

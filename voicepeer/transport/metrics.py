@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..call.events import Event
 from ..runtime.stalls import CAUSES
+from ..runtime.workers import idle_trim
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -147,6 +148,14 @@ class _Live:
         yield GaugeMetricFamily("voicepeer_loop_lag_max_seconds", "Longest loop lag", value=lag.max_s)
         yield GaugeMetricFamily(
             "voicepeer_asyncio_tasks", "Tasks alive on the event loop (a leak shows here)", value=_tasks()
+        )
+        yield CounterMetricFamily(
+            "voicepeer_memory_trims", "Freed native memory given back to the system", value=idle_trim.trims
+        )
+        yield CounterMetricFamily(
+            "voicepeer_memory_trims_deferred",
+            "Times a due memory trim waited for every call's voice to go quiet",
+            value=idle_trim.deferred,
         )
         up = GaugeMetricFamily(
             "voicepeer_backend_up",
