@@ -7,7 +7,8 @@ records the level of what it sends and what it receives on one AudioContext cloc
 
 - **Stop time**: from the onset of the user's second utterance (on the sent audio's clock: the first
   utterance's onset there plus the file's own offset, so the bot's echo cannot hide it) to the end of the
-  bot's voice in the received audio.
+  bot's voice in the received audio. Within it, ``vad_event_ms``: when the server's ``vad`` event (it
+  heard the user, and paused the bot) reached the page; the rest is the bot's voice already in flight.
 - **Interrupted**: the server's ``interrupted`` events; **self-interruptions**: an ``interrupted`` event or
   a final transcript of a new turn before the user spoke again (the bot cut off by its own voice), and
   **heard itself**: a ``vad`` event while the bot spoke before the user did; and transcripts of what the
@@ -233,6 +234,12 @@ def one_call(pw: Any, url: str, scene: Scene, room: str) -> dict[str, Any]:
     stop = browser.bot_stop(bot, onset2)
     if stop is not None:
         result["stop_ms"] = round((stop - onset2) * 1000, 1)
+        # What the stop time is made of: the server's word that it heard the user (its `vad` event
+        # reaching the page) and, after it, the bot's voice still in flight or in the page's buffer.
+        vad = next((e["t"] for e in call.events if e["t"] is not None and e["t"] >= onset2 - 0.3
+                    and e["msg"].get("type") == "vad"), None)  # fmt: skip
+        if vad is not None:
+            result["vad_event_ms"] = round((vad - onset2) * 1000, 1)
     elif earlier and onset2 - earlier[-1] < 3.0:
         result["note"] = (
             result["note"] or "the bot was in a pause (> 0.4 s) of its reply when the user cut in"
@@ -283,6 +290,10 @@ def summarize_group(calls: list[dict[str, Any]], controls: list[dict[str, Any]])
             "interrupted": sum(1 for c in cs if c.get("interrupted")),
             "stop_ms": spread([c["stop_ms"] for c in cs if "stop_ms" in c and c.get("interrupted")]),
             "stop_ms_all": spread([c["stop_ms"] for c in cs if "stop_ms" in c]),
+            # The server's verdict reaching the page: the stop time less the bot's voice in flight.
+            "vad_event_ms": spread(
+                [c["vad_event_ms"] for c in cs if "vad_event_ms" in c and c.get("interrupted")]
+            ),
         }
         for outcome in ("turn", "ignored", "dropped"):
             out[outcome] = sum(1 for c in cs if c.get("outcome") == outcome)
