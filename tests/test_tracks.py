@@ -11,7 +11,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from voicepeer.call.playout import Playout
-from voicepeer.transport.tracks import PlayoutTrack, sends_opus
+from voicepeer.transport.tracks import PlayoutTrack
 
 
 def take(playout: Playout, n: int) -> list[np.ndarray]:
@@ -167,62 +167,3 @@ async def test_frame_intervals_are_counted_as_gaps_only_past_30_ms():
     await asyncio.sleep(0.08)  # a stall longer than a frame: the next frame is late
     await pull(track, 1)
     assert track.gaps == before + 1 and track.max_interval_s >= 0.08
-
-
-async def test_encoded_the_track_hands_out_opus_packets_that_decode_to_the_playout():
-    import av
-    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
-    from aiortc.jitterbuffer import JitterFrame
-
-    playout = Playout()
-    t = np.arange(48_000) / 48_000
-    tone = (8000 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.int16)  # a 200-2000 Hz sweep
-    playout.enqueue(tone)
-    track = PlayoutTrack(playout)
-    track.encode_opus()
-    packets = await pull(track, 50)
-    assert all(isinstance(p, av.Packet) for p in packets)
-    assert [p.pts for p in packets] == [i * 960 for i in range(50)]
-    assert {p.time_base for p in packets} == {Fraction(1, 48_000)}
-    decoder = OpusDecoder()
-    decoded = []
-    for p in packets:
-        for frame in decoder.decode(JitterFrame(data=bytes(p), timestamp=p.pts)):
-            decoded.append(frame.to_ndarray().reshape(-1, 2)[:, 0])
-    out = np.concatenate(decoded).astype(np.float64)
-    # Opus delays the signal by a few ms; the sweep comes back at its level, as itself.
-    b = tone[4800:43_200].astype(np.float64)
-    match = {k: np.corrcoef(out[4800 + k : 43_200 + k], b)[0, 1] for k in range(960)}
-    lag = max(match, key=match.__getitem__)
-    assert match[lag] > 0.98, (lag, match[lag])  # 0.995 at 312 samples here
-    # What aiortc would have sent: its own encoder (mono taken to stereo at -3 dB) on the same frames.
-    assert 0.6 < np.std(out[4800 + lag : 43_200 + lag]) / np.std(b) < 0.8
-    theirs = OpusEncoder()
-    frames = [PlayoutTrack(Playout())._frame(tone[i : i + 960]) for i in range(0, 48_000, 960)]
-    for i, frame in enumerate(frames):
-        frame.pts = i * 960
-    assert [theirs.encode(f)[0][0] for f in frames] == [bytes(p) for p in packets]
-
-
-async def test_opus_is_encoded_here_only_when_the_answer_sends_opus():
-    from aiortc import RTCPeerConnection, RTCRtpSender
-
-    async def answer(prefer: str | None) -> str:
-        client, server = RTCPeerConnection(), RTCPeerConnection()
-        try:
-            transceiver = client.addTransceiver("audio", direction="sendrecv")
-            if prefer is not None:
-                codecs = RTCRtpSender.getCapabilities("audio").codecs
-                transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() == prefer])
-            await client.setLocalDescription(await client.createOffer())
-            server.addTrack(PlayoutTrack(Playout()))
-            await server.setRemoteDescription(client.localDescription)
-            await server.setLocalDescription(await server.createAnswer())
-            return server.localDescription.sdp
-        finally:
-            await client.close()
-            await server.close()
-
-    assert sends_opus(await answer(None))
-    assert not sends_opus(await answer("audio/pcmu"))
-    assert not sends_opus("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n")  # no audio at all

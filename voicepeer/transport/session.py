@@ -32,7 +32,7 @@ from ..runtime.tasks import Tasks
 from .candidates import add_bundled_candidates, end_of_candidates, without_end_of_candidates
 from .dtls import Certificate, failure_reason, use_certificate
 from .jitter import Timeline, use_audio_jitter_buffer
-from .tracks import PlayoutTrack, sends_opus
+from .tracks import PlayoutTrack
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,6 @@ class Session:
         await self.pc.setLocalDescription(answer)  # waits for ICE gathering: aiortc does not trickle
         if "a=candidate:" not in self.pc.localDescription.sdp:
             raise RuntimeError("ICE gathered no candidate of ours: the answer could never connect")
-        if self.output is not None and sends_opus(self.pc.localDescription.sdp):
-            self.output.encode_opus()
         if ended:
             await self._end_of_candidates()
         self.call.start()

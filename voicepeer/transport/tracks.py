@@ -15,9 +15,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import SessionDescription
 
 from ..call.playout import Playout
 from ..runtime.stalls import CAUSES, OWN_CAUSES, stall_clock
@@ -32,12 +30,6 @@ MAX_LATE_S = 0.2
 
 Bursting hundreds of milliseconds of audio into the network at once would overflow the receiver's jitter
 buffer and be dropped anyway; a clean restart keeps pts contiguous and the audio continuous."""
-
-
-def sends_opus(answer: str) -> bool:
-    """Our answer's audio goes out as Opus: aiortc sends with the first codec of the audio section."""
-    audio = [m for m in SessionDescription.parse(answer).media if m.kind == "audio"]
-    return bool(audio and audio[0].rtp.codecs and audio[0].rtp.codecs[0].mimeType.lower() == "audio/opus")
 
 
 class PlayoutTrack(MediaStreamTrack):
@@ -65,20 +57,8 @@ class PlayoutTrack(MediaStreamTrack):
         self._due: float | None = None
         self._returned_at: float | None = None
         self._held_s = 0.0  # how long the sender took to come back for this frame after the last one
-        self._opus: OpusEncoder | None = None
 
-    def encode_opus(self) -> None:
-        """Hands aiortc Opus packets, encoded here on the loop, instead of PCM frames.
-
-        aiortc encodes a PCM frame in the loop's default executor and waits for it: a hop to another
-        thread and back for every 20 ms of the bot's voice. When that thread waited for a core, the
-        sender came back for the next frame 30-46 ms later and the frame left late (gaps counted as
-        ``blocked``, the loop asleep with its frame due). Encoding here costs ~0.2 ms a frame, and
-        aiortc sends a packet as it is. Only for a call whose answer sends Opus: the session checks.
-        """
-        self._opus = OpusEncoder()
-
-    async def recv(self) -> av.AudioFrame | av.Packet:
+    async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -105,28 +85,9 @@ class PlayoutTrack(MediaStreamTrack):
             if interval > GAP_S:
                 self._count_gap(sent_at)
         self._last_sent_at = sent_at
-        frame: av.AudioFrame | av.Packet = self._frame(pcm)
-        if self._opus is not None:
-            frame = self._encoded(frame)
+        frame = self._frame(pcm)
         self._returned_at = loop.time()
         return frame
-
-    def _encoded(self, frame: av.AudioFrame) -> av.AudioFrame | av.Packet:
-        assert self._opus is not None
-        try:
-            payloads, timestamp = self._opus.encode(frame)
-        except Exception:  # pragma: no cover - defensive: aiortc's own encoder takes over
-            log.exception("encoding the outbound frame failed; aiortc encodes from now on")
-            self._opus = None
-            return frame
-        if len(payloads) != 1:  # libopus gives one packet per 20 ms frame; anything else, aiortc's way
-            log.warning("Opus gave %d packets for a frame; aiortc encodes from now on", len(payloads))
-            self._opus = None
-            return frame
-        packet = av.Packet(payloads[0])
-        packet.pts = timestamp
-        packet.time_base = self._time_base
-        return packet
 
     def _count_gap(self, sent_at: float) -> None:
         self.gaps += 1
