@@ -31,6 +31,25 @@ def test_the_line_holds_the_reference_back_by_its_delay():
     assert line.push_pop(ramp(3200, 160), 160)[0] == 3200 - 300
 
 
+def test_a_longer_delay_hands_out_again_what_came_in_that_long_ago():
+    # The echo's delay is first measured while the bot speaks: what the line handed out at no delay
+    # is what echoes now, so the canceller gets it again rather than silence.
+    line = DelayLine(RATE)
+    _, at = run(line, 0, 3200)
+    line.set_delay(800)
+    assert line.delay == 800
+    out, at = run(line, at, 1600)
+    assert (out == ramp(3200 - 800, 1600)).all()
+    # Longer than the line keeps: silence for what it no longer has, then the oldest it has.
+    line = DelayLine(RATE)
+    longest, kept = round(MAX_DELAY_S * RATE), round(HISTORY_S * RATE)
+    _, at = run(line, 0, longest)
+    line.set_delay(longest)
+    out, _ = run(line, at, longest)
+    assert (out[: longest - kept] == 0).all()
+    assert (out[longest - kept :] == ramp(longest - kept, kept)).all()
+
+
 def test_silence_played_before_samples_still_held_is_inserted_before_them():
     line = DelayLine(RATE)
     line.set_delay(1600)

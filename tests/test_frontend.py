@@ -8,7 +8,7 @@ import pytest
 from tests.support.speech import read_wav
 from tests.test_echo import speechlike, through_room
 from voicepeer.audio.echo import FRAME
-from voicepeer.audio.echopath import EchoCoupling
+from voicepeer.audio.echopath import EchoCoupling, EchoLeak
 from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
 from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, FarEndReference, FrontEnd
 
@@ -236,6 +236,38 @@ def test_the_user_talking_over_the_echo_is_told_from_the_echo(make_speech, delay
     echo_alone[start // FRAME : (start + user.size) // FRAME] = False
     assert frames[echo_alone].mean() < 0.01, "the echo alone was taken for the user"
     assert frames[loud].mean() > 0.5, "the user's voice over the echo was not found"
+
+
+def test_the_bots_voice_let_through_at_a_moved_delay_is_told_from_the_user(make_speech):
+    # A loaded client squeezed its playout: the echo comes 430 ms after the bot's voice, the canceller
+    # still cancels it at 400. What it lets through matches the reference at the new delay; a voice
+    # the bot never sent does not, nor does the user talking over the echo once louder than it (here
+    # by 12 dB; at 6 dB, windows of a user's words scored 0.44-0.72 against 0.92 for the echo alone:
+    # while the canceller has lost the echo, a quieter user waits until it finds it again).
+    bot = read_wav(make_speech(BOT_STORY, rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0).path)[0]
+    other = make_speech(
+        "What is the weather like today?", rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0, engine="flite"
+    )
+    user = read_wav(other.path)[0]
+    far = bot[: 3 * SPEECH_RATE]
+    near = np.zeros(far.size)
+    start = far.size - 8 * SPEECH_RATE // 10  # the last 160 ms, which are checked, are in the question
+    near[start:] = user[: far.size - start]
+
+    def leak_over(mic: np.ndarray) -> EchoLeak:
+        leak = EchoLeak()
+        mic = np.clip(mic, -32768, 32767).astype(np.int16)
+        for i in range(0, far.size, FRAME):
+            leak.push(mic[i : i + FRAME], far[i : i + FRAME])
+        return leak
+
+    alone = leak_over(through_room(far, 430, -6))
+    assert alone.leaked(lag_ms=430, cancels_ms=400)
+    assert alone.last[1] == pytest.approx(430, abs=2)
+    assert alone.leaked(lag_ms=None, cancels_ms=None), "any delay counts before one is measured"
+    talking = leak_over(through_room(far, 430, -12) + near)
+    assert not talking.leaked(lag_ms=430, cancels_ms=400), "the user was taken for a leak"
+    assert not leak_over(near).leaked(lag_ms=None, cancels_ms=None), "a voice the bot never sent"
 
 
 BOT_STORY = (

@@ -66,15 +66,26 @@ class DelayLine:
         return out
 
     def set_delay(self, samples: int) -> None:
-        """Holds the reference back ``samples`` from now on: silence added at the newest end, or the
-        oldest held samples dropped (a new measurement of the echo's delay, not an edit: where the
-        delay changed is not known)."""
+        """Holds the reference back ``samples`` from now on (a new measurement of the echo's delay, not
+        an edit): the next sample handed out is the one that came in ``samples`` ago. A longer delay
+        hands out again what the line handed out then, and silence only for what it no longer
+        keeps: the echo coming in now is of that voice. (Silence at the newest end, as it was,
+        gave the canceller nothing to cancel for as long as the delay grew: up to a second of the
+        first reply's echo, when its delay was first measured at 1.3 s, passed to the turn
+        detector as the user.) A shorter one drops the oldest held samples."""
         samples = max(0, min(self._limit, samples))
         self._owed = 0  # a measurement supersedes what the edits could not do
-        if samples > len(self._held):
-            self._held.push(np.zeros(samples - len(self._held), dtype=np.int16))
+        more = samples - len(self._held)
+        if more > 0:
+            handed = self._history.pop_all()
+            again = min(more, handed.size)
+            self._history.push(handed[: handed.size - again])
+            held = self._held.pop_all()
+            self._held.push(np.zeros(more - again, dtype=np.int16))
+            self._held.push(handed[handed.size - again :])
+            self._held.push(held)
         else:
-            self._held.pop(len(self._held) - samples)
+            self._held.pop(-more)
 
     def edit(self, samples: int, back: int) -> int:
         """The client's playout of the samples ``back`` from the newest was edited: ``samples`` > 0 of

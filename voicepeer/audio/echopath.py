@@ -90,6 +90,11 @@ ERLE_CONVERGED_DB = 30.0
 line; before it converges, or for a few hundred ms after the echo's delay moved, it takes 0-20 dB."""
 
 
+CANCELLED_RUN_FRAMES = 15
+"""10 ms frames of the echo in a row the canceller must take ``ERLE_CONVERGED_DB`` off to be known to
+cancel it where it is (``DoubleTalk.cancelling``)."""
+
+
 NEAR_MARGIN_DB = 15.0
 """A frame the canceller took this much less off than it takes off its echo holds something the echo
 does not explain: the user. Measured over 32 ms windows on three voices, loudspeaker at half and full
@@ -167,23 +172,142 @@ class EchoCoupling:
         """The peak normalised correlation between microphone and reference, and its echo delay (ms)."""
         m = np.diff(np.concatenate(self._mic).astype(np.float64))  # pre-emphasis: flatter spectra,
         r = np.diff(np.concatenate(self._ref).astype(np.float64))  # fewer chance correlations
-        n = 1 << (r.size + m.size).bit_length()
-        c = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
-        # c[k] = sum_t r[t + k] m[t]: k = len(r) - len(m) is no delay, k = 0 the longest one.
-        energy = np.concatenate([[0.0], np.cumsum(r * r)])
-        r_norm = np.sqrt(energy[m.size :] - energy[: r.size - m.size + 1])
-        m_norm = np.sqrt(np.sum(m * m))
-        if m_norm < MIC_FLOOR * np.sqrt(m.size):
+        if np.sqrt(np.sum(m * m)) < MIC_FLOOR * np.sqrt(m.size):
             return 0.0, 0  # a silent microphone holds no echo (and its codec noise correlates by chance)
-        # Only lags where the reference carried the bot's voice over most of the window count: a
-        # window holding just the first syllable of a reply normalises anything into a "match".
-        loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
-        if not loud.any():
+        return best_lag(m, r)
+
+
+def best_lag(m: np.ndarray, r: np.ndarray) -> tuple[float, int]:
+    """The peak normalised cross-correlation of the (pre-emphasised) microphone ``m`` with the reference
+    ``r`` that ends with it and reaches further back, and its delay in ms (0: ``r``'s last samples).
+
+    Only lags where the reference carried the bot's voice over most of the window count: a window
+    holding just the first syllable of a reply normalises anything into a "match"."""
+    n = 1 << (r.size + m.size).bit_length()
+    c = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
+    # c[k] = sum_t r[t + k] m[t]: k = len(r) - len(m) is no delay, k = 0 the longest one.
+    energy = np.concatenate([[0.0], np.cumsum(r * r)])
+    r_norm = np.sqrt(np.maximum(energy[m.size :] - energy[: r.size - m.size + 1], 0.0))
+    m_norm = np.sqrt(np.sum(m * m))
+    loud = r_norm >= REF_FLOOR * np.sqrt(m.size)
+    if not loud.any() or m_norm == 0:
+        return 0.0, 0
+    score = np.where(loud, np.abs(c) / np.maximum(r_norm * m_norm, 1e-9), 0.0)
+    k = int(np.argmax(score))
+    lag_samples = r.size - m.size - k
+    return float(score[k]), round(lag_samples * 1000 / SPEECH_RATE)
+
+
+LEAK_WINDOW_FRAMES = 16
+"""10 ms frames of microphone audio the leak check (``EchoLeak``) looks at: short enough that the echo's
+delay holds still within them while the client's receiver squeezes its playout a pitch period at a
+time."""
+
+
+LEAK_SPAN_MS = 120
+"""How far from the coupling's echo delay the leak check looks for the bot's voice: the steps of a
+receiver that squeezes its buffer back, between two of the coupling's measurements (11-59 ms seen)."""
+
+
+LEAK_CORRELATION = 0.5
+"""Normalised correlation of a ``LEAK_WINDOW_FRAMES`` window of the microphone with the reference above
+which the window is the bot's voice. A leaked echo scored 0.59-0.76 in a loaded loudspeaker room; a user
+starting to talk over the bot 0.13-0.30 (the echo under the voice lowers it in proportion)."""
+
+
+LEAK_MOVED_MS = 5
+"""The echo found this far from the delay the canceller was given has moved: the canceller lost it."""
+
+
+LEAK_ALONE = 0.92
+"""Correlation above which the window is the bot's voice and little else, even at the delay the canceller
+was given: a user's voice 7 dB under the echo would already bring it below this. A canceller that lost
+the echo by itself (re-converging) let such windows through (0.93-0.97) and the bot heard itself."""
+
+
+LEAK_WIDE_EVERY = 5
+"""Every this many leak checks that find nothing near the known delays, one looks at every lag."""
+
+
+LEAK_EVERY_FRAMES = 4
+"""A leak check every this many 10 ms frames while the canceller lets something through: each costs
+~0.7 ms near a known delay and ~2.5 ms at every lag up to ``COUPLING_MAX_LAG_FRAMES``, so ~3 % of a
+core while a user talks over the bot."""
+
+
+class EchoLeak:
+    """Tells whether what the canceller let through is the bot's own voice at a delay it has not followed.
+
+    A client on loaded cores squeezes and stretches its playout: the echo's delay moves in steps of a few
+    to tens of ms. AEC3 loses the echo at each step for a few hundred ms and lets it through almost
+    untouched, and the double-talk rule (``DoubleTalk``) and the VAD take it for the user: the bot
+    heard itself (three times in one reply, at steps of 11-59 ms). The microphone then matches the
+    reference at the new delay almost as well as before (0.6-0.76 over 160 ms), where a user talking over
+    the bot matches it at 0.13-0.30: the user's voice is not in the reference. Until the canceller has
+    been seen to cancel the echo (at the start, and after the echo path changed), the bot's voice at
+    any delay is a leak: the first reply's echo passes a canceller that has not converged yet.
+
+    The cost: while the canceller has lost the echo, a user talking over it is heard only where their
+    voice is louder than the echo (by ~10 dB; at 6 dB, 160 ms windows of a question scored 0.44-0.72).
+    Before this check, such speech opened a turn no sooner than the leaked echo did.
+    """
+
+    def __init__(self) -> None:
+        self._mic: deque[np.ndarray] = deque(maxlen=LEAK_WINDOW_FRAMES)
+        self._ref: deque[np.ndarray] = deque(maxlen=LEAK_WINDOW_FRAMES + COUPLING_MAX_LAG_FRAMES)
+        self.last: tuple[float, int] = (0.0, 0)
+        """The last check's correlation and the echo delay (ms) it was found at."""
+        self._guess: int | None = None  # the delay a leak was last found at, away from the canceller's
+        self._wide_in = 0  # checks until the next one at every lag
+
+    def push(self, mic: np.ndarray, ref: np.ndarray) -> None:
+        """One 10 ms frame of the microphone and the reference paired with it (not held back)."""
+        self._mic.append(mic)
+        self._ref.append(ref)
+
+    def leaked(self, lag_ms: int | None, cancels_ms: int | None) -> bool:
+        """The microphone's last frames are the bot's voice at a delay the canceller does not cancel, or
+        the bot's voice alone (``LEAK_ALONE``). ``lag_ms``: the echo's delay as last measured (None:
+        not yet, and every lag is looked at); ``cancels_ms``: the delay the canceller was last seen to
+        cancel (None: not since the echo path last changed, and the bot's voice at any delay is a
+        leak). The two differ when the echo has moved and the canceller lost it."""
+        if len(self._mic) < LEAK_WINDOW_FRAMES:
+            return False
+        m = np.diff(np.concatenate(self._mic).astype(np.float64))
+        if np.sqrt(np.sum(m * m)) < MIC_FLOOR * np.sqrt(m.size):
+            return False
+        # Near the delay a leak was last found at, then near the known ones, then (now and then, as it
+        # costs three times as much) at every lag: a receiver that ran dry moves the echo by as long.
+        score, found = 0.0, 0
+        for around in dict.fromkeys((self._guess, lag_ms, cancels_ms)):
+            if around is not None and score < LEAK_CORRELATION:
+                score, found = max((score, found), self._search(m, around))
+        if score < LEAK_CORRELATION and (lag_ms is None or self._wide_in == 0):
+            score, found = self._search(m, None)
+            self._wide_in = LEAK_WIDE_EVERY
+        self._wide_in = max(0, self._wide_in - 1)
+        self.last = (score, found)
+        if score < LEAK_CORRELATION:
+            self._guess = None
+            return False
+        moved = cancels_ms is None or abs(found - cancels_ms) >= LEAK_MOVED_MS
+        self._guess = found if moved and found != lag_ms else None
+        return moved or score >= LEAK_ALONE
+
+    def _search(self, m: np.ndarray, around_ms: int | None) -> tuple[float, int]:
+        """The best correlation of ``m`` with the reference within ``LEAK_SPAN_MS`` of ``around_ms``
+        (None: at every lag kept), and its delay in ms."""
+        ref = np.concatenate(self._ref)
+        longest = ref.size - m.size - 1
+        nearest = 0 if around_ms is None else max(0, around_ms - LEAK_SPAN_MS) * SPEECH_RATE // 1000
+        furthest = (
+            longest if around_ms is None else min(longest, (around_ms + LEAK_SPAN_MS) * SPEECH_RATE // 1000)
+        )
+        if furthest <= nearest:
             return 0.0, 0
-        score = np.where(loud, np.abs(c) / np.maximum(r_norm * m_norm, 1e-9), 0.0)
-        k = int(np.argmax(score))
-        lag_samples = r.size - m.size - k  # k = len(r) - len(m) is no delay
-        return float(score[k]), round(lag_samples * 1000 / SPEECH_RATE)
+        start, end = longest - furthest, ref.size - nearest
+        score, found = best_lag(m, np.diff(ref[start:end].astype(np.float64)))
+        return score, found + nearest * 1000 // SPEECH_RATE
 
 
 class DoubleTalk:
@@ -202,6 +326,7 @@ class DoubleTalk:
         self._removed = np.zeros(ERLE_WINDOW_FRAMES)
         self._count = 0
         self._settle = 0  # echo frames still to leave out after a reset
+        self._cancelled_run = 0  # frames of the echo in a row the canceller took off
         self.erle_db: float | None = None
         """What the canceller takes off the bot's echo (``ERLE_PERCENTILE`` over the last frames of
         it), or None until ``ERLE_MIN_FRAMES`` of them were seen since the last reset."""
@@ -212,6 +337,14 @@ class DoubleTalk:
         self._count = 0
         self.erle_db = None
         self._settle = ERLE_SETTLE_FRAMES
+        self._cancelled_run = 0
+
+    @property
+    def cancelling(self) -> bool:
+        """The canceller has just taken ``ERLE_CONVERGED_DB`` off ``CANCELLED_RUN_FRAMES`` frames of the
+        echo in a row: it cancels the echo where it now is. (Single frames say little: its suppressor
+        takes that much off the quiet tail of a syllable whose onset it let through.)"""
+        return self._cancelled_run >= CANCELLED_RUN_FRAMES
 
     @property
     def converged(self) -> bool:
@@ -225,6 +358,7 @@ class DoubleTalk:
         out_db = rms_dbfs(out)
         removed = mic_db - out_db
         if echo_active and mic_db > NEAR_FLOOR_DBFS:
+            self._cancelled_run = self._cancelled_run + 1 if removed >= ERLE_CONVERGED_DB else 0
             if self._settle:
                 self._settle -= 1  # the canceller is still finding the moved echo
             else:

@@ -27,7 +27,10 @@ On a loudspeaker the user's voice over the bot's is what barge-in depends on, an
 suppressor takes most from. The front-end therefore also says where the canceller found more than the
 echo (``DoubleTalk``, from how much it removed against how much it removes from the echo alone), and the
 turn detector opens a turn there as soon as in silence, on a lower speech probability (AEC3's
-suppressor pulls the voice down).
+suppressor pulls the voice down). What the canceller lets through when it has lost the echo (a client
+squeezing its playout moves the echo's delay in steps; the first reply comes before any delay is
+known) is the bot's own voice at a delay it does not cancel: the front-end checks for that
+(``EchoLeak``) and keeps it from the turn detector.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ import numpy as np
 
 from .delayline import MAX_DELAY_S, DelayLine
 from .echo import FRAME, EchoCanceller, make_canceller
-from .echopath import DoubleTalk, EchoCoupling, far_active
-from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
+from .echopath import LEAK_EVERY_FRAMES, NEAR_FLOOR_DBFS, DoubleTalk, EchoCoupling, EchoLeak, far_active
+from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer, rms_dbfs
 from .receiver import PlayoutEdit
 
 log = logging.getLogger(__name__)
@@ -239,6 +242,14 @@ class FrontEnd:
         self._aligned_frames_ago = 10**9  # the same as ``_far_frames_ago``, for the held-back reference
         self.coupling = EchoCoupling(expected=echo_expected)
         self.double_talk = DoubleTalk()
+        self.leak = EchoLeak()
+        self._leaking = False
+        self._leak_due = 0  # frames until the next leak check
+        # The echo's delay, less the reference's hold-back, when the canceller last took the echo off:
+        # the delay it cancels, wherever the measurement has moved since.
+        self._cancels: int | None = None
+        self.leaked_frames = 0
+        """10 ms frames the canceller let the bot's voice through at a moved delay, kept from the VAD."""
         self._edits: list[PlayoutEdit] = []  # the client's playout edits reported, not yet applied
         self._edits_lock = threading.Lock()
         self._over_frames_ago = 10**9  # 10 ms frames since ``double_talk`` last found the user's voice
@@ -277,13 +288,20 @@ class FrontEnd:
             heard = self.words_canceller.process(mic, aligned) if self.words_canceller is not None else None
             over = False
             if self.canceller is not None:
+                self.leak.push(mic, ref)
                 cancelled = self.canceller.process(mic, aligned)
                 over = self.double_talk.push(mic, cancelled, self._aligned_frames_ago == 0)
+                if self.double_talk.cancelling and self.coupling.lag_ms is not None:
+                    self._cancels = self.coupling.lag_ms - self.delay_ms
+                elif self.double_talk.erle_db is None:  # reset: the echo path changed
+                    self._cancels = None
+                leaked = self._leaked(cancelled)
+                over = over and not leaked
                 self._over_frames_ago = 0 if over else self._over_frames_ago + 1
                 if heard is not None and self._echo_only():
                     heard = cancelled
                 if self.coupling.present:
-                    mic = cancelled
+                    mic = np.zeros_like(cancelled) if leaked else cancelled
             if self._processor is not None:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
@@ -296,6 +314,24 @@ class FrontEnd:
             empty = np.zeros(0, dtype=np.int16)
             return Cleaned(empty, empty, np.zeros(0, dtype=bool))
         return Cleaned(np.concatenate(out), np.concatenate(words), np.repeat(np.array(talk), FRAME))
+
+    def _leaked(self, cancelled: np.ndarray) -> bool:
+        """The canceller let the bot's own voice through in this frame (``EchoLeak``): the VAD's path gets
+        silence for it, and it is no double talk. Checked only where it matters, when the bot's echo
+        may be in the microphone and the canceller let something through, every few frames."""
+        if not self.echo_possible or rms_dbfs(cancelled) < NEAR_FLOOR_DBFS:
+            self._leaking, self._leak_due = False, 0
+            return False
+        if self._leak_due:
+            self._leak_due -= 1
+        else:
+            cancels = None if self._cancels is None else self._cancels + self.delay_ms
+            self._leaking = self.leak.leaked(self.coupling.lag_ms, cancels)
+            # A leak is checked again at the next frame: the user may start under it, and every frame
+            # held from the VAD would cost their onset 10 ms.
+            self._leak_due = 0 if self._leaking else LEAK_EVERY_FRAMES - 1
+        self.leaked_frames += self._leaking
+        return self._leaking
 
     def _echo_only(self) -> bool:
         """This frame may hold the bot's echo and, as far as a converged canceller can tell, nothing
