@@ -74,6 +74,15 @@ from .turntaking import Floor, Verdict
 
 log = logging.getLogger(__name__)
 
+ECHO_AHEAD_S = 2.0
+"""Of the reply, past what was handed to the client when speech over it began, the words its echo may
+still hold: the client's buffer and the echo's way back, and ``heard`` placing words pro rata. One
+second was too little on a loaded machine (the client's receiver had run dry for 685 ms, the echo
+came 650 ms after our voice): "the earth, and its a fascinating", heard over the bot's "...orbits
+the Earth, and it's a fascinating...", went two words past it, so under 60 % of its words were the
+bot's, and it cut the reply off."""
+
+
 MAX_QUEUED_SPEECHES = 8
 """``speak`` texts waiting for the floor; past this the oldest goes: an announcement nobody could hear
 for that long is stale."""
@@ -305,10 +314,12 @@ class Conversation:
         self._barge.starts(event.arrival, event.echo)
 
     def _bot_said(self) -> str:
-        """The reply's words handed to the client, and a second more: ``heard`` places words within a
-        piece pro rata, and what the client had buffered when the bot paused still plays and echoes."""
+        """The reply's words handed to the client, and ``ECHO_AHEAD_S`` more: ``heard`` places words
+        within a piece pro rata, and what the client had buffered when the bot paused still plays
+        and echoes."""
         turn = self._current
-        return turn.heard(self.output.played_total + self.output.sample_rate) if turn is not None else ""
+        ahead = round(ECHO_AHEAD_S * self.output.sample_rate)
+        return turn.heard(self.output.played_total + ahead) if turn is not None else ""
 
     def _overlap_pauses(self, _event: SpeechPaused) -> None:
         self._barge.pauses()
