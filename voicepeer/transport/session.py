@@ -316,7 +316,8 @@ class Session:
             log.info(
                 "session %s: closed (the bot's reference: %d ms of outbound stalls, %d ms of microphone"
                 " lost, %d ms unpaired; the client's playout: %d reports, %d ms concealed in bursts,"
-                " %d ms squeezed, %d ms stretched)",
+                " %d ms squeezed, %d ms stretched; %d ms of the bot's voice let through by the canceller,"
+                " kept from the turn detector)",
                 self.id,
                 ref.stalled // 16,
                 ref.skipped // 16,
@@ -325,6 +326,7 @@ class Session:
                 moves.concealed_ms,
                 moves.squeezed_ms,
                 moves.stretched_ms,
+                self.call.frontend.leaked_frames * 10,
             )
             if self._on_closed is not None:
                 self._on_closed(self)
