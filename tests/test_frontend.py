@@ -173,7 +173,7 @@ def test_a_client_without_echo_gets_its_words_past_the_canceller_while_the_bot_s
     far = speechlike(6.0, seed=1)
     near = np.concatenate([np.zeros(3 * SPEECH_RATE, np.int16), speechlike(3.0, seed=2)])
     fe = FrontEnd("aec3", noise_suppression=0, echo_expected=False)
-    clean, words, _ = fe.process_pair(near, far)
+    clean, words, *_ = fe.process_pair(near, far)
     fe.close()
     speech = slice(3 * SPEECH_RATE, 6 * SPEECH_RATE)
     # AEC3's suppressor would take ~13 dB off a user it hears over the bot's voice (double talk).

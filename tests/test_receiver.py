@@ -228,6 +228,7 @@ def replay(
             keep=cleaned.words,
             bot_speaking=frontend.bot_speaking,
             over_echo=cleaned.over_echo,
+            near_voice=cleaned.near_voice,
         )
         onsets += [round(e.sample / SPEECH_RATE, 2) for e in events if isinstance(e, SpeechStarted)]
     frontend.close()

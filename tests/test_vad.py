@@ -125,6 +125,36 @@ def test_speech_the_front_end_found_over_the_echo_opens_a_turn_as_soon_as_in_sil
         TurnDetector().process(cut[:320], 0.0, over_echo=marked[:100])
 
 
+def test_the_users_voice_the_front_end_found_opens_a_turn_whatever_the_vad_says():
+    # "Stop," over the bot: the canceller's suppressor left the VAD nothing to hear (here, silence),
+    # but the front-end found the user over the echo, and the microphone was not the bot's voice.
+    # Six windows of that (192 ms) open a turn, and it is not dropped as a noise for being short.
+    quiet = np.zeros(320, np.int16)
+    marked = np.ones(320, dtype=bool)
+    detector = TurnDetector()
+    events = []
+    for k in range(12):  # 240 ms of it, then none
+        events += detector.process(quiet, k * 0.02, echo_possible=True, over_echo=marked, near_voice=marked)
+    started = [e for e in events if isinstance(e, SpeechStarted)]
+    assert len(started) == 1 and started[0].echo
+    assert started[0].sample == 0
+    for k in range(12, 50):
+        events += detector.process(quiet, k * 0.02, echo_possible=True, over_echo=~marked, near_voice=~marked)
+    assert any(isinstance(e, SpeechEnded) for e in events), events
+    # Not while no echo is possible, nor on the double-talk marks alone (the microphone may be the
+    # bot's own voice let through at the delay the canceller is aligned to).
+    for kwargs in (
+        {"echo_possible": False, "near_voice": marked},
+        {"echo_possible": True, "near_voice": ~marked},
+    ):
+        other = TurnDetector()
+        assert not any(
+            isinstance(e, SpeechStarted)
+            for k in range(12)
+            for e in other.process(quiet, k * 0.02, over_echo=marked, **kwargs)
+        )
+
+
 def test_a_pause_comes_first_with_exactly_the_audio_the_end_will_carry(two_questions):
     pcm, bounds = two_questions
     events = run(TurnDetector(TurnParams(end_silence_ms=300, pause_ms=96)), pcm)

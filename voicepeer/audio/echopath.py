@@ -225,6 +225,12 @@ was given: a user's voice 7 dB under the echo would already bring it below this.
 the echo by itself (re-converging) let such windows through (0.93-0.97) and the bot heard itself."""
 
 
+NEAR_VOICE_BELOW = 0.6
+"""A microphone window matching the reference less than this is mostly not the bot's voice: the onsets
+of users talking over the bot scored 0.18-0.53 in recorded barge-ins, the bot's voice let through at
+the delay the canceller was aligned to 0.84-0.97 (under ``LEAK_ALONE``, so not kept from the marks)."""
+
+
 LEAK_WIDE_EVERY = 5
 """Every this many leak checks that find nothing near the known delays, one looks at every lag."""
 

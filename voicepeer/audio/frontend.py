@@ -44,7 +44,15 @@ import numpy as np
 
 from .delayline import MAX_DELAY_S, DelayLine
 from .echo import FRAME, EchoCanceller, make_canceller
-from .echopath import LEAK_EVERY_FRAMES, NEAR_FLOOR_DBFS, DoubleTalk, EchoCoupling, EchoLeak, far_active
+from .echopath import (
+    LEAK_EVERY_FRAMES,
+    NEAR_FLOOR_DBFS,
+    NEAR_VOICE_BELOW,
+    DoubleTalk,
+    EchoCoupling,
+    EchoLeak,
+    far_active,
+)
 from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer, rms_dbfs
 from .receiver import PlayoutEdit
 
@@ -204,6 +212,10 @@ class Cleaned(NamedTuple):
     """For the ASR: the user's words intact under double talk."""
     over_echo: np.ndarray
     """Per sample (bool): the canceller found more than the bot's echo there (``DoubleTalk``)."""
+    near_voice: np.ndarray
+    """Per sample (bool): ``over_echo``, and the microphone there is mostly not the bot's voice (its last
+    leak check matched the reference under ``NEAR_VOICE_BELOW``): the user, whatever the VAD makes of
+    what the canceller's suppressor left of them."""
 
 
 class FrontEnd:
@@ -272,13 +284,14 @@ class FrontEnd:
         with self._lock:
             if self._closed:
                 empty = np.zeros(0, dtype=np.int16)
-                return Cleaned(empty, empty, np.zeros(0, dtype=bool))
+                return Cleaned(empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
             return self._process(near, far)
 
     def _process(self, near: np.ndarray, far: np.ndarray) -> Cleaned:
         out: list[np.ndarray] = []
         words: list[np.ndarray] = []
         talk: list[bool] = []
+        user: list[bool] = []
         for mic, ref in self._pairs.push(near, far):
             self._far_frames_ago = 0 if far_active(ref) else self._far_frames_ago + 1
             self.coupling.push(mic, ref, self._far_frames_ago == 0)
@@ -306,14 +319,20 @@ class FrontEnd:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
             talk.append(over and self.coupling.present)
+            user.append(talk[-1] and self.leak.last[0] < NEAR_VOICE_BELOW)
             if not self.coupling.seen:
                 words.append(raw)
             else:
                 words.append(heard if heard is not None else mic)
         if not out:
             empty = np.zeros(0, dtype=np.int16)
-            return Cleaned(empty, empty, np.zeros(0, dtype=bool))
-        return Cleaned(np.concatenate(out), np.concatenate(words), np.repeat(np.array(talk), FRAME))
+            return Cleaned(empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
+        return Cleaned(
+            np.concatenate(out),
+            np.concatenate(words),
+            np.repeat(np.array(talk), FRAME),
+            np.repeat(np.array(user), FRAME),
+        )
 
     def _leaked(self, cancelled: np.ndarray) -> bool:
         """The canceller let the bot's own voice through in this frame (``EchoLeak``): the VAD's path gets

@@ -77,6 +77,12 @@ class TurnParams:
     converged."""
     over_echo_start_ms: int = 96
     """Continuous speech needed to open a turn in such windows: the same as in silence."""
+    over_echo_alone_ms: int = 192
+    """Windows where the echo canceller found more than the echo, and the microphone is not the bot's
+    voice either (``FrontEnd``'s ``near_voice``), open a turn after this long whatever the speech
+    probability: the canceller's suppressor takes an unvoiced onset down with the echo. espeak-ng's
+    "Stop," over the bot had the marks right for six windows in a row while the VAD scored it
+    0.03-0.17, and the turn opened 600-750 ms later, on "please"."""
     pause_ms: int = 96
     """Silence after which the turn so far is handed on as a ``SpeechPaused``: the conversation starts
     transcribing (and answering) it while it waits to see whether the user goes on. It is also the
@@ -178,7 +184,10 @@ class TurnDetector:
         self._in_turn = False
         self._run = 0  # consecutive speech windows while not in a turn
         self._run_over_echo = 0  # the same, counting windows of speech over the bot's echo
+        self._run_marked = 0  # the same, counting windows the front-end marked, whatever the VAD says
+        self._least_voiced_ms = 0  # the voiced audio the open turn needs not to be a noise
         self._pending_over = SampleBuffer()  # per sample, 1 where the front-end found speech over the echo
+        self._pending_near = SampleBuffer()  # the same where the microphone is not the bot's voice either
         self._silence = 0  # consecutive silent windows while in a turn
         self._voiced = 0
         self._turn: list[np.ndarray] = []
@@ -204,6 +213,7 @@ class TurnDetector:
         keep: np.ndarray | None = None,
         bot_speaking: bool = False,
         over_echo: np.ndarray | None = None,
+        near_voice: np.ndarray | None = None,
     ) -> list[TurnEvent]:
         """Feeds int16 samples at 16 kHz that arrived at loop time ``arrival``; returns turn events.
 
@@ -215,25 +225,31 @@ class TurnDetector:
         are made of: the VAD may want the echo cancelled at all costs while the ASR wants the words
         intact (see ``FrontEnd.process_pair``). ``over_echo``, per sample, marks where the front-end
         found the user talking over the bot's echo: a window mostly so marked opens a turn on
-        ``over_echo_threshold`` and ``over_echo_start_ms``."""
-        for name, other in (("keep", keep), ("over_echo", over_echo)):
+        ``over_echo_threshold`` and ``over_echo_start_ms``; ``near_voice`` marks those where the
+        microphone is not the bot's voice either, which open one after ``over_echo_alone_ms`` whatever
+        the speech probability."""
+        for name, other in (("keep", keep), ("over_echo", over_echo), ("near_voice", near_voice)):
             if other is not None and other.size != pcm.size:
                 raise ValueError(f"{name} has {other.size} samples for {pcm.size}")
         self._pending.push(pcm)
         self._pending_keep.push(pcm if keep is None else keep)
         marks = np.zeros(pcm.size, np.int16) if over_echo is None else np.asarray(over_echo, np.int16)
         self._pending_over.push(marks)
+        near = np.zeros(pcm.size, np.int16) if near_voice is None else np.asarray(near_voice, np.int16)
+        self._pending_near.push(near)
         events: list[TurnEvent] = []
         p = self.params
         while (window := self._pending.pop(WINDOW)) is not None:
             kept = self._pending_keep.pop(WINDOW)
             over = self._pending_over.pop(WINDOW)
+            near_window = self._pending_near.pop(WINDOW)
             prob = self.vad(window)
             # Speech over the bot's echo, as the front-end found it: counts as voiced as much as
             # speech in silence does, or a "Stop," over the bot is too short to be a turn.
             over_echo_speech = (
                 echo_possible and prob >= p.over_echo_threshold and 2 * int(over.sum()) >= WINDOW
             )
+            marked = echo_possible and 2 * int(near_window.sum()) >= WINDOW
             start = self._position
             self._position += WINDOW
             if not self._in_turn:
@@ -243,10 +259,21 @@ class TurnDetector:
                 )
                 self._run = self._run + 1 if prob >= threshold else 0
                 self._run_over_echo = self._run_over_echo + 1 if over_echo_speech else 0
-                if self._run >= self._windows(start_ms) or self._run_over_echo >= self._windows(
-                    p.over_echo_start_ms
+                self._run_marked = self._run_marked + 1 if marked else 0
+                if (
+                    self._run >= self._windows(start_ms)
+                    or self._run_over_echo >= self._windows(p.over_echo_start_ms)
+                    or self._run_marked >= self._windows(p.over_echo_alone_ms)
                 ):
-                    run = max(self._run, self._run_over_echo)
+                    run = max(self._run, self._run_over_echo, self._run_marked)
+                    # Opened on the marks alone, the turn holds the user's voice for as long as they
+                    # lasted: "Stop," over the bot is not a noise for being shorter than a word in
+                    # silence must be.
+                    self._least_voiced_ms = (
+                        min(p.min_speech_ms, p.over_echo_alone_ms)
+                        if self._run_marked >= self._windows(p.over_echo_alone_ms)
+                        else p.min_speech_ms
+                    )
                     pre_roll = p.overlap_pre_roll_ms if bot_speaking else p.pre_roll_ms
                     self._turn = self._history[-(run + self._windows(pre_roll)) :]
                     self._turn_start = self._position - WINDOW * len(self._turn)
@@ -259,16 +286,18 @@ class TurnDetector:
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
                     events.append(SpeechStarted(self._position - WINDOW * run, arrival, echo_possible))
                 longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(
-                    p.start_ms, p.echo_start_ms, p.over_echo_start_ms
+                    p.start_ms, p.echo_start_ms, p.over_echo_start_ms, p.over_echo_alone_ms
                 )
                 self._history = self._history[-self._windows(longest) :]
                 continue
             self._turn.append(kept)
             # After a pause, only clear speech counts as resuming: a fading word must not cancel the
             # speculative answer that the pause started.
-            if prob >= (p.threshold if self._paused else p.release):
+            # The front-end's marks say the user is there as much as the VAD does (see
+            # ``over_echo_alone_ms``), or "Stop," would end as a noise too short to be a turn.
+            if prob >= (p.threshold if self._paused else p.release) or marked:
                 self._silence = 0
-                if prob >= p.threshold or over_echo_speech:
+                if prob >= p.threshold or over_echo_speech or marked:
                     self._voiced += 1
                 self._last_voiced_end = start + WINDOW
                 self._last_voiced_arrival = arrival
@@ -284,7 +313,7 @@ class TurnDetector:
             if (
                 not self._paused
                 and self._silence >= self._windows(p.pause_ms)
-                and self._voiced_ms() >= p.min_speech_ms
+                and self._voiced_ms() >= self._least_voiced_ms
             ):
                 self._paused = True
                 events.append(SpeechPaused(**self._utterance()))
@@ -300,9 +329,11 @@ class TurnDetector:
         self._pending.clear()
         self._pending_keep.clear()
         self._pending_over.clear()
+        self._pending_near.clear()
         self._history = []
         self._run = 0
         self._run_over_echo = 0
+        self._run_marked = 0
         self.vad.reset()
         return events
 
@@ -330,6 +361,7 @@ class TurnDetector:
         self._history = []
         self._run = 0
         self._run_over_echo = 0
-        if utterance["voiced_ms"] < self.params.min_speech_ms:
+        self._run_marked = 0
+        if utterance["voiced_ms"] < self._least_voiced_ms:
             return [SpeechDiscarded(arrival)]
         return [SpeechEnded(**utterance)]

@@ -70,6 +70,7 @@ def listen(
         keep=cleaned.words,
         bot_speaking=frontend.bot_speaking,
         over_echo=cleaned.over_echo,
+        near_voice=cleaned.near_voice,
     )
 
 
