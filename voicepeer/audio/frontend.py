@@ -261,7 +261,7 @@ class FrontEnd:
         # the delay it cancels, wherever the measurement has moved since.
         self._cancels: int | None = None
         self.leaked_frames = 0
-        """10 ms frames the canceller let the bot's voice through at a moved delay, kept from the VAD."""
+        """10 ms frames of the bot's own voice the canceller let through (``EchoLeak``), kept from the VAD."""
         self._edits: list[PlayoutEdit] = []  # the client's playout edits reported, not yet applied
         self._edits_lock = threading.Lock()
         self._over_frames_ago = 10**9  # 10 ms frames since ``double_talk`` last found the user's voice
