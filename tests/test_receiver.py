@@ -212,7 +212,7 @@ def replay(
     what the reports do by themselves."""
     frontend, detector = FrontEnd("aec3", echo_expected=True), TurnDetector()
     if not leak_check:
-        frontend._leaked = lambda _cancelled: False  # type: ignore[method-assign]
+        frontend._leaked = lambda: False  # type: ignore[method-assign]
     chunk = 320
     onsets, over = [], 0
     pending = sorted(edits, key=lambda e: e[0])

@@ -284,12 +284,13 @@ class EchoLeak:
             return False
         # Near the delay a leak was last found at, then near the known ones, then (now and then, as it
         # costs three times as much) at every lag: a receiver that ran dry moves the echo by as long.
+        ref = np.concatenate(self._ref)
         score, found = 0.0, 0
         for around in dict.fromkeys((self._guess, lag_ms, cancels_ms)):
             if around is not None and score < LEAK_CORRELATION:
-                score, found = max((score, found), self._search(m, around))
+                score, found = max((score, found), self._search(m, ref, around))
         if score < LEAK_CORRELATION and (lag_ms is None or self._wide_in == 0):
-            score, found = self._search(m, None)
+            score, found = self._search(m, ref, None)
             self._wide_in = LEAK_WIDE_EVERY
         self._wide_in = max(0, self._wide_in - 1)
         self.last = (score, found)
@@ -300,10 +301,10 @@ class EchoLeak:
         self._guess = found if moved and found != lag_ms else None
         return moved or score >= LEAK_ALONE
 
-    def _search(self, m: np.ndarray, around_ms: int | None) -> tuple[float, int]:
-        """The best correlation of ``m`` with the reference within ``LEAK_SPAN_MS`` of ``around_ms``
-        (None: at every lag kept), and its delay in ms."""
-        ref = np.concatenate(self._ref)
+    @staticmethod
+    def _search(m: np.ndarray, ref: np.ndarray, around_ms: int | None) -> tuple[float, int]:
+        """The best correlation of ``m`` with the reference kept, ``ref``, within ``LEAK_SPAN_MS`` of
+        ``around_ms`` (None: at every lag kept), and its delay in ms."""
         longest = ref.size - m.size - 1
         nearest = 0 if around_ms is None else max(0, around_ms - LEAK_SPAN_MS) * SPEECH_RATE // 1000
         furthest = (
@@ -333,6 +334,8 @@ class DoubleTalk:
         self._count = 0
         self._settle = 0  # echo frames still to leave out after a reset
         self._cancelled_run = 0  # frames of the echo in a row the canceller took off
+        self.out_db = -120.0
+        """The level of the canceller's output in the last frame (dBFS)."""
         self.erle_db: float | None = None
         """What the canceller takes off the bot's echo (``ERLE_PERCENTILE`` over the last frames of
         it), or None until ``ERLE_MIN_FRAMES`` of them were seen since the last reset."""
@@ -361,7 +364,7 @@ class DoubleTalk:
         """One frame of the microphone and the canceller's output; ``echo_active``: the (held-back)
         reference carried the bot's voice. Returns whether this frame holds the near end's voice."""
         mic_db = rms_dbfs(mic)
-        out_db = rms_dbfs(out)
+        out_db = self.out_db = rms_dbfs(out)
         removed = mic_db - out_db
         if echo_active and mic_db > NEAR_FLOOR_DBFS:
             self._cancelled_run = self._cancelled_run + 1 if removed >= ERLE_CONVERGED_DB else 0

@@ -53,7 +53,7 @@ from .echopath import (
     EchoLeak,
     far_active,
 )
-from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer, rms_dbfs
+from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
 from .receiver import PlayoutEdit
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class FrontEnd:
                     self._cancels = self.coupling.lag_ms - self.delay_ms
                 elif self.double_talk.erle_db is None:  # reset: the echo path changed
                     self._cancels = None
-                leaked = self._leaked(cancelled)
+                leaked = self._leaked()
                 over = over and not leaked
                 self._over_frames_ago = 0 if over else self._over_frames_ago + 1
                 if heard is not None and self._echo_only():
@@ -334,11 +334,11 @@ class FrontEnd:
             np.repeat(np.array(user), FRAME),
         )
 
-    def _leaked(self, cancelled: np.ndarray) -> bool:
+    def _leaked(self) -> bool:
         """The canceller let the bot's own voice through in this frame (``EchoLeak``): the VAD's path gets
         silence for it, and it is no double talk. Checked only where it matters, when the bot's echo
         may be in the microphone and the canceller let something through, every few frames."""
-        if not self.echo_possible or rms_dbfs(cancelled) < NEAR_FLOOR_DBFS:
+        if not self.echo_possible or self.double_talk.out_db < NEAR_FLOOR_DBFS:
             self._leaking, self._leak_due = False, 0
             return False
         if self._leak_due:

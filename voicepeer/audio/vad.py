@@ -260,19 +260,18 @@ class TurnDetector:
                 self._run = self._run + 1 if prob >= threshold else 0
                 self._run_over_echo = self._run_over_echo + 1 if over_echo_speech else 0
                 self._run_marked = self._run_marked + 1 if marked else 0
+                by_marks = self._run_marked >= self._windows(p.over_echo_alone_ms)
                 if (
                     self._run >= self._windows(start_ms)
                     or self._run_over_echo >= self._windows(p.over_echo_start_ms)
-                    or self._run_marked >= self._windows(p.over_echo_alone_ms)
+                    or by_marks
                 ):
                     run = max(self._run, self._run_over_echo, self._run_marked)
                     # Opened on the marks alone, the turn holds the user's voice for as long as they
                     # lasted: "Stop," over the bot is not a noise for being shorter than a word in
                     # silence must be.
                     self._least_voiced_ms = (
-                        min(p.min_speech_ms, p.over_echo_alone_ms)
-                        if self._run_marked >= self._windows(p.over_echo_alone_ms)
-                        else p.min_speech_ms
+                        min(p.min_speech_ms, p.over_echo_alone_ms) if by_marks else p.min_speech_ms
                     )
                     pre_roll = p.overlap_pre_roll_ms if bot_speaking else p.pre_roll_ms
                     self._turn = self._history[-(run + self._windows(pre_roll)) :]
