@@ -15,8 +15,15 @@ const { fakeElectron } = require("./fake-electron");
 const APP = "app://voicepeer/index.html";
 const PYTHON_ENV = process.env.VOICEPEER_PYTHON_ENV || path.resolve(__dirname, "../../../.venv");
 
+// Every test's user-data directory, removed when the file's tests are done.
+const userDataDirs = [];
+test.after(() => {
+  for (const dir of userDataDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 async function started(options = {}, startOptions = {}) {
   const userData = fs.mkdtempSync(path.join(os.tmpdir(), "vp-app-"));
+  userDataDirs.push(userData);
   const electron = fakeElectron({ userData, ...options });
   const app = start(electron, { env: { VOICEPEER_PYTHON_ENV: PYTHON_ENV }, platform: "linux", ...startOptions });
   electron.app.fireReady();
