@@ -8,7 +8,7 @@ import pytest
 from tests.support.speech import read_wav
 from tests.test_echo import speechlike, through_room
 from voicepeer.audio.echo import FRAME
-from voicepeer.audio.echopath import EchoCoupling, EchoLeak
+from voicepeer.audio.echopath import NEAR_VOICE_BELOW, RESIDUAL_NEAR_BELOW, EchoCoupling, EchoLeak
 from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
 from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, FarEndReference, FrontEnd
 
@@ -258,7 +258,7 @@ def test_the_bots_voice_let_through_at_a_moved_delay_is_told_from_the_user(make_
         leak = EchoLeak()
         mic = np.clip(mic, -32768, 32767).astype(np.int16)
         for i in range(0, far.size, FRAME):
-            leak.push(mic[i : i + FRAME], far[i : i + FRAME])
+            leak.push(mic[i : i + FRAME], far[i : i + FRAME], mic[i : i + FRAME])  # nothing cancelled
         return leak
 
     alone = leak_over(through_room(far, 430, -6))
@@ -268,6 +268,36 @@ def test_the_bots_voice_let_through_at_a_moved_delay_is_told_from_the_user(make_
     talking = leak_over(through_room(far, 430, -12) + near)
     assert not talking.leaked(lag_ms=430, cancels_ms=400), "the user was taken for a leak"
     assert not leak_over(near).leaked(lag_ms=None, cancels_ms=None), "a voice the bot never sent"
+
+
+def test_a_user_under_a_louder_echo_the_canceller_removes_is_told_from_the_bots_voice(make_speech):
+    # A user's "Stop," as loud as the bot's echo: the microphone still matches the reference (0.6 or
+    # more), but what a working canceller leaves of it does not. Where the canceller has not been seen
+    # to cancel the echo where it now is, or let the echo through, the window stays the bot's voice.
+    bot = read_wav(make_speech(BOT_STORY, rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0).path)[0]
+    user = read_wav(make_speech("Stop, please stop.", rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0).path)[0]
+    far = bot[: 3 * SPEECH_RATE]
+    near = np.zeros(far.size)
+    start = far.size - 8 * SPEECH_RATE // 10
+    near[start:] = 0.5 * user[: far.size - start]
+    echo = through_room(far, 430, -6)
+    mic = np.clip(echo + near, -32768, 32767).astype(np.int16)
+
+    def checked(out: np.ndarray) -> EchoLeak:
+        leak = EchoLeak()
+        out = np.clip(out, -32768, 32767).astype(np.int16)
+        for i in range(0, far.size, FRAME):
+            leak.push(mic[i : i + FRAME], far[i : i + FRAME], out[i : i + FRAME])
+        assert not leak.leaked(lag_ms=430, cancels_ms=430), "the echo was cancelled where it is"
+        return leak
+
+    cancelled = checked(near + 0.01 * echo)
+    assert cancelled.last[0] >= NEAR_VOICE_BELOW, cancelled.last  # the microphone alone cannot tell
+    assert cancelled.residual < RESIDUAL_NEAR_BELOW, cancelled.residual
+    assert cancelled.near_voice(proven=True)
+    assert not cancelled.near_voice(proven=False), "a canceller not seen to cancel here was trusted"
+    let_through = checked(mic)
+    assert let_through.residual >= RESIDUAL_NEAR_BELOW and not let_through.near_voice(proven=True)
 
 
 BOT_STORY = (

@@ -231,6 +231,12 @@ of users talking over the bot scored 0.18-0.53 in recorded barge-ins, the bot's 
 the delay the canceller was aligned to 0.84-0.97 (under ``LEAK_ALONE``, so not kept from the marks)."""
 
 
+RESIDUAL_NEAR_BELOW = 0.3
+"""A canceller's output matching the reference less than this (near where the microphone matched it) is
+not the bot's voice: a user's "Stop," 20 dB under a loud echo that the canceller removed scored
+0.12-0.22 while the microphone, mostly echo, matched at 0.63-0.65."""
+
+
 LEAK_WIDE_EVERY = 5
 """Every this many leak checks that find nothing near the known delays, one looks at every lag."""
 
@@ -260,16 +266,30 @@ class EchoLeak:
 
     def __init__(self) -> None:
         self._mic: deque[np.ndarray] = deque(maxlen=LEAK_WINDOW_FRAMES)
+        self._out: deque[np.ndarray] = deque(maxlen=LEAK_WINDOW_FRAMES)
         self._ref: deque[np.ndarray] = deque(maxlen=LEAK_WINDOW_FRAMES + COUPLING_MAX_LAG_FRAMES)
         self.last: tuple[float, int] = (0.0, 0)
         """The last check's correlation and the echo delay (ms) it was found at."""
+        self.residual = 0.0
+        """The last check's correlation of the canceller's output with the reference near that delay
+        (0 where the microphone matched under ``NEAR_VOICE_BELOW`` and it was not looked at)."""
         self._guess: int | None = None  # the delay a leak was last found at, away from the canceller's
         self._wide_in = 0  # checks until the next one at every lag
 
-    def push(self, mic: np.ndarray, ref: np.ndarray) -> None:
-        """One 10 ms frame of the microphone and the reference paired with it (not held back)."""
+    def push(self, mic: np.ndarray, ref: np.ndarray, out: np.ndarray) -> None:
+        """One 10 ms frame of the microphone, the reference paired with it (not held back) and the
+        canceller's output for it."""
         self._mic.append(mic)
         self._ref.append(ref)
+        self._out.append(out)
+
+    def near_voice(self, proven: bool) -> bool:
+        """What the canceller let through in the last check's window is mostly not the bot's voice: the
+        microphone did not match the reference (a user as loud as the echo), or the canceller's output
+        did not (a user under a louder echo), where the canceller is ``proven``: seen to cancel the echo
+        where it now is. Just after the echo moved, a canceller re-converging lets through a filtered,
+        suppressed bot voice that matches the reference at no single delay (0.14-0.24)."""
+        return self.last[0] < NEAR_VOICE_BELOW or (proven and self.residual < RESIDUAL_NEAR_BELOW)
 
     def leaked(self, lag_ms: int | None, cancels_ms: int | None) -> bool:
         """The microphone's last frames are the bot's voice at a delay the canceller does not cancel, or
@@ -294,6 +314,10 @@ class EchoLeak:
             self._wide_in = LEAK_WIDE_EVERY
         self._wide_in = max(0, self._wide_in - 1)
         self.last = (score, found)
+        self.residual = 0.0
+        if score >= NEAR_VOICE_BELOW:
+            out = np.diff(np.concatenate(self._out).astype(np.float64))
+            self.residual = self._search(out, ref, found)[0]
         if score < LEAK_CORRELATION:
             self._guess = None
             return False

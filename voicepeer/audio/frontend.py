@@ -47,7 +47,6 @@ from .echo import FRAME, EchoCanceller, make_canceller
 from .echopath import (
     LEAK_EVERY_FRAMES,
     NEAR_FLOOR_DBFS,
-    NEAR_VOICE_BELOW,
     DoubleTalk,
     EchoCoupling,
     EchoLeak,
@@ -213,9 +212,9 @@ class Cleaned(NamedTuple):
     over_echo: np.ndarray
     """Per sample (bool): the canceller found more than the bot's echo there (``DoubleTalk``)."""
     near_voice: np.ndarray
-    """Per sample (bool): ``over_echo``, and the microphone there is mostly not the bot's voice (its last
-    leak check matched the reference under ``NEAR_VOICE_BELOW``): the user, whatever the VAD makes of
-    what the canceller's suppressor left of them."""
+    """Per sample (bool): ``over_echo``, and what the canceller let through there is mostly not the bot's
+    voice (``EchoLeak.near_voice``): the user, whatever the VAD makes of what the canceller's suppressor
+    left of them."""
 
 
 class FrontEnd:
@@ -260,6 +259,9 @@ class FrontEnd:
         # The echo's delay, less the reference's hold-back, when the canceller last took the echo off:
         # the delay it cancels, wherever the measurement has moved since.
         self._cancels: int | None = None
+        # The echo's delay and the reference's hold-back when the canceller last took the echo off: it
+        # is proven where both are still the same.
+        self._proven_at: tuple[int, int] | None = None
         self.leaked_frames = 0
         """10 ms frames of the bot's own voice the canceller let through (``EchoLeak``), kept from the VAD."""
         self._edits: list[PlayoutEdit] = []  # the client's playout edits reported, not yet applied
@@ -301,13 +303,14 @@ class FrontEnd:
             heard = self.words_canceller.process(mic, aligned) if self.words_canceller is not None else None
             over = False
             if self.canceller is not None:
-                self.leak.push(mic, ref)
                 cancelled = self.canceller.process(mic, aligned)
+                self.leak.push(mic, ref, cancelled)
                 over = self.double_talk.push(mic, cancelled, self._aligned_frames_ago == 0)
                 if self.double_talk.cancelling and self.coupling.lag_ms is not None:
                     self._cancels = self.coupling.lag_ms - self.delay_ms
+                    self._proven_at = (self.coupling.lag_ms, self.delay_ms)
                 elif self.double_talk.erle_db is None:  # reset: the echo path changed
-                    self._cancels = None
+                    self._cancels = self._proven_at = None
                 leaked = self._leaked()
                 over = over and not leaked
                 self._over_frames_ago = 0 if over else self._over_frames_ago + 1
@@ -319,7 +322,8 @@ class FrontEnd:
                 mic = np.frombuffer(self._processor.Process10ms(mic.tobytes()).audio, dtype=np.int16)
             out.append(mic)
             talk.append(over and self.coupling.present)
-            user.append(talk[-1] and self.leak.last[0] < NEAR_VOICE_BELOW)
+            proven = self._proven_at == (self.coupling.lag_ms, self.delay_ms)
+            user.append(talk[-1] and self.leak.near_voice(proven))
             if not self.coupling.seen:
                 words.append(raw)
             else:
