@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from bench.replay import read_call, read_edits
+from bench.replay import replay as replay_recording
 from tests.support.calls import call, wait_until
 from tests.support.speech import read_wav
 from tests.test_echo import through_room
@@ -26,6 +28,7 @@ from voicepeer.audio.receiver import (
     ReceiverStats,
 )
 from voicepeer.audio.vad import SpeechStarted, TurnDetector
+from voicepeer.config import ServerConfig
 from voicepeer.transport.app import STATE
 
 REPORT = {"concealedSamples": 480, "packetsLost": 0, "packetsDiscarded": 0, "clockRate": 48000}
@@ -288,6 +291,26 @@ def test_the_first_reply_does_not_open_turns_before_its_echo_delay_is_known(make
         mic = np.clip(through_room(far, delay_ms, -6), -32768, 32767).astype(np.int16)
         onsets, _over = replay(far, mic, [])
         assert onsets == [], (delay_ms, onsets)
+
+
+async def test_a_recorded_call_keeps_the_clients_reports_and_replays_with_them(services, tmp_path):
+    # ``--record-audio`` writes the reports beside the audio, at the sample they came, so a replay
+    # moves the echo where the live call did.
+    async with call(services, server=ServerConfig(record_audio_dir=str(tmp_path))) as (server, client):
+        session = server.app[STATE].sessions[client.session_id]
+        report = {"type": "playout", **REPORT, "concealedSamples": 0}
+        client.channel.send(json.dumps(report))
+        await wait_until(lambda: session.call.recorder.samples >= SPEECH_RATE, 10)  # 1 s heard
+        client.channel.send(json.dumps({**report, "concealedSamples": 0.4 * 48000}))  # dry for 400 ms
+        await wait_until(lambda: session.call.frontend.delay_ms >= 400, 10)
+    (recording,) = tmp_path.glob("call-*.wav")
+    edits = read_edits(recording)
+    assert [round(edit.ms) for _, edit in edits] == [400], edits
+    assert edits[0][0] >= SPEECH_RATE
+    mic, ref = read_call(recording)
+    assert mic.size >= edits[0][0]
+    replayed = replay_recording(mic, ref, edits, "aec3")
+    assert replayed["edits"] == 1 and replayed["seconds"] >= 1.0
 
 
 async def test_a_call_takes_the_clients_reports_and_refuses_bad_ones_with_an_error_event(services):

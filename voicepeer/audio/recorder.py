@@ -4,19 +4,26 @@ file; and each user turn as the ASR got it.
 Echo cancellation and barge-in are tuned on what really reaches the server: the client's microphone
 after its own processing and two trips through Opus, with the bot's voice coming back at whatever delay
 and level the room gives it. ``--record-audio DIR`` writes each call's 16 kHz stream as a stereo WAV
-(left: the microphone, right: the reference it was paired with), so a problem heard in a real room can
-be replayed offline through the front-end and the turn detector, sample for sample.
+(left: the microphone, right: the reference it was paired with), and beside it the client's playout
+reports as the front-end got them (``call-<id>.edits.jsonl``: each edit of the reference and the
+recording's sample at which it came; within a chunk, 20 ms, of where the live front-end applied it),
+so a problem heard in a real room can be replayed offline through the front-end and the turn detector
+(``python -m bench.replay DIR``). Without the reports a replay holds the reference where the client's
+receiver no longer played it, and the canceller loses an echo it followed live.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import wave
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from .formats import SPEECH_RATE
+from .receiver import PlayoutEdit
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +34,11 @@ class CallRecorder:
 
     def __init__(self, directory: str, call_id: str) -> None:
         self.path = Path(directory) / f"call-{call_id}.wav"
+        self.edits_path = self.path.with_suffix(".edits.jsonl")
+        self.samples = 0
+        """Samples written so far, per channel."""
         self._wav: wave.Wave_write | None = None
+        self._edits: deque[dict[str, float]] = deque()  # playout edits not yet on disk (two threads)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._wav = wave.open(str(self.path), "wb")
@@ -41,13 +52,32 @@ class CallRecorder:
     def write(self, mic: np.ndarray, reference: np.ndarray) -> None:
         if self._wav is None or mic.size != reference.size:
             return
+        if self._edits:
+            self._write_edits()
         try:
             self._wav.writeframes(np.stack([mic, reference], axis=1).astype(np.int16).tobytes())
+            self.samples += mic.size
         except OSError as exc:
             log.warning("stopped recording the call's audio: %s", exc)
             self.close()
 
+    def edit(self, edit: PlayoutEdit) -> None:
+        """A playout edit the front-end was just given. Called on the event loop, so it only queues the
+        line; the next ``write`` (the front-end's thread) puts it on disk."""
+        if self._wav is not None:
+            self._edits.append({"sample": self.samples, "ms": edit.ms, "back_ms": edit.back_ms})
+
+    def _write_edits(self) -> None:
+        lines = [self._edits.popleft() for _ in range(len(self._edits))]
+        try:
+            with self.edits_path.open("a") as f:
+                f.writelines(json.dumps(line) + "\n" for line in lines)
+        except OSError as exc:
+            log.warning("lost the call's playout reports: %s", exc)
+
     def close(self) -> None:
+        if self._edits:
+            self._write_edits()
         if self._wav is not None:
             try:
                 self._wav.close()

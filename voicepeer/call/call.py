@@ -330,6 +330,8 @@ class Call:
         self._stalled_reported = stalled
         for edit in self.playout_moves.update(stats, ours_ms):
             self.frontend.playout_moved(edit)
+            if self.recorder is not None:
+                self.recorder.edit(edit)
 
     def _config_event(self) -> Event:
         return {

@@ -122,7 +122,8 @@ class ServerConfig:
         metadata=option(
             "--record-audio",
             "debugging: save each call's microphone and the bot's reference as the front-end got them "
-            "(16 kHz stereo WAV), to replay a room offline",
+            "(16 kHz stereo WAV) and the client's playout reports, to replay a room offline "
+            "(python -m bench.replay DIR)",
             metavar="DIR",
         ),
     )
