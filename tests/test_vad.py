@@ -128,7 +128,7 @@ def test_speech_the_front_end_found_over_the_echo_opens_a_turn_as_soon_as_in_sil
 def test_the_users_voice_the_front_end_found_opens_a_turn_whatever_the_vad_says():
     # "Stop," over the bot: the canceller's suppressor left the VAD nothing to hear (here, silence),
     # but the front-end found the user over the echo, and the microphone was not the bot's voice.
-    # Six windows of that (192 ms) open a turn, and it is not dropped as a noise for being short.
+    # Five windows of that (160 ms) open a turn, and it is not dropped as a noise for being short.
     quiet = np.zeros(320, np.int16)
     marked = np.ones(320, dtype=bool)
     detector = TurnDetector()
