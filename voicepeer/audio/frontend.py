@@ -256,10 +256,8 @@ class FrontEnd:
         self.leak = EchoLeak()
         self._leaking = False
         self._leak_due = 0  # frames until the next leak check
-        # The echo's delay, less the reference's hold-back, when the canceller last took the echo off:
-        # the delay it cancels, wherever the measurement has moved since.
-        self._cancels: int | None = None
-        # The echo's delay and the reference's hold-back when the canceller last took the echo off: it
+        # The echo's delay and the reference's hold-back when the canceller last took the echo off: the
+        # one less the other is the delay it cancels, wherever the measurement has moved since, and it
         # is proven where both are still the same.
         self._proven_at: tuple[int, int] | None = None
         self.leaked_frames = 0
@@ -307,10 +305,9 @@ class FrontEnd:
                 self.leak.push(mic, ref, cancelled)
                 over = self.double_talk.push(mic, cancelled, self._aligned_frames_ago == 0)
                 if self.double_talk.cancelling and self.coupling.lag_ms is not None:
-                    self._cancels = self.coupling.lag_ms - self.delay_ms
                     self._proven_at = (self.coupling.lag_ms, self.delay_ms)
                 elif self.double_talk.erle_db is None:  # reset: the echo path changed
-                    self._cancels = self._proven_at = None
+                    self._proven_at = None
                 leaked = self._leaked()
                 over = over and not leaked
                 self._over_frames_ago = 0 if over else self._over_frames_ago + 1
@@ -348,7 +345,8 @@ class FrontEnd:
         if self._leak_due:
             self._leak_due -= 1
         else:
-            cancels = None if self._cancels is None else self._cancels + self.delay_ms
+            proven = self._proven_at
+            cancels = None if proven is None else proven[0] - proven[1] + self.delay_ms
             self._leaking = self.leak.leaked(self.coupling.lag_ms, cancels)
             # A leak is checked again at the next frame: the user may start under it, and every frame
             # held from the VAD would cost their onset 10 ms.
