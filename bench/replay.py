@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import wave
 from pathlib import Path
@@ -39,24 +40,34 @@ CHUNK = 320
 
 
 def read_call(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The microphone and the reference of a recorded call (16 kHz, int16)."""
-    with wave.open(str(path)) as w:
-        if w.getnchannels() != 2 or w.getframerate() != SPEECH_RATE or w.getsampwidth() != 2:
-            raise ValueError(f"{path}: not a call recording (16 kHz, 16-bit, stereo)")
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+    """The microphone and the reference of a recorded call (16 kHz, int16); ValueError if the file is
+    not one (a server killed mid-write leaves a WAV cut short: what was written is read)."""
+    try:
+        with wave.open(str(path)) as w:
+            if w.getnchannels() != 2 or w.getframerate() != SPEECH_RATE or w.getsampwidth() != 2:
+                raise ValueError(f"{path}: not a call recording (16 kHz, 16-bit, stereo)")
+            data = w.readframes(w.getnframes())
+    except (EOFError, wave.Error) as exc:
+        raise ValueError(f"{path}: {str(exc) or 'empty'}") from None
+    pcm = np.frombuffer(data[: len(data) // 4 * 4], dtype=np.int16).reshape(-1, 2)
     return pcm[:, 0].copy(), pcm[:, 1].copy()
 
 
 def read_edits(path: Path) -> list[tuple[int, PlayoutEdit]]:
-    """The playout edits recorded beside a call, as (sample, edit); none if there is no file."""
+    """The playout edits recorded beside a call, as (sample, edit); none if there is no file. A line
+    that is not an edit (a write cut short) is left out, with a warning."""
     edits_path = path.with_suffix(".edits.jsonl")
     if not edits_path.exists():
         return []
     edits = []
-    for line in edits_path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(edits_path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
             edits.append((int(row["sample"]), PlayoutEdit(float(row["ms"]), float(row["back_ms"]))))
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"{edits_path}:{number}: not an edit, left out ({exc!r})", file=sys.stderr)
     return sorted(edits, key=lambda e: e[0])
 
 
@@ -87,11 +98,13 @@ def replay(
             events = listen(frontend, detector, mic[i : i + CHUNK], ref[i : i + CHUNK], i / SPEECH_RATE)
             onsets += [round(e.sample / SPEECH_RATE, 2) for e in events if isinstance(e, SpeechStarted)]
         leaked = frontend.leaked_frames
+        held_back_ms = frontend.delay_ms
     finally:
         frontend.close()
     return {
         "seconds": round(mic.size / SPEECH_RATE, 2),
         "edits": len(edits),
+        "held_back_ms": held_back_ms,
         "onsets_s": onsets,
         "over_echo_ms": marked["over"] * 10,
         "near_voice_ms": marked["near"] * 10,
@@ -112,7 +125,11 @@ def main() -> None:
         parser.error(f"no call-*.wav in {args.directory}")
     calls = []
     for path in files:
-        mic, ref = read_call(path)
+        try:
+            mic, ref = read_call(path)
+        except ValueError as exc:
+            print(f"{exc}: skipped", file=sys.stderr)
+            continue
         edits = [] if args.no_edits else read_edits(path)
         calls.append({"file": path.name, **replay(mic, ref, edits, args.aec)})
     doc = {

@@ -10,6 +10,7 @@ import pytest
 from tests.support.speech import read_wav
 from voicepeer.audio.formats import SPEECH_RATE
 from voicepeer.audio.vad import (
+    WINDOW,
     SileroVAD,
     SpeechDiscarded,
     SpeechEnded,
@@ -128,9 +129,23 @@ def test_speech_the_front_end_found_over_the_echo_opens_a_turn_as_soon_as_in_sil
 def test_the_users_voice_the_front_end_found_opens_a_turn_whatever_the_vad_says():
     # "Stop," over the bot: the canceller's suppressor left the VAD nothing to hear (here, silence),
     # but the front-end found the user over the echo, and the microphone was not the bot's voice.
-    # Five windows of that (160 ms) open a turn, and it is not dropped as a noise for being short.
+    # Five windows of that (160 ms) open a turn, and it is not dropped as a noise for being short;
+    # four do not.
     quiet = np.zeros(320, np.int16)
     marked = np.ones(320, dtype=bool)
+    window_ms = WINDOW * 1000 // SPEECH_RATE
+    windows = TurnParams().over_echo_alone_ms // window_ms
+    assert windows == 5
+    for n, opens in ((windows - 1, False), (windows, True)):
+        probe = TurnDetector()
+        marks = np.repeat([True, False], [n * WINDOW, SPEECH_RATE // 2])
+        found = []
+        for i in range(0, marks.size - 320 + 1, 320):
+            chunk = marks[i : i + 320]
+            found += probe.process(
+                quiet, i / SPEECH_RATE, echo_possible=True, over_echo=chunk, near_voice=chunk
+            )
+        assert any(isinstance(e, SpeechStarted) for e in found) is opens, (n, found)
     detector = TurnDetector()
     events = []
     for k in range(12):  # 240 ms of it, then none

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import wave
 from collections import deque
 from pathlib import Path
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 class CallRecorder:
     """Appends paired microphone and reference samples to ``DIR/call-<id>.wav``. Called from the
-    front-end's worker thread, one chunk at a time; a disk error stops the recording, never the call."""
+    front-end's worker thread, one chunk at a time; a disk error stops the recording, never the call.
+    A call that closes may still have a chunk in the worker: the files are written under a lock."""
 
     def __init__(self, directory: str, call_id: str) -> None:
         self.path = Path(directory) / f"call-{call_id}.wav"
@@ -39,6 +41,7 @@ class CallRecorder:
         """Samples written so far, per channel."""
         self._wav: wave.Wave_write | None = None
         self._edits: deque[dict[str, float]] = deque()  # playout edits not yet on disk (two threads)
+        self._lock = threading.Lock()  # the files: the worker's chunk against the call's close
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._wav = wave.open(str(self.path), "wb")
@@ -50,16 +53,18 @@ class CallRecorder:
             self._wav = None
 
     def write(self, mic: np.ndarray, reference: np.ndarray) -> None:
-        if self._wav is None or mic.size != reference.size:
+        if mic.size != reference.size:
             return
-        if self._edits:
+        with self._lock:
+            if self._wav is None:
+                return
             self._write_edits()
-        try:
-            self._wav.writeframes(np.stack([mic, reference], axis=1).astype(np.int16).tobytes())
-            self.samples += mic.size
-        except OSError as exc:
-            log.warning("stopped recording the call's audio: %s", exc)
-            self.close()
+            try:
+                self._wav.writeframes(np.stack([mic, reference], axis=1).astype(np.int16).tobytes())
+                self.samples += mic.size
+            except OSError as exc:
+                log.warning("stopped recording the call's audio: %s", exc)
+                self._close_wav()
 
     def edit(self, edit: PlayoutEdit) -> None:
         """A playout edit the front-end was just given. Called on the event loop, so it only queues the
@@ -68,6 +73,9 @@ class CallRecorder:
             self._edits.append({"sample": self.samples, "ms": edit.ms, "back_ms": edit.back_ms})
 
     def _write_edits(self) -> None:
+        """Under ``_lock``."""
+        if not self._edits:
+            return
         lines = [self._edits.popleft() for _ in range(len(self._edits))]
         try:
             with self.edits_path.open("a") as f:
@@ -76,8 +84,11 @@ class CallRecorder:
             log.warning("lost the call's playout reports: %s", exc)
 
     def close(self) -> None:
-        if self._edits:
+        with self._lock:
             self._write_edits()
+            self._close_wav()
+
+    def _close_wav(self) -> None:
         if self._wav is not None:
             try:
                 self._wav.close()
