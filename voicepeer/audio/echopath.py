@@ -272,7 +272,8 @@ class EchoLeak:
         """The last check's correlation and the echo delay (ms) it was found at."""
         self.residual = 0.0
         """The last check's correlation of the canceller's output with the reference near that delay
-        (0 where the microphone matched under ``NEAR_VOICE_BELOW`` and it was not looked at)."""
+        (0 where the microphone matched under ``NEAR_VOICE_BELOW`` and it was not looked at; kept
+        from the last check that got that far, as ``last`` is)."""
         self._guess: int | None = None  # the delay a leak was last found at, away from the canceller's
         self._wide_in = 0  # checks until the next one at every lag
 

@@ -83,8 +83,9 @@ class TurnParams:
     probability: the canceller's suppressor takes an unvoiced onset down with the echo. espeak-ng's
     "Stop," over the bot had the marks right for six windows in a row while the VAD scored it
     0.03-0.17, and the turn opened 600-750 ms later, on "please"; slt's had them for four or five
-    (192 ms, the value before, missed it in three of four recorded runs). Shorter opens turns on the
-    bot's own voice where a client squeezes its playout back: at 128 ms, two in one such replay."""
+    (replayed, 192 ms, the value before, missed it in all five recorded runs, 160 ms found it in
+    three). Shorter opens turns on the bot's own voice where a client squeezes its playout back: at
+    128 ms, two in one such replay."""
     pause_ms: int = 96
     """Silence after which the turn so far is handed on as a ``SpeechPaused``: the conversation starts
     transcribing (and answering) it while it waits to see whether the user goes on. It is also the
