@@ -8,7 +8,16 @@ import pytest
 from tests.support.speech import read_wav
 from tests.test_echo import speechlike, through_room
 from voicepeer.audio.echo import FRAME
-from voicepeer.audio.echopath import NEAR_VOICE_BELOW, RESIDUAL_NEAR_BELOW, EchoCoupling, EchoLeak
+from voicepeer.audio.echopath import (
+    BEYOND_ECHO_DB,
+    NEAR_VOICE_BELOW,
+    RESIDUAL_NEAR_BELOW,
+    SPECTRUM_SPAN_MS,
+    SPECTRUM_UNREPORTED_LATER_MS,
+    EchoCoupling,
+    EchoLeak,
+    EchoSpectrum,
+)
 from voicepeer.audio.formats import SPEECH_RATE, WEBRTC_FRAME_SAMPLES, rms_dbfs
 from voicepeer.audio.frontend import ALIGN_SLACK_MS, MAX_REFERENCE_MS, FarEndReference, FrontEnd
 
@@ -305,3 +314,54 @@ BOT_STORY = (
     "as the night sky, and a body that could move at incredible speeds. One day a young dragon stumbled "
     "upon his throne, which was made of a stone that shone like the sun."
 )
+
+
+def test_a_voice_the_bot_never_sent_rises_above_the_spectrum_its_echo_can_have(make_speech):
+    # The bot's voice comes back at -6 dB, 300 ms late; a user's "Stop," starts over it at 3.2 s in
+    # another voice. Against the loudest the reference was near the echo's delay (times the room's gain,
+    # learned on the echo alone), the user's first 160 ms stand out in some bands (median 11 dB here);
+    # the bot's voice squeezed by a client does not (-10 dB at most). A receiver that ran dry and did
+    # not say so plays the echo 493 ms later: near the old delay it stands out like a voice (23-56 dB),
+    # which is why a client that does not report its playout is looked at over 600 ms (at most 0.4).
+    bot = read_wav(make_speech(BOT_STORY, rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0).path)[0]
+    stop = make_speech("Stop, please stop.", rate=SPEECH_RATE, lead_s=0.0, tail_s=0.0, engine="flite")
+    far = bot[: 4 * SPEECH_RATE]
+    start = 32 * SPEECH_RATE // 10
+    user = np.zeros(far.size)
+    user[start:] = read_wav(stop.path)[0][: far.size - start]
+    # From 2 s on, 3 ms of every 100 squeezed out (30 ms a second, as a loaded Chromium did): 36 ms
+    # sooner by the user's onset, within the moves the front-end follows from a client's reports.
+    cut = [far[: 2 * SPEECH_RATE]] + [far[i : i + 1552] for i in range(2 * SPEECH_RATE, far.size, 1600)]
+    squeezed = np.pad(np.concatenate(cut), (0, far.size - sum(c.size for c in cut)))
+    dry = np.concatenate([np.zeros(493 * SPEECH_RATE // 1000), far])[: far.size]
+    lag = 300
+
+    def excess(played: np.ndarray, voice: float = 0.0, later_ms: int = SPECTRUM_SPAN_MS) -> np.ndarray:
+        """Over the user's first 160 ms (or the same stretch without them): the echo of ``played`` from
+        2 s on, learned on the echo of the reference before."""
+        spectrum = EchoSpectrum()
+        straight = through_room(far, lag, -6)
+        mic = np.clip(
+            np.concatenate(
+                [
+                    straight[: 2 * SPEECH_RATE],
+                    (through_room(played, lag, -6) + voice * user)[2 * SPEECH_RATE :],
+                ]
+            ),
+            -32768,
+            32767,
+        ).astype(np.int16)
+        found = []
+        for i in range(0, far.size - FRAME + 1, FRAME):
+            spectrum.push(mic[i : i + FRAME], far[i : i + FRAME])
+            echoed = far[max(0, i - lag * SPEECH_RATE // 1000) :][:FRAME]
+            if i < 2 * SPEECH_RATE and i >= lag * SPEECH_RATE // 1000 and rms_dbfs(echoed) > -40:
+                spectrum.learn(lag)
+            if start + 480 <= i < start + 2560:
+                found.append(spectrum.excess(lag, later_ms))
+        return np.array(found)
+
+    assert np.median(excess(far, voice=1.0)) > BEYOND_ECHO_DB
+    assert excess(squeezed).max() < BEYOND_ECHO_DB - 6
+    assert np.median(excess(dry)) > BEYOND_ECHO_DB, "moved out of the span, the echo looks like a voice"
+    assert excess(dry, later_ms=SPECTRUM_UNREPORTED_LATER_MS).max() < BEYOND_ECHO_DB

@@ -136,16 +136,38 @@ def test_the_users_voice_the_front_end_found_opens_a_turn_whatever_the_vad_says(
     window_ms = WINDOW * 1000 // SPEECH_RATE
     windows = TurnParams().over_echo_alone_ms // window_ms
     assert windows == 5
-    for n, opens in ((windows - 1, False), (windows, True)):
+    # Where the microphone's spectrum also rises above what the bot's echo can have, three (96 ms)
+    # open one; two do not, and neither do three that the marks alone do not back.
+    beyond = TurnParams().over_echo_beyond_ms // window_ms
+    assert beyond == 3
+    for n, opens, near_too in (
+        (windows - 1, False, False),
+        (windows, True, False),
+        (beyond - 1, False, True),
+        (beyond, True, True),
+    ):
         probe = TurnDetector()
         marks = np.repeat([True, False], [n * WINDOW, SPEECH_RATE // 2])
         found = []
         for i in range(0, marks.size - 320 + 1, 320):
             chunk = marks[i : i + 320]
             found += probe.process(
-                quiet, i / SPEECH_RATE, echo_possible=True, over_echo=chunk, near_voice=chunk
+                quiet,
+                i / SPEECH_RATE,
+                echo_possible=True,
+                over_echo=chunk,
+                near_voice=chunk,
+                beyond_echo=chunk if near_too else None,
             )
-        assert any(isinstance(e, SpeechStarted) for e in found) is opens, (n, found)
+        assert any(isinstance(e, SpeechStarted) for e in found) is opens, (n, near_too, found)
+    unbacked = TurnDetector()
+    assert not any(
+        isinstance(e, SpeechStarted)
+        for k in range(5)  # 100 ms
+        for e in unbacked.process(
+            quiet, k * 0.02, echo_possible=True, over_echo=marked, near_voice=~marked, beyond_echo=marked
+        )
+    )
     detector = TurnDetector()
     events = []
     for k in range(12):  # 240 ms of it, then none

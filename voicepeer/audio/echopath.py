@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from itertools import islice
 
 import numpy as np
 
@@ -55,6 +56,10 @@ declared empty, in a call where no echo was seen yet."""
 ECHO_GONE_AFTER = 20
 """The same once an echo was seen (5 s of the bot speaking): double talk lowers the measurement too,
 and a loudspeaker rarely stops echoing in the middle of a call."""
+
+
+FRAME_SAMPLES = SPEECH_RATE // 100
+"""Samples in the 10 ms frames every measurement here is pushed."""
 
 
 MIC_FLOOR = 8.0
@@ -342,6 +347,130 @@ class EchoLeak:
         return score, found + nearest * 1000 // SPEECH_RATE
 
 
+SPECTRUM_WINDOW = 512
+"""Samples of the microphone and the reference whose spectra ``EchoSpectrum`` compares: one VAD window
+(32 ms), ending at the frame just pushed."""
+
+
+SPECTRUM_BANDS_HZ = (100, 300, 500, 700, 900, 1200, 1500, 1900, 2400, 3000, 3700, 4500, 5500, 6500, 7900)
+"""Edges of the bands compared: narrow where voices differ by their pitch and first formant."""
+
+
+SPECTRUM_SPAN_MS = 60
+"""How far either side of the echo's delay the reference's spectra are looked at: the delay drifts by
+this much while a client's receiver stretches and squeezes its playout between two measurements, and
+the front-end follows the larger moves a client reports (``FrontEnd.playout_moved``)."""
+
+
+SPECTRUM_UNREPORTED_LATER_MS = 600
+"""How much later than its measured delay the echo may come from a client that does not report its
+playout (any WebRTC stack but ours): a receiver that ran dry plays the rest of the reply that much
+later (493 ms in a loaded Chromium) until the cross-correlation measures it again, a second on. At
+``SPECTRUM_SPAN_MS`` the bot's voice so moved rose 9-12 dB above the reference near the old delay."""
+
+
+SPECTRUM_TOP_BANDS = 3
+"""The excess is the mean of the bands the echo explains least: a voice over the bot's is louder than
+it in a few bands (its own pitch and formants), not in all."""
+
+
+SPECTRUM_LEARN_RATE = 0.05
+"""Weight of one frame of the echo alone in the per-band echo gain (a time constant of ~200 ms of it)."""
+
+
+SPECTRUM_NOISE_RISE_DB = 0.05
+"""How fast, per frame, the microphone's noise floor estimate may rise (5 dB/s): a minimum tracker."""
+
+
+SPECTRUM_NOISE_MARGIN_DB = 10.0
+"""A band counts only this far above the microphone's own noise floor: where the echo is quieter than
+the room's noise, the noise would otherwise look like a voice the echo does not explain."""
+
+
+BEYOND_ECHO_DB = 6.0
+"""Mean excess of the ``SPECTRUM_TOP_BANDS`` bands above which the microphone holds a voice the bot's
+echo cannot. Users' onsets over the bot in recorded loudspeaker calls rose 6-16 dB above (slt's
+"Stop," 6-7 dB in its first 60 ms, questions 10-40 dB); the bot's voice alone, squeezed back by a
+client (the replayed scenes of ``tests/test_receiver.py``), opened no turn by it down to 0 dB."""
+
+
+_SILENT_BAND_DB = 30.0  # ``band_levels`` of digital silence
+_EDGES = [round(hz * SPECTRUM_WINDOW / SPEECH_RATE) for hz in SPECTRUM_BANDS_HZ]
+_HANN = np.hanning(SPECTRUM_WINDOW)
+
+
+def band_levels(window: np.ndarray) -> np.ndarray:
+    """Energy (dB) of a ``SPECTRUM_WINDOW`` of int16 samples in each of the ``SPECTRUM_BANDS_HZ`` bands."""
+    power = np.abs(np.fft.rfft(window * _HANN)) ** 2
+    sums = np.add.reduceat(power[_EDGES[0] : _EDGES[-1]], np.array(_EDGES[:-1]) - _EDGES[0])
+    return 10 * np.log10(sums + 10 ** (_SILENT_BAND_DB / 10))
+
+
+class EchoSpectrum:
+    """Tells how far the microphone's spectrum rises above what the bot's echo can put there.
+
+    The bot's voice comes back time-stretched and squeezed by the client's receiver, so near its delay
+    the microphone matches the reference at no single lag (``EchoLeak`` scores it like a user) and the
+    canceller, losing it, lets it through (``DoubleTalk`` marks it). Its spectrum is still the bot's:
+    in every band, no louder than the loudest the reference was near the delay, times the room's gain
+    in that band. A user's voice brings its own pitch and formants: some bands rise well above that.
+
+    The room's gain per band is learned from frames the canceller is seen to cancel (the echo alone);
+    until then nothing is judged (``excess`` stays None)."""
+
+    def __init__(self) -> None:
+        self._mic = np.zeros(SPECTRUM_WINDOW)
+        self._ref = np.zeros(SPECTRUM_WINDOW)
+        later = max(SPECTRUM_SPAN_MS, SPECTRUM_UNREPORTED_LATER_MS) // 10
+        self._ref_levels: deque[np.ndarray] = deque(maxlen=COUPLING_MAX_LAG_FRAMES + later + 1)
+        self._mic_levels = np.zeros(len(SPECTRUM_BANDS_HZ) - 1)
+        self._noise: np.ndarray | None = None  # the microphone's floor, per band (a minimum tracker)
+        self.gain: np.ndarray | None = None
+        """Per band, what the room adds to the reference on its way into the microphone (dB)."""
+
+    def push(self, mic: np.ndarray, ref: np.ndarray) -> None:
+        """One 10 ms frame of the microphone and of the reference paired with it (not held back)."""
+        n = mic.size
+        self._mic[:-n], self._mic[-n:] = self._mic[n:], mic
+        self._ref[:-n], self._ref[-n:] = self._ref[n:], ref
+        self._ref_levels.append(band_levels(self._ref))
+        self._mic_levels = band_levels(self._mic)
+        floor = self._noise
+        self._noise = (
+            self._mic_levels
+            if floor is None
+            else np.minimum(floor + SPECTRUM_NOISE_RISE_DB, self._mic_levels)
+        )
+
+    def learn(self, lag_ms: int) -> None:
+        """The last frame is the bot's echo alone, at ``lag_ms``: the room's gain moves toward it, in the
+        bands the reference carried sound in."""
+        frames = lag_ms // 10
+        if frames >= len(self._ref_levels):
+            return
+        ref = self._ref_levels[-1 - frames]
+        gain = self._mic_levels - ref
+        if self.gain is None:
+            self.gain = gain
+        else:
+            sounding = ref > _SILENT_BAND_DB + 20
+            self.gain[sounding] += SPECTRUM_LEARN_RATE * (gain[sounding] - self.gain[sounding])
+
+    def excess(self, lag_ms: int, later_ms: int = SPECTRUM_SPAN_MS) -> float | None:
+        """The mean of the ``SPECTRUM_TOP_BANDS`` largest excesses (dB) of the last window over the
+        loudest echo the reference could have made from ``SPECTRUM_SPAN_MS`` before ``lag_ms`` to
+        ``later_ms`` after it, and over the microphone's noise floor; None until the room's gain is
+        known."""
+        nearest = max(0, (lag_ms - SPECTRUM_SPAN_MS) // 10)
+        furthest = (lag_ms + later_ms) // 10
+        if self.gain is None or self._noise is None or furthest >= len(self._ref_levels):
+            return None
+        kept = len(self._ref_levels)
+        echo = np.max(list(islice(self._ref_levels, kept - 1 - furthest, kept - nearest)), axis=0) + self.gain
+        explained = np.maximum(echo, self._noise + SPECTRUM_NOISE_MARGIN_DB)
+        return float(np.sort(self._mic_levels - explained)[-SPECTRUM_TOP_BANDS:].mean())
+
+
 class DoubleTalk:
     """Tells, frame by frame, whether the microphone holds more than the bot's echo: the user talking
     over the bot.
@@ -361,6 +490,8 @@ class DoubleTalk:
         self._cancelled_run = 0  # frames of the echo in a row the canceller took off
         self.out_db = -120.0
         """The level of the canceller's output in the last frame (dBFS)."""
+        self.cancelled = False
+        """The last frame was the bot's echo, and the canceller took ``ERLE_CONVERGED_DB`` off it."""
         self.erle_db: float | None = None
         """What the canceller takes off the bot's echo (``ERLE_PERCENTILE`` over the last frames of
         it), or None until ``ERLE_MIN_FRAMES`` of them were seen since the last reset."""
@@ -391,8 +522,9 @@ class DoubleTalk:
         mic_db = rms_dbfs(mic)
         out_db = self.out_db = rms_dbfs(out)
         removed = mic_db - out_db
+        self.cancelled = echo_active and mic_db > NEAR_FLOOR_DBFS and removed >= ERLE_CONVERGED_DB
         if echo_active and mic_db > NEAR_FLOOR_DBFS:
-            self._cancelled_run = self._cancelled_run + 1 if removed >= ERLE_CONVERGED_DB else 0
+            self._cancelled_run = self._cancelled_run + 1 if self.cancelled else 0
             if self._settle:
                 self._settle -= 1  # the canceller is still finding the moved echo
             else:

@@ -45,11 +45,15 @@ import numpy as np
 from .delayline import MAX_DELAY_S, DelayLine
 from .echo import FRAME, EchoCanceller, make_canceller
 from .echopath import (
+    BEYOND_ECHO_DB,
     LEAK_EVERY_FRAMES,
     NEAR_FLOOR_DBFS,
+    SPECTRUM_SPAN_MS,
+    SPECTRUM_UNREPORTED_LATER_MS,
     DoubleTalk,
     EchoCoupling,
     EchoLeak,
+    EchoSpectrum,
     far_active,
 )
 from .formats import SPEECH_RATE, WEBRTC_RATE, Resampler, SampleBuffer
@@ -215,6 +219,9 @@ class Cleaned(NamedTuple):
     """Per sample (bool): ``over_echo``, and what the canceller let through there is mostly not the bot's
     voice (``EchoLeak.near_voice``): the user, whatever the VAD makes of what the canceller's suppressor
     left of them."""
+    beyond_echo: np.ndarray
+    """Per sample (bool): ``near_voice``, and the microphone's spectrum rises above anything the bot's
+    echo could put there (``EchoSpectrum``): surer still that it is the user."""
 
 
 class FrontEnd:
@@ -254,12 +261,14 @@ class FrontEnd:
         self.coupling = EchoCoupling(expected=echo_expected)
         self.double_talk = DoubleTalk()
         self.leak = EchoLeak()
+        self.spectrum = EchoSpectrum()
         self._leaking = False
         self._leak_due = 0  # frames until the next leak check
         # The echo's delay and the reference's hold-back when the canceller last took the echo off: the
         # one less the other is the delay it cancels, wherever the measurement has moved since, and it
         # is proven where both are still the same.
         self._proven_at: tuple[int, int] | None = None
+        self._reported = False  # the client has reported a move of its playout in this call
         self.leaked_frames = 0
         """10 ms frames of the bot's own voice the canceller let through (``EchoLeak``), kept from the VAD."""
         self._edits: list[PlayoutEdit] = []  # the client's playout edits reported, not yet applied
@@ -284,7 +293,7 @@ class FrontEnd:
         with self._lock:
             if self._closed:
                 empty = np.zeros(0, dtype=np.int16)
-                return Cleaned(empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
+                return Cleaned(empty, empty, *[np.zeros(0, dtype=bool)] * 3)
             return self._process(near, far)
 
     def _process(self, near: np.ndarray, far: np.ndarray) -> Cleaned:
@@ -292,6 +301,7 @@ class FrontEnd:
         words: list[np.ndarray] = []
         talk: list[bool] = []
         user: list[bool] = []
+        beyond: list[bool] = []
         for mic, ref in self._pairs.push(near, far):
             self._far_frames_ago = 0 if far_active(ref) else self._far_frames_ago + 1
             self.coupling.push(mic, ref, self._far_frames_ago == 0)
@@ -303,9 +313,12 @@ class FrontEnd:
             if self.canceller is not None:
                 cancelled = self.canceller.process(mic, aligned)
                 self.leak.push(mic, ref, cancelled)
+                self.spectrum.push(mic, ref)
                 over = self.double_talk.push(mic, cancelled, self._aligned_frames_ago == 0)
                 if self.double_talk.cancelling and self.coupling.lag_ms is not None:
                     self._proven_at = (self.coupling.lag_ms, self.delay_ms)
+                    if self.double_talk.cancelled:  # the echo alone, not a silence the run went over
+                        self.spectrum.learn(self.coupling.lag_ms)
                 elif self.double_talk.erle_db is None:  # reset: the echo path changed
                     self._proven_at = None
                 leaked = self._leaked()
@@ -321,19 +334,31 @@ class FrontEnd:
             talk.append(over and self.coupling.present)
             proven = self._proven_at == (self.coupling.lag_ms, self.delay_ms)
             user.append(talk[-1] and self.leak.near_voice(proven))
+            beyond.append(user[-1] and self._beyond_echo())
             if not self.coupling.seen:
                 words.append(raw)
             else:
                 words.append(heard if heard is not None else mic)
         if not out:
             empty = np.zeros(0, dtype=np.int16)
-            return Cleaned(empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
+            return Cleaned(empty, empty, *[np.zeros(0, dtype=bool)] * 3)
         return Cleaned(
             np.concatenate(out),
             np.concatenate(words),
             np.repeat(np.array(talk), FRAME),
             np.repeat(np.array(user), FRAME),
+            np.repeat(np.array(beyond), FRAME),
         )
+
+    def _beyond_echo(self) -> bool:
+        """The microphone's spectrum in this frame rises ``BEYOND_ECHO_DB`` above anything the bot's echo
+        near its delay could make (``EchoSpectrum``): a voice of its own, not the echo squeezed."""
+        lag = self.coupling.lag_ms
+        if lag is None:
+            return False
+        later = SPECTRUM_SPAN_MS if self._reported else SPECTRUM_UNREPORTED_LATER_MS
+        excess = self.spectrum.excess(lag, later)
+        return excess is not None and excess >= BEYOND_ECHO_DB
 
     def _leaked(self) -> bool:
         """The canceller let the bot's own voice through in this frame (``EchoLeak``): the VAD's path gets
@@ -403,6 +428,7 @@ class FrontEnd:
         figures are bounded as the line's delay is: no real edit is longer."""
         limit = MAX_DELAY_S * 1000
         edit = PlayoutEdit(max(-limit, min(limit, edit.ms)), max(0.0, min(limit, edit.back_ms)))
+        self._reported = True
         samples = round(edit.ms * SPEECH_RATE / 1000)
         self._line.edit(samples, round(edit.back_ms * SPEECH_RATE / 1000))
         self.coupling.moved(edit.ms)

@@ -26,7 +26,7 @@ import numpy as np
 from ..audio.capture import UnprocessedCapture
 from ..audio.formats import SPEECH_RATE, WEBRTC_RATE, InboundConverter
 from ..audio.frontend import FarEndReference, FrontEnd
-from ..audio.receiver import PlayoutMoves, ReceiverStats
+from ..audio.receiver import PlayoutEdit, PlayoutMoves, ReceiverStats
 from ..audio.recorder import CallRecorder
 from ..audio.vad import TurnDetector, TurnEvent
 from ..config import Config
@@ -71,6 +71,7 @@ def listen(
         bot_speaking=frontend.bot_speaking,
         over_echo=cleaned.over_echo,
         near_voice=cleaned.near_voice,
+        beyond_echo=cleaned.beyond_echo,
     )
 
 
@@ -328,7 +329,12 @@ class Call:
         stalled = self.reference.stalled
         ours_ms = (stalled - self._stalled_reported) * 1000 / SPEECH_RATE
         self._stalled_reported = stalled
-        for edit in self.playout_moves.update(stats, ours_ms):
+        edits = self.playout_moves.update(stats, ours_ms)
+        if self.playout_moves.reports == 1:
+            # An edit of nothing: the front-end (and a recording's replay) learns that this client
+            # reports its playout, so the echo's delay is followed and need not be looked for as far.
+            edits.insert(0, PlayoutEdit(0.0, 0.0))
+        for edit in edits:
             self.frontend.playout_moved(edit)
             if self.recorder is not None:
                 self.recorder.edit(edit)
