@@ -311,6 +311,31 @@ async def test_the_bots_own_words_coming_back_over_a_loudspeaker_are_ignored_as_
         assert d.conversation.ignored == 1 and d.conversation.interruptions == 0
 
 
+ECHO_THEN_S = (("upon a time there", 0.7), ("", 0.1))
+
+
+@virtual_time
+async def test_a_stop_marked_over_the_bot_is_heard_from_its_onset_when_the_pre_roll_is_its_echo():
+    # The front-end marked another voice than the bot's from the onset; the turn's pre-roll is the
+    # bot's echo (and, in its last 0.1 s, the unmarked start of "Stop," with no words of its own), and
+    # whisper gives the echo's words for the whole. Heard from the onset, it is "Stop."
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Stop.", at=onset, seconds=0.4, echo=True, marked=True, pre_roll=ECHO_THEN_S)
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["reason"] == "speech"
+        second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
+        assert second["text"] == "Stop."
+        assert d.asr.heard[-2:] == ["upon a time there Stop.", "Stop."], d.asr.heard
+        assert not d.messages("ignored")
+    # Not marked (the VAD opened it), the same words are the echo: the bot goes on.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Stop.", at=onset, seconds=0.4, echo=True, pre_roll=ECHO_THEN_S)
+        ignored = await d.first(lambda m: m["type"] == "ignored")
+        assert ignored["reason"] == "echo" and not d.messages("interrupted")
+
+
 @virtual_time
 async def test_a_short_answer_over_the_bot_is_a_turn():
     async with Dialogue() as d:

@@ -110,22 +110,28 @@ class Line(EventLog):
         pause: bool = True,
         end: bool = True,
         echo: bool = False,
+        marked: bool = False,
+        pre_roll: tuple[tuple[str, float], ...] = (),
     ) -> np.ndarray:
         """The detector's events for ``text`` spoken from ``at`` for ``seconds`` and silence after it:
         started at once, progress while it lasts, paused and ended after their silences. Returns its
-        audio. ``echo``: the detector found it where the bot's echo may be (a loudspeaker call)."""
+        audio. ``echo``: the detector found it where the bot's echo may be (a loudspeaker call);
+        ``marked``: on the front-end's marks (``SpeechStarted.marked``); ``pre_roll``: (words,
+        seconds) of the audio the turn keeps from before the onset, which its utterances carry first."""
         audio = self.asr.speech(text, seconds)
-        self.at(at, SpeechStarted(round(at * SPEECH_RATE), self.t0 + at, echo))
+        self.at(at, SpeechStarted(round(at * SPEECH_RATE), self.t0 + at, echo, marked))
+        begin = at - sum(lead for _, lead in pre_roll)
+        audio = np.concatenate([*(self.asr.speech(words, lead) for words, lead in pre_roll), audio])
         k = 1
         while k * PROGRESS_S < seconds:
-            heard = audio[: round(k * PROGRESS_S * SPEECH_RATE)]
+            heard = audio[: round((at - begin + k * PROGRESS_S) * SPEECH_RATE)]
             self.at(at + k * PROGRESS_S, SpeechProgress(heard, round(k * PROGRESS_S * 1000)))
             k += 1
         stop = at + seconds
         if pause:
-            self.at(stop + PAUSE_S, self.utterance(SpeechPaused, audio, at, stop))
+            self.at(stop + PAUSE_S, self.utterance(SpeechPaused, audio, begin, stop))
         if end:
-            self.at(stop + END_S, self.utterance(SpeechEnded, audio, at, stop))
+            self.at(stop + END_S, self.utterance(SpeechEnded, audio, begin, stop))
         return audio
 
     # -- what was sent -----------------------------------------------------------------------------

@@ -91,9 +91,9 @@ class TurnParams:
     echo could put there (``FrontEnd``'s ``beyond_echo``, ``echopath.EchoSpectrum``): a second sign,
     independent of the canceller, that it is not the bot's voice squeezed by the client, so a run as
     short as a word's onset in silence will do. slt's "Stop," over a loud echo was marked for only
-    130-160 ms before AEC3's suppressor took it whole; replayed, this opened its turn 320-930 ms sooner
-    in 4 of 7 recorded runs, and 12 onsets in all 126 recorded calls came 130-930 ms sooner. The
-    bot's voice alone opened no turn by it in the replayed squeeze scenes (at 64 ms, one)."""
+    130-160 ms before AEC3's suppressor took it whole. Replayed over 153 recorded loudspeaker calls, 7
+    onsets came 130-930 ms sooner (slt's "Stop," in 4 of 7 runs), none later; the bot's voice alone
+    opened no turn by it, there or in the replayed squeeze scenes (at 64 ms, one there)."""
     pause_ms: int = 96
     """Silence after which the turn so far is handed on as a ``SpeechPaused``: the conversation starts
     transcribing (and answering) it while it waits to see whether the user goes on. It is also the
@@ -125,6 +125,9 @@ class SpeechStarted:
     """Loop time at which the audio containing the onset arrived."""
     echo: bool = False
     """The bot's voice may be in this audio (``FrontEnd.echo_possible``): a loudspeaker call."""
+    marked: bool = False
+    """Opened on the front-end's marks of a voice that is not the bot's (``near_voice``), not on the
+    VAD: someone other than the bot speaks from ``sample`` on, whatever the pre-roll before it holds."""
 
 
 @dataclass
@@ -311,7 +314,9 @@ class TurnDetector:
                     self._last_voiced_arrival = arrival
                     self._paused = False
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
-                    events.append(SpeechStarted(self._position - WINDOW * run, arrival, echo_possible))
+                    events.append(
+                        SpeechStarted(self._position - WINDOW * run, arrival, echo_possible, by_marks)
+                    )
                 longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(
                     p.start_ms,
                     p.echo_start_ms,

@@ -12,6 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import numpy as np
+
 from ..audio.vad import Utterance
 from ..backends.asr import ASR
 from ..runtime.tasks import Tasks
@@ -19,6 +21,10 @@ from .language import ENGLISH, Language
 from .turntaking import Overlap, TurnPolicy, Verdict, judge_overlap
 
 log = logging.getLogger(__name__)
+
+ONSET_MARGIN = 1536
+"""Samples (96 ms at 16 kHz) kept before a marked onset when speech is heard again from it: the
+unvoiced start of "Stop," comes before the canceller lets enough through to be marked."""
 
 Decide = Callable[[Verdict, str, str, Utterance | None], None]
 """Called with a verdict that is not WAIT, its reason, the speech's words ("" before they are known)
@@ -46,9 +52,16 @@ class BargeIn:
         self.overlap: Overlap | None = None
         """The speech being judged, if any."""
 
-    def starts(self, onset: float, echo: bool = False) -> None:
+    def starts(self, onset: float, echo: bool = False, sample: int = 0, marked: bool = False) -> None:
+        """Speech began over the reply: ``onset`` is the loop time its audio arrived, ``sample`` where
+        it began in the stream; ``echo`` and ``marked`` as in ``SpeechStarted``."""
         overlap = Overlap(
-            onset=onset, echo=echo, bot_said=self._bot_said() if echo else "", language=self._language()
+            onset=onset,
+            echo=echo,
+            bot_said=self._bot_said() if echo else "",
+            marked=marked,
+            onset_sample=sample,
+            language=self._language(),
         )
         self.overlap = overlap
         self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
@@ -87,16 +100,30 @@ class BargeIn:
             self._apply(overlap, *judge_overlap(self.policy, overlap, loop.time()))
 
     async def _judge(self, overlap: Overlap, utterance: Utterance) -> None:
-        """Speech that ended before it was long enough to cut in: judged by its words."""
+        """Speech that ended before it was long enough to cut in: judged by its words.
+
+        Speech the front-end marked as another voice than the bot's, whose words still come out as the
+        bot's own, is heard again from its onset on: the pre-roll before it is the bot's echo, which
+        the ASR's path keeps at full level for a while after a mark, and whisper may give the echo's
+        words and drop a short "Stop," after them."""
+        text = await self._transcribe(utterance.audio)
+        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
+        if overlap.marked and reason == "echo" and self.overlap is overlap:
+            start = max(0, overlap.onset_sample - utterance.start_sample - ONSET_MARGIN)
+            onward = await self._transcribe(utterance.audio[start:])
+            again = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=onward)
+            log.info("speech marked as the user's came out as the echo %r; from its onset: %r", text, onward)
+            if again[0] is not Verdict.GO_ON:
+                (verdict, reason), text = again, onward
+        if self.overlap is overlap:
+            self._apply(overlap, verdict, reason, text, utterance)
+
+    async def _transcribe(self, audio: np.ndarray) -> str:
         try:
-            text = (await self.asr.transcribe(utterance.audio)).text
+            return (await self.asr.transcribe(audio)).text
         except Exception:
             log.exception("ASR failed on speech during the reply; the bot goes on")
-            text = ""
-        if self.overlap is not overlap:
-            return
-        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
-        self._apply(overlap, verdict, reason, text, utterance)
+            return ""
 
     def _apply(
         self, overlap: Overlap, verdict: Verdict, reason: str, text: str = "", said: Utterance | None = None

@@ -311,7 +311,10 @@ class Conversation:
 
     def _overlap_starts(self, event: SpeechStarted | SpeechResumed) -> None:
         self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
-        self._barge.starts(event.arrival, event.echo)
+        if isinstance(event, SpeechStarted):
+            self._barge.starts(event.arrival, event.echo, event.sample, event.marked)
+        else:
+            self._barge.starts(event.arrival, event.echo)
 
     def _bot_said(self) -> str:
         """The reply's words handed to the client, and ``ECHO_AHEAD_S`` more: ``heard`` places words

@@ -91,6 +91,10 @@ class Overlap:
     bot_said: str = ""
     """With ``echo``: what the bot had said of its reply at the onset, the words its echo would be."""
     speaking: bool = True
+    marked: bool = False
+    """The front-end found a voice other than the bot's from the onset on (``SpeechStarted.marked``)."""
+    onset_sample: int = 0
+    """Where the speech began in the 16 kHz stream (``SpeechStarted.sample``)."""
     language: Language = ENGLISH
     """The call's language when the speech began: its lexicon says what a hum is."""
 
