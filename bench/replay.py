@@ -103,7 +103,7 @@ def replay(
         frontend.close()
     return {
         "seconds": round(mic.size / SPEECH_RATE, 2),
-        "edits": len(edits),
+        "edits": sum(1 for _, edit in edits if edit.ms),  # the first report's edit of nothing left out
         "held_back_ms": held_back_ms,
         "onsets_s": onsets,
         "over_echo_ms": marked["over"] * 10,

@@ -328,6 +328,13 @@ async def test_a_stop_marked_over_the_bot_is_heard_from_its_onset_when_the_pre_r
         assert second["text"] == "Stop."
         assert d.asr.heard[-2:] == ["upon a time there Stop.", "Stop."], d.asr.heard
         assert not d.messages("ignored")
+    # Marked, but the onset on is the bot's words too (the marks were its voice): the echo still.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("a dragon who", at=onset, seconds=0.4, echo=True, marked=True, pre_roll=ECHO_THEN_S)
+        ignored = await d.first(lambda m: m["type"] == "ignored")
+        assert ignored["reason"] == "echo" and not d.messages("interrupted")
+        assert d.asr.heard[-1] == "a dragon who", "not heard again from the onset"
     # Not marked (the VAD opened it), the same words are the echo: the bot goes on.
     async with Dialogue() as d:
         onset = await story(d)

@@ -58,10 +58,6 @@ ECHO_GONE_AFTER = 20
 and a loudspeaker rarely stops echoing in the middle of a call."""
 
 
-FRAME_SAMPLES = SPEECH_RATE // 100
-"""Samples in the 10 ms frames every measurement here is pushed."""
-
-
 MIC_FLOOR = 8.0
 """RMS of the pre-emphasised microphone (about -70 dBFS) below which it counts as silent."""
 
@@ -390,8 +386,9 @@ the room's noise, the noise would otherwise look like a voice the echo does not 
 BEYOND_ECHO_DB = 6.0
 """Mean excess of the ``SPECTRUM_TOP_BANDS`` bands above which the microphone holds a voice the bot's
 echo cannot. Users' onsets over the bot in recorded loudspeaker calls rose 6-16 dB above (slt's
-"Stop," 6-7 dB in its first 60 ms, questions 10-40 dB); the bot's voice alone, squeezed back by a
-client (the replayed scenes of ``tests/test_receiver.py``), opened no turn by it down to 0 dB."""
+"Stop," 6-8 dB in its first 40-60 ms, questions 10-40 dB); the bot's voice alone, squeezed back by a
+client that reports it (the replayed scenes of ``tests/test_receiver.py``), opened no turn by it at
+4 dB or more, one at 0 dB."""
 
 
 _SILENT_BAND_DB = 30.0  # ``band_levels`` of digital silence
@@ -425,6 +422,7 @@ class EchoSpectrum:
         self._ref_levels: deque[np.ndarray] = deque(maxlen=COUPLING_MAX_LAG_FRAMES + later + 1)
         self._mic_levels = np.zeros(len(SPECTRUM_BANDS_HZ) - 1)
         self._noise: np.ndarray | None = None  # the microphone's floor, per band (a minimum tracker)
+        self._pushed = 0
         self.gain: np.ndarray | None = None
         """Per band, what the room adds to the reference on its way into the microphone (dB)."""
 
@@ -435,6 +433,9 @@ class EchoSpectrum:
         self._ref[:-n], self._ref[-n:] = self._ref[n:], ref
         self._ref_levels.append(band_levels(self._ref))
         self._mic_levels = band_levels(self._mic)
+        self._pushed += 1
+        if self._pushed * n < SPECTRUM_WINDOW:
+            return  # the window still holds the zeros it started with: no floor to learn from
         floor = self._noise
         self._noise = (
             self._mic_levels
@@ -446,7 +447,7 @@ class EchoSpectrum:
         """The last frame is the bot's echo alone, at ``lag_ms``: the room's gain moves toward it, in the
         bands the reference carried sound in."""
         frames = lag_ms // 10
-        if frames >= len(self._ref_levels):
+        if not 0 <= frames < len(self._ref_levels):  # squeezes reported past the measured delay
             return
         ref = self._ref_levels[-1 - frames]
         gain = self._mic_levels - ref
@@ -463,7 +464,7 @@ class EchoSpectrum:
         known."""
         nearest = max(0, (lag_ms - SPECTRUM_SPAN_MS) // 10)
         furthest = (lag_ms + later_ms) // 10
-        if self.gain is None or self._noise is None or furthest >= len(self._ref_levels):
+        if self.gain is None or self._noise is None or not 0 <= furthest < len(self._ref_levels):
             return None
         kept = len(self._ref_levels)
         echo = np.max(list(islice(self._ref_levels, kept - 1 - furthest, kept - nearest)), axis=0) + self.gain

@@ -93,7 +93,7 @@ class TurnParams:
     short as a word's onset in silence will do. slt's "Stop," over a loud echo was marked for only
     130-160 ms before AEC3's suppressor took it whole. Replayed over 153 recorded loudspeaker calls, 7
     onsets came 130-930 ms sooner (slt's "Stop," in 4 of 7 runs), none later; the bot's voice alone
-    opened no turn by it, there or in the replayed squeeze scenes (at 64 ms, one there)."""
+    opened no turn by it, there or in the replayed squeeze scenes (at 64 ms, two there)."""
     pause_ms: int = 96
     """Silence after which the turn so far is handed on as a ``SpeechPaused``: the conversation starts
     transcribing (and answering) it while it waits to see whether the user goes on. It is also the
@@ -296,6 +296,8 @@ class TurnDetector:
                     or by_marks
                 ):
                     run = max(self._run, self._run_over_echo, self._run_marked)
+                    # Opened on the marks, the speech is someone else's from the first marked window.
+                    onset_run = self._run_marked if by_marks else run
                     # Opened on the marks alone, the turn holds the user's voice for as long as they
                     # lasted: "Stop," over the bot is not a noise for being shorter than a word in
                     # silence must be.
@@ -315,7 +317,7 @@ class TurnDetector:
                     self._paused = False
                     self._next_progress = self._turn_start + self._windows(p.partial_interval_ms) * WINDOW
                     events.append(
-                        SpeechStarted(self._position - WINDOW * run, arrival, echo_possible, by_marks)
+                        SpeechStarted(self._position - WINDOW * onset_run, arrival, echo_possible, by_marks)
                     )
                 longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(
                     p.start_ms,

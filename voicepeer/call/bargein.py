@@ -108,8 +108,8 @@ class BargeIn:
         words and drop a short "Stop," after them."""
         text = await self._transcribe(utterance.audio)
         verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
-        if overlap.marked and reason == "echo" and self.overlap is overlap:
-            start = max(0, overlap.onset_sample - utterance.start_sample - ONSET_MARGIN)
+        start = max(0, overlap.onset_sample - utterance.start_sample - ONSET_MARGIN)
+        if overlap.marked and reason == "echo" and start > 0 and self.overlap is overlap:
             onward = await self._transcribe(utterance.audio[start:])
             again = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=onward)
             log.info("speech marked as the user's came out as the echo %r; from its onset: %r", text, onward)
