@@ -26,6 +26,7 @@ from voicepeer.audio.vad import (
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
+    SpeechSuspected,
 )
 from voicepeer.backends.llm import Exchange
 from voicepeer.call.answer import ASR_APOLOGY
@@ -309,6 +310,29 @@ async def test_the_bots_own_words_coming_back_over_a_loudspeaker_are_ignored_as_
         reply = await d.first(lambda m: m["type"] == "reply" and m["final"])
         assert reply["text"] == STORY and not d.messages("interrupted")
         assert d.conversation.ignored == 1 and d.conversation.interruptions == 0
+
+
+@virtual_time
+async def test_a_suspicion_of_speech_over_the_bot_holds_its_voice_until_a_turn_opens_or_the_hold_ends():
+    # The front-end marked another voice over the bot's for 96 ms, not yet a turn: the bot holds its
+    # voice for ``suspect_hold_ms`` (1 s), then goes on where it stopped, with nothing else changed.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.at(onset, SpeechSuspected(round(onset * SPEECH_RATE), d.t0 + onset))
+        reply = await d.first(lambda m: m["type"] == "reply" and m["final"])
+        assert reply["text"] == STORY
+        assert not [t for t in d.voiced if onset + 0.04 < t < onset + 1.0], "the voice was not held"
+        assert [t for t in d.voiced if onset + 1.0 <= t < onset + 1.1], "the voice did not go on"
+        assert not d.messages("interrupted") and not d.messages("ignored")
+    # A turn opens within the hold: the overlap takes it from there, and the hold's end, come while the
+    # speech is judged, does not bring the voice back.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.at(onset, SpeechSuspected(round(onset * SPEECH_RATE), d.t0 + onset))
+        d.speak("Five five.", at=onset + 0.5, seconds=0.6, echo=True)
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["t"] > onset + 1.0
+        assert not [t for t in d.voiced if onset + 0.04 < t <= cut["t"]], "the voice came back"
 
 
 ECHO_THEN_S = (("upon a time there", 0.7), ("", 0.1))

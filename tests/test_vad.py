@@ -17,6 +17,7 @@ from voicepeer.audio.vad import (
     SpeechPaused,
     SpeechProgress,
     SpeechStarted,
+    SpeechSuspected,
     TurnDetector,
     TurnParams,
 )
@@ -124,6 +125,32 @@ def test_speech_the_front_end_found_over_the_echo_opens_a_turn_as_soon_as_in_sil
         assert not silent.process(np.zeros(320, np.int16), 0.0, echo_possible=True, over_echo=marked[:320])
     with pytest.raises(ValueError):
         TurnDetector().process(cut[:320], 0.0, over_echo=marked[:100])
+
+
+def test_a_short_run_of_marks_over_the_echo_is_reported_as_suspected_speech_once():
+    # Three windows (96 ms) of the front-end's marks are reported, once, from where they began, so the
+    # bot can hold its voice; two more open the turn. Not where no echo is possible.
+    quiet = np.zeros(320, np.int16)
+    windows = TurnParams().suspect_ms // (WINDOW * 1000 // SPEECH_RATE)
+    assert windows == 3
+    for n, echo_possible, kinds in (
+        (windows - 1, True, []),
+        (windows + 1, True, [SpeechSuspected]),
+        (windows + 2, True, [SpeechSuspected, SpeechStarted]),
+        (windows + 1, False, []),
+    ):
+        detector = TurnDetector()
+        marks = np.repeat([True, False], [n * WINDOW, SPEECH_RATE // 4])
+        events = []
+        for i in range(0, marks.size - 320 + 1, 320):
+            chunk = marks[i : i + 320]
+            events += detector.process(
+                quiet, i / SPEECH_RATE, echo_possible=echo_possible, over_echo=chunk, near_voice=chunk
+            )
+        found = [type(e) for e in events if isinstance(e, SpeechSuspected | SpeechStarted)]
+        assert found == kinds, (n, echo_possible, events)
+        if kinds:
+            assert events[0].sample == 0
 
 
 def test_the_users_voice_the_front_end_found_opens_a_turn_whatever_the_vad_says():

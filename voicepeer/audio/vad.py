@@ -86,6 +86,11 @@ class TurnParams:
     (replayed, 192 ms, the value before, missed it in all five recorded runs, 160 ms found it in
     three). Shorter opens turns on the bot's own voice where a client squeezes its playout back: at
     128 ms, two in one such replay."""
+    suspect_ms: int = 96
+    """Windows marked as a voice other than the bot's over its echo (``near_voice``) for this long,
+    not yet a turn, are reported (``SpeechSuspected``) so the bot can hold its voice: a short "Stop,"
+    over a loud echo is marked for 130-160 ms and then taken whole by the canceller's suppressor, and
+    its turn opens only on the words after it, 0.5-1 s later. 0: never."""
     over_echo_beyond_ms: int = 96
     """The same for such windows where the microphone's spectrum also rises above anything the bot's
     echo could put there (``FrontEnd``'s ``beyond_echo``, ``echopath.EchoSpectrum``): a second sign,
@@ -128,6 +133,15 @@ class SpeechStarted:
     marked: bool = False
     """Opened on the front-end's marks of a voice that is not the bot's (``near_voice``), not on the
     VAD: someone other than the bot speaks from ``sample`` on, whatever the pre-roll before it holds."""
+
+
+@dataclass
+class SpeechSuspected:
+    """The front-end marked a voice other than the bot's over its echo for ``suspect_ms``, not yet long
+    enough to open a turn. ``sample`` is where the marks began in the 16 kHz stream clock."""
+
+    sample: int
+    arrival: float
 
 
 @dataclass
@@ -177,7 +191,15 @@ class SpeechDiscarded:
     arrival: float
 
 
-TurnEvent = SpeechStarted | SpeechProgress | SpeechPaused | SpeechResumed | SpeechEnded | SpeechDiscarded
+TurnEvent = (
+    SpeechStarted
+    | SpeechSuspected
+    | SpeechProgress
+    | SpeechPaused
+    | SpeechResumed
+    | SpeechEnded
+    | SpeechDiscarded
+)
 
 
 class TurnDetector:
@@ -286,6 +308,7 @@ class TurnDetector:
                 self._run = self._run + 1 if prob >= threshold else 0
                 self._run_over_echo = self._run_over_echo + 1 if over_echo_speech else 0
                 self._run_marked = self._run_marked + 1 if marked else 0
+                suspected = p.suspect_ms > 0 and self._run_marked == self._windows(p.suspect_ms)
                 self._run_beyond = self._run_beyond + 1 if beyond else 0
                 by_marks = self._run_marked >= self._windows(p.over_echo_alone_ms) or (
                     self._run_beyond >= self._windows(p.over_echo_beyond_ms)
@@ -319,6 +342,8 @@ class TurnDetector:
                     events.append(
                         SpeechStarted(self._position - WINDOW * onset_run, arrival, echo_possible, by_marks)
                     )
+                elif suspected:
+                    events.append(SpeechSuspected(self._position - WINDOW * self._run_marked, arrival))
                 longest = max(p.pre_roll_ms, p.overlap_pre_roll_ms) + max(
                     p.start_ms,
                     p.echo_start_ms,

@@ -41,6 +41,7 @@ from ..audio.vad import (
     SpeechProgress,
     SpeechResumed,
     SpeechStarted,
+    SpeechSuspected,
     TurnEvent,
     Utterance,
 )
@@ -56,6 +57,7 @@ from .floor import (
     CutIn,
     FloorMachine,
     GoOn,
+    HoldOver,
     Interrupt,
     ReplyOver,
     Reset,
@@ -140,6 +142,7 @@ class Conversation:
         self.interruptions = 0
         self.ignored = 0
         """Speech over the bot that did not cut it off (each one was reported in an ``ignored`` event)."""
+        self._voice_hold: HoldOver | None = None  # the bot's voice held on a suspicion of speech
         self._barge = BargeIn(
             self.policy, self.asr, self._tasks, self._decide, self._bot_said, lambda: self.language.current
         )
@@ -309,7 +312,27 @@ class Conversation:
         assert self._current is not None
         self._current.free.set()  # only a noise after the held phrase: it may still be the whole turn
 
+    def _hold_voice(self, _event: SpeechSuspected) -> None:
+        """The front-end marked another voice over the bot's, not yet a turn: the bot holds its voice
+        for ``suspect_hold_ms`` and goes on unless a turn opens (an overlap then takes it from here)."""
+        self.output.pause()
+        hold = self._voice_hold = HoldOver()
+        self._tasks.spawn(self._end_hold(hold), "voice-hold")
+
+    async def _end_hold(self, hold: HoldOver) -> None:
+        await asyncio.sleep(self.policy.suspect_hold_ms / 1000)
+        self.machine.fire(hold)
+
+    def _is_held(self, event: HoldOver) -> bool:
+        return event is self._voice_hold
+
+    def _hold_over(self, _event: HoldOver) -> None:
+        log.info("speech suspected over the reply opened no turn: the bot goes on")
+        self._voice_hold = None
+        self.output.resume()
+
     def _overlap_starts(self, event: SpeechStarted | SpeechResumed) -> None:
+        self._voice_hold = None  # the overlap resumes the voice, or cuts it off
         self.output.pause()  # at once: whatever the speech turns out to be, the bot stops talking over it
         if isinstance(event, SpeechStarted):
             self._barge.starts(event.arrival, event.echo, event.sample, event.marked)
@@ -467,8 +490,9 @@ class Conversation:
 # The rows below, with short names: C for Conversation, and the floors and the detector's events.
 C = Conversation
 OPEN, USER, PENDING, BOT, OVERLAP = Floor.OPEN, Floor.USER, Floor.PENDING, Floor.BOT, Floor.OVERLAP
-Started, Progress, Paused, Resumed, Ended, Discarded = (
+Started, Suspected, Progress, Paused, Resumed, Ended, Discarded = (
     SpeechStarted,
+    SpeechSuspected,
     SpeechProgress,
     SpeechPaused,
     SpeechResumed,
@@ -495,6 +519,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(PENDING, Discarded, None, C._release),  # only a noise after the held phrase
     Transition(PENDING, Committed, BOT, C._commit, when=C._is_current),  # the reply goes out
     Transition(PENDING, Unanswered, OPEN, C._forget, when=C._is_current),  # no words, or the ASR failed
+    Transition(BOT, Suspected, None, C._hold_voice),  # the bot's voice holds for a while
+    Transition(BOT, HoldOver, None, C._hold_over, when=C._is_held),  # no turn came: it goes on
     Transition(BOT, Started, OVERLAP, C._overlap_starts),  # the bot's voice pauses
     Transition(BOT, Resumed, OVERLAP, C._overlap_starts),  # the user went on after an early commit
     Transition(BOT, ReplyOver, OPEN, C._reply_over, when=C._is_current),
@@ -517,4 +543,4 @@ TRANSITIONS: tuple[Transition, ...] = (
 or end of the detector's turn after the conversation already committed it, a noise while the floor is
 open, a client's interrupt with nothing to cut off)."""
 
-del C, OPEN, USER, PENDING, BOT, OVERLAP, Started, Progress, Paused, Resumed, Ended, Discarded
+del C, OPEN, USER, PENDING, BOT, OVERLAP, Started, Suspected, Progress, Paused, Resumed, Ended, Discarded

@@ -75,6 +75,12 @@ class TakeOver:
     reason: str
 
 
+@dataclass(frozen=True, eq=False)
+class HoldOver:
+    """The bot's voice, held on a suspicion of speech over it (``SpeechSuspected``), may go on: no turn
+    opened in time. Only the hold it ends counts (identity: a later hold makes it stale)."""
+
+
 @dataclass(frozen=True)
 class Interrupt:
     """The client asked the bot to stop."""

@@ -58,6 +58,10 @@ class TurnPolicy:
     """Silence added to the turn before the model judges it. It judges at the detector's first pause,
     ~100 ms into the silence, and was trained on turns ending in ~200 ms of it (pipecat asks after
     0.2 s): with 96 ms, flite's "What is the capital of France?" scored 0.03; with 200 ms, 0.85."""
+    suspect_hold_ms: int = 1000
+    """How long the bot holds its voice on a suspicion of speech over it (``SpeechSuspected``) for a turn
+    to open: the words after a short "Stop," open it 0.5-1 s on. A suspicion that was the bot's own
+    voice costs a pause this long in its reply, and nothing else."""
     interrupt_after_ms: int = 1000
     """Speech over the reply that lasts this long cuts the bot off before its words are known. The
     bot's voice pauses at the speech's onset whatever happens; this bounds how long a backchannel
