@@ -127,10 +127,30 @@ def test_speech_the_front_end_found_over_the_echo_opens_a_turn_as_soon_as_in_sil
         TurnDetector().process(cut[:320], 0.0, over_echo=marked[:100])
 
 
+def marked_run(windows: int, echo_possible: bool, beyond: bool = False) -> list:
+    """A fresh detector's events for silence that the front-end marked as the user's over the echo for
+    ``windows`` VAD windows (and beyond the echo's spectrum too, with ``beyond``), then half a second
+    unmarked, in 20 ms chunks."""
+    detector = TurnDetector()
+    quiet = np.zeros(320, np.int16)
+    marks = np.repeat([True, False], [windows * WINDOW, SPEECH_RATE // 2])
+    events = []
+    for i in range(0, marks.size - 320 + 1, 320):
+        chunk = marks[i : i + 320]
+        events += detector.process(
+            quiet,
+            i / SPEECH_RATE,
+            echo_possible=echo_possible,
+            over_echo=chunk,
+            near_voice=chunk,
+            beyond_echo=chunk if beyond else None,
+        )
+    return events
+
+
 def test_a_short_run_of_marks_over_the_echo_is_reported_as_suspected_speech_once():
     # Three windows (96 ms) of the front-end's marks are reported, once, from where they began, so the
     # bot can hold its voice; two more open the turn. Not where no echo is possible.
-    quiet = np.zeros(320, np.int16)
     windows = TurnParams().suspect_ms // (WINDOW * 1000 // SPEECH_RATE)
     assert windows == 3
     for n, echo_possible, kinds in (
@@ -139,14 +159,7 @@ def test_a_short_run_of_marks_over_the_echo_is_reported_as_suspected_speech_once
         (windows + 2, True, [SpeechSuspected, SpeechStarted]),
         (windows + 1, False, []),
     ):
-        detector = TurnDetector()
-        marks = np.repeat([True, False], [n * WINDOW, SPEECH_RATE // 4])
-        events = []
-        for i in range(0, marks.size - 320 + 1, 320):
-            chunk = marks[i : i + 320]
-            events += detector.process(
-                quiet, i / SPEECH_RATE, echo_possible=echo_possible, over_echo=chunk, near_voice=chunk
-            )
+        events = marked_run(n, echo_possible=echo_possible)
         found = [type(e) for e in events if isinstance(e, SpeechSuspected | SpeechStarted)]
         assert found == kinds, (n, echo_possible, events)
         if kinds:
@@ -173,19 +186,7 @@ def test_the_users_voice_the_front_end_found_opens_a_turn_whatever_the_vad_says(
         (beyond - 1, False, True),
         (beyond, True, True),
     ):
-        probe = TurnDetector()
-        marks = np.repeat([True, False], [n * WINDOW, SPEECH_RATE // 2])
-        found = []
-        for i in range(0, marks.size - 320 + 1, 320):
-            chunk = marks[i : i + 320]
-            found += probe.process(
-                quiet,
-                i / SPEECH_RATE,
-                echo_possible=True,
-                over_echo=chunk,
-                near_voice=chunk,
-                beyond_echo=chunk if near_too else None,
-            )
+        found = marked_run(n, echo_possible=True, beyond=near_too)
         assert any(isinstance(e, SpeechStarted) for e in found) is opens, (n, near_too, found)
     unbacked = TurnDetector()
     assert not any(
