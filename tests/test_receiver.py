@@ -17,7 +17,7 @@ from tests.test_echo import through_room
 from voicepeer.audio.delayline import MAX_DELAY_S
 from voicepeer.audio.echo import FRAME
 from voicepeer.audio.formats import SPEECH_RATE
-from voicepeer.audio.frontend import MAX_PENDING_EDITS, FrontEnd
+from voicepeer.audio.frontend import MAX_PENDING_EDITS, Cleaned, FrontEnd
 from voicepeer.audio.receiver import (
     BURST_MS,
     DEFAULT_BUFFER_MS,
@@ -28,6 +28,7 @@ from voicepeer.audio.receiver import (
     ReceiverStats,
 )
 from voicepeer.audio.vad import SpeechStarted, TurnDetector
+from voicepeer.call.call import listen
 from voicepeer.config import ServerConfig
 from voicepeer.transport.app import STATE
 
@@ -219,22 +220,20 @@ def replay(
         frontend._leaked = lambda: False  # type: ignore[method-assign]
     chunk = 320
     onsets, over = [], 0
+    process_pair = frontend.process_pair
+
+    def counted(near: np.ndarray, far: np.ndarray) -> Cleaned:  # ``listen`` as the call runs it, counted
+        nonlocal over
+        cleaned = process_pair(near, far)
+        over += int(cleaned.over_echo[::FRAME].sum())
+        return cleaned
+
+    frontend.process_pair = counted  # type: ignore[method-assign]
     pending = sorted(edits, key=lambda e: e[0])
     for i in range(0, mic.size - chunk + 1, chunk):
         while pending and pending[0][0] * SPEECH_RATE < i + chunk:
             frontend.playout_moved(pending.pop(0)[1])
-        cleaned = frontend.process_pair(mic[i : i + chunk], far[i : i + chunk])
-        over += int(cleaned.over_echo[::FRAME].sum())
-        events = detector.process(
-            cleaned.clean,
-            i / SPEECH_RATE,
-            frontend.echo_possible,
-            keep=cleaned.words,
-            bot_speaking=frontend.bot_speaking,
-            over_echo=cleaned.over_echo,
-            near_voice=cleaned.near_voice,
-            beyond_echo=cleaned.beyond_echo,
-        )
+        events = listen(frontend, detector, mic[i : i + chunk], far[i : i + chunk], i / SPEECH_RATE)
         onsets += [round(e.sample / SPEECH_RATE, 2) for e in events if isinstance(e, SpeechStarted)]
     frontend.close()
     return onsets, over

@@ -394,6 +394,8 @@ client that reports it (the replayed scenes of ``tests/test_receiver.py``), open
 _SILENT_BAND_DB = 30.0  # ``band_levels`` of digital silence
 _EDGES = [round(hz * SPECTRUM_WINDOW / SPEECH_RATE) for hz in SPECTRUM_BANDS_HZ]
 _HANN = np.hanning(SPECTRUM_WINDOW)
+_SILENT_LEVELS = np.full(len(SPECTRUM_BANDS_HZ) - 1, _SILENT_BAND_DB)
+_SILENT_LEVELS.flags.writeable = False
 
 
 def band_levels(window: np.ndarray) -> np.ndarray:
@@ -431,7 +433,8 @@ class EchoSpectrum:
         n = mic.size
         self._mic[:-n], self._mic[-n:] = self._mic[n:], mic
         self._ref[:-n], self._ref[-n:] = self._ref[n:], ref
-        self._ref_levels.append(band_levels(self._ref))
+        # The reference is silent most of a call (the user's turns): its levels are then known.
+        self._ref_levels.append(band_levels(self._ref) if self._ref.any() else _SILENT_LEVELS)
         self._mic_levels = band_levels(self._mic)
         self._pushed += 1
         if self._pushed * n < SPECTRUM_WINDOW:
