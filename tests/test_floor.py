@@ -368,6 +368,49 @@ async def test_a_stop_marked_over_the_bot_is_heard_from_its_onset_when_the_pre_r
 
 
 @virtual_time
+async def test_speech_that_begins_again_while_its_words_are_judged_is_decided_with_them():
+    # "Stop," that whisper hears as a hum, and "please stop" begun before that verdict (the first piece
+    # ends at onset + 0.6 and is judged at onset + 0.7): one bid, and the voice stays paused for it.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Uh.", at=onset, seconds=0.3, echo=True, marked=True)
+        d.speak("please stop", at=onset + 0.65, seconds=0.6, echo=True, marked=True)
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["t"] == pytest.approx(onset + 0.65 + 0.6 + END_S + 0.1) and cut["reason"] == "speech"
+        second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
+        assert second["text"] == "Uh. please stop"
+        assert not d.messages("ignored")
+        assert not [t for t in d.voiced if onset + 0.04 < t <= cut["t"]], "the voice came back"
+    # A hum, then another: the bot goes on once, after the second, where it paused.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Uh.", at=onset, seconds=0.3)
+        d.speak("Mm-hm.", at=onset + 0.65, seconds=0.3)
+        ignored = await d.first(lambda m: m["type"] == "ignored")
+        assert ignored["text"] == "Mm-hm." and ignored["t"] == pytest.approx(onset + 0.65 + 0.3 + END_S + 0.1)
+        reply = await d.first(lambda m: m["type"] == "reply" and m["final"])
+        assert reply["text"] == STORY and len(d.messages("ignored")) == 1 and not d.messages("interrupted")
+        assert not [t for t in d.voiced if onset + 0.04 < t < ignored["t"]], "the voice came back"
+    # A bid, then the bot's own words coming back: the next turn is the bid's words alone.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Stop.", at=onset, seconds=0.3, echo=True)
+        d.speak("upon a time there", at=onset + 0.65, seconds=0.5, echo=True)
+        second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
+        assert second["text"] == "Stop." and not d.messages("ignored")
+    # A bid, then a click the detector drops: the bid decides.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Five five.", at=onset, seconds=0.3)
+        d.at(onset + 0.65, started(d, onset + 0.65))
+        d.at(onset + 0.75, SpeechDiscarded(d.t0 + onset + 0.75))
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["t"] == pytest.approx(onset + 0.75)
+        second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
+        assert second["text"] == "Five five."
+
+
+@virtual_time
 async def test_a_short_answer_over_the_bot_is_a_turn():
     async with Dialogue() as d:
         onset = await story(d)

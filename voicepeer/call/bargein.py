@@ -3,12 +3,14 @@
 The bot's voice pauses at the onset whatever the speech turns out to be (the conversation does that);
 this keeps the speech's course and asks ``judge_overlap`` at each moment it may be decided: when it
 has lasted ``interrupt_after_ms``, when it resumes after a gap, when the detector drops it as a noise,
-and once it has ended, by its words.
+and once it has ended, by its words. Speech that begins again while those words are judged is another
+piece of the same speech (``Overlap.pieces``), decided with the first once it ends too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -18,7 +20,7 @@ from ..audio.vad import Utterance
 from ..backends.asr import ASR
 from ..runtime.tasks import Tasks
 from .language import ENGLISH, Language
-from .turntaking import Overlap, TurnPolicy, Verdict, judge_overlap
+from .turntaking import Judged, Overlap, TurnPolicy, Verdict, judge_overlap, judge_pieces
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class BargeIn:
         self._bot_said = bot_said
         self.overlap: Overlap | None = None
         """The speech being judged, if any."""
+        self._said: Utterance | None = None
+        """Its last piece's utterance, once that piece is judged: the next turn's, if it is a bid."""
 
     def starts(self, onset: float, echo: bool = False, sample: int = 0, marked: bool = False) -> None:
         """Speech began over the reply: ``onset`` is the loop time its audio arrived, ``sample`` where
@@ -64,6 +68,18 @@ class BargeIn:
             language=self._language(),
         )
         self.overlap = overlap
+        self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
+
+    def follows(self, onset: float, echo: bool = False, sample: int = 0, marked: bool = False) -> None:
+        """Speech began again after the last piece ended, while that piece's words are judged: the user
+        went on ("Stop, ... please stop"), and the pieces are decided together once this one ends too.
+        It is given its own time to cut in by lasting, from its own onset."""
+        overlap = self.overlap
+        assert overlap is not None
+        overlap.onset, overlap.onset_sample, overlap.marked = onset, sample, marked
+        if echo and not overlap.echo:
+            overlap.echo, overlap.bot_said = True, self._bot_said()
+        overlap.speaking = overlap.ongoing = True
         self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
 
     def pauses(self) -> None:
@@ -80,43 +96,66 @@ class BargeIn:
     def ends(self, utterance: Utterance) -> None:
         overlap = self.overlap
         assert overlap is not None
-        overlap.speaking = False
-        self._tasks.spawn(self._judge(overlap, utterance), "overlap-judge")
+        overlap.speaking = overlap.ongoing = False
+        overlap.pieces.append(None)
+        # The piece as it stands now: a piece that follows while its words are transcribed moves the
+        # overlap's onset on.
+        piece = dataclasses.replace(overlap)
+        self._tasks.spawn(self._judge(overlap, piece, len(overlap.pieces) - 1, utterance), "overlap-judge")
 
     def discarded(self, now: float) -> None:
         overlap = self.overlap
         assert overlap is not None
-        self._apply(overlap, *judge_overlap(self.policy, overlap, now, discarded=True))
+        overlap.speaking = overlap.ongoing = False
+        if overlap.pieces:  # a noise after words that are being judged: they decide
+            self._settle(overlap)
+        else:
+            self._apply(overlap, *judge_overlap(self.policy, overlap, now, discarded=True))
 
     def clear(self) -> None:
         """Forgets the speech: judged, or the reply it was over is gone. A verdict still on its way
         is dropped."""
         self.overlap = None
+        self._said = None
 
     async def _interrupt_if_still_speaking(self, overlap: Overlap) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, overlap.onset + self.policy.interrupt_after_ms / 1000 - loop.time()))
+        onset = overlap.onset
+        await asyncio.sleep(max(0.0, onset + self.policy.interrupt_after_ms / 1000 - loop.time()))
         if self.overlap is overlap:
             self._apply(overlap, *judge_overlap(self.policy, overlap, loop.time()))
 
-    async def _judge(self, overlap: Overlap, utterance: Utterance) -> None:
-        """Speech that ended before it was long enough to cut in: judged by its words.
+    async def _judge(self, overlap: Overlap, piece: Overlap, index: int, utterance: Utterance) -> None:
+        """A piece of the speech that ended before the speech was long enough to cut in: judged by its
+        words, and the speech decided once every piece is.
 
         Speech the front-end marked as another voice than the bot's, whose words still come out as the
         bot's own, is heard again from its onset on: the pre-roll before it is the bot's echo, which
         the ASR's path keeps at full level for a while after a mark, and whisper may give the echo's
         words and drop a short "Stop," after them."""
+        judged = await self._hear(piece, utterance)
+        if self.overlap is not overlap:
+            return
+        overlap.pieces[index] = judged
+        if index == len(overlap.pieces) - 1:
+            self._said = utterance
+        self._settle(overlap)
+
+    async def _hear(self, piece: Overlap, utterance: Utterance) -> Judged:
         text = await self._transcribe(utterance.audio)
-        verdict, reason = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=text)
-        start = max(0, overlap.onset_sample - utterance.start_sample - ONSET_MARGIN)
-        if overlap.marked and reason == "echo" and start > 0 and self.overlap is overlap:
+        verdict, reason = judge_overlap(self.policy, piece, asyncio.get_running_loop().time(), text=text)
+        start = max(0, piece.onset_sample - utterance.start_sample - ONSET_MARGIN)
+        if piece.marked and reason == "echo" and start > 0:
             onward = await self._transcribe(utterance.audio[start:])
-            again = judge_overlap(self.policy, overlap, asyncio.get_running_loop().time(), text=onward)
+            again = judge_overlap(self.policy, piece, asyncio.get_running_loop().time(), text=onward)
             log.info("speech marked as the user's came out as the echo %r; from its onset: %r", text, onward)
             if again[0] is not Verdict.GO_ON:
-                (verdict, reason), text = again, onward
-        if self.overlap is overlap:
-            self._apply(overlap, verdict, reason, text, utterance)
+                return (*again, onward)
+        return verdict, reason, text
+
+    def _settle(self, overlap: Overlap) -> None:
+        if overlap.settled:
+            self._apply(overlap, *judge_pieces([p for p in overlap.pieces if p is not None]), self._said)
 
     async def _transcribe(self, audio: np.ndarray) -> str:
         try:

@@ -347,6 +347,9 @@ class Conversation:
         ahead = round(ECHO_AHEAD_S * self.output.sample_rate)
         return turn.heard(self.output.played_total + ahead) if turn is not None else ""
 
+    def _overlap_follows(self, event: SpeechStarted) -> None:
+        self._barge.follows(event.arrival, event.echo, event.sample, event.marked)
+
     def _overlap_pauses(self, _event: SpeechPaused) -> None:
         self._barge.pauses()
 
@@ -525,6 +528,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(BOT, Resumed, OVERLAP, C._overlap_starts),  # the user went on after an early commit
     Transition(BOT, ReplyOver, OPEN, C._reply_over, when=C._is_current),
     Transition(BOT, Interrupt, OPEN, C._client_interrupt),
+    Transition(OVERLAP, Started, None, C._overlap_follows),  # begun again while its words are judged
     Transition(OVERLAP, Paused, None, C._overlap_pauses),  # judged only when it ends
     Transition(OVERLAP, Resumed, None, C._overlap_resumes),  # cut in if it has lasted interrupt_after_ms
     Transition(OVERLAP, Ended, None, C._overlap_ends),  # judged by its words

@@ -21,7 +21,8 @@ table, rather than another flag threaded through the handlers.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from .language import ENGLISH, Language
 from .text import is_backchannel, is_echo_of, words
@@ -84,12 +85,16 @@ class Verdict(enum.Enum):
     """The user takes the turn: the reply is cut off."""
 
 
+Judged = tuple[Verdict, str, str]
+"""A verdict, its reason and the words it was given for."""
+
+
 @dataclass
 class Overlap:
     """User speech that began while the bot was replying, until it is judged."""
 
     onset: float
-    """Loop time the audio holding the speech's onset arrived."""
+    """Loop time the audio holding the onset of the piece going on arrived (see ``pieces``)."""
     echo: bool = False
     """The bot's echo may be in it (``SpeechStarted.echo``)."""
     bot_said: str = ""
@@ -101,6 +106,17 @@ class Overlap:
     """Where the speech began in the 16 kHz stream (``SpeechStarted.sample``)."""
     language: Language = ENGLISH
     """The call's language when the speech began: its lexicon says what a hum is."""
+    pieces: list[Judged | None] = field(default_factory=list)
+    """Each piece of the speech that has ended, judged by its words (None while they are transcribed).
+    One bid may come in pieces: the detector ends "Stop," after its silence, and "please stop" begins
+    while the first piece's words are still being judged."""
+    ongoing: bool = True
+    """A piece has begun and not yet ended (``speaking`` is False in its pauses too)."""
+
+    @property
+    def settled(self) -> bool:
+        """Every piece is judged and none goes on: the speech may be decided as a whole."""
+        return not self.ongoing and bool(self.pieces) and all(p is not None for p in self.pieces)
 
 
 def judge_overlap(
@@ -134,3 +150,14 @@ def judge_overlap(
     if is_backchannel(text, overlap.language):
         return Verdict.GO_ON, "backchannel"
     return Verdict.INTERRUPT, "speech"
+
+
+def judge_pieces(pieces: Sequence[Judged]) -> Judged:
+    """Speech over the reply heard in pieces is one bid: a piece that is one (a "Stop," after a hum,
+    "please stop" after a "Stop," whisper heard as "Uh.") makes the whole one, in the words of every
+    piece that is not the bot's own; otherwise the bot goes on, for the last piece's reason."""
+    bids = [judged for judged in pieces if judged[0] is Verdict.INTERRUPT]
+    if not bids:
+        return pieces[-1]
+    text = " ".join(said for _, reason, said in pieces if reason not in ("echo", "no_words") and said.strip())
+    return Verdict.INTERRUPT, bids[0][1], text
