@@ -72,10 +72,18 @@ def read_edits(path: Path) -> list[tuple[int, PlayoutEdit]]:
 
 
 def replay(
-    mic: np.ndarray, ref: np.ndarray, edits: list[tuple[int, PlayoutEdit]], aec: str
+    mic: np.ndarray,
+    ref: np.ndarray,
+    edits: list[tuple[int, PlayoutEdit]],
+    aec: str = "aec3",
+    leak_check: bool = True,
 ) -> dict[str, Any]:
-    """One call through a fresh front-end and detector: its turns and what the front-end marked."""
+    """One call through a fresh front-end and detector: its turns and what the front-end marked.
+    ``leak_check=False`` turns the front-end's check for the bot's voice let through at a moved delay
+    (``EchoLeak``) off, to show what the client's reports do by themselves."""
     frontend, detector = FrontEnd(aec, echo_expected=True), TurnDetector()
+    if not leak_check:
+        frontend._leaked = lambda: False  # type: ignore[method-assign]
     marked = {"over": 0, "near": 0}
     process_pair = frontend.process_pair
 

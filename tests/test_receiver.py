@@ -9,15 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from bench.replay import read_call, read_edits
+from bench.replay import CHUNK, read_call, read_edits
 from bench.replay import replay as replay_recording
 from tests.support.calls import call, wait_until
 from tests.support.speech import read_wav
 from tests.test_echo import through_room
 from voicepeer.audio.delayline import MAX_DELAY_S
-from voicepeer.audio.echo import FRAME
 from voicepeer.audio.formats import SPEECH_RATE
-from voicepeer.audio.frontend import MAX_PENDING_EDITS, Cleaned, FrontEnd
+from voicepeer.audio.frontend import MAX_PENDING_EDITS, FrontEnd
 from voicepeer.audio.receiver import (
     BURST_MS,
     DEFAULT_BUFFER_MS,
@@ -27,8 +26,6 @@ from voicepeer.audio.receiver import (
     PlayoutMoves,
     ReceiverStats,
 )
-from voicepeer.audio.vad import SpeechStarted, TurnDetector
-from voicepeer.call.call import listen
 from voicepeer.config import ServerConfig
 from voicepeer.transport.app import STATE
 
@@ -212,31 +209,11 @@ def replay(
     far: np.ndarray, mic: np.ndarray, edits: list[tuple[float, PlayoutEdit]], leak_check: bool = True
 ) -> tuple[list[float], int]:
     """The turns the call opens (onsets, s) on this microphone, and the 10 ms frames it took for the
-    user talking over the bot, with the client's reports arriving as given. ``leak_check=False`` turns
-    the front-end's check for the bot's voice let through at a moved delay off (``EchoLeak``), to show
-    what the reports do by themselves."""
-    frontend, detector = FrontEnd("aec3", echo_expected=True), TurnDetector()
-    if not leak_check:
-        frontend._leaked = lambda: False  # type: ignore[method-assign]
-    chunk = 320
-    onsets, over = [], 0
-    process_pair = frontend.process_pair
-
-    def counted(near: np.ndarray, far: np.ndarray) -> Cleaned:  # ``listen`` as the call runs it, counted
-        nonlocal over
-        cleaned = process_pair(near, far)
-        over += int(cleaned.over_echo[::FRAME].sum())
-        return cleaned
-
-    frontend.process_pair = counted  # type: ignore[method-assign]
-    pending = sorted(edits, key=lambda e: e[0])
-    for i in range(0, mic.size - chunk + 1, chunk):
-        while pending and pending[0][0] * SPEECH_RATE < i + chunk:
-            frontend.playout_moved(pending.pop(0)[1])
-        events = listen(frontend, detector, mic[i : i + chunk], far[i : i + chunk], i / SPEECH_RATE)
-        onsets += [round(e.sample / SPEECH_RATE, 2) for e in events if isinstance(e, SpeechStarted)]
-    frontend.close()
-    return onsets, over
+    user talking over the bot, with the client's reports arriving as given (each before the 20 ms
+    chunk it came in): ``bench.replay``'s replay, as a recorded call is replayed."""
+    at = [(int(t * SPEECH_RATE) // CHUNK * CHUNK, edit) for t, edit in sorted(edits, key=lambda e: e[0])]
+    result = replay_recording(mic, far, at, leak_check=leak_check)
+    return result["onsets_s"], result["over_echo_ms"] // 10
 
 
 @pytest.mark.slow
