@@ -310,6 +310,12 @@ async def test_the_bots_own_words_coming_back_over_a_loudspeaker_are_ignored_as_
         reply = await d.first(lambda m: m["type"] == "reply" and m["final"])
         assert reply["text"] == STORY and not d.messages("interrupted")
         assert d.conversation.ignored == 1 and d.conversation.interruptions == 0
+    # Speech where the echo may be that outlasts the echo's time too cuts in, before its end.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Wait, I have heard that one before.", at=onset, seconds=3.0, echo=True)
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["t"] == pytest.approx(onset + 2.5) and cut["reason"] == "speech"
 
 
 @virtual_time

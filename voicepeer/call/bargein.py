@@ -20,7 +20,7 @@ from ..audio.vad import Utterance
 from ..backends.asr import ASR
 from ..runtime.tasks import Tasks
 from .language import ENGLISH, Language
-from .turntaking import Judged, Overlap, TurnPolicy, Verdict, judge_overlap, judge_pieces
+from .turntaking import Judged, Overlap, TurnPolicy, Verdict, judge_overlap, judge_pieces, lasting_ms
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class BargeIn:
 
     async def _interrupt_if_still_speaking(self, overlap: Overlap) -> None:
         loop = asyncio.get_running_loop()
-        onset = overlap.onset
-        await asyncio.sleep(max(0.0, onset + self.policy.interrupt_after_ms / 1000 - loop.time()))
+        due = overlap.onset + lasting_ms(self.policy, overlap) / 1000
+        await asyncio.sleep(max(0.0, due - loop.time()))
         if self.overlap is overlap:
             self._apply(overlap, *judge_overlap(self.policy, overlap, loop.time()))
 

@@ -119,6 +119,12 @@ class Overlap:
         return not self.ongoing and bool(self.pieces) and all(p is not None for p in self.pieces)
 
 
+def lasting_ms(policy: TurnPolicy, overlap: Overlap) -> int:
+    """How long speech over the reply must last, from its onset, to cut the bot off before its words
+    are known: longer where the bot's echo may be."""
+    return policy.interrupt_after_ms + (policy.echo_grace_ms if overlap.echo else 0)
+
+
 def judge_overlap(
     policy: TurnPolicy,
     overlap: Overlap,
@@ -139,8 +145,7 @@ def judge_overlap(
     if discarded:
         return Verdict.GO_ON, "too_short"
     if text is None:
-        after_ms = policy.interrupt_after_ms + (policy.echo_grace_ms if overlap.echo else 0)
-        if overlap.speaking and now - overlap.onset >= after_ms / 1000:
+        if overlap.speaking and now - overlap.onset >= lasting_ms(policy, overlap) / 1000:
             return Verdict.INTERRUPT, "speech"
         return Verdict.WAIT, ""
     if not words(text):
