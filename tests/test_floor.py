@@ -30,6 +30,7 @@ from voicepeer.audio.vad import (
 )
 from voicepeer.backends.llm import Exchange
 from voicepeer.call.answer import ASR_APOLOGY
+from voicepeer.call.bargein import joined
 from voicepeer.call.control import SETTINGS, ControlError
 from voicepeer.call.conversation import TRANSITIONS, Conversation
 from voicepeer.call.floor import Committed, FloorMachine, ReplyOver, Transition
@@ -254,6 +255,18 @@ async def test_a_phrase_judged_complete_ends_the_turn_before_the_detector_and_sp
         assert d.messages("metrics")[0]["end_of_turn"] == 0.9
 
 
+def test_pieces_of_one_stream_are_joined_with_each_sample_once():
+    stream = np.arange(10_000, dtype=np.int16)
+
+    def piece(start: int, end: int) -> SpeechEnded:
+        return SpeechEnded(stream[start:end], start, end, 0.0, 100)
+
+    # The second piece's pre-roll reaches back into the first; the third comes after a gap.
+    whole = joined([piece(1000, 3000), piece(2500, 5000), piece(6000, 7000)])
+    assert np.array_equal(whole.audio, np.concatenate([stream[1000:5000], stream[6000:7000]]))
+    assert (whole.start_sample, whole.end_sample, whole.voiced_ms) == (1000, 7000, 300)
+
+
 # -- speech over the reply --------------------------------------------------------------------------
 
 
@@ -387,6 +400,22 @@ async def test_speech_that_begins_again_while_its_words_are_judged_is_decided_wi
         assert second["text"] == "Uh. please stop"
         assert not d.messages("ignored")
         assert not [t for t in d.voiced if onset + 0.04 < t <= cut["t"]], "the voice came back"
+    # The turn is in the audio of both pieces, as its words are.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Uh.", at=onset, seconds=0.3)
+        d.speak("please stop", at=onset + 0.65, seconds=0.6)
+        await d.first(lambda m: m["type"] == "interrupted")
+        assert d.asr.words_in(d.conversation._current.audio) == "Uh. please stop"
+    # A later piece that cuts in by lasting: the turn begins with the words of the pieces before it.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("No.", at=onset, seconds=0.3)
+        d.speak("I meant Tuesday at noon.", at=onset + 0.65, seconds=1.5)
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["t"] == pytest.approx(onset + 1.65)
+        second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
+        assert second["text"] == "No. I meant Tuesday at noon."
     # A hum, then another: the bot goes on once, after the second, where it paused.
     async with Dialogue() as d:
         onset = await story(d)
@@ -404,6 +433,7 @@ async def test_speech_that_begins_again_while_its_words_are_judged_is_decided_wi
         d.speak("upon a time there", at=onset + 0.65, seconds=0.5, echo=True)
         second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
         assert second["text"] == "Stop." and not d.messages("ignored")
+        assert d.asr.words_in(d.conversation._current.audio) == "Stop."
     # A bid, then a click the detector drops: the bid decides.
     async with Dialogue() as d:
         onset = await story(d)

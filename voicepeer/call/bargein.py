@@ -20,7 +20,16 @@ from ..audio.vad import Utterance
 from ..backends.asr import ASR
 from ..runtime.tasks import Tasks
 from .language import ENGLISH, Language
-from .turntaking import Judged, Overlap, TurnPolicy, Verdict, judge_overlap, judge_pieces, lasting_ms
+from .turntaking import (
+    Judged,
+    Overlap,
+    TurnPolicy,
+    Verdict,
+    judge_overlap,
+    judge_pieces,
+    lasting_ms,
+    the_users,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +62,8 @@ class BargeIn:
         self._bot_said = bot_said
         self.overlap: Overlap | None = None
         """The speech being judged, if any."""
-        self._said: Utterance | None = None
-        """Its last piece's utterance, once that piece is judged: the next turn's, if it is a bid."""
+        self._heard: list[Utterance] = []
+        """Each ended piece's audio, as its words were judged (from its onset, if heard again so)."""
 
     def starts(self, onset: float, echo: bool = False, sample: int = 0, marked: bool = False) -> None:
         """Speech began over the reply: ``onset`` is the loop time its audio arrived, ``sample`` where
@@ -68,6 +77,7 @@ class BargeIn:
             language=self._language(),
         )
         self.overlap = overlap
+        self._heard = []
         self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
 
     def follows(self, onset: float, echo: bool = False, sample: int = 0, marked: bool = False) -> None:
@@ -98,6 +108,7 @@ class BargeIn:
         assert overlap is not None
         overlap.speaking = overlap.ongoing = False
         overlap.pieces.append(None)
+        self._heard.append(utterance)
         # The piece as it stands now: a piece that follows while its words are transcribed moves the
         # overlap's onset on.
         piece = dataclasses.replace(overlap)
@@ -116,7 +127,16 @@ class BargeIn:
         """Forgets the speech: judged, or the reply it was over is gone. A verdict still on its way
         is dropped."""
         self.overlap = None
-        self._said = None
+        self._heard = []
+
+    def before(self) -> Utterance | None:
+        """What the user said in the pieces that ended before the one going on (the bot's echo left
+        out), for the turn that piece takes by lasting: "No. ... I meant Tuesday." is one turn."""
+        overlap = self.overlap
+        if overlap is None:
+            return None
+        heard = [u for p, u in zip(overlap.pieces, self._heard, strict=True) if p is None or the_users(p)]
+        return joined(heard) if heard else None
 
     async def _interrupt_if_still_speaking(self, overlap: Overlap) -> None:
         loop = asyncio.get_running_loop()
@@ -133,15 +153,14 @@ class BargeIn:
         bot's own, is heard again from its onset on: the pre-roll before it is the bot's echo, which
         the ASR's path keeps at full level for a while after a mark, and whisper may give the echo's
         words and drop a short "Stop," after them."""
-        judged = await self._hear(piece, utterance)
+        judged, heard = await self._hear(piece, utterance)
         if self.overlap is not overlap:
             return
-        overlap.pieces[index] = judged
-        if index == len(overlap.pieces) - 1:
-            self._said = utterance
+        overlap.pieces[index], self._heard[index] = judged, heard
         self._settle(overlap)
 
-    async def _hear(self, piece: Overlap, utterance: Utterance) -> Judged:
+    async def _hear(self, piece: Overlap, utterance: Utterance) -> tuple[Judged, Utterance]:
+        """The piece's verdict, and the audio its words were heard in."""
         text = await self._transcribe(utterance.audio)
         verdict, reason = judge_overlap(self.policy, piece, asyncio.get_running_loop().time(), text=text)
         start = max(0, piece.onset_sample - utterance.start_sample - ONSET_MARGIN)
@@ -150,12 +169,20 @@ class BargeIn:
             again = judge_overlap(self.policy, piece, asyncio.get_running_loop().time(), text=onward)
             log.info("speech marked as the user's came out as the echo %r; from its onset: %r", text, onward)
             if again[0] is not Verdict.GO_ON:
-                return (*again, onward)
-        return verdict, reason, text
+                heard = dataclasses.replace(
+                    utterance, audio=utterance.audio[start:], start_sample=utterance.start_sample + start
+                )
+                return (*again, onward), heard
+        return (verdict, reason, text), utterance
 
     def _settle(self, overlap: Overlap) -> None:
-        if overlap.settled:
-            self._apply(overlap, *judge_pieces([p for p in overlap.pieces if p is not None]), self._said)
+        """Decides the speech once every piece is judged and none goes on. A bid is the next turn in
+        the audio of the pieces whose words are the user's."""
+        if not overlap.settled:
+            return
+        pieces = [p for p in overlap.pieces if p is not None]
+        theirs = [u for p, u in zip(pieces, self._heard, strict=True) if the_users(p)]
+        self._apply(overlap, *judge_pieces(pieces), joined(theirs or self._heard[-1:]))
 
     async def _transcribe(self, audio: np.ndarray) -> str:
         try:
@@ -169,3 +196,19 @@ class BargeIn:
     ) -> None:
         if self.overlap is overlap and verdict is not Verdict.WAIT:
             self._decide(verdict, reason, text, said)
+
+
+def joined(utterances: list[Utterance]) -> Utterance:
+    """Pieces of one stream, in order, as one utterance: the audio they cover, each sample once (a
+    piece's pre-roll may reach back into the piece before)."""
+    first, last = utterances[0], utterances[-1]
+    parts, covered = [first.audio], first.start_sample + first.audio.size
+    for utterance in utterances[1:]:
+        parts.append(utterance.audio[max(0, covered - utterance.start_sample) :])
+        covered = max(covered, utterance.start_sample + utterance.audio.size)
+    return dataclasses.replace(
+        last,
+        audio=np.concatenate(parts),
+        start_sample=first.start_sample,
+        voiced_ms=sum(u.voiced_ms for u in utterances),
+    )

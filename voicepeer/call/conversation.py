@@ -149,6 +149,8 @@ class Conversation:
         self._published: State = "listening"
         self._current: UserTurn | None = None  # the PENDING turn, or the one the BOT answers
         self._carry: np.ndarray | None = None  # a held, unfinished phrase the user went on from
+        self._carry_from: int | None = None
+        """Where ``_carry`` begins in the stream, if known: the turn it joins gets each sample once."""
         self._unanswered_end = -1  # end sample of the last utterance that had nothing to answer
         self._speeches: deque[str] = deque(maxlen=MAX_QUEUED_SPEECHES)
         """What the application asked the bot to say once the floor is open."""
@@ -379,7 +381,10 @@ class Conversation:
 
     def _cut_in(self, event: CutIn) -> None:
         log.info("speech over the reply lasted: it cuts in")
+        before = self._barge.before()
         self._cut_off(event.reason)
+        if before is not None:  # the pieces of it that ended first: the turn's first words
+            self._carry, self._carry_from = before.audio, before.start_sample
 
     def _take_over(self, event: TakeOver) -> None:
         log.info("speech over the reply is a bid for the turn: %r", event.text)
@@ -445,8 +450,13 @@ class Conversation:
 
     # -- the work ----------------------------------------------------------------------------------
 
-    def _with_carry(self, audio: np.ndarray) -> np.ndarray:
-        return audio if self._carry is None else np.concatenate([self._carry, audio])
+    def _with_carry(self, utterance: Utterance) -> np.ndarray:
+        carry = self._carry
+        if carry is None:
+            return utterance.audio
+        if self._carry_from is not None and utterance.start_sample >= 0:  # its pre-roll may reach back
+            carry = carry[: max(0, utterance.start_sample - self._carry_from)]
+        return np.concatenate([carry, utterance.audio])
 
     def _begin(self, utterance: Utterance, ended: bool, text: str | None = None) -> None:
         """A new pending turn from this utterance (or typed ``text``), replacing any pending one."""
@@ -455,9 +465,9 @@ class Conversation:
         held = self._current
         if held is not None and not held.committed.is_set():
             if held.ended.is_set():
-                self._carry = held.audio  # the user went on from a held phrase: keep its words
+                self._carry, self._carry_from = held.audio, None  # the user went on from a held phrase
             self._abandon()
-        turn = UserTurn(utterance, self._with_carry(utterance.audio), ended)
+        turn = UserTurn(utterance, self._with_carry(utterance), ended)
         turn.live = self.partials.stream_for(carried=self._carry is not None)
         self._current = turn
         turn.task = self._tasks.spawn(self.answerer.run(turn, text, self.turn + 1), "turn")

@@ -164,5 +164,9 @@ def judge_pieces(pieces: Sequence[Judged]) -> Judged:
     bids = [judged for judged in pieces if judged[0] is Verdict.INTERRUPT]
     if not bids:
         return pieces[-1]
-    text = " ".join(said for _, reason, said in pieces if reason not in ("echo", "no_words") and said.strip())
-    return Verdict.INTERRUPT, bids[0][1], text
+    return Verdict.INTERRUPT, bids[0][1], " ".join(judged[2] for judged in pieces if the_users(judged))
+
+
+def the_users(judged: Judged) -> bool:
+    """A piece of speech over the reply whose words are the user's: some, and not the bot's echo."""
+    return judged[1] not in ("echo", "no_words") and bool(judged[2].strip())
