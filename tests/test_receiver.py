@@ -245,7 +245,7 @@ def test_the_echo_follows_a_receiver_squeezing_its_buffer_back(make_speech, engi
     onsets, over = replay(far, mic, client.edits)
     assert len(onsets) <= 1, onsets
     # Followed through the concealment only, the squeeze lets the bot's voice through as the user's:
-    # 196-267 frames of it against 51-81 with every report (AVX-512, AVX2 and AMD CPUs), and 2-5
+    # 196-322 frames of it against 51-81 with every report (AVX-512, AVX2 and AMD CPUs), and 2-5
     # turns against 0-1. The turns alone are no margin on every CPU (one CPU opened one either way),
     # the frames are.
     burst = [(t, edit) for t, edit in client.edits if edit.ms > 0]
