@@ -416,6 +416,22 @@ async def test_speech_that_begins_again_while_its_words_are_judged_is_decided_wi
         assert cut["t"] == pytest.approx(onset + 1.65)
         second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
         assert second["text"] == "No. I meant Tuesday at noon."
+    # The reply ends (as when its LLM fails) while the words are judged: a bid is still the next turn,
+    # and anything else leaves the floor open.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Five five.", at=onset, seconds=0.3)
+        await d.until(onset + 0.65)
+        d.conversation.machine.fire(ReplyOver(d.conversation._current))
+        second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
+        assert second["text"] == "Five five." and not d.messages("interrupted")
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Okay.", at=onset, seconds=0.3)
+        await d.until(onset + 0.65)
+        d.conversation.machine.fire(ReplyOver(d.conversation._current))
+        ignored = await d.first(lambda m: m["type"] == "ignored")
+        assert ignored["reason"] == "backchannel" and d.conversation.floor is Floor.OPEN
     # A hum, then another: the bot goes on once, after the second, where it paused.
     async with Dialogue() as d:
         onset = await story(d)

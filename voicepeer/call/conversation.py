@@ -448,6 +448,19 @@ class Conversation:
         self._barge.clear()
         self.output.resume()
 
+    def _judged_over_reply(self, event: ReplyOver) -> bool:
+        overlap = self._barge.overlap
+        return self._is_current(event) and overlap is not None and not overlap.ongoing
+
+    def _reply_gone(self, _event: ReplyOver) -> None:
+        # The speech over it has ended and its words are being judged: they still decide, a bid as
+        # the next turn, anything else as an open floor (the detector will not report its end again).
+        self._current = None
+        self.output.resume()
+
+    def _no_reply(self, _event: GoOn) -> bool:
+        return self._current is None
+
     # -- the work ----------------------------------------------------------------------------------
 
     def _with_carry(self, utterance: Utterance) -> np.ndarray:
@@ -473,11 +486,12 @@ class Conversation:
         turn.task = self._tasks.spawn(self.answerer.run(turn, text, self.turn + 1), "turn")
 
     def _cut_off(self, reason: str) -> None:
-        """Cuts the committed reply off, if there is one; the row that called this moves the floor."""
+        """Cuts the committed reply off, if there is one, and forgets any speech over it; the row that
+        called this moves the floor."""
+        self._barge.clear()
         turn = self._current
         if turn is None or not turn.committed.is_set():
             return
-        self._barge.clear()
         self.output.resume()
         heard = turn.heard(self.output.played_total)
         self.output.clear()
@@ -543,9 +557,11 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(OVERLAP, Resumed, None, C._overlap_resumes),  # cut in if it has lasted interrupt_after_ms
     Transition(OVERLAP, Ended, None, C._overlap_ends),  # judged by its words
     Transition(OVERLAP, Discarded, None, C._overlap_discarded),  # too short for a word: the bot goes on
+    Transition(OVERLAP, GoOn, OPEN, C._go_on, when=C._no_reply),  # and the reply ended meanwhile
     Transition(OVERLAP, GoOn, BOT, C._go_on),  # not a bid for the turn: an ``ignored`` event says why
     Transition(OVERLAP, CutIn, USER, C._cut_in),  # it lasted: the reply is cut off
     Transition(OVERLAP, TakeOver, PENDING, C._take_over),  # its words are the next turn
+    Transition(OVERLAP, ReplyOver, None, C._reply_gone, when=C._judged_over_reply),  # its words decide
     Transition(OVERLAP, ReplyOver, USER, C._reply_over, when=C._is_current),  # the speech is the user's
     Transition(OVERLAP, Interrupt, OPEN, C._client_interrupt),
     Transition(None, Say, PENDING, C._say),  # from any floor: a typed turn cuts off whatever was going on
