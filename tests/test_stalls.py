@@ -1,12 +1,14 @@
 """Why an outbound frame left late (``voicepeer.runtime.stalls``): each cause made to happen for real
 in a process of its own (a callback holding the loop, a blocking call, another thread holding the
 interpreter lock, a garbage-collector pass, a malloc trim, our own threads or other processes on the
-loop's one core), and a late frame of a real outbound track counted by its cause."""
+loop's one core, the machine running nothing of ours nor the witness process for a while), and a late
+frame of a real outbound track counted by its cause."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import pytest
 
 from voicepeer.call.playout import Playout
 from voicepeer.runtime.health import LoopMonitor
-from voicepeer.runtime.stalls import OWN_CAUSES, stall_clock
+from voicepeer.runtime.stalls import OWN_CAUSES, StallClock, stall_clock
 from voicepeer.transport.tracks import PlayoutTrack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,7 @@ def run_scenario(name: str) -> dict:
         ("trim", "trim"),
         ("cpu", "cpu"),
         ("machine", "machine"),
+        ("machine-asleep", "machine"),
     ],
 )
 def test_a_late_frame_is_explained_by_what_held_the_loop(scenario: str, cause: str):
@@ -68,3 +71,37 @@ async def test_a_late_frame_of_a_real_track_is_counted_by_its_cause():
         assert track.gap_causes["blocked"] == 1 and track.own_gaps == 1, (track.gap_causes, clock)
     finally:
         await monitor.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for every purpose here but still answers signal 0.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_witness_process_starts_and_stops_with_the_clock_and_dies_with_the_server():
+    clock = StallClock()
+    clock.attach()
+    pid = clock.witness.pid
+    assert pid is not None and _alive(pid)
+    clock.detach()
+    assert not _alive(pid) and clock.witness.pid is None
+    # A server killed outright leaves no witness behind.
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom voicepeer.runtime.stalls import StallClock\n"
+         "c = StallClock(); c.attach(); print(c.witness.pid, flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    witness = int(server.stdout.readline())
+    assert _alive(witness)
+    server.kill()
+    server.wait()
+    deadline = time.monotonic() + 10
+    while _alive(witness) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(witness)

@@ -67,6 +67,26 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
 
         threading.Thread(target=trim, daemon=True).start()
         loop.call_soon(lambda: time.sleep(HOLD_S + 0.02))  # the loop waiting on what trim holds
+    elif name == "machine-asleep":
+        # The machine runs nothing of ours, nor the witness, for a while: as when the hypervisor takes
+        # the virtual cores. Both are stopped at once by a process outside, then let go.
+        assert clock.witness.pid is not None, "the witness did not start"
+        pids = f"{os.getpid()}, {clock.witness.pid}"
+        freezer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import os, signal, sys, time\n"
+            "sys.stdin.readline(); time.sleep(0.005)\n"
+            f"for pid in ({pids}): os.kill(pid, signal.SIGSTOP)\n"
+            f"time.sleep({HOLD_S})\n"
+            f"for pid in reversed(({pids})): os.kill(pid, signal.SIGCONT)\n",
+            stdin=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(0.5)  # it has started, and so has the witness
+        assert freezer.stdin is not None
+        freezer.stdin.write(b"go\n")
+        await freezer.stdin.drain()
+        due = time.monotonic() + 0.02
     elif name in ("cpu", "machine"):
         # One core for everything; the loop's thread runs only when nothing else on that core wants
         # to (SCHED_IDLE): our own threads ("cpu") or other processes ("machine") go first.
@@ -93,6 +113,8 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
     if name not in ("cpu", "machine"):
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         stall = clock.explain(due)
+    if name == "machine-asleep":
+        await freezer.wait()  # it lets the witness go before this process
     stop.set()
     for child in children:
         child.kill()

@@ -9,10 +9,11 @@ did not get back to it in time. From the outside all stalls look alike; what a u
   or half the stall), whatever else waited meanwhile;
 - ``blocked``: the loop's thread slept although its frame was due: it waited for the interpreter lock
   (another of our threads holding it, maybe one the kernel had taken off its core), for another lock
-  of ours, or in a blocking call made on the loop. A wake-up the machine delayed looks the same from
-  inside, so this is counted as ours;
+  of ours, or in a blocking call made on the loop;
 - ``cpu``: the loop's thread was ready but waited for a core, and our own threads kept one busy;
-- ``machine``: it waited for a core that other processes had;
+- ``machine``: it waited for a core that other processes had; or it slept, and so did a process that
+  shares nothing with ours but the machine (``runtime.witness``), while our other threads did not have
+  the cores: a wake-up the machine delayed, which from inside looks like ``blocked``;
 - ``unexplained``: no scheduler statistics here (not Linux).
 
 Only ``machine`` (and what cannot be told) is not ours. The kernel tells a thread's time on a core and
@@ -33,6 +34,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .witness import Witness
+
 log = logging.getLogger(__name__)
 
 CAUSES = ("gc", "trim", "loop", "blocked", "cpu", "machine", "unexplained")
@@ -43,7 +46,8 @@ SAMPLES = 64
 
 OWN_RUN_S = 0.010
 """The loop's thread running this long within a stall is enough, by itself, to make a frame late (a
-gap is a frame 10 ms past its slot): the stall is the loop's, whatever else waited meanwhile."""
+gap is a frame 10 ms past its slot): the stall is the loop's, whatever else waited meanwhile. Likewise
+a stall the witness saw all but this much of is the machine's."""
 
 PAUSES = 32
 """Process-wide pauses (GC passes, trims) remembered."""
@@ -75,12 +79,15 @@ class Stall:
     paused_s: float
     own_threads_s: float
     """Core time our other threads took over the window."""
+    witness_late_s: float = 0.0
+    """How long, within the stall, the witness process also waited past its wake-up."""
 
 
 class StallClock:
     """Samples of the loop thread's scheduling, and the process's pauses, to explain late frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, witness: Witness | None = None) -> None:
+        self.witness = witness if witness is not None else Witness()
         self._samples: deque[_Raw] = deque(maxlen=SAMPLES)
         self._pauses: deque[tuple[str, float, float]] = deque(maxlen=PAUSES)
         self._gc_started: dict[int, float] = {}
@@ -108,6 +115,10 @@ class StallClock:
             pass  # not Linux, or no schedstat: every late frame is "unexplained"
         if self.explain_gc not in gc.callbacks:
             gc.callbacks.append(self.explain_gc)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.witness.nice = os.getpriority(os.PRIO_PROCESS, self._thread)
+            self.witness.start()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -120,6 +131,7 @@ class StallClock:
         if self._users:
             return  # another server in this process still runs on the loop
         self.close()
+        self.witness.stop()
         self._thread = None
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self.explain_gc)
@@ -197,15 +209,20 @@ class StallClock:
         cause = self._by_pause(paused, late)
         if cause is None and ran >= min(late / 2, OWN_RUN_S):
             cause = "loop"  # our callbacks alone held the loop long enough to make the frame late
+        # Who had the cores the loop may run on? Ours if our other threads took at least half of the
+        # core time the loop did not; otherwise other processes or the hypervisor.
+        ours_had_the_cores = own_threads >= (self._cores * window - ran) / 2
+        witnessed = self.witness.late_within(due, now)
         if cause is None:
             share = {"loop": ran, "blocked": slept, "waited": waited}
             cause = max(share, key=share.__getitem__)
             if cause == "waited":
-                # Who had the cores the loop may run on? Ours if our other threads took at least half
-                # of the core time the loop did not; otherwise other processes or the hypervisor.
-                taken = self._cores * window - ran
-                cause = "cpu" if own_threads >= taken / 2 else "machine"
-        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads)
+                cause = "cpu" if ours_had_the_cores else "machine"
+            elif cause == "blocked" and late - witnessed < OWN_RUN_S and not ours_had_the_cores:
+                # The witness, which none of our locks can hold, slept past its time over so much of
+                # the stall that without that stretch the frame would not have been late.
+                cause = "machine"
+        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, witnessed)
 
     @staticmethod
     def _by_pause(paused: dict[str, float], late: float) -> str | None:

@@ -100,8 +100,8 @@ class PlayoutTrack(MediaStreamTrack):
         log.log(
             level,
             "outbound frame %.0f ms late (%s): loop ran %.0f, waited for a core %.0f, slept %.0f, "
-            "paused %.0f ms; our other threads %.0f ms of core time; the sender held the last "
-            "frame %.0f ms",
+            "paused %.0f ms; our other threads %.0f ms of core time; the witness process late "
+            "%.0f ms; the sender held the last frame %.0f ms",
             stall.late_s * 1000,
             stall.cause,
             stall.ran_s * 1000,
@@ -109,6 +109,7 @@ class PlayoutTrack(MediaStreamTrack):
             stall.slept_s * 1000,
             stall.paused_s * 1000,
             stall.own_threads_s * 1000,
+            stall.witness_late_s * 1000,
             self._held_s * 1000,
         )
 

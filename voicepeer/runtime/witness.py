@@ -1,0 +1,147 @@
+"""A process of its own that only sleeps and wakes, to tell the machine's stalls from ours.
+
+From inside the server, a loop that slept past its frame's slot looks the same whether it waited for
+the interpreter lock a thread of ours held, or for a wake-up the machine delayed (the hypervisor took
+the virtual core, or the kernel ran nothing of ours for a while). A process that shares nothing with
+the server but the cores and the kernel cannot be held up by our locks: if it woke late over the
+same stretch, the machine delayed everyone; if it woke on time, the stall was ours.
+
+The witness wakes every ``PERIOD_S`` at the loop's own nice value and writes each wake-up that came
+``LATE_S`` or more late into a ring in memory the two processes share (a ``memfd``: no file to clean
+up), with a heartbeat. It exits when the server does. This file runs as a script, on the standard
+library alone, so it starts in ~20 ms without importing the server's packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+PERIOD_S = 0.005
+"""How often the witness wakes: a frame is a gap at 10 ms past its slot, so a stall that long spans
+at least one of its wake-ups."""
+
+LATE_S = 0.004
+"""Wake-ups at least this late are recorded."""
+
+SLOTS = 256
+"""Late wake-ups remembered: far more than one frame's window holds."""
+
+_HEADER = struct.Struct("<Qd")  # late wake-ups written, ever; the last wake-up (monotonic)
+_ENTRY = struct.Struct("<dd")  # when it woke (monotonic), how late
+_SIZE = _HEADER.size + SLOTS * _ENTRY.size
+_CHECK_PARENT_EVERY = 100
+
+
+class Witness:
+    """The server's side: starts the witness, and reads how late it woke over a stretch of time."""
+
+    def __init__(self, nice: int = 0) -> None:
+        self.nice = nice
+        self._fd: int | None = None
+        self._buf: mmap.mmap | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> bool:
+        """Starts the witness; ``False`` where it cannot run (not Linux, no ``memfd``), and then every
+        stall the loop slept through stays counted as ours."""
+        if self.running:
+            return True
+        self.stop()
+        try:
+            self._fd = os.memfd_create("voicepeer-witness", os.MFD_CLOEXEC)
+            os.ftruncate(self._fd, _SIZE)
+            self._buf = mmap.mmap(self._fd, _SIZE)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", __file__, str(self._fd), str(self.nice), str(os.getpid())],
+                pass_fds=(self._fd,),
+                # Holds none of the server's pipes: a caller reading them to their end (a supervisor,
+                # ``subprocess.run``) must not wait for the witness too.
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except (AttributeError, OSError, ValueError) as exc:
+            log.info("no stall witness (%s): stalls the loop slept through count as ours", exc)
+            self.stop()
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=1.0)
+            self._proc = None
+        if self._buf is not None:
+            self._buf.close()
+            self._buf = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def late_within(self, start: float, end: float) -> float:
+        """The longest stretch of ``[start, end]`` (``time.monotonic()``) the witness spent waiting to
+        wake up past its time, including a wait it is still in; 0 if it is not running."""
+        buf = self._buf
+        if buf is None or not self.running:
+            return 0.0
+        written, last_woke = _HEADER.unpack_from(buf, 0)
+        if last_woke == 0.0:
+            return 0.0  # not yet started: it proves nothing either way
+        stretches = []
+        for i in range(max(0, written - SLOTS), written):
+            woke, late = _ENTRY.unpack_from(buf, _HEADER.size + (i % SLOTS) * _ENTRY.size)
+            stretches.append((woke - late, woke))
+        # Not woken since its last wake-up's next slot: it is still waiting, as the loop was.
+        if end - last_woke > PERIOD_S + LATE_S:
+            stretches.append((last_woke + PERIOD_S, end))
+        return max([0.0, *(min(b, end) - max(a, start) for a, b in stretches)])
+
+
+def _watch(fd: int, nice: int, parent: int) -> None:
+    """``parent``: the server's pid, passed down, since it may be gone before this gets to ask."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    buf = mmap.mmap(fd, _SIZE)
+    written = 0
+    due = time.monotonic() + PERIOD_S
+    ticks = 0
+    while True:
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.monotonic()
+        late = now - due
+        if late >= LATE_S:
+            _ENTRY.pack_into(buf, _HEADER.size + (written % SLOTS) * _ENTRY.size, now, late)
+            written += 1
+            due = now  # a stall is recorded once, not as a run of late wake-ups after it
+        _HEADER.pack_into(buf, 0, written, now)
+        due += PERIOD_S
+        ticks += 1
+        if ticks % _CHECK_PARENT_EVERY == 0 and os.getppid() != parent:
+            return  # the server is gone
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        _watch(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
