@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.frontend import wer
 from examples.custom_llm import FALLBACK, RULES, RuleLLM
 from examples.typed_call import converse
 from tests.support.rtc_client import RtcClient
@@ -31,6 +32,7 @@ from voicepeer.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "custom_llm.py"
 OPEN, WHERE, HELLO = (answer for _, answer in RULES)
+DIGITS = {"5": "five", "9": "nine"}
 
 
 async def reply(llm: RuleLLM, messages, options: LLMOptions | None = None) -> list[str]:
@@ -135,9 +137,13 @@ async def test_a_typed_question_gets_the_rules_answer_as_speech(services, tmp_pa
     assert [e["text"] for e in events if e["type"] == "reply" and e["final"]] == [OPEN], events
     assert not [e for e in events if e["type"] == "error"], events
     pcm, rate = read_wav(wav)
-    # What the file holds is that answer, spoken: whisper hears it back.
+    # What the file holds is that answer, spoken: whisper hears it back, far nearer to it than to the
+    # example's other answers. (tiny.en in int8 hears "Monday" as "one day" on an AVX2 EPYC: 0.2
+    # against 0.9 and 0.92, digits spelled.)
     heard = await services.asr.transcribe(InboundConverter().convert(pcm, rate, 1))
-    assert {"open", "monday", "friday"} <= set(words(heard.text)), heard.text
+    spelled = " ".join(DIGITS.get(w, w) for w in words(heard.text))
+    assert wer(OPEN, spelled) <= 0.3, heard.text
+    assert min(wer(other, spelled) for other in (WHERE, HELLO)) >= 0.7, heard.text
 
 
 def test_extending_md_shows_the_examples_as_they_are():
