@@ -96,7 +96,8 @@ class PlayoutTrack(MediaStreamTrack):
         due = min(self._due or sent_at, self._last_sent_at + self.frame_samples / self.sample_rate)
         stall = stall_clock().explain(due, sent_at)
         self.gap_causes[stall.cause] += 1
-        level = logging.INFO if stall.cause in OWN_CAUSES else logging.DEBUG
+        # Ours, and the machine's the witness saw (told from ours only by it), are worth a line.
+        level = logging.INFO if stall.cause in OWN_CAUSES or stall.witness_late_s >= 0.01 else logging.DEBUG
         log.log(
             level,
             "outbound frame %.0f ms late (%s): loop ran %.0f, waited for a core %.0f, slept %.0f, "
