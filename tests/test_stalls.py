@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from voicepeer.call.playout import Playout
 from voicepeer.runtime.health import LoopMonitor
 from voicepeer.runtime.stalls import OWN_CAUSES, StallClock, stall_clock
+from voicepeer.runtime.witness import cpu_quota
 from voicepeer.transport.tracks import PlayoutTrack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,29 +81,61 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie is gone for every purpose here but still answers signal 0.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False  # reaped meanwhile
 
 
 def test_the_witness_process_starts_and_stops_with_the_clock_and_dies_with_the_server():
     clock = StallClock()
     clock.attach()
-    pid = clock.witness.pid
-    assert pid is not None and _alive(pid)
-    clock.detach()
-    assert not _alive(pid) and clock.witness.pid is None
+    try:
+        pid = clock.witness.pid
+        assert pid is not None and _alive(pid)
+        # One that died is started again when the next server attaches.
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while clock.witness.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        clock.attach()
+        again = clock.witness.pid
+        assert again is not None and again != pid and _alive(again)
+    finally:
+        clock.detach()
+        clock.detach()
+    assert not _alive(again) and clock.witness.pid is None
     # A server killed outright leaves no witness behind.
     server = subprocess.Popen(
         [sys.executable, "-c", "import time\nfrom voicepeer.runtime.stalls import StallClock\n"
          "c = StallClock(); c.attach(); print(c.witness.pid, flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert server.stdout is not None
-    witness = int(server.stdout.readline())
-    assert _alive(witness)
-    server.kill()
-    server.wait()
+    try:
+        assert server.stdout is not None
+        witness = int(server.stdout.readline())
+        assert _alive(witness)
+    finally:
+        server.kill()
+        server.wait()
     deadline = time.monotonic() + 10
     while _alive(witness) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(witness)
+
+
+def test_no_witness_is_trusted_under_a_cpu_quota(tmp_path):
+    """A quota throttles the witness with the server once our threads have used it up, so a stall both
+    slept through could be ours: under one, the witness does not start. (No quota can be set on this
+    machine's cgroup from a test; the cgroup files are written here instead.)"""
+    with open("/proc/self/cgroup") as f:
+        path = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    if path is None:
+        pytest.skip("no cgroup v2 here")
+    cgroup = tmp_path.joinpath(*[p for p in path.split("/") if p])
+    cgroup.mkdir(parents=True, exist_ok=True)
+    (cgroup / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(str(tmp_path)) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # an ancestor's quota throttles too
+    assert cpu_quota(str(tmp_path)) == "150000 100000"

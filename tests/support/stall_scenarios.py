@@ -76,17 +76,21 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
             sys.executable,
             "-c",
             "import os, signal, sys, time\n"
-            "sys.stdin.readline(); time.sleep(0.005)\n"
+            "sys.stdin.readline()\n"
+            "print(time.monotonic(), flush=True)\n"
             f"for pid in ({pids}): os.kill(pid, signal.SIGSTOP)\n"
             f"time.sleep({HOLD_S})\n"
             f"for pid in reversed(({pids})): os.kill(pid, signal.SIGCONT)\n",
             stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(0.5)  # it has started, and so has the witness
-        assert freezer.stdin is not None
+        assert freezer.stdin is not None and freezer.stdout is not None
         freezer.stdin.write(b"go\n")
         await freezer.stdin.drain()
-        due = time.monotonic() + 0.02
+        stopped_at = float(await freezer.stdout.readline())
+        await freezer.wait()  # it lets the witness go, then this process
+        due = stopped_at + 0.002  # a frame due as the machine stopped running us
     elif name in ("cpu", "machine"):
         # One core for everything; the loop's thread runs only when nothing else on that core wants
         # to (SCHED_IDLE): our own threads ("cpu") or other processes ("machine") go first.
@@ -113,8 +117,6 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
     if name not in ("cpu", "machine"):
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         stall = clock.explain(due)
-    if name == "machine-asleep":
-        await freezer.wait()  # it lets the witness go before this process
     stop.set()
     for child in children:
         child.kill()

@@ -12,8 +12,9 @@ did not get back to it in time. From the outside all stalls look alike; what a u
   of ours, or in a blocking call made on the loop;
 - ``cpu``: the loop's thread was ready but waited for a core, and our own threads kept one busy;
 - ``machine``: it waited for a core that other processes had; or it slept, and so did a process that
-  shares nothing with ours but the machine (``runtime.witness``), while our other threads did not have
-  the cores: a wake-up the machine delayed, which from inside looks like ``blocked``;
+  shares nothing with ours but the machine (``runtime.witness``: all but 10 ms of the stall, and at
+  least 10 ms), while our other threads ran under 10 ms: a wake-up the machine delayed, which from
+  inside looks like ``blocked``;
 - ``unexplained``: no scheduler statistics here (not Linux).
 
 Only ``machine`` (and what cannot be told) is not ours. The kernel tells a thread's time on a core and
@@ -103,6 +104,8 @@ class StallClock:
         """Called from the loop's thread: its schedstat is the one sampled from now on."""
         self._users += 1
         if self._thread == threading.get_native_id() and self._fd is not None:
+            if not self.witness.running and self.witness.start():
+                log.info("stall witness restarted")
             return
         self._thread = threading.get_native_id()
         self._cores = (
@@ -209,18 +212,24 @@ class StallClock:
         cause = self._by_pause(paused, late)
         if cause is None and ran >= min(late / 2, OWN_RUN_S):
             cause = "loop"  # our callbacks alone held the loop long enough to make the frame late
-        # Who had the cores the loop may run on? Ours if our other threads took at least half of the
-        # core time the loop did not; otherwise other processes or the hypervisor.
-        ours_had_the_cores = own_threads >= (self._cores * window - ran) / 2
         witnessed = self.witness.late_within(due, now)
         if cause is None:
             share = {"loop": ran, "blocked": slept, "waited": waited}
             cause = max(share, key=share.__getitem__)
             if cause == "waited":
-                cause = "cpu" if ours_had_the_cores else "machine"
-            elif cause == "blocked" and late - witnessed < OWN_RUN_S and not ours_had_the_cores:
+                # Who had the cores the loop may run on? Ours if our other threads took at least half
+                # of the core time the loop did not; otherwise other processes or the hypervisor.
+                taken = self._cores * window - ran
+                cause = "cpu" if own_threads >= taken / 2 else "machine"
+            elif (
+                cause == "blocked"
+                and witnessed >= OWN_RUN_S
+                and late - witnessed < OWN_RUN_S
+                and own_threads < OWN_RUN_S
+            ):
                 # The witness, which none of our locks can hold, slept past its time over so much of
-                # the stall that without that stretch the frame would not have been late.
+                # the stall that without that stretch the frame would not have been late, and no
+                # thread of ours ran long enough to have held the loop meanwhile.
                 cause = "machine"
         return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, witnessed)
 

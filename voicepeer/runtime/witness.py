@@ -59,11 +59,18 @@ class Witness:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> bool:
-        """Starts the witness; ``False`` where it cannot run (not Linux, no ``memfd``), and then every
-        stall the loop slept through stays counted as ours."""
+        """Starts the witness; ``False`` where it cannot run (not Linux, no ``memfd``) or would prove
+        nothing (a CPU quota), and then every stall the loop slept through stays counted as ours."""
         if self.running:
             return True
         self.stop()
+        if (quota := cpu_quota()) is not None:
+            # The quota throttles the witness with the server once our own threads have used it up:
+            # a stall they both slept through may then be ours.
+            log.info(
+                "no stall witness under the CPU quota %s: stalls the loop slept through count as ours", quota
+            )
+            return False
         try:
             self._fd = os.memfd_create("voicepeer-witness", os.MFD_CLOEXEC)
             os.ftruncate(self._fd, _SIZE)
@@ -76,6 +83,9 @@ class Witness:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # Not in the server's process group: a Ctrl-C meant for the server is the server's
+                # to handle; the witness goes when the server does.
+                start_new_session=True,
             )
         except (AttributeError, OSError, ValueError) as exc:
             log.info("no stall witness (%s): stalls the loop slept through count as ours", exc)
@@ -104,17 +114,48 @@ class Witness:
         buf = self._buf
         if buf is None or not self.running:
             return 0.0
-        written, last_woke = _HEADER.unpack_from(buf, 0)
+        # The witness writes while this reads: an entry, then the header. A read that saw the header
+        # change under it is read again; one that keeps changing proves nothing.
+        for _ in range(3):
+            written, last_woke = _HEADER.unpack_from(buf, 0)
+            # The oldest slot is the next one written over: left out.
+            entries = [
+                _ENTRY.unpack_from(buf, _HEADER.size + (i % SLOTS) * _ENTRY.size)
+                for i in range(max(0, written - SLOTS + 1), written)
+            ]
+            if _HEADER.unpack_from(buf, 0) == (written, last_woke):
+                break
+        else:
+            return 0.0
         if last_woke == 0.0:
             return 0.0  # not yet started: it proves nothing either way
-        stretches = []
-        for i in range(max(0, written - SLOTS), written):
-            woke, late = _ENTRY.unpack_from(buf, _HEADER.size + (i % SLOTS) * _ENTRY.size)
-            stretches.append((woke - late, woke))
+        stretches = [(woke - late, woke) for woke, late in entries if woke >= start and woke <= last_woke]
         # Not woken since its last wake-up's next slot: it is still waiting, as the loop was.
         if end - last_woke > PERIOD_S + LATE_S:
             stretches.append((last_woke + PERIOD_S, end))
         return max([0.0, *(min(b, end) - max(a, start) for a, b in stretches)])
+
+
+def cpu_quota(root: str = "/sys/fs/cgroup") -> str | None:
+    """The CPU quota (cgroup v2 ``cpu.max``, "quota period") of this process's cgroup or the nearest
+    ancestor that has one; ``None`` where none is set or cgroups cannot be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if path is None:
+        return None
+    parts = [p for p in path.split("/") if p]
+    for depth in range(len(parts), -1, -1):
+        try:
+            with open(os.path.join(root, *parts[:depth], "cpu.max")) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if not limit.startswith("max"):
+            return limit
+    return None
 
 
 def _watch(fd: int, nice: int, parent: int) -> None:
