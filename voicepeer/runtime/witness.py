@@ -129,7 +129,8 @@ class Witness:
             return 0.0
         if last_woke == 0.0:
             return 0.0  # not yet started: it proves nothing either way
-        stretches = [(woke - late, woke) for woke, late in entries if woke >= start and woke <= last_woke]
+        # An entry past the header's last wake-up is one written after the header was read.
+        stretches = [(woke - late, woke) for woke, late in entries if woke <= last_woke]
         # Not woken since its last wake-up's next slot: it is still waiting, as the loop was.
         if end - last_woke > PERIOD_S + LATE_S:
             stretches.append((last_woke + PERIOD_S, end))

@@ -18,7 +18,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..call.playout import Playout
-from ..runtime.stalls import CAUSES, OWN_CAUSES, stall_clock
+from ..runtime.stalls import CAUSES, OWN_CAUSES, OWN_RUN_S, stall_clock
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class PlayoutTrack(MediaStreamTrack):
         stall = stall_clock().explain(due, sent_at)
         self.gap_causes[stall.cause] += 1
         # Ours, and the machine's the witness saw (told from ours only by it), are worth a line.
-        level = logging.INFO if stall.cause in OWN_CAUSES or stall.witness_late_s >= 0.01 else logging.DEBUG
+        witnessed = stall.witness_late_s >= OWN_RUN_S
+        level = logging.INFO if stall.cause in OWN_CAUSES or witnessed else logging.DEBUG
         log.log(
             level,
             "outbound frame %.0f ms late (%s): loop ran %.0f, waited for a core %.0f, slept %.0f, "
