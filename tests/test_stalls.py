@@ -56,6 +56,15 @@ def test_a_late_frame_is_explained_by_what_held_the_loop(scenario: str, cause: s
     assert stall["late_s"] > 0.001, stall
     assert stall["cause"] == cause, stall
     assert (cause in OWN_CAUSES) == (cause != "machine")
+    # Where the witness saw the loop's thread asleep tells a blocked loop's kind of wait (the kernel
+    # function's name differs by version; its subject does not).
+    seen = " ".join(stall["loop_seen"])
+    if scenario == "blocked":
+        assert "sleep" in seen and "futex" not in seen, stall  # a blocking call made on the loop
+    elif scenario == "blocked-by-thread":
+        assert "futex" in seen, stall  # waiting for the interpreter lock
+    elif scenario == "loop":
+        assert not seen, stall  # it ran
 
 
 async def test_a_late_frame_of_a_real_track_is_counted_by_its_cause():

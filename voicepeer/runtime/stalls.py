@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .witness import Witness
 
@@ -82,6 +82,9 @@ class Stall:
     """Core time our other threads took over the window."""
     witness_late_s: float = 0.0
     """How long, within the stall, the witness process also waited past its wake-up."""
+    loop_seen: dict[str, int] = field(default_factory=dict)
+    """Where the witness saw the loop's thread asleep within the stall (kernel functions, each with
+    how many of its wake-ups saw it there): what a ``blocked`` stall waited for."""
 
 
 class StallClock:
@@ -104,7 +107,7 @@ class StallClock:
         """Called from the loop's thread: its schedstat is the one sampled from now on."""
         self._users += 1
         if self._thread == threading.get_native_id() and self._fd is not None:
-            if not self.witness.running and self.witness.start():
+            if not self.witness.running and self.witness.start(self._thread):
                 log.info("stall witness restarted")
             return
         self._thread = threading.get_native_id()
@@ -121,7 +124,7 @@ class StallClock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 self.witness.nice = os.getpriority(os.PRIO_PROCESS, self._thread)
-            self.witness.start()
+            self.witness.start(self._thread)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -231,7 +234,8 @@ class StallClock:
                 # the stall that without that stretch the frame would not have been late, and no
                 # thread of ours ran long enough to have held the loop meanwhile.
                 cause = "machine"
-        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, witnessed)
+        seen = self.witness.loop_seen(due, now)
+        return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, witnessed, seen)
 
     @staticmethod
     def _by_pause(paused: dict[str, float], late: float) -> str | None:

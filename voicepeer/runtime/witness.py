@@ -10,6 +10,11 @@ The witness wakes every ``PERIOD_S`` at the loop's own nice value and writes eac
 ``LATE_S`` or more late into a ring in memory the two processes share (a ``memfd``: no file to clean
 up), with a heartbeat. It exits when the server does. This file runs as a script, on the standard
 library alone, so it starts in ~20 ms without importing the server's packages.
+
+At each wake-up it also notes where the loop's thread was (``/proc/<pid>/task/<tid>/wchan``: the
+kernel function it sleeps in, or nothing while it runs or waits for a core), which the loop cannot
+tell of itself while it sleeps: a stall spent in ``futex`` waits was a lock (the interpreter's or
+another of ours), one in ``epoll`` a wake-up that came late, one in a page fault the memory.
 """
 
 from __future__ import annotations
@@ -35,9 +40,15 @@ LATE_S = 0.004
 SLOTS = 256
 """Late wake-ups remembered: far more than one frame's window holds."""
 
-_HEADER = struct.Struct("<Qd")  # late wake-ups written, ever; the last wake-up (monotonic)
+SEEN_SLOTS = 256
+"""Wake-ups at which the loop's thread was seen asleep, remembered: 1.3 s of them at most."""
+
+# Late wake-ups written, ever; the last wake-up (monotonic); sightings written, ever.
+_HEADER = struct.Struct("<QdQ")
 _ENTRY = struct.Struct("<dd")  # when it woke (monotonic), how late
-_SIZE = _HEADER.size + SLOTS * _ENTRY.size
+_SEEN = struct.Struct("<d32s")  # when it woke, where the loop's thread slept (its wchan)
+_SEEN_AT = _HEADER.size + SLOTS * _ENTRY.size
+_SIZE = _SEEN_AT + SEEN_SLOTS * _SEEN.size
 _CHECK_PARENT_EVERY = 100
 
 
@@ -58,9 +69,11 @@ class Witness:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self) -> bool:
-        """Starts the witness; ``False`` where it cannot run (not Linux, no ``memfd``) or would prove
-        nothing (a CPU quota), and then every stall the loop slept through stays counted as ours."""
+    def start(self, thread: int = 0) -> bool:
+        """Starts the witness, watching where ``thread`` (a native thread id of this process, the
+        loop's; 0 for none) sleeps; ``False`` where it cannot run (not Linux, no ``memfd``) or would
+        prove nothing (a CPU quota), and then every stall the loop slept through stays counted as
+        ours."""
         if self.running:
             return True
         self.stop()
@@ -76,7 +89,7 @@ class Witness:
             os.ftruncate(self._fd, _SIZE)
             self._buf = mmap.mmap(self._fd, _SIZE)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", __file__, str(self._fd), str(self.nice), str(os.getpid())],
+                [sys.executable, "-I", "-S", __file__, *map(str, (self._fd, self.nice, os.getpid(), thread))],
                 pass_fds=(self._fd,),
                 # Holds none of the server's pipes: a caller reading them to their end (a supervisor,
                 # ``subprocess.run``) must not wait for the witness too.
@@ -108,25 +121,37 @@ class Witness:
                 os.close(self._fd)
             self._fd = None
 
-    def late_within(self, start: float, end: float) -> float:
-        """The longest stretch of ``[start, end]`` (``time.monotonic()``) the witness spent waiting to
-        wake up past its time, including a wait it is still in; 0 if it is not running."""
+    def _read(self) -> tuple[float, list[tuple[float, float]], list[tuple[float, bytes]]] | None:
+        """The last wake-up, the late wake-ups and the sightings, as one consistent read; None if the
+        witness is not running or kept writing under the read."""
         buf = self._buf
         if buf is None or not self.running:
-            return 0.0
+            return None
         # The witness writes while this reads: an entry, then the header. A read that saw the header
         # change under it is read again; one that keeps changing proves nothing.
         for _ in range(3):
-            written, last_woke = _HEADER.unpack_from(buf, 0)
-            # The oldest slot is the next one written over: left out.
-            entries = [
+            header = _HEADER.unpack_from(buf, 0)
+            written, last_woke, seen = header
+            # The oldest slot of each ring is the next one written over: left out.
+            late = [
                 _ENTRY.unpack_from(buf, _HEADER.size + (i % SLOTS) * _ENTRY.size)
                 for i in range(max(0, written - SLOTS + 1), written)
             ]
-            if _HEADER.unpack_from(buf, 0) == (written, last_woke):
-                break
-        else:
+            sightings = [
+                _SEEN.unpack_from(buf, _SEEN_AT + (i % SEEN_SLOTS) * _SEEN.size)
+                for i in range(max(0, seen - SEEN_SLOTS + 1), seen)
+            ]
+            if _HEADER.unpack_from(buf, 0) == header:
+                return last_woke, late, sightings
+        return None
+
+    def late_within(self, start: float, end: float) -> float:
+        """The longest stretch of ``[start, end]`` (``time.monotonic()``) the witness spent waiting to
+        wake up past its time, including a wait it is still in; 0 if it is not running."""
+        read = self._read()
+        if read is None:
             return 0.0
+        last_woke, entries, _ = read
         if last_woke == 0.0:
             return 0.0  # not yet started: it proves nothing either way
         # An entry past the header's last wake-up is one written after the header was read.
@@ -135,6 +160,20 @@ class Witness:
         if end - last_woke > PERIOD_S + LATE_S:
             stretches.append((last_woke + PERIOD_S, end))
         return max([0.0, *(min(b, end) - max(a, start) for a, b in stretches)])
+
+    def loop_seen(self, start: float, end: float) -> dict[str, int]:
+        """Where the watched thread was seen asleep within ``[start, end]``: the kernel functions
+        (``wchan``), each with how many wake-ups saw it there; empty if none did or no witness runs."""
+        read = self._read()
+        if read is None:
+            return {}
+        last_woke, _, sightings = read
+        seen: dict[str, int] = {}
+        for woke, where in sightings:
+            if start <= woke <= min(end, last_woke):
+                name = where.rstrip(b"\0").decode("ascii", "replace")
+                seen[name] = seen.get(name, 0) + 1
+        return seen
 
 
 def cpu_quota(root: str = "/sys/fs/cgroup") -> str | None:
@@ -159,12 +198,17 @@ def cpu_quota(root: str = "/sys/fs/cgroup") -> str | None:
     return None
 
 
-def _watch(fd: int, nice: int, parent: int) -> None:
-    """``parent``: the server's pid, passed down, since it may be gone before this gets to ask."""
+def _watch(fd: int, nice: int, parent: int, thread: int) -> None:
+    """``parent``: the server's pid, passed down, since it may be gone before this gets to ask;
+    ``thread``: its loop's thread, whose sleeps are noted (0: none)."""
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     buf = mmap.mmap(fd, _SIZE)
-    written = 0
+    wchan: int | None = None
+    if thread:
+        with contextlib.suppress(OSError):  # not allowed to look (another user), or no such thread
+            wchan = os.open(f"/proc/{parent}/task/{thread}/wchan", os.O_RDONLY)
+    written = seen = 0
     due = time.monotonic() + PERIOD_S
     ticks = 0
     while True:
@@ -177,7 +221,16 @@ def _watch(fd: int, nice: int, parent: int) -> None:
             _ENTRY.pack_into(buf, _HEADER.size + (written % SLOTS) * _ENTRY.size, now, late)
             written += 1
             due = now  # a stall is recorded once, not as a run of late wake-ups after it
-        _HEADER.pack_into(buf, 0, written, now)
+        if wchan is not None:
+            try:
+                where = os.pread(wchan, 64, 0).strip()
+            except OSError:  # the thread ended
+                os.close(wchan)
+                wchan, where = None, b""
+            if where and where != b"0":  # "0": on a core, or waiting for one
+                _SEEN.pack_into(buf, _SEEN_AT + (seen % SEEN_SLOTS) * _SEEN.size, now, where[:32])
+                seen += 1
+        _HEADER.pack_into(buf, 0, written, now, seen)
         due += PERIOD_S
         ticks += 1
         if ticks % _CHECK_PARENT_EVERY == 0 and os.getppid() != parent:
@@ -186,4 +239,4 @@ def _watch(fd: int, nice: int, parent: int) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        _watch(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+        _watch(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

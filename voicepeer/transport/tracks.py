@@ -103,7 +103,7 @@ class PlayoutTrack(MediaStreamTrack):
             level,
             "outbound frame %.0f ms late (%s): loop ran %.0f, waited for a core %.0f, slept %.0f, "
             "paused %.0f ms; our other threads %.0f ms of core time; the witness process late "
-            "%.0f ms; the sender held the last frame %.0f ms",
+            "%.0f ms; the sender held the last frame %.0f ms; the loop seen asleep in %s",
             stall.late_s * 1000,
             stall.cause,
             stall.ran_s * 1000,
@@ -113,6 +113,7 @@ class PlayoutTrack(MediaStreamTrack):
             stall.own_threads_s * 1000,
             stall.witness_late_s * 1000,
             self._held_s * 1000,
+            ", ".join(f"{where} x{n}" for where, n in stall.loop_seen.items()) or "nothing",
         )
 
     @property
