@@ -416,6 +416,14 @@ async def test_speech_that_begins_again_while_its_words_are_judged_is_decided_wi
         assert cut["t"] == pytest.approx(onset + 1.65)
         second = await d.first(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] == 2)
         assert second["text"] == "No. I meant Tuesday at noon."
+    # One that begins where the echo no longer can be is given the plain time, whatever the piece
+    # before it was: the echo's grace is for speech the echo may be in.
+    async with Dialogue() as d:
+        onset = await story(d)
+        d.speak("Uh.", at=onset, seconds=0.3, echo=True)
+        d.speak("I meant Tuesday at noon.", at=onset + 0.65, seconds=1.5)
+        cut = await d.first(lambda m: m["type"] == "interrupted")
+        assert cut["t"] == pytest.approx(onset + 1.65)
     # The reply ends (as when its LLM fails) while the words are judged: a bid is still the next turn,
     # and anything else leaves the floor open.
     async with Dialogue() as d:

@@ -87,8 +87,8 @@ class BargeIn:
         overlap = self.overlap
         assert overlap is not None
         overlap.onset, overlap.onset_sample, overlap.marked = onset, sample, marked
-        if echo and not overlap.echo:
-            overlap.echo, overlap.bot_said = True, self._bot_said()
+        # Each piece is judged by where it began: the one before keeps its own flag (``ends`` took it).
+        overlap.echo, overlap.bot_said = echo, self._bot_said() if echo else ""
         overlap.speaking = overlap.ongoing = True
         self._tasks.spawn(self._interrupt_if_still_speaking(overlap), "overlap-timer")
 
