@@ -102,6 +102,27 @@ async def test_a_late_frame_of_a_real_track_is_counted_by_its_cause():
         await monitor.stop()
 
 
+async def test_a_frame_the_sender_asks_for_late_is_the_senders_not_the_loops():
+    """aiortc's sender asks for each frame after encoding the one before in the loop's executor; when
+    that thread comes back late, the loop sleeps in its selector with nothing to do. That is neither
+    the loop blocked nor the machine: the gap is the sender's."""
+    if not _wait_channels_shown():
+        pytest.skip("this kernel does not name wait channels: the loop's sleep cannot be told")
+    monitor = LoopMonitor()
+    monitor.start()
+    try:
+        track = PlayoutTrack(Playout())
+        await asyncio.sleep(0.05)
+        await track.recv()
+        await track.recv()
+        await asyncio.sleep(0.08)  # a sender that comes back late; the loop free all along
+        await track.recv()
+        assert track.gaps == 1
+        assert track.gap_causes["sender"] == 1 and track.own_gaps == 1, track.gap_causes
+    finally:
+        await monitor.stop()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -15,6 +15,10 @@ did not get back to it in time. From the outside all stalls look alike; what a u
   shares nothing with ours but the machine (``runtime.witness``: all but 10 ms of the stall, and at
   least 10 ms), while our other threads ran under 10 ms: a wake-up the machine delayed, which from
   inside looks like ``blocked``;
+- ``sender``: the loop was free, but aiortc's sender asked for the frame only after its slot (it
+  encodes each frame in the loop's executor, and that thread came back late: it waited for the
+  interpreter lock or a core). The outbound track tells this one (``transport.tracks``): only it
+  knows when it was asked;
 - ``unexplained``: no scheduler statistics here (not Linux).
 
 Only ``machine`` (and what cannot be told) is not ours. The kernel tells a thread's time on a core and
@@ -39,8 +43,8 @@ from .witness import Witness
 
 log = logging.getLogger(__name__)
 
-CAUSES = ("gc", "trim", "loop", "blocked", "cpu", "machine", "unexplained")
-OWN_CAUSES = frozenset({"gc", "trim", "loop", "blocked", "cpu"})
+CAUSES = ("gc", "trim", "loop", "blocked", "cpu", "sender", "machine", "unexplained")
+OWN_CAUSES = frozenset({"gc", "trim", "loop", "blocked", "cpu", "sender"})
 
 SAMPLES = 64
 """Samples kept: at one per 10 ms, the last ~0.6 s, more than any frame's wait for its slot."""
@@ -186,8 +190,9 @@ class StallClock:
 
     # -- a late frame ------------------------------------------------------------------------
 
-    def explain(self, due: float, now: float | None = None) -> Stall:
-        """Why the loop came back only now to a frame due at ``due`` (``time.monotonic()``)."""
+    def explain(self, due: float, now: float | None = None, asked: float | None = None) -> Stall:
+        """Why the loop came back only now to a frame due at ``due`` (``time.monotonic()``); ``asked``:
+        when the frame's consumer (aiortc's sender) asked for it, if it was asked at all."""
         raw_end = self.sample()
         end = self._parse(raw_end) if raw_end is not None else None
         now = end.at if end is not None else (now if now is not None else time.monotonic())
@@ -235,12 +240,25 @@ class StallClock:
                 # thread of ours ran long enough to have held the loop meanwhile.
                 cause = "machine"
         seen = self.witness.loop_seen(due, now)
+        if cause == "blocked" and asked is not None and asked - due >= late / 2 and _idle(seen):
+            # The loop slept because it had nothing to do: the sender asked for the frame that late.
+            cause = "sender"
         return Stall(cause, late, ran, waited, slept, sum(paused.values()), own_threads, witnessed, seen)
 
     @staticmethod
     def _by_pause(paused: dict[str, float], late: float) -> str | None:
         kind = max(paused, key=paused.__getitem__)
         return kind if paused[kind] >= max(0.005, late / 3) else None
+
+
+IDLE_WAITS = ("poll", "select")
+"""In wait channels, what the loop's selector sleeps in (``do_epoll_wait``, ``ep_poll``, ``do_select``):
+the loop waiting for work, not held from it."""
+
+
+def _idle(seen: dict[str, int]) -> bool:
+    """The witness saw the loop's thread asleep, and only ever in its selector."""
+    return bool(seen) and all(any(wait in where for wait in IDLE_WAITS) for where in seen)
 
 
 _clock = StallClock()

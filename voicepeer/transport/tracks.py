@@ -57,13 +57,15 @@ class PlayoutTrack(MediaStreamTrack):
         self._due: float | None = None
         self._returned_at: float | None = None
         self._held_s = 0.0  # how long the sender took to come back for this frame after the last one
+        self._called_at = 0.0  # when the sender asked for this frame
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
+        self._called_at = loop.time()
         if self._returned_at is not None:
-            self._held_s = loop.time() - self._returned_at
+            self._held_s = self._called_at - self._returned_at
         try:
             await self._wait_for_slot()
         except asyncio.CancelledError:
@@ -94,7 +96,7 @@ class PlayoutTrack(MediaStreamTrack):
         assert self._last_sent_at is not None
         # A frame is due at its slot, or 20 ms after the last one left if the sender itself was slow.
         due = min(self._due or sent_at, self._last_sent_at + self.frame_samples / self.sample_rate)
-        stall = stall_clock().explain(due, sent_at)
+        stall = stall_clock().explain(due, sent_at, asked=self._called_at)
         self.gap_causes[stall.cause] += 1
         # Ours, and the machine's the witness saw (told from ours only by it), are worth a line.
         witnessed = stall.witness_late_s >= OWN_RUN_S
