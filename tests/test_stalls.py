@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -20,8 +21,8 @@ import pytest
 
 from voicepeer.call.playout import Playout
 from voicepeer.runtime.health import LoopMonitor
-from voicepeer.runtime.stalls import OWN_CAUSES, StallClock, stall_clock
-from voicepeer.runtime.witness import cpu_quota
+from voicepeer.runtime.stalls import OWN_CAUSES, StallClock, _idle, stall_clock
+from voicepeer.runtime.witness import PERIOD_S, Record, cpu_quota
 from voicepeer.transport.tracks import PlayoutTrack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,12 +106,19 @@ async def test_a_late_frame_of_a_real_track_is_counted_by_its_cause():
 async def test_a_frame_the_sender_asks_for_late_is_the_senders_not_the_loops():
     """aiortc's sender asks for each frame after encoding the one before in the loop's executor; when
     that thread comes back late, the loop sleeps in its selector with nothing to do. That is neither
-    the loop blocked nor the machine: the gap is the sender's."""
+    the loop blocked nor the machine: the gap is the sender's. A loop blocked in a ``poll`` of its own
+    (a socket read with a timeout, made on the loop) also asks late, and stays ``blocked``."""
     if not _wait_channels_shown():
         pytest.skip("this kernel does not name wait channels: the loop's sleep cannot be told")
     monitor = LoopMonitor()
     monitor.start()
     try:
+        witness = stall_clock().witness
+        deadline = time.monotonic() + 5
+        while (record := witness.record()) is None or record.last_woke == 0.0:
+            if not witness.running or time.monotonic() > deadline:
+                pytest.skip("no stall witness here (a CPU quota?)")
+            await asyncio.sleep(0.01)
         track = PlayoutTrack(Playout())
         await asyncio.sleep(0.05)
         await track.recv()
@@ -119,8 +127,30 @@ async def test_a_frame_the_sender_asks_for_late_is_the_senders_not_the_loops():
         await track.recv()
         assert track.gaps == 1
         assert track.gap_causes["sender"] == 1 and track.own_gaps == 1, track.gap_causes
+        await track.recv()
+        select.select([], [], [], 0.08)  # a blocking wait on the loop, in poll(), not the selector
+        await track.recv()
+        assert track.gaps == 2
+        assert track.gap_causes["blocked"] == 1 and track.gap_causes["sender"] == 1, track.gap_causes
     finally:
         await monitor.stop()
+
+
+def test_the_witness_record_is_read_within_the_window_and_a_loop_mostly_in_its_selector_is_idle():
+    record = Record(
+        last_woke=10.0,
+        late=[(5.0, 0.02), (9.0, 0.006), (10.5, 0.5)],  # the last written after the header was read
+        seen=[(4.0, b"futex_do_wait"), (6.0, b"do_epoll_wait".ljust(64, b"\0")), (6.005, b"do_epoll_wait"),
+              (10.2, b"futex_do_wait")],
+    )  # fmt: skip
+    assert record.loop_seen(5.0, 11.0) == {"do_epoll_wait": 2}
+    assert record.late_within(4.0, 6.0) == pytest.approx(0.02)
+    assert record.late_within(8.9, 9.0) == pytest.approx(0.006)
+    assert record.late_within(10.0, 10.008) == 0.0  # still on time: the next wake-up is not yet due
+    assert record.late_within(10.0, 10.5) == pytest.approx(0.5 - PERIOD_S)  # not woken since
+    assert _idle({"do_epoll_wait": 3, "futex_do_wait": 1})
+    assert not _idle({"do_epoll_wait": 1, "futex_do_wait": 1})
+    assert not _idle({"poll_schedule_timeout.constprop.0": 4}) and not _idle({})
 
 
 def _alive(pid: int) -> bool:

@@ -17,8 +17,8 @@ did not get back to it in time. From the outside all stalls look alike; what a u
   inside looks like ``blocked``;
 - ``sender``: the loop was free, but aiortc's sender asked for the frame only after its slot (it
   encodes each frame in the loop's executor, and that thread came back late: it waited for the
-  interpreter lock or a core). The outbound track tells this one (``transport.tracks``): only it
-  knows when it was asked;
+  interpreter lock or a core), and the witness saw the loop mostly in its selector. The outbound
+  track gives when it was asked (``transport.tracks``);
 - ``unexplained``: no scheduler statistics here (not Linux).
 
 Only ``machine`` (and what cannot be told) is not ours. The kernel tells a thread's time on a core and
@@ -115,6 +115,7 @@ class StallClock:
                 log.info("stall witness restarted")
             return
         self._thread = threading.get_native_id()
+        self.witness.stop()  # it watches the loop's thread, which this one now is
         self._cores = (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         )
@@ -220,7 +221,9 @@ class StallClock:
         cause = self._by_pause(paused, late)
         if cause is None and ran >= min(late / 2, OWN_RUN_S):
             cause = "loop"  # our callbacks alone held the loop long enough to make the frame late
-        witnessed = self.witness.late_within(due, now)
+        record = self.witness.record()  # one read for both questions
+        witnessed = record.late_within(due, now) if record is not None else 0.0
+        seen = record.loop_seen(due, now) if record is not None else {}
         if cause is None:
             share = {"loop": ran, "blocked": slept, "waited": waited}
             cause = max(share, key=share.__getitem__)
@@ -239,7 +242,6 @@ class StallClock:
                 # the stall that without that stretch the frame would not have been late, and no
                 # thread of ours ran long enough to have held the loop meanwhile.
                 cause = "machine"
-        seen = self.witness.loop_seen(due, now)
         if cause == "blocked" and asked is not None and asked - due >= late / 2 and _idle(seen):
             # The loop slept because it had nothing to do: the sender asked for the frame that late.
             cause = "sender"
@@ -251,14 +253,16 @@ class StallClock:
         return kind if paused[kind] >= max(0.005, late / 3) else None
 
 
-IDLE_WAITS = ("poll", "select")
-"""In wait channels, what the loop's selector sleeps in (``do_epoll_wait``, ``ep_poll``, ``do_select``):
-the loop waiting for work, not held from it."""
+IDLE_WAITS = frozenset({"do_epoll_wait", "ep_poll"})
+"""The wait channels of a thread in ``epoll_wait`` (Linux 5.x-6.x, and older): asyncio's selector, the
+loop waiting for work. A ``poll`` or ``select`` of a blocking call made on the loop is not among them."""
 
 
 def _idle(seen: dict[str, int]) -> bool:
-    """The witness saw the loop's thread asleep, and only ever in its selector."""
-    return bool(seen) and all(any(wait in where for wait in IDLE_WAITS) for where in seen)
+    """The witness saw the loop's thread asleep, mostly in its selector (a wake-up of the loop in
+    between may have waited for a lock)."""
+    idle = sum(n for where, n in seen.items() if where in IDLE_WAITS)
+    return idle > sum(seen.values()) - idle
 
 
 _clock = StallClock()

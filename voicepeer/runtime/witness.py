@@ -14,7 +14,7 @@ library alone, so it starts in ~20 ms without importing the server's packages.
 At each wake-up it also notes where the loop's thread was (``/proc/<pid>/task/<tid>/wchan``: the
 kernel function it sleeps in, or nothing while it runs or waits for a core), which the loop cannot
 tell of itself while it sleeps: a stall spent in ``futex`` waits was a lock (the interpreter's or
-another of ours), one in ``epoll`` a wake-up that came late, one in a page fault the memory.
+another of ours), one in ``epoll`` the loop with nothing to do, one in a page fault the memory.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,45 @@ SLOTS = 256
 SEEN_SLOTS = 256
 """Wake-ups at which the loop's thread was seen asleep, remembered: 1.3 s of them at most."""
 
+
+@dataclass(frozen=True)
+class Record:
+    """What the witness had written at one moment, read whole."""
+
+    last_woke: float
+    """Its last wake-up (``time.monotonic()``); 0.0 before the first."""
+    late: list[tuple[float, float]]
+    """Late wake-ups: when it woke, how late."""
+    seen: list[tuple[float, bytes]]
+    """Wake-ups at which the watched thread was asleep: when, and where (its wait channel)."""
+
+    def late_within(self, start: float, end: float) -> float:
+        """The longest stretch of ``[start, end]`` (``time.monotonic()``) the witness spent waiting to
+        wake up past its time, including a wait it is still in."""
+        if self.last_woke == 0.0:
+            return 0.0  # not yet started: it proves nothing either way
+        # An entry past the header's last wake-up is one written after the header was read.
+        stretches = [(woke - late, woke) for woke, late in self.late if woke <= self.last_woke]
+        # Not woken since its last wake-up's next slot: it is still waiting, as the loop was.
+        if end - self.last_woke > PERIOD_S + LATE_S:
+            stretches.append((self.last_woke + PERIOD_S, end))
+        return max([0.0, *(min(b, end) - max(a, start) for a, b in stretches)])
+
+    def loop_seen(self, start: float, end: float) -> dict[str, int]:
+        """Where the watched thread was seen asleep within ``[start, end]``: the kernel functions
+        (wait channels), each with how many wake-ups saw it there."""
+        seen: dict[str, int] = {}
+        for woke, where in self.seen:
+            if start <= woke <= min(end, self.last_woke):
+                name = where.rstrip(b"\0").decode("ascii", "replace")
+                seen[name] = seen.get(name, 0) + 1
+        return seen
+
+
 # Late wake-ups written, ever; the last wake-up (monotonic); sightings written, ever.
 _HEADER = struct.Struct("<QdQ")
 _ENTRY = struct.Struct("<dd")  # when it woke (monotonic), how late
-_SEEN = struct.Struct("<d32s")  # when it woke, where the loop's thread slept (its wchan)
+_SEEN = struct.Struct("<d64s")  # when it woke, where the loop's thread slept (its wchan)
 _SEEN_AT = _HEADER.size + SLOTS * _ENTRY.size
 _SIZE = _SEEN_AT + SEEN_SLOTS * _SEEN.size
 _CHECK_PARENT_EVERY = 100
@@ -121,9 +157,9 @@ class Witness:
                 os.close(self._fd)
             self._fd = None
 
-    def _read(self) -> tuple[float, list[tuple[float, float]], list[tuple[float, bytes]]] | None:
-        """The last wake-up, the late wake-ups and the sightings, as one consistent read; None if the
-        witness is not running or kept writing under the read."""
+    def record(self) -> Record | None:
+        """What the witness has written, read whole; None if it is not running or kept writing under
+        the read."""
         buf = self._buf
         if buf is None or not self.running:
             return None
@@ -142,38 +178,13 @@ class Witness:
                 for i in range(max(0, seen - SEEN_SLOTS + 1), seen)
             ]
             if _HEADER.unpack_from(buf, 0) == header:
-                return last_woke, late, sightings
+                return Record(last_woke, late, sightings)
         return None
 
     def late_within(self, start: float, end: float) -> float:
-        """The longest stretch of ``[start, end]`` (``time.monotonic()``) the witness spent waiting to
-        wake up past its time, including a wait it is still in; 0 if it is not running."""
-        read = self._read()
-        if read is None:
-            return 0.0
-        last_woke, entries, _ = read
-        if last_woke == 0.0:
-            return 0.0  # not yet started: it proves nothing either way
-        # An entry past the header's last wake-up is one written after the header was read.
-        stretches = [(woke - late, woke) for woke, late in entries if woke <= last_woke]
-        # Not woken since its last wake-up's next slot: it is still waiting, as the loop was.
-        if end - last_woke > PERIOD_S + LATE_S:
-            stretches.append((last_woke + PERIOD_S, end))
-        return max([0.0, *(min(b, end) - max(a, start) for a, b in stretches)])
-
-    def loop_seen(self, start: float, end: float) -> dict[str, int]:
-        """Where the watched thread was seen asleep within ``[start, end]``: the kernel functions
-        (``wchan``), each with how many wake-ups saw it there; empty if none did or no witness runs."""
-        read = self._read()
-        if read is None:
-            return {}
-        last_woke, _, sightings = read
-        seen: dict[str, int] = {}
-        for woke, where in sightings:
-            if start <= woke <= min(end, last_woke):
-                name = where.rstrip(b"\0").decode("ascii", "replace")
-                seen[name] = seen.get(name, 0) + 1
-        return seen
+        """``Record.late_within`` of a fresh read; 0 if the witness is not running."""
+        record = self.record()
+        return record.late_within(start, end) if record is not None else 0.0
 
 
 def cpu_quota(root: str = "/sys/fs/cgroup") -> str | None:
@@ -206,7 +217,8 @@ def _watch(fd: int, nice: int, parent: int, thread: int) -> None:
     buf = mmap.mmap(fd, _SIZE)
     wchan: int | None = None
     if thread:
-        with contextlib.suppress(OSError):  # not allowed to look (another user), or no such thread
+        # Where the kernel does not let this process look, the file reads "0": nothing is noted.
+        with contextlib.suppress(OSError):  # no such thread (it ended)
             wchan = os.open(f"/proc/{parent}/task/{thread}/wchan", os.O_RDONLY)
     written = seen = 0
     due = time.monotonic() + PERIOD_S
@@ -228,7 +240,7 @@ def _watch(fd: int, nice: int, parent: int, thread: int) -> None:
                 os.close(wchan)
                 wchan, where = None, b""
             if where and where != b"0":  # "0": on a core, or waiting for one
-                _SEEN.pack_into(buf, _SEEN_AT + (seen % SEEN_SLOTS) * _SEEN.size, now, where[:32])
+                _SEEN.pack_into(buf, _SEEN_AT + (seen % SEEN_SLOTS) * _SEEN.size, now, where[:64])
                 seen += 1
         _HEADER.pack_into(buf, 0, written, now, seen)
         due += PERIOD_S
@@ -239,4 +251,4 @@ def _watch(fd: int, nice: int, parent: int, thread: int) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        _watch(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        _watch(*map(int, sys.argv[1:4]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
