@@ -18,6 +18,7 @@ import threading
 import time
 
 from voicepeer.runtime.stalls import StallClock
+from voicepeer.runtime.witness import PERIOD_S
 
 HOLD_S = 0.12
 """How long each scenario keeps the loop from its frame: far past the 10 ms that makes a frame late."""
@@ -80,7 +81,8 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
             "print(time.monotonic(), flush=True)\n"
             f"for pid in ({pids}): os.kill(pid, signal.SIGSTOP)\n"
             f"time.sleep({HOLD_S})\n"
-            f"for pid in reversed(({pids})): os.kill(pid, signal.SIGCONT)\n",
+            f"for pid in reversed(({pids})): os.kill(pid, signal.SIGCONT)\n"
+            "print('resumed', flush=True)\n",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -89,8 +91,12 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
         freezer.stdin.write(b"go\n")
         await freezer.stdin.drain()
         stopped_at = float(await freezer.stdout.readline())
-        await freezer.wait()  # it lets the witness go, then this process
-        due = stopped_at + 0.002  # a frame due as the machine stopped running us
+        # It lets the witness go, then this process. Explained as soon as the loop runs again: how
+        # soon this process then learns that the freezer has exited is not part of the stall.
+        await freezer.stdout.readline()
+        # A frame due once the machine has stopped running us: a witness period on, by when the
+        # witness (on a 5 ms phase of its own) has missed a wake-up too.
+        due = stopped_at + PERIOD_S
     elif name in ("cpu", "machine"):
         # One core for everything; the loop's thread runs only when nothing else on that core wants
         # to (SCHED_IDLE): our own threads ("cpu") or other processes ("machine") go first.
@@ -117,6 +123,8 @@ async def _scenario(name: str, clock: StallClock) -> dict[str, object]:
     if name not in ("cpu", "machine"):
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         stall = clock.explain(due)
+    if name == "machine-asleep":
+        await freezer.wait()
     stop.set()
     for child in children:
         child.kill()
