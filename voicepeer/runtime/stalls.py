@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .witness import Witness
+from .witness import NOTHING, Witness
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,8 @@ class StallClock:
         cause = self._by_pause(paused, late)
         if cause is None and ran >= min(late / 2, OWN_RUN_S):
             cause = "loop"  # our callbacks alone held the loop long enough to make the frame late
-        record = self.witness.record()  # one read for both questions
-        witnessed = record.late_within(due, now) if record is not None else 0.0
-        seen = record.loop_seen(due, now) if record is not None else {}
+        record = self.witness.record() or NOTHING  # one read for both questions
+        witnessed, seen = record.late_within(due, now), record.loop_seen(due, now)
         if cause is None:
             share = {"loop": ran, "blocked": slept, "waited": waited}
             cause = max(share, key=share.__getitem__)

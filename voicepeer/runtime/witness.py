@@ -79,6 +79,9 @@ class Record:
         return seen
 
 
+NOTHING = Record(0.0, [], [])
+"""What a witness that is not running tells: no lateness, no sightings."""
+
 # Late wake-ups written, ever; the last wake-up (monotonic); sightings written, ever.
 _HEADER = struct.Struct("<QdQ")
 _ENTRY = struct.Struct("<dd")  # when it woke (monotonic), how late
@@ -180,11 +183,6 @@ class Witness:
             if _HEADER.unpack_from(buf, 0) == header:
                 return Record(last_woke, late, sightings)
         return None
-
-    def late_within(self, start: float, end: float) -> float:
-        """``Record.late_within`` of a fresh read; 0 if the witness is not running."""
-        record = self.record()
-        return record.late_within(start, end) if record is not None else 0.0
 
 
 def cpu_quota(root: str = "/sys/fs/cgroup") -> str | None:
