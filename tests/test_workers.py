@@ -1,5 +1,6 @@
-"""The inference pool's idle trim: freed native memory goes back to the system between turns, never
-while a model call runs."""
+"""The threads' priorities (the media path in real time, inference below everything, an application's
+tools as ordinary threads), and the inference pool's idle trim: freed native memory goes back to the
+system between turns, never while a model call runs."""
 
 from __future__ import annotations
 
@@ -50,6 +51,99 @@ def test_release_free_memory_returns_freed_heap_pages():
     kept, after = result["kept"], result["after"]
     assert kept > 100_000, f"glibc returned the blocks by itself ({kept} KB kept): nothing to trim"
     assert after < 50_000, f"{after} KB of {kept} KB still held after the trim"
+
+
+PRIORITIES = """
+import asyncio, json, os, sys, threading, time
+from voicepeer.runtime import workers
+from voicepeer.runtime.stalls import StallClock
+
+def seen():
+    policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+    return {"policy": {os.SCHED_OTHER: "other", os.SCHED_RR: "rr"}.get(policy, str(policy)),
+            "rt": os.sched_getparam(0).sched_priority,
+            "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
+
+async def main():
+    workers.set_media_priority(sys.argv[1])
+    got = workers.raise_priority()
+    workers.use_media_executor(asyncio.get_running_loop())
+    out = {"got": got, "loop": seen()}
+    out["executor"] = await asyncio.get_running_loop().run_in_executor(None, seen)
+    out["frontend"] = await workers.run_frontend(seen)
+    out["tool"] = await workers.run_tool(seen)
+    out["inference"] = await workers.run_blocking(seen)
+    plain = []
+    thread = threading.Thread(target=lambda: plain.append(seen()))
+    thread.start()
+    thread.join()
+    out["plain"] = plain[0]
+    clock = StallClock()
+    clock.attach()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the witness sets its own priority once it runs
+            pid = clock.witness.pid
+            out["witness"] = {
+                "rt": os.sched_getparam(pid).sched_priority, "nice": os.getpriority(os.PRIO_PROCESS, pid)
+            }
+            if out["witness"] == {"rt": out["loop"]["rt"], "nice": out["loop"]["nice"]}:
+                break
+            time.sleep(0.05)
+    finally:
+        clock.detach()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def _priorities(mode: str) -> dict:
+    # In a fresh interpreter: a thread of the suite's own process must not be left in real time.
+    done = subprocess.run(
+        [sys.executable, "-c", PRIORITIES, mode], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+ORDINARY = {"policy": "other", "rt": 0, "nice": 0}
+INFERENCE = {"policy": "other", "rt": 0, "nice": workers.INFERENCE_NICE}
+
+
+def test_the_media_path_runs_in_real_time_and_nothing_else_does():
+    seen = _priorities("realtime")
+    if seen["got"] is None or not seen["got"].startswith("real time"):
+        pytest.skip(f"not permitted to run in real time here ({seen['got']})")
+    loop = {"policy": "rr", "rt": workers.MEDIA_RT_PRIORITY, "nice": 0}
+    helper = {"policy": "rr", "rt": workers.HELPER_RT_PRIORITY, "nice": 0}
+    assert seen["loop"] == loop
+    # aiortc encodes every outbound frame in the loop's default executor; the front-end follows it.
+    assert seen["executor"] == helper and seen["frontend"] == helper
+    # A thread the loop makes (a library's) is an ordinary one, and so is an application's tool.
+    assert seen["plain"] == ORDINARY and seen["tool"] == ORDINARY
+    assert seen["inference"] == INFERENCE
+    # The witness runs as the loop does, so only what holds up the loop too holds it up.
+    assert seen["witness"] == {"rt": workers.MEDIA_RT_PRIORITY, "nice": 0}
+
+
+def test_without_real_time_the_media_path_asks_for_a_nice_value_or_nothing():
+    seen = _priorities("nice")
+    if seen["got"] is None:
+        pytest.skip("not permitted to lower a nice value here")
+    media = {"policy": "other", "rt": 0, "nice": workers.MEDIA_NICE}
+    assert seen["got"] == f"nice {workers.MEDIA_NICE}"
+    assert seen["loop"] == seen["executor"] == seen["frontend"] == media
+    assert seen["tool"] == ORDINARY and seen["inference"] == INFERENCE
+    assert seen["witness"] == {"rt": 0, "nice": workers.MEDIA_NICE}
+    normal = _priorities("normal")
+    assert normal["got"] is None
+    assert normal["loop"] == normal["executor"] == normal["frontend"] == normal["tool"] == ORDINARY
+
+
+def test_a_media_priority_that_does_not_exist_is_refused():
+    with pytest.raises(ValueError, match="realtime, nice, normal"):
+        workers.set_media_priority("turbo")
 
 
 @virtual_time

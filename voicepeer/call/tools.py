@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import jsonschema
 
 from ..backends.llm import ToolCall, ToolSpec
+from ..runtime.workers import run_tool
 from .webhook import WebhookError, Webhooks
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class Toolbox:
                 if inspect.iscoroutinefunction(tool.function):
                     return await tool.function(arguments, context)
                 # A plain function may block (a database, a file): off the loop, which paces the audio.
-                result = await asyncio.to_thread(tool.function, arguments, context)
+                result = await run_tool(tool.function, arguments, context)
                 return await result if inspect.isawaitable(result) else result
             if self.webhooks is None:
                 raise ToolError("webhook tools need a webhook secret")

@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..runtime.workers import PRIORITIES
 from .option import option
 
 TALKING_CALLS_PER_CORE = 1.0
@@ -60,6 +61,17 @@ class ServerConfig:
     turn within about twice that and admits two or three talking calls there, fewer when something
     else takes the cores (``bench.overload``: with it, three of six callers admitted at 2.7 s
     voice-to-voice p50; without, all six at 16 s)."""
+    media_priority: str = field(
+        default="realtime",
+        metadata=option(
+            "--media-priority",
+            "how the event loop, the front-end and aiortc's encoder ask the kernel to run: realtime "
+            "(SCHED_RR, else nice -5 where not permitted), nice (-5) or normal",
+            choices=PRIORITIES,
+        ),
+    )
+    """Both need root or CAP_SYS_NICE (``realtime`` also an ``RLIMIT_RTPRIO``); without it the media
+    path runs like every other thread. ``voicepeer.runtime.workers.MEDIA_RT_PRIORITY`` says why."""
     max_call_s: float = field(
         default=3600.0,
         metadata=option(

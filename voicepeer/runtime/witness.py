@@ -6,7 +6,8 @@ the virtual core, or the kernel ran nothing of ours for a while). A process that
 the server but the cores and the kernel cannot be held up by our locks: if it woke late over the
 same stretch, the machine delayed everyone; if it woke on time, the stall was ours.
 
-The witness wakes every ``PERIOD_S`` at the loop's own nice value and writes each wake-up that came
+The witness wakes every ``PERIOD_S`` at the loop's own priority (its nice value, or its real-time
+priority) and writes each wake-up that came
 ``LATE_S`` or more late into a ring in memory the two processes share (a ``memfd``: no file to clean
 up), with a heartbeat. It exits when the server does. This file runs as a script, on the standard
 library alone, so it starts in ~20 ms without importing the server's packages.
@@ -94,8 +95,11 @@ _CHECK_PARENT_EVERY = 100
 class Witness:
     """The server's side: starts the witness, and reads how late it woke over a stretch of time."""
 
-    def __init__(self, nice: int = 0) -> None:
+    def __init__(self, nice: int = 0, rt_priority: int = 0) -> None:
         self.nice = nice
+        self.rt_priority = rt_priority
+        """The loop's ``SCHED_RR``/``SCHED_FIFO`` priority, 0 for an ordinary thread: the witness runs
+        as the loop does, or it would be held up by what cannot hold up the loop."""
         self._fd: int | None = None
         self._buf: mmap.mmap | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -128,7 +132,13 @@ class Witness:
             os.ftruncate(self._fd, _SIZE)
             self._buf = mmap.mmap(self._fd, _SIZE)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", __file__, *map(str, (self._fd, self.nice, os.getpid(), thread))],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    __file__,
+                    *map(str, (self._fd, self.nice, os.getpid(), thread, self.rt_priority)),
+                ],
                 pass_fds=(self._fd,),
                 # Holds none of the server's pipes: a caller reading them to their end (a supervisor,
                 # ``subprocess.run``) must not wait for the witness too.
@@ -207,11 +217,15 @@ def cpu_quota(root: str = "/sys/fs/cgroup") -> str | None:
     return None
 
 
-def _watch(fd: int, nice: int, parent: int, thread: int) -> None:
+def _watch(fd: int, nice: int, parent: int, thread: int, rt_priority: int = 0) -> None:
     """``parent``: the server's pid, passed down, since it may be gone before this gets to ask;
-    ``thread``: its loop's thread, whose sleeps are noted (0: none)."""
+    ``thread``: its loop's thread, whose sleeps are noted (0: none); ``rt_priority``: the loop's
+    real-time priority (0: none)."""
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if rt_priority:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt_priority))
     buf = mmap.mmap(fd, _SIZE)
     wchan: int | None = None
     if thread:
@@ -249,4 +263,4 @@ def _watch(fd: int, nice: int, parent: int, thread: int) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        _watch(*map(int, sys.argv[1:4]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+        _watch(*map(int, sys.argv[1:]))

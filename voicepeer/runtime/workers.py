@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -32,9 +33,27 @@ of milliseconds, and the bot's voice stutters. Inference is throughput work that
 the loop and the per-frame front-end must never wait."""
 
 MEDIA_NICE = -5
-"""The nice value the media path (the event loop and the front-end threads) asks for. Lowering a nice
+"""The nice value the media path asks for where it cannot run in real time (below). Lowering a nice
 value needs CAP_SYS_NICE (root, or a container granted it); without it the media path stays at 0,
 still ahead of inference."""
+
+MEDIA_RT_PRIORITY = 10
+"""The media path's ``SCHED_RR`` priority for the event loop, where permitted (CAP_SYS_NICE or an
+``RLIMIT_RTPRIO``). A nice value orders our threads only among themselves: on Linux's fair scheduler
+a nice -5 loop still waited 10-37 ms for a core behind our nice +5 inference threads, and the
+autogroup puts every other session's processes (a browser, other servers) beside ours as equals. A
+real-time thread runs as soon as it is woken, ahead of every ordinary one. Low on the real-time scale:
+below the kernel's threaded interrupts (50) and audio servers (PipeWire asks for 88), and the kernel
+still keeps 5 % of each second for ordinary tasks (``sched_rt_runtime_us``)."""
+
+HELPER_RT_PRIORITY = MEDIA_RT_PRIORITY - 1
+"""The media path's helper threads (the front-end, the loop's default executor in which aiortc
+encodes each outbound frame): in real time, but below the loop, which they never hold up."""
+
+PRIORITIES = ("realtime", "nice", "normal")
+"""What ``--media-priority`` may ask for: ``realtime`` falls back to ``nice`` where not permitted."""
+
+_media_priority = "realtime"
 
 
 def _set_thread_nice(value: int) -> bool:
@@ -47,14 +66,53 @@ def _set_thread_nice(value: int) -> bool:
     return True
 
 
+def _set_thread_policy(policy: int, priority: int) -> bool:
+    try:
+        # On Linux, pid 0 is the calling thread. Threads it creates start as ordinary ones at nice 0
+        # (reset on fork): only the threads that ask run in real time.
+        os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        log.debug("could not set thread policy %d/%d: %s", policy, priority, exc)
+        return False
+    return True
+
+
+def set_media_priority(mode: str) -> None:
+    """What ``raise_priority`` asks for from now on: one of ``PRIORITIES``."""
+    global _media_priority
+    if mode not in PRIORITIES:
+        raise ValueError(f"media priority must be one of {', '.join(PRIORITIES)}, not {mode!r}")
+    _media_priority = mode
+
+
+def normal_priority() -> None:
+    """Runs the calling thread as an ordinary one at nice 0, whatever the thread that made it ran at."""
+    if hasattr(os, "sched_setscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        _set_thread_policy(os.SCHED_OTHER, 0)
+    _set_thread_nice(0)
+
+
 def lower_priority() -> None:
     """Runs the calling thread, and the threads it creates, at ``INFERENCE_NICE``."""
+    normal_priority()
     _set_thread_nice(INFERENCE_NICE)
 
 
-def raise_priority() -> bool:
-    """Runs the calling thread (the event loop, a front-end worker) at ``MEDIA_NICE`` if permitted."""
-    return _set_thread_nice(MEDIA_NICE)
+def raise_priority(rt_priority: int = MEDIA_RT_PRIORITY) -> str | None:
+    """Runs the calling thread (the event loop, a media helper) on the media path's priority: real
+    time at ``rt_priority`` (``SCHED_RR``) if asked for and permitted, else nice ``MEDIA_NICE`` if
+    permitted. Returns what it got, None for nothing."""
+    if _media_priority == "normal":
+        return None
+    realtime = _media_priority == "realtime" and hasattr(os, "SCHED_RR")
+    if realtime and _set_thread_policy(os.SCHED_RR, rt_priority):
+        return f"real time (SCHED_RR {rt_priority})"
+    return f"nice {MEDIA_NICE}" if _set_thread_nice(MEDIA_NICE) else None
+
+
+def raise_helper_priority() -> None:
+    """``raise_priority`` for a helper thread of the media path, a step below the loop."""
+    raise_priority(HELPER_RT_PRIORITY)
 
 
 @functools.cache
@@ -68,8 +126,34 @@ def frontend_executor() -> ThreadPoolExecutor:
     """A separate small pool for the per-frame audio front-end (VAD), so a 20 ms frame never queues
     behind a seconds-long ASR or LLM call in the inference pool."""
     return ThreadPoolExecutor(
-        max_workers=2, thread_name_prefix="voicepeer-frontend", initializer=raise_priority
+        max_workers=2, thread_name_prefix="voicepeer-frontend", initializer=raise_helper_priority
     )
+
+
+def media_executor() -> ThreadPoolExecutor:
+    """A pool for the event loop's default executor (``use_media_executor``): aiortc's sender encodes
+    every outbound frame in it and asks for the next frame only once that is done, so a thread of this
+    pool coming back late is a late frame. At the media path's priority; the work asyncio and the
+    libraries put there (name lookups, file reads) is small. An application's own blocking work goes
+    to ``tools_executor`` instead."""
+    return ThreadPoolExecutor(
+        max_workers=8, thread_name_prefix="voicepeer-media", initializer=raise_helper_priority
+    )
+
+
+@functools.cache
+def tools_executor() -> ThreadPoolExecutor:
+    """The application's own blocking functions (tools), as ordinary threads: code we do not know must
+    not run at the media path's priority."""
+    return ThreadPoolExecutor(
+        max_workers=8, thread_name_prefix="voicepeer-tools", initializer=normal_priority
+    )
+
+
+def use_media_executor(loop: asyncio.AbstractEventLoop) -> None:
+    """Gives the loop a ``media_executor`` of its own as its default executor, the one aiortc's sender
+    encodes in; the loop shuts it down when it closes."""
+    loop.set_default_executor(media_executor())
 
 
 async def _run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -152,6 +236,13 @@ async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
         return await _run_in(executor(), fn, *args, **kwargs)
     finally:
         idle_trim.end()
+
+
+async def run_tool(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs an application's blocking function in the tools pool and awaits its result, in a copy of
+    the caller's context variables (as ``asyncio.to_thread`` would)."""
+    context = contextvars.copy_context()
+    return await _run_in(tools_executor(), context.run, fn, *args, **kwargs)
 
 
 async def run_frontend(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

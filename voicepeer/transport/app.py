@@ -19,7 +19,7 @@ from ..call.logic import Logic, LogicError
 from ..call.services import Services, load_services
 from ..call.tools import Tool
 from ..config import Config
-from ..runtime.workers import MEDIA_NICE, raise_priority, run_blocking
+from ..runtime.workers import raise_priority, run_blocking, set_media_priority, use_media_executor
 from . import sessions, whip
 from .ice import client_ice_servers
 from .metrics import CONTENT_TYPE
@@ -186,8 +186,10 @@ async def _on_startup(app: web.Application) -> None:
     for warning in state.warnings:
         log.warning("UNSAFE: %s", warning)
         print(f"voicepeer: WARNING: {warning}", file=sys.stderr, flush=True)
-    if raise_priority():
-        log.info("media path runs at nice %d", MEDIA_NICE)
+    set_media_priority(state.config.server.media_priority)
+    got = raise_priority()
+    log.info("media path runs at %s", got or "the priority it was given")
+    use_media_executor(asyncio.get_running_loop())
     state.loop_monitor.start()
     if state.services is not None:
         _attach(state, state.services)
