@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 
 import aiohttp
 import numpy as np
@@ -17,6 +19,7 @@ from voicepeer.backends.stages import LLMChain
 from voicepeer.call.services import Services
 from voicepeer.call.text import words
 from voicepeer.config import ServerConfig
+from voicepeer.runtime import workers
 from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
@@ -48,6 +51,26 @@ async def test_closing_the_client_releases_the_session(services):
         await wait_until(lambda: session.frames_in > 10, 10)
     assert session.closed and session.pc.connectionState == "closed"
     assert not session._tasks and session.output.readyState == "ended"
+
+
+async def test_the_calls_decoder_thread_runs_on_the_media_paths_priority(services):
+    """aiortc decodes the microphone in a thread the loop made (an ordinary one): the session raises it
+    to the media helpers' priority, or an ordinary thread holding the interpreter lock keeps the loop
+    waiting."""
+    async with call(services) as (server, client):
+        session = server.app[STATE].sessions[client.session_id]
+        await wait_until(lambda: session.frames_in > 10, 10)
+        inbound = session._inbound
+        receiver = next(t.receiver for t in session.pc.getTransceivers() if t.receiver.track is inbound)
+        decoder = receiver._RTCRtpReceiver__decoder_thread.native_id
+        loop = threading.get_native_id()
+        if os.sched_getscheduler(loop) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR:
+            assert os.sched_getscheduler(decoder) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+            assert os.sched_getparam(decoder).sched_priority == workers.HELPER_RT_PRIORITY
+        elif os.getpriority(os.PRIO_PROCESS, loop) == workers.MEDIA_NICE:
+            assert os.getpriority(os.PRIO_PROCESS, decoder) == workers.MEDIA_NICE
+        else:
+            pytest.skip("the media path runs at no raised priority here")
 
 
 async def test_server_shutdown_closes_live_sessions(services):

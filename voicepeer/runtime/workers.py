@@ -56,21 +56,21 @@ PRIORITIES = ("realtime", "nice", "normal")
 _media_priority = "realtime"
 
 
-def _set_thread_nice(value: int) -> bool:
+def _set_thread_nice(value: int, thread: int = 0) -> bool:
     # Linux nice values are per thread, and threads the model runtimes create inherit them.
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
+        os.setpriority(os.PRIO_PROCESS, thread or threading.get_native_id(), value)
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted
         log.debug("could not set thread nice %d: %s", value, exc)
         return False
     return True
 
 
-def _set_thread_policy(policy: int, priority: int) -> bool:
+def _set_thread_policy(policy: int, priority: int, thread: int = 0) -> bool:
     try:
         # On Linux, pid 0 is the calling thread. Threads it creates start as ordinary ones at nice 0
         # (reset on fork): only the threads that ask run in real time.
-        os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+        os.sched_setscheduler(thread, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted
         log.debug("could not set thread policy %d/%d: %s", policy, priority, exc)
         return False
@@ -98,21 +98,21 @@ def lower_priority() -> None:
     _set_thread_nice(INFERENCE_NICE)
 
 
-def raise_priority(rt_priority: int = MEDIA_RT_PRIORITY) -> str | None:
-    """Runs the calling thread (the event loop, a media helper) on the media path's priority: real
-    time at ``rt_priority`` (``SCHED_RR``) if asked for and permitted, else nice ``MEDIA_NICE`` if
-    permitted. Returns what it got, None for nothing."""
+def raise_priority(rt_priority: int = MEDIA_RT_PRIORITY, thread: int = 0) -> str | None:
+    """Runs ``thread`` (a native thread id of this process; 0: the calling thread, the event loop or a
+    media helper) on the media path's priority: real time at ``rt_priority`` (``SCHED_RR``) if asked
+    for and permitted, else nice ``MEDIA_NICE`` if permitted. Returns what it got, None for nothing."""
     if _media_priority == "normal":
         return None
     realtime = _media_priority == "realtime" and hasattr(os, "SCHED_RR")
-    if realtime and _set_thread_policy(os.SCHED_RR, rt_priority):
+    if realtime and _set_thread_policy(os.SCHED_RR, rt_priority, thread):
         return f"real time (SCHED_RR {rt_priority})"
-    return f"nice {MEDIA_NICE}" if _set_thread_nice(MEDIA_NICE) else None
+    return f"nice {MEDIA_NICE}" if _set_thread_nice(MEDIA_NICE, thread) else None
 
 
-def raise_helper_priority() -> None:
+def raise_helper_priority(thread: int = 0) -> None:
     """``raise_priority`` for a helper thread of the media path, a step below the loop."""
-    raise_priority(HELPER_RT_PRIORITY)
+    raise_priority(HELPER_RT_PRIORITY, thread)
 
 
 @functools.cache

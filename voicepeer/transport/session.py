@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcsctptransport import RTCSctpTransport
 
 from ..audio.formats import frame_pcm
@@ -30,6 +31,7 @@ from ..call.services import Services
 from ..config import Config
 from ..runtime.tasks import Tasks
 from .candidates import add_bundled_candidates, end_of_candidates, without_end_of_candidates
+from .decoder import raise_decoder_priority
 from .dtls import Certificate, failure_reason, use_certificate
 from .jitter import Timeline, use_audio_jitter_buffer
 from .tracks import PlayoutTrack
@@ -195,8 +197,9 @@ class Session:
     def _on_track(self, track: MediaStreamTrack) -> None:
         transceiver = next((t for t in self.pc.getTransceivers() if t.receiver.track is track), None)
         mid = transceiver.mid if transceiver is not None else None
-        if track.kind == "audio" and transceiver is not None:
-            use_audio_jitter_buffer(transceiver.receiver)
+        receiver = transceiver.receiver if transceiver is not None else None
+        if track.kind == "audio" and receiver is not None:
+            use_audio_jitter_buffer(receiver)
         if (
             track.kind == "audio"
             and self.unprocessed_mid is not None
@@ -204,18 +207,21 @@ class Session:
             and self._unprocessed is None
         ):
             self._unprocessed = track
-            self._tasks.spawn(self._consume_or_close(track, unprocessed=True), "inbound-unprocessed")
+            consume = self._consume_or_close(track, receiver, unprocessed=True)
+            self._tasks.spawn(consume, "inbound-unprocessed")
             return
         if track.kind != "audio" or self._inbound is not None:
             # One microphone per session: the turn detector is the state of one stream.
             log.info("session %s: ignoring an extra %s track", self.id, track.kind)
             return
         self._inbound = track
-        self._tasks.spawn(self._consume_or_close(track), "inbound")
+        self._tasks.spawn(self._consume_or_close(track, receiver), "inbound")
 
-    async def _consume_or_close(self, track: MediaStreamTrack, unprocessed: bool = False) -> None:
+    async def _consume_or_close(
+        self, track: MediaStreamTrack, receiver: RTCRtpReceiver | None, unprocessed: bool = False
+    ) -> None:
         try:
-            await self._consume(track, unprocessed)
+            await self._consume(track, receiver, unprocessed)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -224,9 +230,12 @@ class Session:
             self.call.events.send(events.error("internal", "the server stopped hearing this call; reconnect"))
             self._tasks.spawn(self.close("error"), "close")
 
-    async def _consume(self, track: MediaStreamTrack, unprocessed: bool = False) -> None:
+    async def _consume(
+        self, track: MediaStreamTrack, receiver: RTCRtpReceiver | None, unprocessed: bool = False
+    ) -> None:
         """Drains the inbound track for the whole call: aiortc's receive queue is unbounded, so frames
-        left unread (while the bot talks, say) would pile up in memory and arrive late."""
+        left unread (while the bot talks, say) would pile up in memory and arrive late. ``receiver``'s
+        decoder thread is raised to the media path's priority at the first frame."""
         loop = asyncio.get_running_loop()
         # The track is announced with the offer, before ICE (trickled, for a WHIP client) is up: the
         # first frame may take as long as connecting may.
@@ -251,6 +260,9 @@ class Session:
                 self._tasks.spawn(self.close("vanished"), "close")
                 return
             arrival = loop.time()
+            if receiver is not None:
+                raise_decoder_priority(receiver)
+                receiver = None
             timeout = self.config.server.media_timeout_s
             missing_s = timeline.missing_s(frame)
             pcm, rate, channels = frame_pcm(frame)
