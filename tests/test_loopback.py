@@ -19,7 +19,7 @@ from voicepeer.backends.stages import LLMChain
 from voicepeer.call.services import Services
 from voicepeer.call.text import words
 from voicepeer.config import ServerConfig
-from voicepeer.runtime import workers
+from voicepeer.runtime import priorities
 from voicepeer.transport.app import STATE
 
 pytestmark = pytest.mark.slow
@@ -66,9 +66,9 @@ async def test_the_calls_decoder_thread_runs_on_the_media_paths_priority(service
         loop = threading.get_native_id()
         if os.sched_getscheduler(loop) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR:
             assert os.sched_getscheduler(decoder) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
-            assert os.sched_getparam(decoder).sched_priority == workers.HELPER_RT_PRIORITY
-        elif os.getpriority(os.PRIO_PROCESS, loop) == workers.MEDIA_NICE:
-            assert os.getpriority(os.PRIO_PROCESS, decoder) == workers.MEDIA_NICE
+            assert os.sched_getparam(decoder).sched_priority == priorities.HELPER_RT_PRIORITY
+        elif os.getpriority(os.PRIO_PROCESS, loop) == priorities.MEDIA_NICE:
+            assert os.getpriority(os.PRIO_PROCESS, decoder) == priorities.MEDIA_NICE
         else:
             pytest.skip("the media path runs at no raised priority here")
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.clock import virtual_time
 from tests.support.server import ROOT
-from voicepeer.runtime import workers
+from voicepeer.runtime import priorities, workers
 
 CHURN = """
 import json, threading
@@ -55,8 +55,10 @@ def test_release_free_memory_returns_freed_heap_pages():
 
 PRIORITIES = """
 import asyncio, json, os, sys, threading, time
-from voicepeer.runtime import workers
+from aiortc.codecs.base import Encoder
+from voicepeer.runtime import priorities, workers
 from voicepeer.runtime.stalls import StallClock
+from voicepeer.transport.encoding import use_media_executor
 
 def seen():
     policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
@@ -64,12 +66,20 @@ def seen():
             "rt": os.sched_getparam(0).sched_priority,
             "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
 
+class Probe(Encoder):  # what aiortc's sender hands the loop's default executor: an encoder's method
+    def encode(self, frame, force_keyframe=False):
+        return seen()
+
+    def pack(self, packet):
+        raise NotImplementedError
+
 async def main():
-    workers.set_media_priority(sys.argv[1])
-    got = workers.raise_priority()
-    workers.use_media_executor(asyncio.get_running_loop())
-    out = {"got": got, "loop": seen()}
-    out["executor"] = await asyncio.get_running_loop().run_in_executor(None, seen)
+    loop = asyncio.get_running_loop()
+    priorities.set_media_priority(sys.argv[1])
+    out = {"got": priorities.raise_loop_priority(), "loop": seen()}
+    use_media_executor(loop)
+    out["encoder"] = await loop.run_in_executor(None, Probe().encode, None)
+    out["default"] = await asyncio.to_thread(seen)
     out["frontend"] = await workers.run_frontend(seen)
     out["tool"] = await workers.run_tool(seen)
     out["inference"] = await workers.run_blocking(seen)
@@ -82,8 +92,8 @@ async def main():
     clock.attach()
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the witness sets its own priority once it runs
-            pid = clock.witness.pid
+        while clock.witness.pid is not None and time.monotonic() < deadline:
+            pid = clock.witness.pid  # it sets its own priority once it runs
             out["witness"] = {
                 "rt": os.sched_getparam(pid).sched_priority, "nice": os.getpriority(os.PRIO_PROCESS, pid)
             }
@@ -92,6 +102,8 @@ async def main():
             time.sleep(0.05)
     finally:
         clock.detach()
+    priorities.restore_loop_priority()
+    out["restored"] = seen()
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -99,7 +111,7 @@ asyncio.run(main())
 
 
 def _priorities(mode: str) -> dict:
-    # In a fresh interpreter: a thread of the suite's own process must not be left in real time.
+    # In a fresh interpreter: a thread of the suite's own process must not be left raised.
     done = subprocess.run(
         [sys.executable, "-c", PRIORITIES, mode], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
@@ -108,42 +120,52 @@ def _priorities(mode: str) -> dict:
 
 
 ORDINARY = {"policy": "other", "rt": 0, "nice": 0}
-INFERENCE = {"policy": "other", "rt": 0, "nice": workers.INFERENCE_NICE}
+INFERENCE = {"policy": "other", "rt": 0, "nice": priorities.INFERENCE_NICE}
 
 
 def test_the_media_path_runs_in_real_time_and_nothing_else_does():
     seen = _priorities("realtime")
     if seen["got"] is None or not seen["got"].startswith("real time"):
         pytest.skip(f"not permitted to run in real time here ({seen['got']})")
-    loop = {"policy": "rr", "rt": workers.MEDIA_RT_PRIORITY, "nice": 0}
-    helper = {"policy": "rr", "rt": workers.HELPER_RT_PRIORITY, "nice": 0}
-    assert seen["loop"] == loop
+    helper = {"policy": "rr", "rt": priorities.HELPER_RT_PRIORITY, "nice": 0}
+    assert seen["loop"] == {"policy": "rr", "rt": priorities.MEDIA_RT_PRIORITY, "nice": 0}
     # aiortc encodes every outbound frame in the loop's default executor; the front-end follows it.
-    assert seen["executor"] == helper and seen["frontend"] == helper
-    # A thread the loop makes (a library's) is an ordinary one, and so is an application's tool.
-    assert seen["plain"] == ORDINARY and seen["tool"] == ORDINARY
+    assert seen["encoder"] == helper and seen["frontend"] == helper
+    # Everything else: the default executor's other work, a thread the loop makes (a library's),
+    # an application's tool.
+    assert seen["default"] == seen["plain"] == seen["tool"] == ORDINARY
     assert seen["inference"] == INFERENCE
     # The witness runs as the loop does, so only what holds up the loop too holds it up.
-    assert seen["witness"] == {"rt": workers.MEDIA_RT_PRIORITY, "nice": 0}
+    if "witness" in seen:
+        assert seen["witness"] == {"rt": priorities.MEDIA_RT_PRIORITY, "nice": 0}
+    # The server gone, its thread is the program's again.
+    assert seen["restored"] == ORDINARY
 
 
-def test_without_real_time_the_media_path_asks_for_a_nice_value_or_nothing():
+def test_without_real_time_the_media_path_asks_for_a_nice_value():
     seen = _priorities("nice")
     if seen["got"] is None:
         pytest.skip("not permitted to lower a nice value here")
-    media = {"policy": "other", "rt": 0, "nice": workers.MEDIA_NICE}
-    assert seen["got"] == f"nice {workers.MEDIA_NICE}"
-    assert seen["loop"] == seen["executor"] == seen["frontend"] == media
-    assert seen["tool"] == ORDINARY and seen["inference"] == INFERENCE
-    assert seen["witness"] == {"rt": 0, "nice": workers.MEDIA_NICE}
-    normal = _priorities("normal")
-    assert normal["got"] is None
-    assert normal["loop"] == normal["executor"] == normal["frontend"] == normal["tool"] == ORDINARY
+    media = {"policy": "other", "rt": 0, "nice": priorities.MEDIA_NICE}
+    assert seen["got"] == f"nice {priorities.MEDIA_NICE}"
+    assert seen["loop"] == seen["encoder"] == seen["frontend"] == media
+    assert seen["default"] == seen["plain"] == seen["tool"] == ORDINARY
+    assert seen["inference"] == INFERENCE
+    if "witness" in seen:
+        assert seen["witness"] == {"rt": 0, "nice": priorities.MEDIA_NICE}
+    assert seen["restored"] == ORDINARY
+
+
+def test_a_normal_media_priority_raises_nothing():
+    seen = _priorities("normal")
+    assert seen["got"] is None
+    assert seen["loop"] == seen["encoder"] == seen["frontend"] == seen["default"] == seen["tool"] == ORDINARY
+    assert seen["inference"] == INFERENCE
 
 
 def test_a_media_priority_that_does_not_exist_is_refused():
     with pytest.raises(ValueError, match="realtime, nice, normal"):
-        workers.set_media_priority("turbo")
+        priorities.set_media_priority("turbo")
 
 
 @virtual_time

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..runtime import models
-from ..runtime.workers import lower_priority, priority
+from ..runtime.priorities import lower_priority
+from ..runtime.workers import priority
 from . import toolprompt
 from .base import Backend, BackendError, Capabilities
 

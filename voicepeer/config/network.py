@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..runtime.workers import PRIORITIES
+from ..runtime.priorities import PRIORITIES
 from .option import option
 
 TALKING_CALLS_PER_CORE = 1.0
@@ -65,13 +65,13 @@ class ServerConfig:
         default="realtime",
         metadata=option(
             "--media-priority",
-            "how the event loop, the front-end and aiortc's encoder ask the kernel to run: realtime "
-            "(SCHED_RR, else nice -5 where not permitted), nice (-5) or normal",
+            "how the event loop and its helpers (the front-end, aiortc's encoder and decoders) ask the "
+            "kernel to run: realtime (SCHED_RR, else nice -5 where not permitted), nice (-5) or normal",
             choices=PRIORITIES,
         ),
     )
     """Both need root or CAP_SYS_NICE (``realtime`` also an ``RLIMIT_RTPRIO``); without it the media
-    path runs like every other thread. ``voicepeer.runtime.workers.MEDIA_RT_PRIORITY`` says why."""
+    path runs like every other thread. ``voicepeer.runtime.priorities`` says why."""
     max_call_s: float = field(
         default=3600.0,
         metadata=option(

@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .priorities import realtime_priority
 from .witness import NOTHING, Witness
 
 log = logging.getLogger(__name__)
@@ -251,18 +252,6 @@ class StallClock:
     def _by_pause(paused: dict[str, float], late: float) -> str | None:
         kind = max(paused, key=paused.__getitem__)
         return kind if paused[kind] >= max(0.005, late / 3) else None
-
-
-def realtime_priority(thread: int) -> int:
-    """The thread's ``SCHED_RR``/``SCHED_FIFO`` priority, 0 for an ordinary thread (or where it cannot
-    be read)."""
-    try:
-        policy = os.sched_getscheduler(thread) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
-        if policy in (os.SCHED_RR, os.SCHED_FIFO):
-            return os.sched_getparam(thread).sched_priority
-    except (OSError, AttributeError):
-        pass
-    return 0
 
 
 IDLE_WAITS = frozenset({"do_epoll_wait", "ep_poll"})

@@ -12,7 +12,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -20,99 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, Protocol, TypeVar
 
 from .memory import release_free_memory
+from .priorities import lower_priority, normal_priority, raise_helper_priority
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-INFERENCE_NICE = 5
-"""The nice value of the model threads. The event loop paces every outbound frame; when inference
-threads fill both cores of a small machine the kernel can leave the loop waiting for a core for tens
-of milliseconds, and the bot's voice stutters. Inference is throughput work that loses a few percent;
-the loop and the per-frame front-end must never wait."""
-
-MEDIA_NICE = -5
-"""The nice value the media path asks for where it cannot run in real time (below). Lowering a nice
-value needs CAP_SYS_NICE (root, or a container granted it); without it the media path stays at 0,
-still ahead of inference."""
-
-MEDIA_RT_PRIORITY = 10
-"""The media path's ``SCHED_RR`` priority for the event loop, where permitted (CAP_SYS_NICE or an
-``RLIMIT_RTPRIO``). A nice value orders our threads only among themselves: on Linux's fair scheduler
-a nice -5 loop still waited 10-37 ms for a core behind our nice +5 inference threads, and the
-autogroup puts every other session's processes (a browser, other servers) beside ours as equals. A
-real-time thread runs as soon as it is woken, ahead of every ordinary one. Low on the real-time scale:
-below the kernel's threaded interrupts (50) and audio servers (PipeWire asks for 88), and the kernel
-still keeps 5 % of each second for ordinary tasks (``sched_rt_runtime_us``)."""
-
-HELPER_RT_PRIORITY = MEDIA_RT_PRIORITY - 1
-"""The media path's helper threads (the front-end, the loop's default executor in which aiortc
-encodes each outbound frame): in real time, but below the loop, which they never hold up."""
-
-PRIORITIES = ("realtime", "nice", "normal")
-"""What ``--media-priority`` may ask for: ``realtime`` falls back to ``nice`` where not permitted."""
-
-_media_priority = "realtime"
-
-
-def _set_thread_nice(value: int, thread: int = 0) -> bool:
-    # Linux nice values are per thread, and threads the model runtimes create inherit them.
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread or threading.get_native_id(), value)
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        log.debug("could not set thread nice %d: %s", value, exc)
-        return False
-    return True
-
-
-def _set_thread_policy(policy: int, priority: int, thread: int = 0) -> bool:
-    try:
-        # On Linux, pid 0 is the calling thread. Threads it creates start as ordinary ones at nice 0
-        # (reset on fork): only the threads that ask run in real time.
-        os.sched_setscheduler(thread, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        log.debug("could not set thread policy %d/%d: %s", policy, priority, exc)
-        return False
-    return True
-
-
-def set_media_priority(mode: str) -> None:
-    """What ``raise_priority`` asks for from now on: one of ``PRIORITIES``."""
-    global _media_priority
-    if mode not in PRIORITIES:
-        raise ValueError(f"media priority must be one of {', '.join(PRIORITIES)}, not {mode!r}")
-    _media_priority = mode
-
-
-def normal_priority() -> None:
-    """Runs the calling thread as an ordinary one at nice 0, whatever the thread that made it ran at."""
-    if hasattr(os, "sched_setscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
-        _set_thread_policy(os.SCHED_OTHER, 0)
-    _set_thread_nice(0)
-
-
-def lower_priority() -> None:
-    """Runs the calling thread, and the threads it creates, at ``INFERENCE_NICE``."""
-    normal_priority()
-    _set_thread_nice(INFERENCE_NICE)
-
-
-def raise_priority(rt_priority: int = MEDIA_RT_PRIORITY, thread: int = 0) -> str | None:
-    """Runs ``thread`` (a native thread id of this process; 0: the calling thread, the event loop or a
-    media helper) on the media path's priority: real time at ``rt_priority`` (``SCHED_RR``) if asked
-    for and permitted, else nice ``MEDIA_NICE`` if permitted. Returns what it got, None for nothing."""
-    if _media_priority == "normal":
-        return None
-    realtime = _media_priority == "realtime" and hasattr(os, "SCHED_RR")
-    if realtime and _set_thread_policy(os.SCHED_RR, rt_priority, thread):
-        return f"real time (SCHED_RR {rt_priority})"
-    return f"nice {MEDIA_NICE}" if _set_thread_nice(MEDIA_NICE, thread) else None
-
-
-def raise_helper_priority(thread: int = 0) -> None:
-    """``raise_priority`` for a helper thread of the media path, a step below the loop."""
-    raise_priority(HELPER_RT_PRIORITY, thread)
 
 
 @functools.cache
@@ -130,17 +42,6 @@ def frontend_executor() -> ThreadPoolExecutor:
     )
 
 
-def media_executor() -> ThreadPoolExecutor:
-    """A pool for the event loop's default executor (``use_media_executor``): aiortc's sender encodes
-    every outbound frame in it and asks for the next frame only once that is done, so a thread of this
-    pool coming back late is a late frame. At the media path's priority; the work asyncio and the
-    libraries put there (name lookups, file reads) is small. An application's own blocking work goes
-    to ``tools_executor`` instead."""
-    return ThreadPoolExecutor(
-        max_workers=8, thread_name_prefix="voicepeer-media", initializer=raise_helper_priority
-    )
-
-
 @functools.cache
 def tools_executor() -> ThreadPoolExecutor:
     """The application's own blocking functions (tools), as ordinary threads: code we do not know must
@@ -148,12 +49,6 @@ def tools_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
         max_workers=8, thread_name_prefix="voicepeer-tools", initializer=normal_priority
     )
-
-
-def use_media_executor(loop: asyncio.AbstractEventLoop) -> None:
-    """Gives the loop a ``media_executor`` of its own as its default executor, the one aiortc's sender
-    encodes in; the loop shuts it down when it closes."""
-    loop.set_default_executor(media_executor())
 
 
 async def _run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object, **kwargs: object) -> T:

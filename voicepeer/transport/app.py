@@ -19,8 +19,10 @@ from ..call.logic import Logic, LogicError
 from ..call.services import Services, load_services
 from ..call.tools import Tool
 from ..config import Config
-from ..runtime.workers import raise_priority, run_blocking, set_media_priority, use_media_executor
+from ..runtime.priorities import raise_loop_priority, restore_loop_priority, set_media_priority
+from ..runtime.workers import run_blocking
 from . import sessions, whip
+from .encoding import use_media_executor
 from .ice import client_ice_servers
 from .metrics import CONTENT_TYPE
 from .security import call_claims, front_door
@@ -187,7 +189,7 @@ async def _on_startup(app: web.Application) -> None:
         log.warning("UNSAFE: %s", warning)
         print(f"voicepeer: WARNING: {warning}", file=sys.stderr, flush=True)
     set_media_priority(state.config.server.media_priority)
-    got = raise_priority()
+    got = raise_loop_priority()
     log.info("media path runs at %s", got or "the priority it was given")
     use_media_executor(asyncio.get_running_loop())
     state.loop_monitor.start()
@@ -199,6 +201,7 @@ async def _on_startup(app: web.Application) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     state = app[STATE]
+    restore_loop_priority()
     await state.loop_monitor.stop()
     await asyncio.gather(
         *(s.close("shutdown") for s in list(state.sessions.values())), return_exceptions=True

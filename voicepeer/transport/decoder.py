@@ -15,7 +15,7 @@ import logging
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
-from ..runtime.workers import raise_helper_priority
+from ..runtime.priorities import raise_helper_priority
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def raise_decoder_priority(receiver: RTCRtpReceiver) -> bool:
     (the first decoded frame), when the thread exists. False where it cannot be found."""
     thread = getattr(receiver, "_RTCRtpReceiver__decoder_thread", None)
     native = getattr(thread, "native_id", None)
-    if native is None:
+    if native is None or not thread.is_alive():  # a thread id that ended may be another's now
         log.debug("no decoder thread found on %r: it stays an ordinary thread", receiver)
         return False
     raise_helper_priority(native)
