@@ -1,7 +1,7 @@
 """The inbound decoder's thread, on the media path's priority.
 
 aiortc decodes each received Opus packet in a thread of its own per receiver, started from the event
-loop when media begins; a thread the loop makes is an ordinary one (``runtime.workers``). Its Python
+loop when media begins; a thread the loop makes is an ordinary one (``runtime.priorities``). Its Python
 holds the interpreter lock 50 times a second per call, and an ordinary thread that the kernel takes off
 its core while holding it keeps the event loop waiting, however high the loop's own priority: in a
 loaded room (seven browser calls and two more talkers on two cores) such waits made 14 frames of the
